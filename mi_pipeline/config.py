@@ -1,0 +1,301 @@
+"""Run configuration: YAML -> frozen dataclasses, validated once at the edge.
+
+Every key has a type and a default here; a YAML key that is unknown or of the wrong type is an
+error that names the key path and the file. ``--set section.key=value`` overrides are parsed as
+YAML scalars and validated the same way. ``stage_hash`` fingerprints what a stage's result depends
+on, and is stored in every checkpoint so that resume can refuse a changed config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mi_pipeline.errors import ConfigError
+
+
+# --------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class PhantomConfig:
+    """The built-in synthetic dataset (used when ``data.format`` is ``phantom``)."""
+
+    subjects: int = 12
+    seed: int = 0
+    size: int = 96  # in-plane matrix (pixels)
+    slices: int = 6
+    frames: int = 16  # frames per cardiac cycle
+    spacing_mm: float = 1.6  # in-plane
+    slice_thickness_mm: float = 8.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "subjects", "size", "slices", "frames", "spacing_mm", "slice_thickness_mm")
+        if self.frames < 4:
+            raise ValueError("frames must be >= 4 (a cardiac cycle needs ED, ES and frames between)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where the data is and how step 1 prepares it."""
+
+    format: Literal["phantom", "generic"] = "phantom"
+    root: str = ""  # dataset folder; empty with format=phantom means <run>/data/phantom
+    phantom: PhantomConfig = field(default_factory=PhantomConfig)
+    spacing_mm: float = 1.6  # in-plane spacing after resampling
+    crop: int = 64  # square crop around the LV, in pixels after resampling
+    frames: int = 8  # cine frames kept per cycle (resampled from ED onwards)
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive(self, "spacing_mm", "crop", "frames")
+        if self.crop % 16:
+            raise ValueError("crop must be a multiple of 16 (the networks downsample 4 times)")
+        if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
+            raise ValueError("val_fraction and test_fraction must be in [0, 1)")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must leave subjects for training")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """What every trained stage shares: how long, how big, how fast."""
+
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    grad_clip: float = 0.0  # 0 disables clipping
+    amp: bool = False  # mixed precision (CUDA only; ignored on CPU)
+
+    def __post_init__(self) -> None:
+        _positive(self, "epochs", "batch_size", "lr")
+        _non_negative(self, "weight_decay", "grad_clip")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MotionConfig(OptimConfig):
+    """Step 2: unsupervised ED -> frame-t deformable registration (VoxelMorph-style)."""
+
+    channels: tuple[int, ...] = (16, 32, 32, 32)
+    similarity: Literal["lncc", "mse"] = "lncc"
+    smooth_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _non_negative(self, "smooth_weight")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegistrationConfig(OptimConfig):
+    """Step 3: cine (ED) <-> LGE alignment, affine + deformable, mutual information."""
+
+    channels: int = 8  # initial channels of the deformable net
+    affine_lr: float = 1e-5
+    smooth_weight: float = 1.0
+    mask_dice_weight: float = 0.0  # optional Dice on masks (needs labels in both spaces)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive(self, "channels", "affine_lr")
+        _non_negative(self, "smooth_weight", "mask_dice_weight")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentationConfig(OptimConfig):
+    """Step 4: UNet on cine frames + motion features -> background / myocardium / infarct."""
+
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    motion_features: bool = True
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _non_negative(self, "dice_weight", "ce_weight")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """A whole run. ``seed`` and ``threads`` are part of what makes CPU runs bit-exact."""
+
+    seed: int = 0
+    threads: int = 2  # torch CPU threads, pinned: 1 vs 2 threads give different weights
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+
+    def __post_init__(self) -> None:
+        _positive(self, "threads")
+
+
+# Which config sections each stage's result depends on (its own plus upstream stages').
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "data": ("data",),
+    "motion": ("data", "motion"),
+    "registration": ("data", "registration"),
+    "segmentation": ("data", "motion", "registration", "segmentation"),
+}
+
+
+def _positive(obj: object, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(obj, name)!r}")
+
+
+def _non_negative(obj: object, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(obj, name)!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read ``path`` (None = all defaults), apply ``section.key=value`` overrides, validate."""
+    source = str(path) if path is not None else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for item in overrides:
+        _apply_override(raw, item)
+        source = f"{source} (with --set)" if "--set" not in source else source
+    return _build(Config, raw, prefix="", source=source)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, *, prefix: str, source: str) -> Any:
+    where = prefix.rstrip(".") or "<top level>"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {where} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{source}: unknown key {prefix}{key} (known here: {known})")
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = _coerce(hints[name], value, key=f"{prefix}{name}", source=source)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{source}: {where}: {exc}") from None
+
+
+def _coerce(tp: Any, value: Any, *, key: str, source: str) -> Any:
+    """Check ``value`` against type hint ``tp``; convert where YAML is naturally loose (int->float, list->tuple)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, prefix=f"{key}.", source=source)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            choices = " | ".join(map(str, typing.get_args(tp)))
+            raise ConfigError(f"{source}: {key} must be one of {choices}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key=key, source=source)
+    if origin is tuple:
+        (item_tp, *_rest) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        return tuple(_coerce(item_tp, v, key=f"{key}[{i}]", source=source) for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{source}: {key} has an unsupported type {tp!r}")  # a schema bug
+
+
+# --------------------------------------------------------------------------------------------
+# Hashing and dumping
+# --------------------------------------------------------------------------------------------
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain, JSON/YAML-safe dict of a config (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def stage_hash(cfg: Config, stage: str) -> str:
+    """Stable fingerprint of everything ``stage``'s result depends on (its sections, seed, threads)."""
+    full = to_dict(cfg)
+    relevant = {"seed": full["seed"], "threads": full["threads"], "deterministic": full["deterministic"]}
+    relevant.update({section: full[section] for section in STAGE_SECTIONS[stage]})
+    blob = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

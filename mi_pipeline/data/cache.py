@@ -1,0 +1,131 @@
+"""The preprocessed cache: what step 1 writes and steps 2-4 read, so no epoch decodes NIfTI.
+
+Layout under the run root::
+
+    data/cache/<subject>.npz      one subject, arrays below (written atomically)
+    data/cache/manifest.json      written last: subject ids + the data config hash
+    data/splits/{train,val,test}.txt   one subject id per line
+
+All arrays live on the *cropped, resampled cine grid* of the subject. Label codes everywhere:
+0 background, 1 LV cavity, 2 myocardium, 3 infarct (the generic layout's 4 = no-reflow is folded
+into 3 when the cache is written).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mi_pipeline.errors import InputError
+from mi_pipeline.fsio import atomic_write_bytes, atomic_write_text
+
+SPLITS = ("train", "val", "test")
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One preprocessed subject.
+
+    cine        float32 (Z, T, H, W), intensities in [0, 1]; T = data.frames, frame 0 is ED
+    es          index of end-systole among the T kept frames
+    lge         float32 (Z, H, W) in [0, 1], LGE resampled onto the cine grid (breath-hold offset remains)
+    lge_label   uint8 (Z, H, W), LGE labels on the cine grid (still in LGE pose)
+    cine_label  uint8 (Z, T, H, W), true labels in cine pose where known (phantom), else None
+    spacing     (row, col, slice) voxel size in mm
+    affine      float64 (4, 4) voxel -> world of the cropped cine grid, voxel axes (H, W, Z)
+    """
+
+    id: str
+    cine: np.ndarray
+    es: int
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    lge: np.ndarray | None = None
+    lge_label: np.ndarray | None = None
+    cine_label: np.ndarray | None = None
+
+
+def cache_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "data" / "cache"
+
+
+def splits_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "data" / "splits"
+
+
+def save_subject(run_dir: Path, subject: Subject) -> Path:
+    arrays = {
+        "cine": subject.cine.astype(np.float32),
+        "es": np.int64(subject.es),
+        "spacing": np.asarray(subject.spacing, dtype=np.float64),
+        "affine": np.asarray(subject.affine, dtype=np.float64),
+    }
+    for name in ("lge", "lge_label", "cine_label"):
+        value = getattr(subject, name)
+        if value is not None:
+            arrays[name] = value
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    path = cache_dir(run_dir) / f"{subject.id}.npz"
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def load_subject(run_dir: Path, subject_id: str) -> Subject:
+    path = cache_dir(run_dir) / f"{subject_id}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except FileNotFoundError:
+        raise InputError(f"{path}: cached subject missing; run step 1 (train --stage data) again") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cached subject unreadable ({exc}); run step 1 again") from None
+    return Subject(
+        id=subject_id,
+        cine=arrays["cine"],
+        es=int(arrays["es"]),
+        spacing=tuple(float(s) for s in arrays["spacing"]),  # type: ignore[arg-type]
+        affine=arrays["affine"],
+        lge=arrays.get("lge"),
+        lge_label=arrays.get("lge_label"),
+        cine_label=arrays.get("cine_label"),
+    )
+
+
+def write_manifest(run_dir: Path, subject_ids: list[str], data_hash: str) -> None:
+    manifest = {"version": CACHE_VERSION, "data_hash": data_hash, "subjects": sorted(subject_ids)}
+    atomic_write_text(cache_dir(run_dir) / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+
+
+def read_manifest(run_dir: Path) -> dict | None:
+    """The cache manifest, or None when the cache is absent or incomplete."""
+    path = cache_dir(run_dir) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("version") != CACHE_VERSION:
+        return None
+    return manifest
+
+
+def write_splits(run_dir: Path, splits: dict[str, list[str]]) -> None:
+    for name in SPLITS:
+        atomic_write_text(splits_dir(run_dir) / f"{name}.txt", "".join(f"{s}\n" for s in splits.get(name, [])))
+
+
+def read_split(run_dir: Path, name: str) -> list[str]:
+    path = splits_dir(run_dir) / f"{name}.txt"
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except OSError:
+        raise InputError(f"{path}: split list missing; run step 1 (train --stage data) first") from None
+
+
+def load_split(run_dir: Path, name: str) -> list[Subject]:
+    return [load_subject(run_dir, s) for s in read_split(run_dir, name)]

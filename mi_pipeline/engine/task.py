@@ -1,0 +1,61 @@
+"""The one interface between the training engine and a stage.
+
+The engine owns the loop, checkpoints, RNG, schedules, logging and signals; a task owns the
+model, its data and its losses. The engine never looks inside a batch, and a task never saves
+files or touches RNG state other than through the generator it is handed.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+Batch = dict[str, torch.Tensor]
+
+
+class TrainTask(abc.ABC):
+    """What one trainable stage provides to the engine.
+
+    Determinism contract (what makes resume bit-exact): ``make_batch`` must be a pure function of
+    its ``indices`` and the ``generator`` it is given (the engine seeds it from seed, epoch and
+    batch number), and ``setup``/``validate`` must not depend on global RNG state.
+    """
+
+    name: ClassVar[str]
+    metric_name: ClassVar[str]  # the validation metric that decides best_model.pth
+    higher_is_better: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def setup(self, device: torch.device) -> None:
+        """Load data (from the preprocessed cache) and any frozen upstream models."""
+
+    @abc.abstractmethod
+    def build_model(self) -> nn.Module:
+        """A freshly initialised model (the engine seeds the RNG before calling)."""
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; override to give parts of the model their own LR."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+
+    @abc.abstractmethod
+    def num_train_samples(self) -> int:
+        """Number of training samples; an epoch visits each once in a seeded random order."""
+
+    @abc.abstractmethod
+    def make_batch(self, indices: list[int], generator: torch.Generator, device: torch.device) -> Batch:
+        """Collate (and augment, using only ``generator``) the samples at ``indices``."""
+
+    @abc.abstractmethod
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar training loss and any named parts of it worth logging."""
+
+    @abc.abstractmethod
+    def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """Metrics on the validation subjects; must contain ``metric_name``."""
+
+    def upstream(self) -> dict[str, str]:
+        """Fingerprints of the upstream models this task was trained on (stored in checkpoints)."""
+        return {}
