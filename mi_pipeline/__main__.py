@@ -13,8 +13,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(f"usage: python -m mi_pipeline {{{','.join(COMMANDS)}}} [options]", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    from mi_pipeline.cli import run_main
+
     module = importlib.import_module(f"mi_pipeline.{argv[0]}")
-    return int(module.main(argv[1:]) or 0)
+    return int(run_main(module.main, argv[1:]) or 0)
 
 
 if __name__ == "__main__":

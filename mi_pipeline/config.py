@@ -90,13 +90,18 @@ class OptimConfig:
 class MotionConfig(OptimConfig):
     """Step 2: unsupervised ED -> frame-t deformable registration (VoxelMorph-style)."""
 
-    channels: tuple[int, ...] = (16, 32, 32, 32)
+    channels: tuple[int, ...] = (16, 32, 32, 32)  # VoxelMorph UNet encoder/decoder pairs (even length)
     similarity: Literal["lncc", "mse"] = "lncc"
     smooth_weight: float = 0.5
+    smooth_loss: Literal["diffusion", "bending"] = "diffusion"  # 1st- or 2nd-derivative regulariser
+    lncc_kernel: int = 9  # LNCC window (pixels, odd)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _non_negative(self, "smooth_weight")
+        _positive(self, "lncc_kernel")
+        if len(self.channels) < 2 or len(self.channels) % 2:
+            raise ValueError("channels must list an even number (>= 2) of widths: (down, up) pairs per level")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,11 +112,13 @@ class RegistrationConfig(OptimConfig):
     affine_lr: float = 1e-5
     smooth_weight: float = 1.0
     mask_dice_weight: float = 0.0  # optional Dice on masks (needs labels in both spaces)
+    affine_weight: float = 1.0  # weight of the MI term on the affine-only alignment (guides GlobalNet)
+    levels: int = 3  # down-sampling levels of GlobalNet and LocalNet (crop must divide by 2**levels)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive(self, "channels", "affine_lr")
-        _non_negative(self, "smooth_weight", "mask_dice_weight")
+        _positive(self, "channels", "affine_lr", "levels")
+        _non_negative(self, "smooth_weight", "mask_dice_weight", "affine_weight")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,13 +126,17 @@ class SegmentationConfig(OptimConfig):
     """Step 4: UNet on cine frames + motion features -> background / myocardium / infarct."""
 
     channels: tuple[int, ...] = (16, 32, 64, 128)
+    num_res_units: int = 2  # >= 1 keeps thin myocardium/infarct (UNet's first layer downsamples)
     motion_features: bool = True
+    augment: bool = True  # random flips (fields flipped consistently)
     dice_weight: float = 1.0
     ce_weight: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _non_negative(self, "dice_weight", "ce_weight")
+        _non_negative(self, "dice_weight", "ce_weight", "num_res_units")
+        if len(self.channels) < 2:
+            raise ValueError("channels must list at least 2 widths")
 
 
 @dataclass(frozen=True, kw_only=True)

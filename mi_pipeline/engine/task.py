@@ -55,7 +55,3 @@ class TrainTask(abc.ABC):
     @abc.abstractmethod
     def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Metrics on the validation subjects; must contain ``metric_name``."""
-
-    def upstream(self) -> dict[str, str]:
-        """Fingerprints of the upstream models this task was trained on (stored in checkpoints)."""
-        return {}

@@ -1,0 +1,36 @@
+"""What every command line shares: common options and the one-line error contract."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from mi_pipeline.config import Config, load_config
+from mi_pipeline.errors import UserError
+
+DEFAULT_CONFIG_HELP = "YAML config (default: built-in defaults)"
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None, help=DEFAULT_CONFIG_HELP)
+    parser.add_argument("--run-dir", type=Path, default=Path("."), help="run root (default: current directory)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value (repeatable), e.g. --set motion.epochs=5")
+
+
+def load_run_config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)
+
+
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Call ``main``; a UserError becomes one line on stderr and exit status 2."""
+    try:
+        return main(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,243 @@
+"""The training loop shared by every stage: per-epoch atomic checkpoints and bit-exact resume.
+
+Exactness comes from three rules (see shared notes on MONAI/torch determinism):
+1. data order and augmentation are pure functions of (seed, epoch, batch): nothing about the data
+   pipeline needs saving, and skipping to the middle of an epoch is free;
+2. the checkpoint holds every other piece of state: model, optimizer, scheduler, grad scaler,
+   counters, best metric and the global RNG states (restored last, after everything is built);
+3. threads are pinned and deterministic algorithms are on (set up by ``determinism``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mi_pipeline.config import OptimConfig
+from mi_pipeline.engine import checkpoint as ckpt
+from mi_pipeline.engine.runlog import StageLog
+from mi_pipeline.engine.task import TrainTask
+from mi_pipeline.errors import CheckpointError
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs fully completed
+    batch: int = 0  # batches completed inside epoch ``epoch`` (non-zero only after a mid-epoch stop)
+    step: int = 0  # optimizer steps in total
+    best_metric: float | None = None
+    best_epoch: int | None = None
+
+
+class Interrupted(Exception):
+    """Training stopped on request after saving its exact position; running it again continues."""
+
+    def __init__(self, state: TrainState) -> None:
+        super().__init__(f"stopped at epoch {state.epoch + 1}, batch {state.batch}; state saved")
+        self.state = state
+
+
+@dataclass
+class FitContext:
+    """Everything the loop needs that is not the task itself."""
+
+    ckpt_dir: Path
+    log: StageLog
+    seed: int
+    config_hash: str
+    config: dict[str, Any]
+    device: torch.device
+    upstream: dict[str, str] = field(default_factory=dict)  # fingerprints of the models this stage builds on
+    restart: bool = False  # ignore (and set aside) an existing last.pth
+    force: bool = False  # resume even if the config hash or upstream models changed
+    stop_requested: Callable[[], bool] = lambda: False
+    on_epoch: Callable[[TrainState, dict[str, float]], None] = lambda state, metrics: None
+
+
+def batch_seed(seed: int, epoch: int, batch: int) -> int:
+    return (seed * 1_000_003 + epoch * 10_007 + batch) % (2**63 - 1)
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(batch_seed(seed, epoch, -1))
+    return torch.randperm(num_samples, generator=generator).tolist()
+
+
+def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """LR multiplier from the epoch number alone (nnU-Net style): less state to lose."""
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    return 1.0
+
+
+def fit(task: TrainTask, optim: OptimConfig, ctx: FitContext) -> TrainState:
+    """Train ``task`` to ``optim.epochs`` epochs, resuming from ``last.pth`` when present."""
+    log = ctx.log
+    task.setup(ctx.device)
+    torch.manual_seed(ctx.seed)
+    model = task.build_model().to(ctx.device)
+    optimizer = torch.optim.AdamW(task.param_groups(model, optim.lr), weight_decay=optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda e: lr_factor(optim.lr_schedule, e, optim.epochs))
+    use_amp = optim.amp and ctx.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    upstream = ctx.upstream
+    state = _resume(ctx, model, optimizer, scheduler, scaler, upstream, optim.epochs)
+    if state.epoch >= optim.epochs:
+        log.info(f"already trained: {state.epoch}/{optim.epochs} epochs, best {task.metric_name}={state.best_metric}")
+        return state
+
+    num_batches = math.ceil(task.num_train_samples() / optim.batch_size)
+    while state.epoch < optim.epochs:
+        started = time.monotonic()
+        model.train()
+        order = epoch_order(task.num_train_samples(), ctx.seed, state.epoch)
+        losses: list[float] = []
+        bar = log.progress(num_batches, state.batch, f"epoch {state.epoch + 1}/{optim.epochs}")
+        for batch_index in range(state.batch, num_batches):
+            indices = order[batch_index * optim.batch_size:(batch_index + 1) * optim.batch_size]
+            generator = torch.Generator().manual_seed(batch_seed(ctx.seed, state.epoch, batch_index))
+            batch = task.make_batch(indices, generator, ctx.device)
+            with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=use_amp):
+                loss, _parts = task.loss(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {state.epoch + 1}, batch {batch_index}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if optim.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            state.step += 1
+            state.batch = batch_index + 1
+            losses.append(loss.item())
+            bar.update(losses[-1])
+            if ctx.stop_requested() and state.batch < num_batches:
+                bar.close()
+                _save_last(ctx, model, optimizer, scheduler, scaler, state, upstream, optim.epochs, {})
+                log.info(f"stop requested: saved exact position (epoch {state.epoch + 1}, batch {state.batch}/{num_batches})")
+                raise Interrupted(state)
+        bar.close()
+        metrics = _end_epoch(task, model, ctx, state, scheduler, losses, started)
+        improved = _is_better(metrics.get(task.metric_name), state.best_metric, task.higher_is_better)
+        if improved:
+            state.best_metric, state.best_epoch = metrics[task.metric_name], state.epoch
+            _save_best(ctx, task, model, state, upstream, metrics)
+        _save_last(ctx, model, optimizer, scheduler, scaler, state, upstream, optim.epochs, metrics)
+        record = {"epoch": state.epoch, "step": state.step, "best": improved, **metrics}
+        log.epoch_metrics(record)
+        log.info(_epoch_line(state, optim.epochs, task.metric_name, metrics, improved))
+        ctx.on_epoch(state, metrics)
+        if ctx.stop_requested() and state.epoch < optim.epochs:
+            log.info(f"stop requested: stopping after epoch {state.epoch} (checkpoint saved)")
+            raise Interrupted(state)
+    return state
+
+
+def _end_epoch(task: TrainTask, model: torch.nn.Module, ctx: FitContext, state: TrainState,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, losses: list[float], started: float) -> dict[str, float]:
+    """Validate, advance the schedule and the counters; return the epoch's metrics."""
+    model.eval()
+    with torch.no_grad():
+        metrics = {k: float(v) for k, v in task.validate(model, ctx.device).items()}
+    if task.metric_name not in metrics:
+        raise KeyError(f"{task.name}.validate() did not return its metric {task.metric_name!r}")
+    lr = scheduler.get_last_lr()[0]
+    scheduler.step()
+    state.epoch += 1
+    state.batch = 0
+    train_loss = sum(losses) / len(losses) if losses else float("nan")
+    return {"train_loss": train_loss, "lr": lr, "seconds": round(time.monotonic() - started, 3), **metrics}
+
+
+def _is_better(value: float | None, best: float | None, higher_is_better: bool) -> bool:
+    if value is None or not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value > best if higher_is_better else value < best
+
+
+def _epoch_line(state: TrainState, epochs: int, metric_name: str, metrics: dict[str, float], improved: bool) -> str:
+    shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("lr", "seconds"))
+    mark = " (best)" if improved else ""
+    return f"epoch {state.epoch}/{epochs} {shown} [{metrics['seconds']:.1f}s]{mark}"
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def _save_best(ctx: FitContext, task: TrainTask, model: torch.nn.Module, state: TrainState,
+               upstream: dict[str, str], metrics: dict[str, float]) -> None:
+    ckpt.save_checkpoint(ctx.ckpt_dir / ckpt.BEST, {
+        "kind": "best", "stage": task.name, "model": model.state_dict(), "epoch": state.epoch,
+        "metric_name": task.metric_name, "metric": metrics[task.metric_name], "metrics": metrics,
+        "config_hash": ctx.config_hash, "config": ctx.config, "upstream": upstream,
+    })
+
+
+def _save_last(ctx: FitContext, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+               state: TrainState, upstream: dict[str, str], epochs: int, metrics: dict[str, float]) -> None:
+    ckpt.save_checkpoint(ctx.ckpt_dir / ckpt.LAST, {
+        "kind": "last", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+        "state": dataclasses.asdict(state), "epochs": epochs, "finished": state.epoch >= epochs,
+        "config_hash": ctx.config_hash, "upstream": upstream, "metrics": metrics, "rng": ckpt.capture_rng(),
+    })
+
+
+def _resume(ctx: FitContext, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+            upstream: dict[str, str], epochs: int) -> TrainState:
+    path = ctx.ckpt_dir / ckpt.LAST
+    if ctx.restart:
+        set_aside(path, "restart")
+        ctx.log.keep_metrics_through(0)
+        ctx.log.info("starting from scratch (restart requested)")
+        return TrainState()
+    if not path.exists():
+        ctx.log.info("no last.pth: starting at epoch 1")
+        return TrainState()
+    payload = ckpt.load_checkpoint(path, required=("model", "optimizer", "scheduler", "state", "rng", "config_hash"))
+    if payload["config_hash"] != ctx.config_hash and not ctx.force:
+        raise CheckpointError(
+            f"{path}: written with config hash {payload['config_hash']}, the current config hashes to "
+            f"{ctx.config_hash}; resume with --force to continue under the new config, or use --mode fresh")
+    if payload.get("upstream", {}) != upstream and not ctx.force:
+        raise CheckpointError(
+            f"{path}: trained on different upstream models ({payload.get('upstream')} vs {upstream}); "
+            "retrain this stage (train --restart) or pass --force")
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    if "scaler" in payload:
+        scaler.load_state_dict(payload["scaler"])
+    state = TrainState(**payload["state"])
+    ckpt.restore_rng(payload["rng"])  # last: building things above may consume RNG
+    ctx.log.keep_metrics_through(state.epoch)
+    where = f"epoch {state.epoch + 1}" + (f", batch {state.batch + 1}" if state.batch else "")
+    if state.epoch < epochs:
+        ctx.log.info(f"resuming from last.pth at {where} (completed epochs: {state.epoch}, step {state.step})")
+    return state
+
+
+def set_aside(path: Path, why: str) -> Path | None:
+    """Move a file out of the way instead of deleting work: ``last.pth`` -> ``last.pth.<why>``.
+
+    One copy per reason is kept (a newer one replaces it), so repeated restarts cannot fill the disk.
+    """
+    if not path.exists():
+        return None
+    target = path.with_name(f"{path.name}.{why}")
+    os.replace(path, target)
+    return target

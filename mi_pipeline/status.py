@@ -1,0 +1,103 @@
+"""``python -m mi_pipeline.status``: where a run stands (state, per-stage detail, recent trouble)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from mi_pipeline import STAGES
+from mi_pipeline.cli import run_main
+from mi_pipeline.layout import RunLayout, inspect_stage, rebuild_records
+from mi_pipeline.progress import Progress, ProgressFile, StageRecord
+
+TROUBLE_LINES = 5
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mi_pipeline.status", description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", type=Path, default=Path("."), help="run root (default: current directory)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    layout = RunLayout(args.run_dir.resolve())
+    report = collect(layout)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(render(report))
+    return 0
+
+
+def collect(layout: RunLayout) -> dict[str, Any]:
+    progress = ProgressFile(layout.root, inspect_disk=lambda: rebuild_records(layout)).read()
+    stages = {stage: _stage_report(layout, stage, progress.stages[stage]) for stage in STAGES}
+    return {"run_dir": str(layout.root), "state": progress.state, "stages": stages, "notes": progress.notes}
+
+
+def _stage_report(layout: RunLayout, stage: str, record: StageRecord) -> dict[str, Any]:
+    status, detail = record.status, record.note
+    if status == "running" and record.executor != "slurm" and not _process_alive(record):
+        status, detail = "failed", f"process {record.pid} on {record.host} ended without reporting (killed?)"
+    report: dict[str, Any] = {
+        "status": status, "epoch": record.epoch, "epochs": record.epochs, "best_metric": record.best_metric,
+        "metric_name": record.metric_name, "attempts": record.attempts, "requeues": record.requeues,
+        "job_id": record.job_id, "log": record.log, "error": record.error, "detail": detail,
+    }
+    if stage != "data":
+        health = inspect_stage(layout, stage)
+        report["best_model"] = "ok" if health.best_ok else health.best_problem
+    if status == "failed":
+        report["trouble"] = _tail(layout.train_log(stage), TROUBLE_LINES)
+    return report
+
+
+def _process_alive(record: StageRecord) -> bool:
+    if record.pid is None or record.host != socket.gethostname():
+        return True  # cannot tell from here: trust the record
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tail(path: Path, count: int) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()[-count:]
+    except OSError:
+        return []
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [f"run: {report['run_dir']}", f"state: {report['state']}"]
+    lines += [f"note: {note}" for note in report["notes"]]
+    for stage, info in report["stages"].items():
+        mark = "✓" if info["status"] == "done" else "✗"
+        parts = [f"{mark} {stage:13} {info['status']:11}"]
+        if info.get("epochs"):
+            parts.append(f"epoch {info['epoch']}/{info['epochs']}")
+        if info.get("best_metric") is not None:
+            parts.append(f"best {info.get('metric_name') or 'metric'}={info['best_metric']:.4f}")
+        if info.get("attempts"):
+            parts.append(f"attempts {info['attempts']}")
+        if info.get("job_id"):
+            parts.append(f"job {info['job_id']}")
+        if stage != "data" and info.get("best_model") not in ("ok", "missing"):
+            parts.append("best_model.pth corrupted")
+        lines.append("  ".join(parts))
+        if info["status"] == "failed":
+            for reason in (info.get("error"), info.get("detail")):
+                if reason:
+                    lines.append(f"      {reason}")
+            lines += [f"      | {line}" for line in info.get("trouble", [])]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

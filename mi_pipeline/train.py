@@ -1,0 +1,180 @@
+"""``python -m mi_pipeline.train --stage S``: run one stage, what a job executes.
+
+Run again after a crash and it continues from ``last.pth``. It keeps the progress record up to date
+(running -> done / failed) and turns SIGUSR2 / SIGTERM / Ctrl-C into "save the exact position, stop".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import traceback
+from pathlib import Path
+
+from mi_pipeline import STAGES
+from mi_pipeline.cli import add_run_options, load_run_config, run_main
+from mi_pipeline.config import Config, stage_hash, to_dict
+from mi_pipeline.engine import checkpoint as ckpt
+from mi_pipeline.engine.determinism import pick_device, setup_determinism
+from mi_pipeline.engine.runlog import StageLog
+from mi_pipeline.engine.trainer import FitContext, Interrupted, fit, set_aside
+from mi_pipeline.errors import CheckpointError, UserError
+from mi_pipeline.layout import RunLayout, rebuild_records
+from mi_pipeline.plan import UPSTREAM
+from mi_pipeline.progress import ProgressFile, now
+
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped on request with its position saved; run again to continue
+
+
+class StopFlag:
+    """Set by a signal; read by the training loop between batches."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    def __call__(self) -> bool:
+        return self.signal_name is not None
+
+    def install(self, log: StageLog) -> None:
+        def handler(signum: int, _frame: object) -> None:
+            name = signal.Signals(signum).name
+            if self.signal_name is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.signal_name = name
+            log.info(f"received {name}: will save the exact position and stop after this batch")
+
+        for sig in (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mi_pipeline.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", required=True, choices=STAGES)
+    add_run_options(parser)
+    parser.add_argument("--force", action="store_true", help="resume even if the config or upstream models changed")
+    parser.add_argument("--restart", action="store_true", help="train from scratch (the old last.pth is kept aside)")
+    parser.add_argument("--on-upstream-change", choices=("error", "restart"), default="error",
+                        help="when last.pth was trained on older upstream models (default: error)")
+    args = parser.parse_args(argv)
+    cfg = load_run_config(args)
+    layout = RunLayout(args.run_dir.resolve())
+    return train_stage(args.stage, cfg, layout, force=args.force, restart=args.restart,
+                       on_upstream_change=args.on_upstream_change)
+
+
+def train_stage(stage: str, cfg: Config, layout: RunLayout, *, force: bool = False, restart: bool = False,
+                on_upstream_change: str = "error") -> int:
+    log = StageLog(layout.log_dir(stage), stage)
+    progress = ProgressFile(layout.root, inspect_disk=lambda: rebuild_records(layout))
+    record = progress.read().stages[stage]
+    try:
+        _check_not_lost(stage, layout, record.epoch, restart)
+        upstream = _upstream_fingerprints(stage, layout)
+        restart = restart or _stale_against_upstream(stage, layout, upstream, on_upstream_change, force, log)
+    except UserError as exc:
+        _mark_failed(progress, stage, log, str(exc))
+        raise
+    progress.update_stage(stage, status="running", attempts=record.attempts + 1, pid=os.getpid(),
+                          host=socket.gethostname(), job_id=os.environ.get("SLURM_JOB_ID"),
+                          log=str(log.train_log), started=now(), finished=None, error=None)
+    log.info(f"starting {stage} (attempt {record.attempts + 1}, pid {os.getpid()}, config {stage_hash(cfg, stage)})")
+    stop = StopFlag()
+    stop.install(log)
+    try:
+        device = pick_device(cfg.device)
+        setup_determinism(cfg.seed, cfg.threads, cfg.deterministic, device)
+        if stage == "data":
+            return _run_data(cfg, layout, progress, log)
+        return _run_model_stage(stage, cfg, layout, progress, log, device, upstream, stop, force, restart)
+    except Interrupted as exc:
+        message = f"interrupted by {stop.signal_name} at epoch {exc.state.epoch + 1}; run resume to continue"
+        progress.update_stage(stage, status="failed", epoch=exc.state.epoch, error=message, pid=None)
+        log.info(message)
+        return EXIT_INTERRUPTED
+    except UserError as exc:
+        _mark_failed(progress, stage, log, str(exc))
+        raise
+    except Exception as exc:  # a bug or a numerical failure: full trace in the log, one line at the end
+        with open(log.train_log, "a", encoding="utf-8") as handle:
+            traceback.print_exc(file=handle)
+        _mark_failed(progress, stage, log, f"{type(exc).__name__}: {exc}")
+        print(f"error: {stage} failed: {type(exc).__name__}: {exc} (traceback in {log.train_log})", file=sys.stderr)
+        return 1
+
+
+def _run_data(cfg: Config, layout: RunLayout, progress: ProgressFile, log: StageLog) -> int:
+    from mi_pipeline.data.prepare import prepare_data
+
+    summary = prepare_data(cfg, layout.root, log=log.info)
+    log.info(f"data prepared: {summary}")
+    progress.update_stage("data", status="done", finished=now(), pid=None, error=None, note=None)
+    return 0
+
+
+def _run_model_stage(stage: str, cfg: Config, layout: RunLayout, progress: ProgressFile, log: StageLog,
+                     device, upstream: dict[str, str], stop: StopFlag, force: bool, restart: bool) -> int:
+    from mi_pipeline.stages import make_task
+
+    optim = getattr(cfg, stage)
+    task = make_task(stage, cfg, layout.root)
+
+    def on_epoch(state, metrics: dict[str, float]) -> None:
+        progress.update_stage(stage, epoch=state.epoch, epochs=optim.epochs, best_metric=state.best_metric,
+                              metric_name=task.metric_name)
+
+    ctx = FitContext(ckpt_dir=layout.ckpt_dir(stage), log=log, seed=cfg.seed, config_hash=stage_hash(cfg, stage),
+                     config=to_dict(cfg), device=device, upstream=upstream, restart=restart, force=force,
+                     stop_requested=stop, on_epoch=on_epoch)
+    state = fit(task, optim, ctx)
+    progress.update_stage(stage, status="done", epoch=state.epoch, epochs=optim.epochs, best_metric=state.best_metric,
+                          metric_name=task.metric_name, finished=now(), pid=None, error=None, note=None)
+    log.info(f"{stage} done: best {task.metric_name}={state.best_metric} at epoch {state.best_epoch}")
+    return 0
+
+
+def _mark_failed(progress: ProgressFile, stage: str, log: StageLog, message: str) -> None:
+    log.info(f"FAILED: {message}")
+    progress.update_stage(stage, status="failed", error=message, finished=now(), pid=None, log=str(log.train_log))
+
+
+def _check_not_lost(stage: str, layout: RunLayout, recorded_epoch: int, restart: bool) -> None:
+    """Progress without a checkpoint means lost work: say so instead of silently starting over."""
+    if stage != "data" and not restart and recorded_epoch > 0 and not layout.last(stage).exists():
+        raise CheckpointError(
+            f"{layout.last(stage)}: missing, but the progress record says {stage} reached epoch {recorded_epoch}; "
+            f"refusing to start over silently (restore the file, or train with --restart)")
+
+
+def _upstream_fingerprints(stage: str, layout: RunLayout) -> dict[str, str]:
+    prints = {}
+    for up in UPSTREAM[stage]:
+        if up == "data":
+            continue
+        if not layout.best(up).is_file():
+            raise CheckpointError(f"{layout.best(up)}: missing; {stage} needs the trained {up} model (run {up} first)")
+        prints[up] = ckpt.file_fingerprint(layout.best(up))
+    return prints
+
+
+def _stale_against_upstream(stage: str, layout: RunLayout, upstream: dict[str, str], policy: str,
+                            force: bool, log: StageLog) -> bool:
+    """True when last.pth was trained on other upstream models and the policy says restart."""
+    if not upstream or force or not layout.last(stage).exists():
+        return False
+    try:
+        recorded = ckpt.load_checkpoint(layout.last(stage), required=("model",)).get("upstream", {})
+    except CheckpointError:
+        return False  # the trainer reports the unreadable file itself
+    if recorded == upstream or policy != "restart":
+        return False
+    kept = set_aside(layout.last(stage), "stale")
+    log.info(f"last.pth was trained on older upstream models ({', '.join(sorted(upstream))}): "
+             f"restarting {stage} from scratch (old file kept as {kept.name if kept else '-'})")
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

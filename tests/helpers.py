@@ -1,0 +1,56 @@
+"""Helpers shared by tests: run real processes, wait for files, compare weights bit for bit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def env() -> dict[str, str]:
+    """Child-process environment that imports this checkout's package."""
+    variables = dict(os.environ)
+    variables["PYTHONPATH"] = str(REPO) + os.pathsep + variables.get("PYTHONPATH", "")
+    return variables
+
+
+def run_module(module: str, *args: str, cwd: Path | None = None, timeout: float = 600,
+               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env(), text=True,
+                          capture_output=True, timeout=timeout, input=stdin)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited ({proc.returncode}) before {what}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """Completed epochs recorded in a last.pth, or -1 when absent/unreadable (mid-write)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["state"]["epoch"])
+    except Exception:
+        return -1
+
+
+def model_weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"weights differ at {key}"

@@ -1,0 +1,82 @@
+"""Config: YAML -> frozen dataclasses; every mistake names the key path and the file."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from mi_pipeline.config import Config, load_config, stage_hash
+from mi_pipeline.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "default.yaml"])
+def test_shipped_configs_load(name: str) -> None:
+    path = REPO / "configs" / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing")
+    assert isinstance(load_config(path), Config)
+
+
+def test_config_is_frozen() -> None:
+    cfg = load_config(None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("motion:\n  epoch: 3\n", "unknown key motion.epoch"),
+        ("motoin:\n  epochs: 3\n", "unknown key motoin"),
+        ("motion:\n  epochs: three\n", "motion.epochs must be an integer"),
+        ("motion:\n  epochs: -1\n", "epochs must be > 0"),
+        ("data:\n  format: dicom\n", "data.format must be one of"),
+        ("data:\n  phantom:\n    subjects: 2.5\n", "data.phantom.subjects must be an integer"),
+        ("segmentation:\n  channels: 16\n", "segmentation.channels must be a list"),
+        ("motion: [1, 2]\n", "motion must be a mapping"),
+        ("seed: true\n", "seed must be an integer"),
+        ("motion:\n  epochs: [\n", "is not valid YAML"),
+    ],
+)
+def test_bad_config_names_key_and_file(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert expected in message
+    assert str(path) in message
+    assert "\n" not in message
+
+
+def test_set_overrides_are_typed_and_validated(tmp_path: Path) -> None:
+    path = write(tmp_path, "motion:\n  epochs: 3\n")
+    cfg = load_config(path, ["motion.epochs=5", "data.root=/data/x", "segmentation.channels=[8,16]"])
+    assert cfg.motion.epochs == 5 and cfg.data.root == "/data/x" and cfg.segmentation.channels == (8, 16)
+    with pytest.raises(ConfigError, match="unknown key motion.epoks"):
+        load_config(path, ["motion.epoks=5"])
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load_config(path, ["motion.epochs"])
+
+
+def test_missing_config_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_stage_hash_is_stable_and_scoped() -> None:
+    base = load_config(None)
+    assert stage_hash(base, "motion") == stage_hash(load_config(None), "motion")
+    other = load_config(None, ["segmentation.lr=0.5"])
+    assert stage_hash(base, "motion") == stage_hash(other, "motion"), "motion does not depend on segmentation"
+    assert stage_hash(base, "segmentation") != stage_hash(other, "segmentation")
+    assert stage_hash(base, "motion") != stage_hash(load_config(None, ["data.crop=96"]), "motion")
