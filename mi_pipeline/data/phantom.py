@@ -1,0 +1,448 @@
+"""Deterministic synthetic cardiac MRI: the embedded dataset the demo and the tests run on.
+
+Why analytic: every image is rendered from closed-form geometry (LV ring, RV crescent, infarct
+sector), so the labels match the pixels exactly in *both* spaces (cine pose and LGE pose) and
+every stage can be scored against truth.
+
+Model, per subject (all draws from ``numpy.random.default_rng([seed, index])``):
+
+* short-axis stack base -> apex; the LV is a ring whose ED endocardial radius and wall thickness
+  shrink toward the apex; a slightly elliptic cavity; an RV crescent on the patient's right;
+* a cardiac cycle: contraction ``c(t)`` rises smoothly from 0 at ED to 1 at ES (~35-40 % of the
+  cycle), falls during rapid filling and stays 0 during diastasis. Wall thickness grows by the
+  fractional thickening ``tf`` times ``c`` and the endocardium moves inward so the myocardial area
+  of every angular sector is conserved; an optional apex-vs-base twist;
+* an infarct sector (angle, extent 40-120 deg, transmurality 0.3-1, a range of slices) that barely
+  thickens (akinetic/hypokinetic, tf < 0.08), with a 20 deg hypokinetic border zone outside it,
+  optionally remodelled thinner; about one subject in three has none;
+* cine contrast (bright blood, grey myocardium, textured body) and LGE contrast (nulled remote
+  myocardium, bright scar, bright-ish blood) with Rician noise and a smooth bias field each;
+* the LGE is the heart in diastasis (``c = 0``, the ED shape) at another breath-hold: a rigid
+  world transform about the heart centre plus a small smooth in-plane elastic change, sampled on
+  the LGE's own grid (own spacing, matrix, origin and a slightly different plane).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import yaml
+
+from mi_pipeline.config import PhantomConfig
+
+GENERATOR_VERSION = 1
+MARKER = ".phantom.json"
+INTENSITY_SCALE = 1000.0  # stored as int16 counts, like scanner magnitude images
+
+
+def subject_id(index: int) -> str:
+    return f"phantom_{index + 1:03d}"
+
+
+@dataclass(frozen=True)
+class PhantomSubject:
+    """One rendered subject; arrays in NIfTI voxel order (X, Y, Z[, T])."""
+
+    id: str
+    cine: np.ndarray  # int16 (X, Y, Z, T)
+    cine_affine: np.ndarray
+    cine_label: np.ndarray  # uint8 (X, Y, Z, T), 0..3
+    lge: np.ndarray  # int16 (X', Y', Z')
+    lge_affine: np.ndarray
+    lge_label: np.ndarray  # uint8 (X', Y', Z'), 0..3
+    frame_ms: float
+    info: dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------
+# Random anatomy
+# --------------------------------------------------------------------------------------------
+
+
+def _rotation(rx: float, ry: float, rz: float) -> np.ndarray:
+    """Rotation matrix from angles in degrees (x, then y, then z)."""
+    ax, ay, az = np.radians([rx, ry, rz])
+    mx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    my = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    mz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return mz @ my @ mx
+
+
+def _wrap(angle: np.ndarray) -> np.ndarray:
+    return (angle + np.pi) % (2 * np.pi) - np.pi
+
+
+def contraction(phase: np.ndarray | float, es_phase: float) -> np.ndarray:
+    """Smooth cyclic contraction in [0, 1]: 0 at ED (phase 0), 1 at ES, 0 again from mid-diastole."""
+    t = np.asarray(phase, dtype=np.float64) % 1.0
+    systole = 0.5 * (1 - np.cos(np.pi * np.clip(t / es_phase, 0, 1)))
+    u = np.clip((t - es_phase) / (0.6 * (1 - es_phase)), 0, 1)
+    diastole = 0.5 * (1 + np.cos(np.pi * u))
+    return np.where(t <= es_phase, systole, diastole)
+
+
+@dataclass(frozen=True)
+class _Heart:
+    """Closed-form heart in the cine 'physical' frame: (x, y) mm in-plane, k = slice index."""
+
+    slices: int
+    cx: float
+    cy: float
+    tilt: tuple[float, float]  # centre drift base -> apex (mm)
+    r0: float  # ED endocardial radius at the base (mm)
+    w0: float  # ED wall thickness at the base (mm)
+    ell: float
+    ell_angle: float
+    tf: float  # normal fractional systolic thickening at the base
+    twist: float  # radians, apex minus base at ES
+    infarct: bool
+    inf_angle: float
+    inf_extent: float  # radians
+    inf_trans: float  # transmurality (fraction of the wall from the endocardium)
+    inf_k: tuple[int, int]  # first and last slice of the infarct
+    inf_tf: float
+    remodel: float  # fractional thinning of the infarct wall at ED
+    rv_angle: float
+    rv_scale: float
+
+    def geometry(self, x: np.ndarray, y: np.ndarray, k: np.ndarray) -> dict[str, np.ndarray]:
+        """What does not change over the cycle (computed once per grid)."""
+        z = self.slices
+        s = np.clip(k / max(z - 1, 1), 0.0, 1.0)
+        dx = x - (self.cx + self.tilt[0] * s)
+        dy = y - (self.cy + self.tilt[1] * s)
+        return {"k": k, "s": s, "in_z": (k >= -0.5) & (k <= z - 0.5), "dx": dx, "dy": dy,
+                "r": np.hypot(dx, dy), "angle": np.arctan2(dy, dx)}
+
+    def fields(self, geom: dict[str, np.ndarray], c: float, h: float) -> dict[str, np.ndarray]:
+        """Soft memberships (partial volume over ``h`` mm) and hard labels at contraction ``c``."""
+        k, s, in_z, dx, dy, r = geom["k"], geom["s"], geom["in_z"], geom["dx"], geom["dy"], geom["r"]
+        theta = geom["angle"] - self.twist * (s - 0.4) * c  # material angle
+
+        if self.infarct:
+            in_k = (k >= self.inf_k[0] - 0.5) & (k <= self.inf_k[1] + 0.5)
+            delta = np.abs(_wrap(theta - self.inf_angle)) - self.inf_extent / 2
+            border = float(np.radians(20.0))
+            g = np.where(delta <= 0, 1.0, 0.5 * (1 + np.cos(np.pi * np.clip(delta / border, 0, 1))))
+            g = g * in_k
+        else:
+            in_k = np.zeros_like(in_z)
+            delta = np.full_like(r, np.inf)
+            g = np.zeros_like(r)
+
+        shape = np.sqrt(1 - (0.8 * s) ** 2)
+        ri_ed = self.r0 * shape * (1 + self.ell * np.cos(2 * (theta - self.ell_angle)))
+        w_ed = self.w0 * (1 - 0.2 * s) * (1 - self.remodel * g)
+        tf = self.tf * (1 + 0.25 * s) * (1 - g) + self.inf_tf * g
+        w = w_ed * (1 + tf * c)
+        area = 2 * ri_ed * w_ed + w_ed**2  # (area / angle) * 2, conserved per sector
+        ri = np.maximum((area - w**2) / (2 * w), 1.0)
+        re = ri + w
+        ri_inf = ri + self.inf_trans * w
+
+        def soft(dist: np.ndarray) -> np.ndarray:
+            return np.clip(dist / h + 0.5, 0.0, 1.0)
+
+        f_cav = soft(ri - r) * in_z
+        f_epi = soft(re - r) * in_z
+        f_inf = np.zeros_like(r)
+        if self.infarct:
+            f_inf = soft(ri_inf - r) * soft(-delta * np.maximum(r, 1e-3)) * in_k * in_z
+
+        # RV: an ellipse beside the LV, outside the LV epicardium; 2.5 mm free wall
+        scale = self.rv_scale * (1 - 0.45 * s) * (1 - 0.2 * c)
+        dist0 = (self.r0 + self.w0) * 0.8
+        cos_rv, sin_rv = math.cos(self.rv_angle), math.sin(self.rv_angle)
+        along = dx * cos_rv + dy * sin_rv - dist0
+        perp = -dx * sin_rv + dy * cos_rv
+        a, b = 20.0 * scale, 34.0 * scale
+        q_in = np.hypot(along / a, perp / b)
+        q_out = np.hypot(along / (a + 2.5), perp / (b + 2.5))
+        f_rvb = soft((1 - q_in) * np.sqrt(a * b)) * in_z
+        f_rvo = np.maximum(soft((1 - q_out) * np.sqrt((a + 2.5) * (b + 2.5))) * in_z, f_rvb)
+
+        # epicardial fat (a thin bright band) and lung (dark) around the heart
+        f_peri = soft(re + 2.5 - r) * in_z
+        lx, ly = dx + 10 * cos_rv, dy + 10 * sin_rv
+        f_lung = soft((1 - np.hypot(lx / 58.0, ly / 46.0)) * 50.0)
+
+        label = np.zeros(r.shape, dtype=np.uint8)
+        label[in_z & (r < re)] = 2
+        label[in_z & (r < ri)] = 1
+        if self.infarct:
+            label[in_z & in_k & (r >= ri) & (r < re) & (r < ri_inf) & (delta <= 0)] = 3
+        return {"cav": f_cav, "epi": f_epi, "inf": f_inf, "rvb": f_rvb, "rvo": f_rvo, "peri": f_peri,
+                "lung": f_lung, "label": label}
+
+
+@dataclass(frozen=True)
+class _Body:
+    """Static textured body: an ellipse of soft tissue with a fat rim, air outside."""
+
+    center: tuple[float, float]
+    axes: tuple[float, float]
+    waves: np.ndarray  # (n, 3) wave vectors (rad/mm)
+    phases: np.ndarray
+    amps: np.ndarray
+
+    def fields(self, x: np.ndarray, y: np.ndarray, zmm: np.ndarray,
+               h: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        q = np.hypot((x - self.center[0]) / self.axes[0], (y - self.center[1]) / self.axes[1])
+        depth = (1 - q) * min(self.axes)  # ~ mm inside the body outline
+        body = np.clip(depth / h + 0.5, 0, 1)
+        fat = body * np.clip((9.0 - depth) / h + 0.5, 0, 1)
+        tex = np.zeros_like(x)
+        for (kx, ky, kz), ph, amp in zip(self.waves.tolist(), self.phases.tolist(), self.amps.tolist()):
+            tex += amp * np.cos(kx * x + ky * y + kz * zmm + ph)
+        return body, fat, tex
+
+
+def _draw(params: PhantomConfig, index: int) -> dict[str, Any]:
+    """All random draws of one subject, in a fixed order (so the bytes are stable for a seed)."""
+    rng = np.random.default_rng([params.seed, index])
+    u = rng.uniform
+    n, sp, th, z, frames = params.size, params.spacing_mm, params.slice_thickness_mm, params.slices, params.frames
+    fov_c = (n - 1) / 2 * sp
+
+    # cine plane: scanner-like flips plus a slight obliquity (slice axis stays voxel axis 2)
+    flips = np.diag([rng.choice([-1.0, 1.0]), rng.choice([-1.0, 1.0]), 1.0])
+    rot = _rotation(u(-10, 10), u(-10, 10), u(-15, 15)) @ flips
+    origin = np.array([u(-120, -60), u(-120, -60), u(-40, 0)])
+    # RV lies toward world -x (patient right, RAS) whatever the grid flips are
+    rv_world = rot.T @ np.array([-1.0, u(0.1, 0.5), 0.0])
+    rv_angle = float(np.arctan2(rv_world[1], rv_world[0]) + np.radians(u(-12, 12)))
+
+    infarct = bool(u() >= 1 / 3)
+    length = int(rng.integers((z + 1) // 2, z + 1))  # infarcts span at least half the stack
+    first = int(rng.integers(0, z - length + 1))
+    last = first + length - 1
+    heart = _Heart(
+        slices=z,
+        cx=fov_c + u(-8, 8),
+        cy=fov_c + u(-8, 8),
+        tilt=(u(-4, 4), u(-4, 4)),
+        r0=u(20, 25),
+        w0=u(5.0, 7.0),
+        ell=u(0.0, 0.08),
+        ell_angle=u(0, np.pi),  # python floats keep the float32 arrays float32
+        tf=u(0.45, 0.7),
+        twist=float(np.radians(u(-8, 8))),
+        infarct=infarct,
+        inf_angle=u(-np.pi, np.pi),
+        inf_extent=float(np.radians(u(40, 120))),
+        inf_trans=u(0.3, 1.0) if u() < 0.6 else 1.0,
+        inf_k=(first, last),
+        inf_tf=u(0.0, 0.08),
+        remodel=u(0.1, 0.3) if (infarct and u() < 0.5) else 0.0,
+        rv_angle=rv_angle,
+        rv_scale=u(0.85, 1.1),
+    )
+    body = _Body(
+        center=(fov_c + u(-10, 10), fov_c + u(-5, 5)),
+        axes=(max(n * sp * u(0.6, 0.75), 100.0), max(n * sp * u(0.5, 0.6), 80.0)),
+        waves=rng.normal(size=(16, 3)) * (2 * np.pi / u(6, 30, size=16))[:, None] * np.array([1, 1, 0.3]),
+        phases=rng.uniform(0, 2 * np.pi, 16),
+        amps=rng.uniform(0.005, 0.02, 16),
+    )
+    ed = 0 if u() < 0.7 else int(rng.integers(1, frames))
+    es_offset = int(round(u(0.35, 0.40) * frames))
+    es_offset = min(max(es_offset, 1), frames - 1)
+
+    # LGE: own grid (spacing, matrix, origin, slightly different plane), same stack of slices
+    sp_l = round(sp * u(0.85, 1.15), 2)
+    n_l = int(round(n * sp / sp_l))
+    rot_l = _rotation(u(-3, 3), u(-3, 3), u(-3, 3)) @ rot
+    zoom_c = np.diag([sp, sp, th])
+    zoom_l = np.diag([sp_l, sp_l, th])
+    centre_c = origin + rot @ zoom_c @ np.array([(n - 1) / 2, (n - 1) / 2, (z - 1) / 2])
+    origin_l = centre_c - rot_l @ zoom_l @ np.array([(n_l - 1) / 2, (n_l - 1) / 2, (z - 1) / 2])
+    origin_l = origin_l + rot_l @ np.array([u(-5, 5), u(-5, 5), 0.0])
+    heart_world = origin + rot @ np.array([heart.cx, heart.cy, (z - 1) / 2 * th])
+    bh = {
+        "rotation_deg": [round(u(-2, 2), 3), round(u(-2, 2), 3), round(u(-5, 5), 3)],
+        "translation_mm": [round(u(-6, 6), 3), round(u(-6, 6), 3), round(u(-3, 3), 3)],
+        "center_mm": [round(float(v), 3) for v in heart_world],
+    }
+    elastic = {
+        "amp": u(0.4, 1.2, size=(2, 2)),
+        "k": 2 * np.pi / u(60, 120, size=(2, 2)),
+        "phase": u(0, 2 * np.pi, size=(2, 2)),
+    }
+    return {
+        "heart": heart, "body": body, "rot": rot, "origin": origin, "ed": ed, "es_offset": es_offset,
+        "rot_l": rot_l, "origin_l": origin_l, "sp_l": sp_l, "n_l": n_l, "bh": bh, "elastic": elastic,
+        "cine_contrast": {"blood": u(0.85, 1.0), "myo": u(0.25, 0.35), "tissue": u(0.2, 0.3), "fat": u(0.6, 0.8),
+                          "lung": u(0.03, 0.06)},
+        "lge_contrast": {"blood": u(0.5, 0.65), "myo": u(0.03, 0.08), "scar": u(0.9, 1.0), "tissue": u(0.18, 0.28),
+                         "fat": u(0.45, 0.6), "lung": u(0.02, 0.04)},
+        "noise": (u(0.015, 0.04), u(0.015, 0.04)),
+        "bias": (u(-0.15, 0.15, size=3), u(-0.15, 0.15, size=3)),
+    }
+
+
+def breath_hold_matrix(bh: dict[str, Any]) -> np.ndarray:
+    """4x4 world transform taking a point of the heart in cine pose to its LGE pose."""
+    centre = np.asarray(bh["center_mm"], dtype=np.float64)
+    m = np.eye(4)
+    m[:3, :3] = _rotation(*bh["rotation_deg"])
+    m[:3, 3] = centre + np.asarray(bh["translation_mm"]) - m[:3, :3] @ centre
+    return m
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+
+
+def _compose(f: dict[str, np.ndarray], body: tuple[np.ndarray, ...], con: dict[str, float], lge: bool) -> np.ndarray:
+    b, fat, tex = body
+    background = b * (con["tissue"] + tex) + fat * (con["fat"] - con["tissue"]) + (1 - b) * 0.01
+    background = f["lung"] * (con["lung"] + 0.3 * tex) + (1 - f["lung"]) * background
+    background = f["peri"] * 0.8 * con["fat"] + (1 - f["peri"]) * background
+    myo = con["myo"] + f["inf"] * (con["scar"] - con["myo"]) if lge else con["myo"]
+    rv = f["rvb"] * con["blood"] + (f["rvo"] - f["rvb"]) * con["myo"] + (1 - f["rvo"]) * background
+    return f["cav"] * con["blood"] + (f["epi"] - f["cav"]) * myo + (1 - f["epi"]) * rv
+
+
+def _acquire(img: np.ndarray, x: np.ndarray, y: np.ndarray, extent: float, sigma: float, bias: np.ndarray,
+             rng: np.random.Generator) -> np.ndarray:
+    """Smooth bias field then Rician noise; returns int16 counts."""
+    xn, yn = x / extent - 0.5, y / extent - 0.5
+    field = 1 + bias[0] * xn + bias[1] * yn + bias[2] * (xn**2 + yn**2) * 2
+    img = img * field.reshape(field.shape + (1,) * (img.ndim - field.ndim))
+    re = img + sigma * rng.standard_normal(img.shape, dtype=np.float32)
+    noisy = np.hypot(re, sigma * rng.standard_normal(img.shape, dtype=np.float32))
+    return np.clip(np.round(noisy * INTENSITY_SCALE), 0, 32767).astype(np.int16)
+
+
+def generate_subject(params: PhantomConfig, index: int) -> PhantomSubject:
+    """Render subject ``index`` of the dataset defined by ``params`` (pure function of both)."""
+    d = _draw(params, index)
+    heart: _Heart = d["heart"]
+    body: _Body = d["body"]
+    n, sp, th, z, frames = params.size, params.spacing_mm, params.slice_thickness_mm, params.slices, params.frames
+    noise_rng = np.random.default_rng([params.seed, index, 1])
+
+    # ---- cine -----------------------------------------------------------------------------
+    i, j, k = np.meshgrid(np.arange(n), np.arange(n), np.arange(z), indexing="ij")
+    x, y, kf = (i * sp).astype(np.float32), (j * sp).astype(np.float32), k.astype(np.float32)
+    body_f = body.fields(x, y, kf * th, sp)
+    geom = heart.geometry(x, y, kf)
+    es_phase = d["es_offset"] / frames
+    cine = np.empty((n, n, z, frames), dtype=np.float32)
+    cine_label = np.empty((n, n, z, frames), dtype=np.uint8)
+    for f in range(frames):
+        c = float(contraction(((f - d["ed"]) % frames) / frames, es_phase))
+        fields = heart.fields(geom, c, sp)
+        cine[..., f] = _compose(fields, body_f, d["cine_contrast"], lge=False)
+        cine_label[..., f] = fields["label"]
+    cine_i16 = _acquire(cine, x, y, n * sp, d["noise"][0], d["bias"][0], noise_rng)
+    affine = np.eye(4)
+    affine[:3, :3] = d["rot"] @ np.diag([sp, sp, th])
+    affine[:3, 3] = d["origin"]
+
+    # ---- LGE: its grid -> world -> undo breath-hold -> cine physical frame -> elastic -> heart --
+    n_l, sp_l = d["n_l"], d["sp_l"]
+    affine_l = np.eye(4)
+    affine_l[:3, :3] = d["rot_l"] @ np.diag([sp_l, sp_l, th])
+    affine_l[:3, 3] = d["origin_l"]
+    il, jl, kl = np.meshgrid(np.arange(n_l), np.arange(n_l), np.arange(z), indexing="ij")
+    vox = np.stack([il, jl, kl, np.ones_like(il)], axis=-1).reshape(-1, 4).T.astype(np.float64)
+    to_phys = np.linalg.inv(affine) @ np.linalg.inv(breath_hold_matrix(d["bh"])) @ affine_l
+    phys = (to_phys @ vox)[:3].T.reshape(n_l, n_l, z, 3).astype(np.float32)
+    px, py, pk = phys[..., 0] * sp, phys[..., 1] * sp, phys[..., 2]
+    el = d["elastic"]
+    amp, kw, ph = (el[key].tolist() for key in ("amp", "k", "phase"))
+    ex = amp[0][0] * np.sin(kw[0][0] * px + ph[0][0]) + amp[0][1] * np.sin(kw[0][1] * py + ph[0][1])
+    ey = amp[1][0] * np.sin(kw[1][0] * py + ph[1][0]) + amp[1][1] * np.sin(kw[1][1] * px + ph[1][1])
+    px, py = px + ex, py + ey  # smooth in-plane elastic change, ~1 mm
+    fields_l = heart.fields(heart.geometry(px, py, pk), 0.0, sp_l)
+    lge = _compose(fields_l, body.fields(px, py, pk * th, sp_l), d["lge_contrast"], lge=True)
+    xl, yl = il * sp_l, jl * sp_l
+    lge_i16 = _acquire(lge, xl, yl, n_l * sp_l, d["noise"][1], d["bias"][1], noise_rng)
+    lge_label = fields_l["label"]
+
+    ed, es = d["ed"], (d["ed"] + d["es_offset"]) % frames
+    ed_lab = cine_label[..., ed]
+    myo_ed = int(np.isin(ed_lab, (2, 3)).sum())
+    info = {
+        "ed": ed,
+        "es": es,
+        "truth": {
+            "generator_version": GENERATOR_VERSION,
+            "infarct": heart.infarct,
+            "infarct_percent": round(100.0 * float((ed_lab == 3).sum()) / max(myo_ed, 1), 3),
+            "infarct_angle_deg": round(float(np.degrees(heart.inf_angle)), 3) if heart.infarct else None,
+            "infarct_extent_deg": round(float(np.degrees(heart.inf_extent)), 3) if heart.infarct else None,
+            "infarct_transmurality": round(float(heart.inf_trans), 3) if heart.infarct else None,
+            "infarct_slices": list(heart.inf_k) if heart.infarct else None,
+            "thickening_normal": round(float(heart.tf), 3),
+            "thickening_infarct": round(float(heart.inf_tf), 3) if heart.infarct else None,
+            "breath_hold": {**d["bh"],
+                            "matrix": [[round(float(v), 6) for v in row] for row in breath_hold_matrix(d["bh"])]},
+        },
+    }
+    return PhantomSubject(
+        id=subject_id(index), cine=cine_i16, cine_affine=affine, cine_label=cine_label,
+        lge=lge_i16, lge_affine=affine_l, lge_label=lge_label, frame_ms=1000.0 / frames, info=info,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+def _nifti(data: np.ndarray, affine: np.ndarray, zooms: tuple[float, ...]) -> nib.Nifti1Image:
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_zooms(zooms)
+    img.header.set_xyzt_units("mm", "msec")
+    return img
+
+
+def write_subject(subject: PhantomSubject, directory: Path) -> None:
+    """Write one subject in the generic layout (plus the phantom's cine_label.nii.gz)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    zc = tuple(float(v) for v in np.linalg.norm(subject.cine_affine[:3, :3], axis=0))
+    zl = tuple(float(v) for v in np.linalg.norm(subject.lge_affine[:3, :3], axis=0))
+    nib.save(_nifti(subject.cine, subject.cine_affine, zc + (subject.frame_ms,)), directory / "cine.nii.gz")
+    nib.save(_nifti(subject.cine_label, subject.cine_affine, zc + (subject.frame_ms,)), directory / "cine_label.nii.gz")
+    nib.save(_nifti(subject.lge, subject.lge_affine, zl), directory / "lge.nii.gz")
+    nib.save(_nifti(subject.lge_label, subject.lge_affine, zl), directory / "lge_label.nii.gz")
+    (directory / "info.yaml").write_text(yaml.safe_dump(subject.info, sort_keys=False))
+
+
+def marker_content(params: PhantomConfig) -> dict[str, Any]:
+    from mi_pipeline.config import to_dict
+
+    return {"generator_version": GENERATOR_VERSION, "params": to_dict(params),
+            "subjects": [subject_id(i) for i in range(params.subjects)]}
+
+
+def generate_dataset(out: Path, params: PhantomConfig, log: Callable[[str], None] | None = None) -> list[str]:
+    """Write ``params.subjects`` subjects under ``out`` and the marker file last; returns the ids."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).unlink(missing_ok=True)
+    ids = []
+    for index in range(params.subjects):
+        subject = generate_subject(params, index)
+        target = out / subject.id
+        if target.exists():
+            shutil.rmtree(target)
+        write_subject(subject, target)
+        ids.append(subject.id)
+        if log:
+            log(f"phantom: wrote {target}")
+    (out / MARKER).write_text(json.dumps(marker_content(params), indent=1) + "\n")
+    return ids

@@ -1,0 +1,189 @@
+"""Step 1: validate every input, preprocess, and publish the cache in one move.
+
+Why this order: a bad file anywhere must stop the step before anything is published, and a crash
+must never leave a cache that looks complete. So every subject is validated and preprocessed into
+a staging folder beside ``data/cache``; only when all succeed is the staging folder renamed into
+place, then the splits are written, then the manifest -- last, because readers trust the cache
+only when the manifest is there and its hash matches the config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mi_pipeline import config as config_mod
+from mi_pipeline.config import Config, PhantomConfig
+from mi_pipeline.data import cache, generic, phantom
+from mi_pipeline.data.preprocess import preprocess_subject
+from mi_pipeline.errors import ConfigError, InputError, UserError
+from mi_pipeline.fsio import fsync_dir
+
+
+def dataset_root(cfg: Config, run_dir: Path) -> Path:
+    """Where the raw data is: ``data.root``, or ``<run>/data/phantom`` for the default phantom."""
+    if cfg.data.root:
+        return Path(cfg.data.root).expanduser()
+    if cfg.data.format == "phantom":
+        return Path(run_dir) / "data" / "phantom"
+    raise ConfigError("data.root: empty; set it to the dataset folder (data.format is generic)")
+
+
+def _phantom_complete(root: Path, params: PhantomConfig) -> bool:
+    try:
+        marker = json.loads((root / phantom.MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    if marker != phantom.marker_content(params):
+        return False
+    return all((root / sid / name).is_file() for sid in marker["subjects"] for name in generic.REQUIRED)
+
+
+def ensure_phantom(params: PhantomConfig, root: Path, *, owned: bool, log: Callable[[str], None]) -> None:
+    """Generate the phantom into ``root`` unless it is already there, complete, for the same params.
+
+    Generation goes to a staging folder that is renamed into place, so an interrupted run never
+    leaves a half-written dataset. A folder we did not create (``owned`` False, no marker) that
+    has other content is refused rather than overwritten.
+    """
+    if _phantom_complete(root, params):
+        log(f"data: phantom already in {root} ({params.subjects} subjects)")
+        return
+    if root.exists() and any(root.iterdir()):
+        if not owned and not (root / phantom.MARKER).exists():
+            raise InputError(f"{root}: not empty and not a phantom folder; refusing to overwrite it "
+                             f"(empty data.root to use <run>/data/phantom)")
+    log(f"data: generating phantom ({params.subjects} subjects, seed {params.seed}) into {root}")
+    staging = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        phantom.generate_dataset(staging, params)
+        if root.exists():
+            old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(root, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(staging, root)
+        fsync_dir(root.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def make_splits(ids: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[str]]:
+    """Split by subject, deterministic for ``seed``; >=1 train and >=1 val when there are >=2 subjects."""
+    order = sorted(ids)
+    perm = np.random.default_rng(seed).permutation(len(order))
+    shuffled = [order[i] for i in perm]
+    n = len(shuffled)
+    n_val = int(round(n * val_fraction))
+    n_test = int(round(n * test_fraction))
+    if n >= 2:
+        n_val = max(n_val, 1)
+        n_test = min(n_test, n - n_val - 1)
+    else:
+        n_val, n_test = 0, 0
+    return {
+        "val": sorted(shuffled[:n_val]),
+        "test": sorted(shuffled[n_val:n_val + n_test]),
+        "train": sorted(shuffled[n_val + n_test:]),
+    }
+
+
+def _touches_border(subject: cache.Subject) -> bool:
+    label = subject.cine_label[:, 0] if subject.cine_label is not None else subject.lge_label
+    if label is None:
+        return False
+    edge = np.concatenate([label[:, 0], label[:, -1], label[:, :, 0], label[:, :, -1]], axis=None)
+    return bool(np.isin(edge, (2, 3)).any())
+
+
+def _clean_stale(data_dir: Path) -> None:
+    if data_dir.is_dir():
+        for entry in data_dir.iterdir():
+            if entry.name.startswith((".cache.tmp-", ".cache.old-")):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def prepare_data(cfg: Config, run_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run step 1 and return a summary (subjects per split, shapes, seconds)."""
+    start = time.monotonic()
+    run_dir = Path(run_dir)
+    root = dataset_root(cfg, run_dir)
+    if cfg.data.format == "phantom":
+        ensure_phantom(cfg.data.phantom, root, owned=not cfg.data.root, log=log)
+    ids = generic.list_subjects(root)
+    log(f"data: {len(ids)} subject(s) in {root}")
+
+    data_dir = run_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    _clean_stale(data_dir)
+    staging = data_dir / f".cache.tmp-{uuid.uuid4().hex[:8]}"  # staging/data/cache is the new cache
+    errors: list[str] = []
+    shapes: dict[str, list[int]] = {}
+    try:
+        for sid in ids:
+            try:
+                raw = generic.load_subject(root, sid)
+                if errors:  # keep validating the rest, but do no more work for a doomed run
+                    continue
+                subject = preprocess_subject(raw, cfg.data)
+            except UserError as exc:
+                errors.append(str(exc))
+                log(f"data: error: {exc}")
+                continue
+            if _touches_border(subject):
+                log(f"data: warning: {sid}: myocardium reaches the crop border; the heart does not fit in "
+                    f"data.crop x data.spacing_mm = {cfg.data.crop * cfg.data.spacing_mm:.0f} mm")
+            cache.save_subject(staging, subject)
+            shapes.setdefault("cine", list(subject.cine.shape))
+            shapes.setdefault("lge", list(subject.lge.shape) if subject.lge is not None else [])
+        if errors:
+            more = f" (and {len(errors) - 1} more problem(s), listed above)" if len(errors) > 1 else ""
+            raise InputError(errors[0] + more)
+        new_cache, target = cache.cache_dir(staging), cache.cache_dir(run_dir)
+        if target.exists():
+            old = data_dir / f".cache.old-{uuid.uuid4().hex[:8]}"
+            os.replace(target, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(new_cache, target)
+        fsync_dir(data_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    splits = make_splits(ids, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
+    if len(ids) < 2:
+        log("data: warning: only one subject; it goes to train and there is no validation subject")
+    cache.write_splits(run_dir, splits)
+    cache.write_manifest(run_dir, ids, data_hash=config_mod.stage_hash(cfg, "data"))
+    seconds = round(time.monotonic() - start, 2)
+    summary = {
+        "subjects": len(ids),
+        **{f"n_{name}": len(splits[name]) for name in cache.SPLITS},
+        "cine_shape": shapes.get("cine"),
+        "lge_shape": shapes.get("lge"),
+        "root": str(root),
+        "seconds": seconds,
+    }
+    log(f"data: prepared {len(ids)} subject(s) (train {summary['n_train']}, val {summary['n_val']}, "
+        f"test {summary['n_test']}), cine (Z, T, H, W) = {tuple(summary['cine_shape'] or ())} in {seconds} s")
+    return summary
+
+
+def data_is_prepared(cfg: Config, run_dir: Path) -> bool:
+    """True when the cache is complete for this config: manifest present, hash matches, all files there."""
+    manifest = cache.read_manifest(Path(run_dir))
+    if manifest is None or manifest.get("data_hash") != config_mod.stage_hash(cfg, "data"):
+        return False
+    subjects = manifest.get("subjects")
+    if not isinstance(subjects, list) or not subjects:
+        return False
+    folder = cache.cache_dir(Path(run_dir))
+    if not all((folder / f"{sid}.npz").is_file() for sid in subjects):
+        return False
+    return all((cache.splits_dir(Path(run_dir)) / f"{name}.txt").is_file() for name in cache.SPLITS)

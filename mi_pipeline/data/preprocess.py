@@ -1,0 +1,190 @@
+"""Raw subject -> cache ``Subject``: one resampling from the source grids onto a cropped cine grid.
+
+Why one resampling: the target grid (in-plane spacing ``data.spacing_mm``, ``data.crop`` pixels
+square around the LV, the cine's own slices) is defined in world coordinates, and every array
+(cine frames, cine labels, LGE, LGE labels) is sampled onto it once through its own affine. That
+keeps labels exact (nearest neighbour) and puts the LGE on the cine grid with only the breath-hold
+offset left between them. Voxel axis 2 stays the slice axis (short-axis stacks are never permuted
+through it); the in-plane axes are put in a canonical order and sign so subjects look alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from mi_pipeline.config import DataConfig
+from mi_pipeline.data.cache import Subject
+from mi_pipeline.data.generic import RawSubject
+from mi_pipeline.errors import InputError
+
+
+def canonical_inplane(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit world directions for the output rows and columns.
+
+    The two in-plane voxel axes are ordered by their dominant world axis and each flipped so that
+    that component is positive: the same anatomy then looks the same whatever the scanner's flips.
+    """
+    u0 = affine[:3, 0] / np.linalg.norm(affine[:3, 0])
+    u1 = affine[:3, 1] / np.linalg.norm(affine[:3, 1])
+    if int(np.argmax(np.abs(u0))) > int(np.argmax(np.abs(u1))):
+        u0, u1 = u1, u0
+    u0 = u0 if u0[np.argmax(np.abs(u0))] > 0 else -u0
+    u1 = u1 if u1[np.argmax(np.abs(u1))] > 0 else -u1
+    return u0, u1
+
+
+def lv_center_heuristic(cine: np.ndarray, spacing: tuple[float, float]) -> tuple[float, float]:
+    """Label-free LV centre (voxel coordinates along cine axes 0, 1) of a 4D X x Y x Z x T cine.
+
+    The beating heart is where intensity changes most over the cycle: the temporal standard
+    deviation, averaged over slices, weighted toward the image centre and smoothed at ~10 mm, peaks
+    over the LV blood pool, whose endocardial border moves the most.
+    """
+    nx, ny = cine.shape[:2]
+    std = cine.std(axis=3).mean(axis=2)
+    scale = float(np.percentile(cine, 99)) or 1.0
+    std = std / scale
+    x = (np.arange(nx) - (nx - 1) / 2) / (0.3 * nx)
+    y = (np.arange(ny) - (ny - 1) / 2) / (0.3 * ny)
+    window = np.exp(-0.5 * (x[:, None] ** 2 + y[None, :] ** 2))
+    smooth = ndimage.gaussian_filter(std * window, sigma=(10.0 / spacing[0], 10.0 / spacing[1]))
+    peak = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
+    blobs, _ = ndimage.label(smooth >= 0.6 * smooth[peak])
+    mask = blobs == blobs[peak]
+    ci, cj = ndimage.center_of_mass(smooth * mask)
+    return float(ci), float(cj)
+
+
+def _label_center(raw: RawSubject) -> tuple[float, float] | None:
+    """LV centre from labels (cine labels at ED, else LGE labels mapped through world space)."""
+    if raw.cine_label is not None:
+        mask = raw.cine_label[..., raw.ed] > 0
+        if mask.any():
+            ci, cj, _ = ndimage.center_of_mass(mask)
+            return float(ci), float(cj)
+    idx = np.argwhere(raw.lge_label > 0)
+    if len(idx) == 0:
+        return None
+    world = raw.lge_affine[:3, :3] @ idx.mean(axis=0) + raw.lge_affine[:3, 3]
+    vox = np.linalg.solve(raw.cine_affine[:3, :3], world - raw.cine_affine[:3, 3])
+    return float(vox[0]), float(vox[1])
+
+
+def target_affine(cine_affine: np.ndarray, center: tuple[float, float], spacing: float, crop: int) -> np.ndarray:
+    """Voxel -> world of the crop grid (axes rows, cols, slices) centred on ``center`` (cine voxels)."""
+    e0, e1 = canonical_inplane(cine_affine)
+    out = np.eye(4)
+    out[:3, 0], out[:3, 1], out[:3, 2] = e0 * spacing, e1 * spacing, cine_affine[:3, 2]
+    world_c = cine_affine[:3, :3] @ np.array([center[0], center[1], 0.0]) + cine_affine[:3, 3]
+    origin = world_c - (crop - 1) / 2 * (out[:3, 0] + out[:3, 1])
+    # snap the origin to a cine voxel centre: at equal spacing, samples then hit voxels exactly
+    vox = np.linalg.solve(cine_affine[:3, :3], origin - cine_affine[:3, 3])
+    out[:3, 3] = cine_affine[:3, :3] @ np.round(vox) + cine_affine[:3, 3]
+    return out
+
+
+def sample(volume: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, shape: tuple[int, int, int],
+           order: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sample a 3D ``volume`` on the ``dst`` grid through world space.
+
+    In-plane linear (``order`` 1) or nearest (0); along the slice axis always the nearest slice
+    (thick short-axis slices must not be blended). Returns (values, inside-source-FOV mask).
+    """
+    grid = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float64) for n in shape), indexing="ij"), 0).reshape(3, -1)
+    m = np.linalg.solve(src_affine, dst_affine)
+    coords = m[:3, :3] @ grid + m[:3, 3:4]
+    coords[2] = np.round(coords[2])
+    limits = np.asarray(volume.shape[:3], dtype=np.float64)[:, None]
+    valid = np.all((coords > -0.5) & (coords < limits - 0.5), axis=0)
+    values = ndimage.map_coordinates(volume, coords, order=order, mode="nearest")
+    values = np.where(valid, values, 0).reshape(shape).astype(volume.dtype)
+    return values, valid.reshape(shape)
+
+
+def resample_frames(n_src: int, ed: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cyclic linear interpolation positions: (frame a, frame b, weight of b) for ``n_out`` frames from ED."""
+    pos = ed + np.arange(n_out) * n_src / n_out
+    lo = np.floor(pos + 1e-9).astype(int)
+    w = np.clip(pos - lo, 0.0, 1.0)
+    w[w < 1e-9] = 0.0
+    return lo % n_src, (lo + 1) % n_src, w
+
+
+def estimate_es(cine: np.ndarray, spacing: float) -> int:
+    """Label-free ES among frames of a (Z, T, H, W) crop centred on the LV: the least bright blood pool."""
+    _, t, h, w = cine.shape
+    yy, xx = np.mgrid[:h, :w]
+    disc = np.hypot(yy - (h - 1) / 2, xx - (w - 1) / 2) * spacing < 25.0
+    curve = cine[:, :, disc].mean(axis=(0, 2))
+    return int(np.argmin(curve[1:]) + 1) if t > 1 else 0
+
+
+def normalise(x: np.ndarray, valid: np.ndarray, path: Path) -> np.ndarray:
+    """Robust [0, 1] scaling from the 1st and 99.5th percentiles of the voxels inside the field of view."""
+    values = x[valid]
+    if values.size == 0:
+        raise InputError(f"{path}: no voxel of the image falls inside the crop around the LV")
+    lo, hi = np.percentile(values, (1.0, 99.5))
+    if hi - lo <= 1e-12 * max(abs(hi), 1.0):
+        lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        raise InputError(f"{path}: image is constant inside the crop around the LV")
+    return np.where(valid, np.clip((x - lo) / (hi - lo), 0.0, 1.0), 0.0).astype(np.float32)
+
+
+def preprocess_subject(raw: RawSubject, cfg: DataConfig, center: tuple[float, float] | None = None) -> Subject:
+    """Resample, crop, normalise; see the module docstring. ``center`` overrides the crop centre."""
+    nx, ny, nz, nt = raw.cine.shape
+    cine_path = raw.folder / "cine.nii.gz"
+    src_sp = np.linalg.norm(raw.cine_affine[:3, :3], axis=0)
+    if center is None:
+        center = _label_center(raw) or lv_center_heuristic(raw.cine, (float(src_sp[0]), float(src_sp[1])))
+    dst = target_affine(raw.cine_affine, center, cfg.spacing_mm, cfg.crop)
+    shape = (cfg.crop, cfg.crop, nz)
+
+    a, b, wgt = resample_frames(nt, raw.ed, cfg.frames)
+    frames, labels = [], []
+    valid = np.ones(shape, dtype=bool)
+    for fa, fb, wb in zip(a, b, wgt):
+        vol = raw.cine[..., fa] if wb == 0 else (1 - wb) * raw.cine[..., fa] + wb * raw.cine[..., fb]
+        values, valid = sample(np.ascontiguousarray(vol, dtype=np.float32), raw.cine_affine, dst, shape, order=1)
+        frames.append(values)
+        if raw.cine_label is not None:
+            nearest = fb if wb >= 0.5 else fa
+            labels.append(sample(raw.cine_label[..., nearest], raw.cine_affine, dst, shape, order=0)[0])
+    cine = normalise(np.stack(frames, -1), valid[..., None] & np.ones(len(frames), bool), cine_path)
+    cine = np.ascontiguousarray(cine.transpose(2, 3, 0, 1))  # (Z, T, H, W)
+    cine_label = None
+    if labels:
+        cine_label = np.stack(labels, -1).transpose(2, 3, 0, 1)
+        cine_label = np.ascontiguousarray(np.where(cine_label == 4, 3, cine_label).astype(np.uint8))
+
+    lge, lge_valid = sample(raw.lge.astype(np.float32), raw.lge_affine, dst, shape, order=1)
+    if not lge_valid.any():
+        raise InputError(f"{raw.folder / 'lge.nii.gz'}: field of view does not overlap the crop around the LV")
+    lge = np.ascontiguousarray(normalise(lge, lge_valid, raw.folder / "lge.nii.gz").transpose(2, 0, 1))
+    lge_label, _ = sample(raw.lge_label, raw.lge_affine, dst, shape, order=0)
+    lge_label = np.ascontiguousarray(np.where(lge_label == 4, 3, lge_label).astype(np.uint8).transpose(2, 0, 1))
+    if not np.isin(lge_label, (2, 3)).any():
+        raise InputError(f"{raw.folder / 'lge_label.nii.gz'}: no myocardium inside the crop around the LV "
+                         f"(LGE and cine do not show the same heart?)")
+
+    es = _es_index(raw, cfg.frames, cine, cfg.spacing_mm)
+    spacing = (cfg.spacing_mm, cfg.spacing_mm, float(np.linalg.norm(raw.cine_affine[:3, 2])))
+    return Subject(id=raw.id, cine=cine, es=es, spacing=spacing, affine=dst, lge=lge, lge_label=lge_label,
+                   cine_label=cine_label)
+
+
+def _es_index(raw: RawSubject, n_out: int, cine: np.ndarray, spacing: float) -> int:
+    """ES among the kept frames: info.yaml, else the smallest true cavity, else image-based."""
+    nt = raw.cine.shape[3]
+    es = raw.es
+    if es is None and raw.cine_label is not None:
+        es = int(np.argmin((raw.cine_label == 1).sum(axis=(0, 1, 2))))
+    if es is None or es == raw.ed:
+        return estimate_es(cine, spacing)
+    index = int(round(((es - raw.ed) % nt) * n_out / nt)) % n_out
+    return max(index, 1) if n_out > 1 else 0

@@ -1,0 +1,160 @@
+"""The embedded phantom: deterministic, physiologically believable, labels consistent with images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+from scipy import ndimage
+
+from mi_pipeline import phantom as cli
+from mi_pipeline.config import PhantomConfig
+from mi_pipeline.data.phantom import generate_subject
+
+TINY = PhantomConfig(subjects=6, seed=0, size=64, slices=4, frames=8)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("phantom")
+    assert cli.main(["--out", str(out), "--subjects", "6", "--seed", "0", "--size", "64", "--slices", "4",
+                     "--frames", "8"]) == 0
+    return out
+
+
+def _load(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    img = nib.load(str(folder / name))
+    return np.asarray(img.dataobj), img.affine
+
+
+def _subjects(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir())
+
+
+def _ray_thickness(lab: np.ndarray, center: tuple[float, float], angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Myocardial thickness (pixels) along rays from ``center``, and whether each ray crosses infarct."""
+    rs = np.arange(0, 40, 0.2)
+    xs = center[0] + np.cos(angles)[:, None] * rs
+    ys = center[1] + np.sin(angles)[:, None] * rs
+    vals = ndimage.map_coordinates(lab, [xs.ravel(), ys.ravel()], order=0, mode="constant").reshape(xs.shape)
+    return np.isin(vals, (2, 3)).sum(1) * 0.2, (vals == 3).any(1)
+
+
+def test_cli_writes_generic_layout(dataset: Path) -> None:
+    subjects = _subjects(dataset)
+    assert [p.name for p in subjects] == [f"phantom_{i:03d}" for i in range(1, 7)]
+    for folder in subjects:
+        for name in ("cine.nii.gz", "lge.nii.gz", "lge_label.nii.gz", "cine_label.nii.gz", "info.yaml"):
+            assert (folder / name).is_file(), name
+        cine, affine = _load(folder, "cine.nii.gz")
+        label, label_affine = _load(folder, "cine_label.nii.gz")
+        assert cine.shape == label.shape == (64, 64, 4, 8)
+        np.testing.assert_allclose(affine, label_affine)
+        np.testing.assert_allclose(np.linalg.norm(affine[:3, :3], axis=0), [1.6, 1.6, 8.0], rtol=1e-5)
+        lge, lge_affine = _load(folder, "lge.nii.gz")
+        lge_label, _ = _load(folder, "lge_label.nii.gz")
+        assert lge.ndim == 3 and lge.shape == lge_label.shape
+        assert set(np.unique(lge_label)) <= {0, 1, 2, 3} and lge_label.dtype == np.uint8
+        info = yaml.safe_load((folder / "info.yaml").read_text())
+        frames = cine.shape[3]
+        assert 0 <= info["ed"] < frames and 0 <= info["es"] < frames
+        assert 0.3 <= ((info["es"] - info["ed"]) % frames) / frames <= 0.45  # ES ~35-40 % of the cycle
+
+
+def test_cli_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--out", str(tmp_path / "x"), "--size", "16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
+
+
+def test_same_seed_same_arrays_other_seed_differs(tmp_path: Path, dataset: Path) -> None:
+    again = tmp_path / "again"
+    assert cli.main(["--out", str(again), "--subjects", "2", "--seed", "0", "--size", "64", "--slices", "4",
+                     "--frames", "8"]) == 0
+    for name in ("cine.nii.gz", "lge.nii.gz", "lge_label.nii.gz", "cine_label.nii.gz"):
+        a, aff_a = _load(dataset / "phantom_002", name)
+        b, aff_b = _load(again / "phantom_002", name)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(aff_a, aff_b)
+    other = generate_subject(PhantomConfig(subjects=2, seed=1, size=64, slices=4, frames=8), 1)
+    assert not np.array_equal(other.cine, _load(dataset / "phantom_002", "cine.nii.gz")[0])
+
+
+def test_wall_thickening_normal_vs_infarct(dataset: Path) -> None:
+    """Normal myocardium thickens >= 30 % ED->ES; the infarct sector < 15 % (akinetic)."""
+    angles = np.radians(np.arange(0, 360, 3.0))
+    seen_infarct = seen_healthy = False
+    for folder in _subjects(dataset):
+        label, _ = _load(folder, "cine_label.nii.gz")
+        info = yaml.safe_load((folder / "info.yaml").read_text())
+        normal, infarct = np.zeros(2), np.zeros(2)
+        for k in range(label.shape[2]):
+            ed, es = label[:, :, k, info["ed"]], label[:, :, k, info["es"]]
+            center = ndimage.center_of_mass(ed > 0)
+            t_ed, hits = _ray_thickness(ed, center, angles)
+            t_es, _ = _ray_thickness(es, center, angles)
+            far = np.ones_like(hits)
+            if hits.any():
+                gap = np.abs((angles[:, None] - angles[hits][None, :] + np.pi) % (2 * np.pi) - np.pi).min(1)
+                far = gap > np.radians(60)
+                infarct += (t_ed[hits].sum(), t_es[hits].sum())
+            normal += (t_ed[far].sum(), t_es[far].sum())
+        assert normal[1] / normal[0] - 1 >= 0.30, folder.name
+        if infarct[0]:
+            seen_infarct = True
+            assert infarct[1] / infarct[0] - 1 < 0.15, folder.name
+            assert info["truth"]["infarct"] and info["truth"]["infarct_percent"] > 0
+        else:
+            seen_healthy = True
+            assert not info["truth"]["infarct"]
+        # the cavity shrinks strongly, the myocardium keeps its area (within 10 %)
+        ed_all, es_all = label[..., info["ed"]], label[..., info["es"]]
+        assert (es_all == 1).sum() < 0.6 * (ed_all == 1).sum()
+        myo_ed, myo_es = np.isin(ed_all, (2, 3)).sum(), np.isin(es_all, (2, 3)).sum()
+        assert abs(myo_es / myo_ed - 1) < 0.1
+    assert seen_infarct and seen_healthy
+
+
+def test_about_a_third_without_infarct() -> None:
+    params = PhantomConfig(subjects=24, seed=3, size=64, slices=2, frames=4)
+    healthy = sum(not generate_subject(params, i).info["truth"]["infarct"] for i in range(24))
+    assert 3 <= healthy <= 14
+
+
+def test_contrasts_match_labels(dataset: Path) -> None:
+    for folder in _subjects(dataset):
+        cine, _ = _load(folder, "cine.nii.gz")
+        label, _ = _load(folder, "cine_label.nii.gz")
+        blood, myo = cine[label == 1].mean(), cine[np.isin(label, (2, 3))].mean()
+        assert blood > 2 * myo  # bright blood, grey myocardium
+        lge, _ = _load(folder, "lge.nii.gz")
+        lge_label, _ = _load(folder, "lge_label.nii.gz")
+        remote, pool = lge[lge_label == 2].mean(), lge[lge_label == 1].mean()
+        assert pool > 3 * remote  # nulled myocardium, bright-ish blood
+        if (lge_label == 3).any():
+            assert lge[lge_label == 3].mean() > 5 * remote  # bright scar far above remote
+
+
+def test_lge_labels_follow_the_recorded_breath_hold(dataset: Path) -> None:
+    """World coordinates are consistent: the recorded transform carries cine ED myo onto LGE myo."""
+    for folder in _subjects(dataset):
+        label, affine = _load(folder, "cine_label.nii.gz")
+        lge_label, lge_affine = _load(folder, "lge_label.nii.gz")
+        info = yaml.safe_load((folder / "info.yaml").read_text())
+        myo = np.argwhere(np.isin(label[..., info["ed"]], (2, 3)))
+        world = np.c_[myo, np.ones(len(myo))] @ affine.T
+
+        def agreement(matrix: np.ndarray) -> float:
+            vox = (world @ matrix.T) @ np.linalg.inv(lge_affine).T
+            idx = np.round(vox[:, :3]).astype(int)
+            ok = np.all((idx >= 0) & (idx < lge_label.shape), axis=1)
+            hit = np.zeros(len(idx), bool)
+            hit[ok] = np.isin(lge_label[tuple(idx[ok].T)], (2, 3))
+            return float(hit.mean())
+
+        with_truth = agreement(np.asarray(info["truth"]["breath_hold"]["matrix"]))
+        assert with_truth > 0.75, folder.name  # small elastic change and slice sampling remain
+        assert with_truth >= agreement(np.eye(4)), folder.name
