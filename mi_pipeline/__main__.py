@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = ("submit", "train", "status", "phantom")
+COMMANDS = ("submit", "train", "status", "cancel", "phantom")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,8 @@ class PhantomConfig:
         _positive(self, "subjects", "size", "slices", "frames", "spacing_mm", "slice_thickness_mm")
         if self.frames < 4:
             raise ValueError("frames must be >= 4 (a cardiac cycle needs ED, ES and frames between)")
+        if self.size * self.spacing_mm < 90:
+            raise ValueError("size * spacing_mm must be >= 90 mm (the field of view must hold the heart)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,11 +116,13 @@ class RegistrationConfig(OptimConfig):
     mask_dice_weight: float = 0.0  # optional Dice on masks (needs labels in both spaces)
     affine_weight: float = 1.0  # weight of the MI term on the affine-only alignment (guides GlobalNet)
     levels: int = 3  # down-sampling levels of GlobalNet and LocalNet (crop must divide by 2**levels)
+    augment: bool = True  # random flips of each (cine, LGE) pair
+    augment_shift_px: float = 4.0  # extra random in-plane shift of the LGE, up to this many pixels (0 = off)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _positive(self, "channels", "affine_lr", "levels")
-        _non_negative(self, "smooth_weight", "mask_dice_weight", "affine_weight")
+        _non_negative(self, "smooth_weight", "mask_dice_weight", "affine_weight", "augment_shift_px")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,6 +144,58 @@ class SegmentationConfig(OptimConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SlurmResources:
+    """SLURM resources for one stage's job; None inherits the ``slurm`` section's value."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_min: int | None = None
+    nodes: int | None = None
+    gpus_per_node: int | None = None
+    cpus_per_task: int | None = None
+    mem_gb: int | None = None
+    constraint: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlurmConfig:
+    """How stage jobs are submitted through submitit (executor ``slurm``)."""
+
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time_min: int = 240
+    nodes: int = 1
+    gpus_per_node: int = 1
+    cpus_per_task: int = 8
+    mem_gb: int = 32
+    constraint: str = ""
+    signal_delay_s: int = 120  # USR2 this long before the time limit: save the exact position, requeue
+    max_requeues: int = 20  # preemptions + timeouts per stage before the job fails
+    extra: tuple[str, ...] = ()  # more sbatch options as "key=value", e.g. "reservation=abc"
+    setup: tuple[str, ...] = ()  # shell lines run before the stage (module load ..., source venv)
+    job_dir: str = "logs/slurm"  # submitit's pickles and job output, relative to the run root
+    data: SlurmResources = field(default_factory=lambda: SlurmResources(gpus_per_node=0, time_min=60))
+    motion: SlurmResources = field(default_factory=SlurmResources)
+    registration: SlurmResources = field(default_factory=SlurmResources)
+    segmentation: SlurmResources = field(default_factory=SlurmResources)
+
+    def __post_init__(self) -> None:
+        _positive(self, "time_min", "nodes", "cpus_per_task", "mem_gb", "signal_delay_s")
+        _non_negative(self, "gpus_per_node", "max_requeues")
+        for item in self.extra:
+            if "=" not in item or item.startswith("-"):
+                raise ValueError(f"extra entries must look like key=value (no leading dashes), got {item!r}")
+
+    def for_stage(self, stage: str) -> dict[str, Any]:
+        """Resolved resources of one stage (stage overrides win)."""
+        names = [f.name for f in dataclasses.fields(SlurmResources)]
+        override = getattr(self, stage)
+        return {n: getattr(override, n) if getattr(override, n) is not None else getattr(self, n) for n in names}
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """A whole run. ``seed`` and ``threads`` are part of what makes CPU runs bit-exact."""
 
@@ -151,6 +207,7 @@ class Config:
     motion: MotionConfig = field(default_factory=MotionConfig)
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def __post_init__(self) -> None:
         _positive(self, "threads")

@@ -34,18 +34,37 @@ def main(argv: list[str] | None = None) -> int:
 
 def collect(layout: RunLayout) -> dict[str, Any]:
     progress = ProgressFile(layout.root, inspect_disk=lambda: rebuild_records(layout)).read()
-    stages = {stage: _stage_report(layout, stage, progress.stages[stage]) for stage in STAGES}
+    slurm_ids = [r.job_id for r in progress.stages.values() if r.executor == "slurm" and r.job_id]
+    states = _slurm_states(slurm_ids)
+    stages = {stage: _stage_report(layout, stage, progress.stages[stage], states) for stage in STAGES}
     return {"run_dir": str(layout.root), "state": progress.state, "stages": stages, "notes": progress.notes}
 
 
-def _stage_report(layout: RunLayout, stage: str, record: StageRecord) -> dict[str, Any]:
+def _slurm_states(job_ids: list[str]) -> dict[str, str]:
+    if not job_ids:
+        return {}
+    from mi_pipeline.slurm_executor import job_states
+
+    return job_states(job_ids)
+
+
+def _stage_report(layout: RunLayout, stage: str, record: StageRecord, slurm: dict[str, str]) -> dict[str, Any]:
     status, detail = record.status, record.note
+    slurm_state = slurm.get(record.job_id or "") if record.executor == "slurm" else None
     if status == "running" and record.executor != "slurm" and not _process_alive(record):
         status, detail = "failed", f"process {record.pid} on {record.host} ended without reporting (killed?)"
+    if status in ("pending", "running") and slurm_state is not None:
+        from mi_pipeline.slurm_executor import ACTIVE_STATES
+
+        if slurm_state in ACTIVE_STATES:
+            status = "running" if slurm_state in ("RUNNING", "COMPLETING") else "pending"
+        elif slurm_state != "COMPLETED":
+            status, detail = "failed", f"job {record.job_id} ended {slurm_state}"
     report: dict[str, Any] = {
         "status": status, "epoch": record.epoch, "epochs": record.epochs, "best_metric": record.best_metric,
         "metric_name": record.metric_name, "attempts": record.attempts, "requeues": record.requeues,
-        "job_id": record.job_id, "log": record.log, "error": record.error, "detail": detail,
+        "job_id": record.job_id, "slurm_state": slurm_state, "log": record.log, "error": record.error,
+        "detail": detail,
     }
     if stage != "data":
         health = inspect_stage(layout, stage)
@@ -87,7 +106,7 @@ def render(report: dict[str, Any]) -> str:
         if info.get("attempts"):
             parts.append(f"attempts {info['attempts']}")
         if info.get("job_id"):
-            parts.append(f"job {info['job_id']}")
+            parts.append(f"job {info['job_id']}" + (f" ({info['slurm_state']})" if info.get("slurm_state") else ""))
         if stage != "data" and info.get("best_model") not in ("ok", "missing"):
             parts.append("best_model.pth corrupted")
         lines.append("  ".join(parts))

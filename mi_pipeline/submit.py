@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             print("nothing deleted")
             return 1
         if not args.dry_run:
+            _cancel_in_flight(progress, progress_file)
             _delete_fresh(layout, progress_file)
             progress = Progress()
 
@@ -119,6 +120,15 @@ def _confirm_fresh(layout: RunLayout, assume_yes: bool) -> bool:
         return input("请确认 (confirm) [y/N]: ").strip().lower() in ("y", "yes")
     except EOFError:
         return False
+
+
+def _cancel_in_flight(progress: Progress, progress_file: ProgressFile) -> None:
+    if any(r.executor == "slurm" and r.job_id for r in progress.stages.values()):
+        from mi_pipeline.slurm_executor import cancel_jobs
+
+        cancelled = cancel_jobs(progress_file, "mode fresh")
+        if cancelled:
+            print(f"cancelled in-flight jobs: {' '.join(cancelled)}")
 
 
 def _delete_fresh(layout: RunLayout, progress_file: ProgressFile) -> None:

@@ -66,7 +66,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train_stage(stage: str, cfg: Config, layout: RunLayout, *, force: bool = False, restart: bool = False,
-                on_upstream_change: str = "error") -> int:
+                on_upstream_change: str = "error", stop: StopFlag | None = None,
+                interrupted_status: str = "failed") -> int:
+    """Run one stage and keep the record right; returns the process exit status.
+
+    ``interrupted_status`` is what the record says after a signal stopped training with its position
+    saved: "failed" for a local process (someone must resume it), "pending" for a SLURM job that is
+    about to be requeued.
+    """
     log = StageLog(layout.log_dir(stage), stage)
     progress = ProgressFile(layout.root, inspect_disk=lambda: rebuild_records(layout))
     record = progress.read().stages[stage]
@@ -77,11 +84,14 @@ def train_stage(stage: str, cfg: Config, layout: RunLayout, *, force: bool = Fal
     except UserError as exc:
         _mark_failed(progress, stage, log, str(exc))
         raise
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)  # requeues SLURM did itself count too
     progress.update_stage(stage, status="running", attempts=record.attempts + 1, pid=os.getpid(),
+                          requeues=max(record.requeues, restarts),
+                          executor="slurm" if os.environ.get("SLURM_JOB_ID") else "local",
                           host=socket.gethostname(), job_id=os.environ.get("SLURM_JOB_ID"),
                           log=str(log.train_log), started=now(), finished=None, error=None)
     log.info(f"starting {stage} (attempt {record.attempts + 1}, pid {os.getpid()}, config {stage_hash(cfg, stage)})")
-    stop = StopFlag()
+    stop = stop or StopFlag()
     stop.install(log)
     try:
         device = pick_device(cfg.device)
@@ -90,8 +100,9 @@ def train_stage(stage: str, cfg: Config, layout: RunLayout, *, force: bool = Fal
             return _run_data(cfg, layout, progress, log)
         return _run_model_stage(stage, cfg, layout, progress, log, device, upstream, stop, force, restart)
     except Interrupted as exc:
-        message = f"interrupted by {stop.signal_name} at epoch {exc.state.epoch + 1}; run resume to continue"
-        progress.update_stage(stage, status="failed", epoch=exc.state.epoch, error=message, pid=None)
+        message = f"interrupted by {stop.signal_name} at epoch {exc.state.epoch + 1}; resume continues from there"
+        progress.update_stage(stage, status=interrupted_status, epoch=exc.state.epoch, pid=None,
+                              error=message if interrupted_status == "failed" else None, note=message)
         log.info(message)
         return EXIT_INTERRUPTED
     except UserError as exc:

@@ -1,0 +1,146 @@
+"""The pipeline through real sbatch (submitit) on the local cluster: chain, requeue, failure, no duplicates.
+
+These share one uninterrupted reference run; each scenario works in its own run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, assert_same_weights, checkpoint_epoch, model_weights, run_module, wait_for
+
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+SLURM_SETTINGS = ["--set", "slurm.gpus_per_node=0", "--set", "slurm.cpus_per_task=1", "--set", "slurm.mem_gb=1",
+                  "--set", "slurm.time_min=20"]
+STAGES = ("data", "motion", "registration", "segmentation")
+
+
+def submit(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    result = run_module("mi_pipeline.submit", "--config", str(TINY), "--run-dir", str(run_dir), "--executor",
+                        "slurm", *SLURM_SETTINGS, *args, timeout=120)
+    return result
+
+
+def status(run_dir: Path) -> dict:
+    result = run_module("mi_pipeline.status", "--run-dir", str(run_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def job_ids(run_dir: Path) -> dict[str, str]:
+    return {s: i["job_id"] for s, i in status(run_dir)["stages"].items() if i["job_id"]}
+
+
+def wait_all_done(run_dir: Path, timeout: float = 400) -> dict:
+    def finished() -> bool:
+        report = status(run_dir)
+        if any(i["status"] == "failed" for i in report["stages"].values()):
+            raise AssertionError(f"a stage failed: {json.dumps(report, indent=1)}")
+        return report["state"] == "all_completed"
+
+    wait_for(finished, timeout, "all stages done")
+    return status(run_dir)
+
+
+@pytest.fixture(scope="module")
+def reference(slurm_cluster, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("slurm_ref")
+    result = submit(run_dir, "--mode", "fresh", "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    wait_all_done(run_dir)
+    return run_dir
+
+
+def test_chain_completes_with_dependencies_honoured(reference: Path, slurm_cluster) -> None:
+    ids = job_ids(reference)
+    assert set(ids) == set(STAGES)
+    rec = {s: slurm_cluster.wait_for(j, {"COMPLETED"}, timeout=60) for s, j in ids.items()}
+    for stage, upstream in (("motion", "data"), ("registration", "data"), ("segmentation", "motion"),
+                            ("segmentation", "registration")):
+        assert rec[stage].start >= rec[upstream].end, f"{stage} started before {upstream} ended"
+    report = status(reference)
+    for stage in ("motion", "registration"):  # both ran as jobs and both updates are in the record
+        info = report["stages"][stage]
+        assert info["status"] == "done" and info["epoch"] == info["epochs"] and info["attempts"] == 1
+    script = next((reference / "logs" / "slurm").glob(f"{ids['segmentation']}/*_submission.sh")).read_text()
+    assert "--kill-on-invalid-dep=yes" in script and "--signal=USR2@" in script
+    assert f"--job-name=mi_{reference.name}_segmentation" in script
+
+
+@pytest.mark.parametrize("how", ["usr2", "scontrol_requeue"])
+def test_preempted_motion_is_requeued_and_resumes_exactly(reference: Path, slurm_cluster, tmp_path: Path,
+                                                         how: str) -> None:
+    run_dir = tmp_path / how
+    assert submit(run_dir, "--mode", "fresh", "--yes").returncode == 0
+    motion_job = job_ids(run_dir)["motion"]
+    last = run_dir / "checkpoints" / "motion" / "last.pth"
+    wait_for(lambda: checkpoint_epoch(last) >= 1, 300, "motion epoch 1")
+    signalled_at = time.monotonic()
+    if how == "usr2":
+        subprocess.run(["scancel", "--signal=USR2", motion_job], check=True)
+    else:
+        subprocess.run(["scontrol", "requeue", motion_job], check=True)
+    slurm_cluster.release_when_held(motion_job, timeout=120)
+    log = run_dir / "logs" / "motion" / "train.log"
+    wait_for(lambda: "resuming from last.pth" in log.read_text(), 300, "motion to resume")
+    round_trip = time.monotonic() - signalled_at
+    report = wait_all_done(run_dir)
+    text = log.read_text()
+    stopped_epoch = checkpoint_epoch(last)
+    assert "resuming from last.pth at epoch" in text and "at epoch 1 (" not in text
+    assert report["stages"]["motion"]["requeues"] >= 1 and report["stages"]["motion"]["attempts"] == 2
+    assert report["stages"]["motion"]["job_id"] == motion_job, "a requeued job keeps its id"
+    assert_same_weights(model_weights(last), model_weights(reference / "checkpoints" / "motion" / "last.pth"))
+    print(f"{how}: signal -> training again in {round_trip:.1f}s; final epoch {stopped_epoch}")
+
+
+def test_failed_stage_stops_dependants_and_resume_finishes(slurm_cluster, tmp_path: Path) -> None:
+    run_dir = tmp_path / "fail"
+    bad = run_dir / "checkpoints" / "registration" / "last.pth"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a checkpoint")  # registration will refuse it, loudly
+    assert submit(run_dir, "--mode", "resume").returncode == 0
+    ids = job_ids(run_dir)
+    slurm_cluster.wait_for(ids["registration"], {"FAILED"}, timeout=300)
+    seg = slurm_cluster.wait_for(ids["segmentation"], {"CANCELLED"}, timeout=120)
+    assert seg.start is None or seg.start == seg.end, "segmentation must never run"
+    report = status(run_dir)
+    info = report["stages"]["registration"]
+    assert info["status"] == "failed" and "last.pth" in (info["error"] or "")
+    assert info["log"].endswith("logs/registration/train.log")
+    assert "FAILED:" in Path(info["log"]).read_text().splitlines()[-1]
+    assert report["stages"]["segmentation"]["status"] == "failed"  # its job was cancelled
+    bad.unlink()  # the user fixes the cause
+    wait_for(lambda: status(run_dir)["stages"]["motion"]["status"] == "done", 300, "motion done")
+    assert submit(run_dir, "--mode", "resume").returncode == 0
+    wait_all_done(run_dir)
+
+
+def test_resume_while_in_flight_submits_no_duplicate(slurm_cluster, tmp_path: Path) -> None:
+    run_dir = tmp_path / "dup"
+    assert submit(run_dir, "--mode", "fresh", "--yes").returncode == 0
+    first = job_ids(run_dir)
+    again = submit(run_dir, "--mode", "resume")
+    assert again.returncode == 0, again.stderr
+    assert "no duplicate submitted" in again.stdout
+    assert job_ids(run_dir) == first
+    wait_all_done(run_dir)
+    names = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobName", "-j", ",".join(first.values())],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert len(names) == len(set(names)) == 4
+
+
+def test_cancel_records_and_stops_jobs(slurm_cluster, tmp_path: Path) -> None:
+    run_dir = tmp_path / "cancel"
+    assert submit(run_dir, "--mode", "fresh", "--yes").returncode == 0
+    result = run_module("mi_pipeline.cancel", "--run-dir", str(run_dir))
+    assert result.returncode == 0 and "cancelled:" in result.stdout
+    report = status(run_dir)
+    assert all(i["status"] != "running" for i in report["stages"].values())
+    assert any("cancelled" in (i["error"] or "") for i in report["stages"].values())
