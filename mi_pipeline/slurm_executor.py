@@ -114,7 +114,7 @@ def run_slurm(steps: list[Step], command: StageCommand, progress: ProgressFile, 
             print(f"  {step.stage}: job {record.job_id} is {state}: kept (no duplicate submitted)")
             continue
         deps = [job_of[up] for up in UPSTREAM[step.stage] if up in job_of]
-        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cfg.slurm.max_requeues)
         executor.update_parameters(**slurm_parameters(cfg, step.stage, command.run_dir, deps))
         job = executor.submit(StageJob(step.stage, command, restart=step.restart))
         job_of[step.stage] = job.job_id
@@ -130,14 +130,13 @@ def slurm_parameters(cfg: Config, stage: str, run_dir: Path, deps: list[str]) ->
     """submitit parameters for one stage's job (submitit writes the sbatch script from these)."""
     res = cfg.slurm.for_stage(stage)
     params: dict[str, Any] = {
-        "slurm_job_name": f"mi_{run_dir.name}_{stage}",
+        "name": f"mi_{run_dir.name}_{stage}",
         "timeout_min": res["time_min"],
         "nodes": res["nodes"],
         "tasks_per_node": max(1, res["gpus_per_node"]),
         "cpus_per_task": res["cpus_per_task"],
         "mem_gb": res["mem_gb"],
         "slurm_signal_delay_s": cfg.slurm.signal_delay_s,
-        "slurm_max_num_timeout": cfg.slurm.max_requeues,
         "slurm_setup": list(cfg.slurm.setup),
     }
     if res["gpus_per_node"]:

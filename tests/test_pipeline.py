@@ -70,7 +70,7 @@ def test_kill9_mid_motion_then_resume_matches_uninterrupted(finished_run: Path, 
     os.killpg(proc.pid, signal.SIGKILL)  # the submitter and its training child, no chance to clean up
     proc.wait()
     killed_at = checkpoint_epoch(last)
-    assert 1 <= killed_at < 6, f"kill landed at epoch {killed_at}; the test needs it mid-stage"
+    assert 1 <= killed_at < 12, f"kill landed at epoch {killed_at}; the test needs it mid-stage"
     assert status(run_dir)["stages"]["motion"]["status"] == "failed"  # the dead pid is noticed
 
     result = submit(run_dir, "--mode", "resume")
