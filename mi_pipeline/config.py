@@ -336,7 +336,12 @@ def _coerce(tp: Any, value: Any, *, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string; users mean the number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
             raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
         return float(value)
     if tp is str:

@@ -80,3 +80,10 @@ def test_stage_hash_is_stable_and_scoped() -> None:
     assert stage_hash(base, "motion") == stage_hash(other, "motion"), "motion does not depend on segmentation"
     assert stage_hash(base, "segmentation") != stage_hash(other, "segmentation")
     assert stage_hash(base, "motion") != stage_hash(load_config(None, ["data.crop=96"]), "motion")
+
+
+def test_exponent_without_dot_is_a_number(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "motion:\n  lr: 1e-3\n"), ["registration.affine_lr=3e-5"])
+    assert cfg.motion.lr == 0.001 and cfg.registration.affine_lr == 3e-5
+    with pytest.raises(ConfigError, match="motion.lr must be a number"):
+        load_config(write(tmp_path, "motion:\n  lr: fast\n"))

@@ -1,0 +1,161 @@
+"""Step 2: unsupervised ED -> frame-t deformable registration of the cine (VoxelMorph-style).
+
+One sample is one (slice, frame t) pair with t = 1..T-1: moving = the ED frame, fixed = frame t.
+The net predicts a displacement field on frame t's grid that pulls the ED frame onto frame t;
+loss = LNCC (or MSE) + smooth_weight x diffusion (or bending) regulariser.
+
+Validation (``myo_dice``): the ED myocardium warped to ES vs the true ES myocardium, averaged over
+the validation slices that show myocardium, with the identity baseline (``myo_dice_identity``) and
+the % of myocardial pixels whose Jacobian determinant is <= 0 (``folding_percent``, all frames).
+Without cine labels (real data) ``myo_dice`` falls back to ``-val_loss`` (still higher = better,
+never NaN) and ``labels_available`` is 0.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from monai.networks.nets import VoxelMorph, VoxelMorphUNet
+from torch import nn
+
+from mi_pipeline.config import Config
+from mi_pipeline.data.cache import load_split
+from mi_pipeline.engine.task import Batch, TrainTask
+from mi_pipeline.stages import common
+
+VAL_BATCH = 32
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """VoxelMorph (2D, plain displacement output) whose last conv starts at zero = identity."""
+    m = cfg.motion
+    backbone = VoxelMorphUNet(
+        spatial_dims=2, in_channels=2, unet_out_channels=m.channels[0], channels=m.channels,
+        final_conv_channels=(m.channels[0], m.channels[0]),
+    )
+    with warnings.catch_warnings():  # its Warp announces "Using PyTorch native grid_sample"
+        warnings.simplefilter("ignore")
+        model = VoxelMorph(backbone=backbone, integration_steps=0, half_res=False, spatial_dims=2)
+    out = backbone.net[1].final_conv_out.conv
+    nn.init.zeros_(out.weight)
+    if out.bias is not None:
+        nn.init.zeros_(out.bias)
+    return model
+
+
+def size_multiple(cfg: Config) -> int:
+    return 2 ** (len(cfg.motion.channels) // 2)
+
+
+def predict_ddf(model: nn.Module, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    """Displacement (B, 2, H, W) pulling ``moving`` (ED) onto ``fixed`` (frame t)."""
+    return model(moving, fixed)[1]
+
+
+def motion_fields(model: nn.Module, cine: torch.Tensor, batch: int = VAL_BATCH) -> torch.Tensor:
+    """ED -> every frame fields for stacked cine slices (N, T, H, W): (N, T, 2, H, W), frame 0 included.
+
+    Runs in batches under no_grad on the model's device; returns CPU tensors.
+    """
+    device = next(model.parameters()).device
+    n, t, h, w = cine.shape
+    moving = cine[:, :1].expand(n, t, h, w).reshape(n * t, 1, h, w)
+    fixed = cine.reshape(n * t, 1, h, w)
+    out = []
+    with torch.no_grad():
+        for part in common.batched(n * t, batch):
+            out.append(predict_ddf(model, moving[part].to(device), fixed[part].to(device)).cpu())
+    return torch.cat(out).reshape(n, t, 2, h, w)
+
+
+class MotionTask(TrainTask):
+    name = "motion"
+    metric_name = "myo_dice"
+    higher_is_better = True
+
+    def __init__(self, cfg: Config, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.similarity = common.similarity_loss(cfg.motion.similarity, lncc_kernel=cfg.motion.lncc_kernel)
+        self.smoothness = common.smoothness_loss(cfg.motion.smooth_loss)
+
+    def setup(self, device: torch.device) -> None:
+        train = load_split(self.run_dir, "train")
+        val = load_split(self.run_dir, "val")
+        for subjects in (train, val):
+            common.check_frames(subjects, self.cfg.data.frames, where="motion")
+            common.check_size(subjects, size_multiple(self.cfg), where="motion")
+        self.train_cine = common.stack_slices(train, "cine", where="motion")  # (N, T, H, W)
+        t = self.train_cine.shape[1]
+        slices = torch.arange(self.train_cine.shape[0])
+        frames = torch.arange(1, t)
+        self.pairs = torch.cartesian_prod(slices, frames)  # (N*(T-1), 2): (slice, t)
+        self.val_cine = common.stack_slices(val, "cine", where="motion validation")
+        self.val_es = common.es_per_slice(val)
+        self.val_labels = (common.stack_slices(val, "cine_label", where="motion validation").long()
+                           if common.all_have(val, "cine_label") else None)
+
+    def build_model(self) -> nn.Module:
+        return build_model(self.cfg)
+
+    def num_train_samples(self) -> int:
+        return int(self.pairs.shape[0])
+
+    def make_batch(self, indices: list[int], generator: torch.Generator, device: torch.device) -> Batch:
+        sl, t = self.pairs[indices].unbind(1)
+        return {
+            "moving": self.train_cine[sl, 0].unsqueeze(1).to(device),
+            "fixed": self.train_cine[sl, t].unsqueeze(1).to(device),
+        }
+
+    def _losses(self, model: nn.Module, moving: torch.Tensor, fixed: torch.Tensor):
+        ddf = predict_ddf(model, moving, fixed)
+        sim = self.similarity(common.warp(moving, ddf), fixed)
+        smooth = self.smoothness(ddf)
+        return sim + self.cfg.motion.smooth_weight * smooth, sim, smooth, ddf
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        total, sim, smooth, _ = self._losses(model, batch["moving"], batch["fixed"])
+        return total, {"similarity": sim.item(), "smoothness": smooth.item()}
+
+    def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        n, t, h, w = self.val_cine.shape
+        # every (slice, frame >= 1) pair: validation loss and folding
+        moving = self.val_cine[:, :1].expand(n, t - 1, h, w).reshape(-1, 1, h, w)
+        fixed = self.val_cine[:, 1:].reshape(-1, 1, h, w)
+        masks = myo_masks = None
+        if self.val_labels is not None:
+            myo_masks = common.myo(self.val_labels)  # (N, T, H, W)
+            masks = myo_masks[:, 1:].reshape(-1, h, w)
+        loss_sum, folded, counted = 0.0, 0, 0
+        for part in common.batched(moving.shape[0], VAL_BATCH):
+            total, _, _, ddf = self._losses(model, moving[part].to(device), fixed[part].to(device))
+            loss_sum += float(total) * (part.stop - part.start)
+            fold = common.jacobian_determinant(ddf).cpu() <= 0
+            region = masks[part] if masks is not None else torch.ones_like(fold)
+            folded += int((fold & region).sum())
+            counted += int(region.sum())
+        val_loss = loss_sum / moving.shape[0]
+        metrics = {"val_loss": val_loss, "folding_percent": 100.0 * folded / counted if counted else 0.0}
+        if myo_masks is None:
+            metrics.update({"myo_dice": -val_loss, "labels_available": 0.0})
+            return metrics
+        # ED myocardium warped to ES vs the true ES myocardium
+        idx = torch.arange(n)
+        ed_img, es_img = self.val_cine[:, 0:1], self.val_cine[idx, self.val_es].unsqueeze(1)
+        ed_lab, es_myo = self.val_labels[:, 0], myo_masks[idx, self.val_es]
+        after, before = [], []
+        for part in common.batched(n, VAL_BATCH):
+            ddf = predict_ddf(model, ed_img[part].to(device), es_img[part].to(device))
+            warped = common.myo(common.warp_labels(ed_lab[part].to(device), ddf)).cpu()
+            for k in range(warped.shape[0]):
+                i = part.start + k
+                if not bool(myo_masks[i, 0].any()) and not bool(es_myo[i].any()):
+                    continue
+                after.append(common.dice(warped[k], es_myo[i]))
+                before.append(common.dice(myo_masks[i, 0], es_myo[i]))
+        metrics.update({"myo_dice": common.mean(after), "myo_dice_identity": common.mean(before),
+                        "labels_available": 1.0})
+        return metrics

@@ -1,0 +1,214 @@
+"""Step 3: multi-modal alignment of the LGE (moving) onto the cine ED frame (fixed), per slice.
+
+Model: MONAI GlobalNet (affine) followed by LocalNet (deformable) on the affinely aligned pair; the
+two fields are composed into one displacement on the cine grid, so LGE labels are resampled once.
+GlobalNet's affine acts on a centred, normalised grid here (MONAI's own grid is in pixels from the
+corner, where a tiny change of the matrix swings the far corner by pixels); its output is scaled
+back to pixels, so one learning rate means the same at any crop size.
+
+Loss: -MI(LGE warped, cine ED) + affine_weight x -MI(LGE affinely warped, cine ED)
+      + smooth_weight x bending(deformable part) [+ mask_dice_weight x Dice(warped LGE labels, cine labels)].
+
+Validation (``myo_dice``): LGE myocardium warped into cine space vs the cine ED myocardium, averaged
+over slices with myocardium, and ``myo_dice_before`` (no registration). Without cine labels,
+``myo_dice`` falls back to ``-val_loss`` (the MI, higher = better) and ``labels_available`` is 0.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.losses import DiceLoss
+from monai.networks.nets import GlobalNet, LocalNet
+from torch import nn
+
+from mi_pipeline.config import Config
+from mi_pipeline.data.cache import load_split
+from mi_pipeline.engine.task import Batch, TrainTask
+from mi_pipeline.errors import ConfigError
+from mi_pipeline.stages import common
+
+VAL_BATCH = 32
+
+
+class AffineDeformableNet(nn.Module):
+    """GlobalNet (affine, centred normalised grid) then LocalNet; ``forward`` -> (total, affine, local)."""
+
+    def __init__(self, size: int, channels: int, levels: int) -> None:
+        super().__init__()
+        self.affine = GlobalNet(image_size=[size, size], spatial_dims=2, in_channels=2,
+                                num_channel_initial=channels, depth=levels)
+        axis = torch.linspace(-1.0, 1.0, size)
+        # plain attribute, like MONAI's own grid: rebuilt by the constructor, not in the state dict
+        self.affine.output_block.grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"))
+        self.pixels_per_unit = (size - 1) / 2.0
+        self.deform = LocalNet(spatial_dims=2, in_channels=2, num_channel_initial=channels,
+                               extract_levels=tuple(range(levels + 1)), out_channels=2,
+                               out_kernel_initializer="zeros")
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        affine = self.affine(torch.cat([moving, fixed], dim=1)) * self.pixels_per_unit
+        local = self.deform(torch.cat([common.warp(moving, affine), fixed], dim=1))
+        return common.compose(affine, local), affine, local
+
+
+def build_model(cfg: Config) -> nn.Module:
+    r = cfg.registration
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return AffineDeformableNet(cfg.data.crop, r.channels, r.levels)
+
+
+def predict_ddf(model: nn.Module, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    """Displacement (B, 2, H, W) on the cine grid pulling the LGE (moving) onto the cine ED (fixed)."""
+    return model(moving, fixed)[0]
+
+
+def lge_labels_in_cine(model: nn.Module, lge: torch.Tensor, lge_label: torch.Tensor, cine_ed: torch.Tensor,
+                       batch: int = VAL_BATCH) -> torch.Tensor:
+    """LGE labels (N, H, W) carried into cine space (N, H, W) by ``model``; no_grad, CPU out."""
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for part in common.batched(lge.shape[0], batch):
+            ddf = predict_ddf(model, lge[part].unsqueeze(1).to(device), cine_ed[part].unsqueeze(1).to(device))
+            out.append(common.warp_labels(lge_label[part].to(device), ddf).cpu())
+    return torch.cat(out).to(torch.uint8)
+
+
+def _augment_pairs(moving: torch.Tensor, fixed: torch.Tensor, labels: tuple[torch.Tensor, torch.Tensor] | None,
+                   shift_px: float, generator: torch.Generator):
+    """Same random flips for both images of a pair; an extra random shift of the moving (LGE) one."""
+    b = moving.shape[0]
+    flips = torch.rand(b, 2, generator=generator) < 0.5
+    shifts = (torch.rand(b, 2, generator=generator) * 2.0 - 1.0) * shift_px
+    if shift_px > 0:
+        ddf = shifts.view(b, 2, 1, 1).expand(b, 2, *moving.shape[-2:]).contiguous()
+        moving = common.warp(moving, ddf)
+        if labels is not None:
+            labels = (common.warp_labels(labels[0], ddf), labels[1])
+    out_m, out_f, out_lm, out_lf = [], [], [], []
+    for i in range(b):
+        fh, fw = bool(flips[i, 0]), bool(flips[i, 1])
+        out_m.append(common.flip_image(moving[i], fh, fw))
+        out_f.append(common.flip_image(fixed[i], fh, fw))
+        if labels is not None:
+            out_lm.append(common.flip_image(labels[0][i], fh, fw))
+            out_lf.append(common.flip_image(labels[1][i], fh, fw))
+    labels = (torch.stack(out_lm), torch.stack(out_lf)) if labels is not None else None
+    return torch.stack(out_m), torch.stack(out_f), labels
+
+
+class RegistrationTask(TrainTask):
+    name = "registration"
+    metric_name = "myo_dice"
+    higher_is_better = True
+
+    def __init__(self, cfg: Config, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.similarity = common.similarity_loss("mi")
+        self.smoothness = common.smoothness_loss("bending")
+        self.mask_dice = DiceLoss(include_background=False)
+
+    def setup(self, device: torch.device) -> None:
+        train = load_split(self.run_dir, "train")
+        val = load_split(self.run_dir, "val")
+        multiple = 2 ** self.cfg.registration.levels
+        for subjects in (train, val):
+            common.check_size(subjects, multiple, where="registration")
+            for s in subjects:
+                if s.cine.shape[-1] != self.cfg.data.crop or s.cine.shape[-2] != self.cfg.data.crop:
+                    raise ConfigError(f"cached subject {s.id}: slices are {s.cine.shape[-2]}x{s.cine.shape[-1]}, "
+                                      f"data.crop is {self.cfg.data.crop}; run step 1 again")
+        self.train_fixed = common.stack_slices(train, "cine", where="registration")[:, 0]
+        self.train_moving = common.stack_slices(train, "lge", where="registration")
+        self.train_moving_label = self.train_fixed_label = None
+        if self.cfg.registration.mask_dice_weight > 0:
+            if not common.all_have(train, "cine_label"):
+                raise ConfigError("registration.mask_dice_weight > 0 needs cine labels for every training "
+                                  "subject; set it to 0 for data without them")
+            self.train_moving_label = common.stack_slices(train, "lge_label", where="registration").long()
+            self.train_fixed_label = common.stack_slices(train, "cine_label", where="registration")[:, 0].long()
+        self.val_fixed = common.stack_slices(val, "cine", where="registration validation")[:, 0]
+        self.val_moving = common.stack_slices(val, "lge", where="registration validation")
+        self.val_moving_label = common.stack_slices(val, "lge_label", where="registration validation").long()
+        self.val_fixed_label = (common.stack_slices(val, "cine_label", where="registration validation")[:, 0].long()
+                                if common.all_have(val, "cine_label") else None)
+
+    def build_model(self) -> nn.Module:
+        return build_model(self.cfg)
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
+        return [
+            {"params": list(model.affine.parameters()), "lr": self.cfg.registration.affine_lr},
+            {"params": list(model.deform.parameters()), "lr": lr},
+        ]
+
+    def num_train_samples(self) -> int:
+        return int(self.train_fixed.shape[0])
+
+    def make_batch(self, indices: list[int], generator: torch.Generator, device: torch.device) -> Batch:
+        r = self.cfg.registration
+        moving = self.train_moving[indices].unsqueeze(1)
+        fixed = self.train_fixed[indices].unsqueeze(1)
+        labels = None
+        if self.train_moving_label is not None:
+            labels = (self.train_moving_label[indices], self.train_fixed_label[indices])
+        if r.augment:
+            moving, fixed, labels = _augment_pairs(moving, fixed, labels, r.augment_shift_px, generator)
+        batch = {"moving": moving.to(device), "fixed": fixed.to(device)}
+        if labels is not None:
+            batch["moving_label"], batch["fixed_label"] = labels[0].to(device), labels[1].to(device)
+        return batch
+
+    def _losses(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        r = self.cfg.registration
+        moving, fixed = batch["moving"], batch["fixed"]
+        total_ddf, affine, local = model(moving, fixed)
+        parts = {
+            "similarity": self.similarity(common.warp(moving, total_ddf), fixed),
+            "affine_similarity": self.similarity(common.warp(moving, affine), fixed),
+            "smoothness": self.smoothness(local),
+        }
+        loss = parts["similarity"] + r.affine_weight * parts["affine_similarity"] + r.smooth_weight * parts["smoothness"]
+        if "moving_label" in batch:
+            onehot = nn.functional.one_hot(batch["moving_label"], common.NUM_LABEL_CODES).permute(0, 3, 1, 2).float()
+            target = nn.functional.one_hot(batch["fixed_label"], common.NUM_LABEL_CODES).permute(0, 3, 1, 2).float()
+            parts["mask_dice"] = self.mask_dice(common.warp(onehot, total_ddf), target)
+            loss = loss + r.mask_dice_weight * parts["mask_dice"]
+        return loss, parts, total_ddf
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, parts, _ = self._losses(model, batch)
+        return loss, {k: v.item() for k, v in parts.items()}
+
+    def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        n = self.val_fixed.shape[0]
+        sim_sum, folded, counted, warped_labels = 0.0, 0, 0, []
+        for part in common.batched(n, VAL_BATCH):
+            moving = self.val_moving[part].unsqueeze(1).to(device)
+            fixed = self.val_fixed[part].unsqueeze(1).to(device)
+            _, parts, ddf = self._losses(model, {"moving": moving, "fixed": fixed})
+            sim_sum += parts["similarity"].item() * (part.stop - part.start)
+            folded += int((common.jacobian_determinant(ddf) <= 0).sum())
+            counted += ddf.shape[0] * ddf.shape[-2] * ddf.shape[-1]
+            warped_labels.append(common.warp_labels(self.val_moving_label[part].to(device), ddf).cpu())
+        val_loss = sim_sum / n
+        metrics = {"val_loss": val_loss, "folding_percent": 100.0 * folded / counted}
+        if self.val_fixed_label is None:
+            metrics.update({"myo_dice": -val_loss, "labels_available": 0.0})
+            return metrics
+        warped = common.myo(torch.cat(warped_labels))
+        truth, before_mask = common.myo(self.val_fixed_label), common.myo(self.val_moving_label)
+        after, before = [], []
+        for i in range(n):
+            if bool(truth[i].any()) or bool(before_mask[i].any()):
+                after.append(common.dice(warped[i], truth[i]))
+                before.append(common.dice(before_mask[i], truth[i]))
+        metrics.update({"myo_dice": common.mean(after), "myo_dice_before": common.mean(before),
+                        "labels_available": 1.0})
+        return metrics

@@ -1,0 +1,185 @@
+"""Step 4: UNet from cine frames (+ motion fields) to background / myocardium / infarct, per slice.
+
+Inputs (``segmentation_inputs``, also what ``predict`` must use): the T cine frames, then -- with
+``motion_features`` -- the frozen motion model's ED -> frame-t displacement for every frame
+(2 x T channels, frame 0 included, scaled by ``MOTION_SCALE``). Targets: the LGE labels carried
+into cine space by the frozen registration model, mapped to classes 0 bg (+ cavity), 1 remote
+myocardium, 2 infarct. Upstream models are read once in ``setup`` and applied under no_grad.
+
+Validation, per subject (3D over its slices), against the true cine ED labels when the cache has
+them, else against the registered LGE labels (``labels_available`` says which):
+``infarct_dice`` over subjects with an infarct, ``myo_dice`` (classes 1|2), ``infarct_fp_percent``
+(predicted infarct as % of predicted myocardium, subjects without infarct) and
+``infarct_size_error`` (|predicted - true| infarct % of myocardium, percentage points).
+If no validation subject has an infarct, ``infarct_dice`` is ``1 - infarct_fp_percent / 100``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from monai.losses import DiceCELoss
+from monai.networks.nets import UNet
+from torch import nn
+
+from mi_pipeline.config import Config
+from mi_pipeline.data.cache import Subject, load_split
+from mi_pipeline.engine.task import Batch, TrainTask
+from mi_pipeline.layout import RunLayout
+from mi_pipeline.stages import common, motion, registration
+
+NUM_CLASSES = 3  # 0 background (incl. LV cavity), 1 remote myocardium, 2 infarct
+CLASS_OF_CODE = torch.tensor([0, 0, 1, 2], dtype=torch.long)  # cache label code -> class
+MOTION_SCALE = 0.25  # displacement pixels -> network input units
+VAL_BATCH = 32
+
+
+def in_channels(cfg: Config) -> int:
+    return cfg.data.frames * (3 if cfg.segmentation.motion_features else 1)
+
+
+def build_model(cfg: Config) -> nn.Module:
+    s = cfg.segmentation
+    return UNet(spatial_dims=2, in_channels=in_channels(cfg), out_channels=NUM_CLASSES, channels=s.channels,
+                strides=(2,) * (len(s.channels) - 1), num_res_units=s.num_res_units)
+
+
+def to_classes(labels: torch.Tensor) -> torch.Tensor:
+    """Cache label codes (0 bg, 1 cavity, 2 myo, 3 infarct) -> segmentation classes (0, 0, 1, 2)."""
+    return CLASS_OF_CODE.to(labels.device)[labels.long()]
+
+
+def segmentation_inputs(cine: torch.Tensor, motion_model: nn.Module | None) -> torch.Tensor:
+    """Network input (N, C, H, W) for stacked cine slices (N, T, H, W); ``motion_model`` None = frames only."""
+    if motion_model is None:
+        return cine.float()
+    fields = motion.motion_fields(motion_model, cine)  # (N, T, 2, H, W)
+    n, t, _, h, w = fields.shape
+    return torch.cat([cine.float(), fields.reshape(n, 2 * t, h, w) * MOTION_SCALE], dim=1)
+
+
+def load_motion_model(cfg: Config, path: Path, device: torch.device) -> nn.Module:
+    model = motion.build_model(cfg)
+    common.load_model_weights(model, path, "motion")
+    return model.to(device).eval()
+
+
+def load_registration_model(cfg: Config, path: Path, device: torch.device) -> nn.Module:
+    model = registration.build_model(cfg)
+    common.load_model_weights(model, path, "registration")
+    return model.to(device).eval()
+
+
+def _flip_inputs(x: torch.Tensor, frames: int, flip_h: bool, flip_w: bool) -> torch.Tensor:
+    """Flip one sample (C, H, W): image channels spatially, motion-field channel pairs as vectors."""
+    images = common.flip_image(x[:frames], flip_h, flip_w)
+    if x.shape[0] == frames:
+        return images
+    h, w = x.shape[-2:]
+    fields = common.flip_field(x[frames:].reshape(-1, 2, h, w), flip_h, flip_w).reshape(-1, h, w)
+    return torch.cat([images, fields])
+
+
+class SegmentationTask(TrainTask):
+    name = "segmentation"
+    metric_name = "infarct_dice"
+    higher_is_better = True
+
+    def __init__(self, cfg: Config, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        s = cfg.segmentation
+        self.criterion = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=s.dice_weight, lambda_ce=s.ce_weight)
+        self._fingerprints: dict[str, str] | None = None
+
+    def _upstream_paths(self) -> dict[str, Path]:
+        layout = RunLayout(self.run_dir)
+        paths = {"registration": layout.best("registration")}
+        if self.cfg.segmentation.motion_features:
+            paths["motion"] = layout.best("motion")
+        return paths
+
+    def setup(self, device: torch.device) -> None:
+        cfg = self.cfg
+        train = load_split(self.run_dir, "train")
+        val = load_split(self.run_dir, "val")
+        multiple = 2 ** (len(cfg.segmentation.channels) - 1)
+        for subjects in (train, val):
+            common.check_frames(subjects, cfg.data.frames, where="segmentation")
+            common.check_size(subjects, max(multiple, 2 ** cfg.registration.levels), where="segmentation")
+        paths = self._upstream_paths()
+        self._fingerprints = {stage: common.file_fingerprint(p) for stage, p in paths.items() if p.exists()}
+        reg_model = load_registration_model(cfg, paths["registration"], device)
+        motion_model = load_motion_model(cfg, paths["motion"], device) if "motion" in paths else None
+        self.train_x, self.train_y = self._prepare(train, motion_model, reg_model)
+        self.val_x, registered = self._prepare(val, motion_model, reg_model)
+        self.labels_available = common.all_have(val, "cine_label")
+        if self.labels_available:
+            self.val_truth = to_classes(common.stack_slices(val, "cine_label", where="segmentation")[:, 0])
+        else:
+            self.val_truth = registered
+        self.val_owner = common.slice_owner(val)
+        self.val_subjects = len(val)
+
+    def _prepare(self, subjects: list[Subject], motion_model: nn.Module | None,
+                 reg_model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        cine = common.stack_slices(subjects, "cine", where="segmentation")
+        lge = common.stack_slices(subjects, "lge", where="segmentation")
+        lge_label = common.stack_slices(subjects, "lge_label", where="segmentation").long()
+        targets = to_classes(registration.lge_labels_in_cine(reg_model, lge, lge_label, cine[:, 0]))
+        return segmentation_inputs(cine, motion_model), targets
+
+    def upstream(self) -> dict[str, str]:
+        if self._fingerprints is None:
+            self._fingerprints = {s: common.file_fingerprint(p) for s, p in self._upstream_paths().items() if p.exists()}
+        return dict(self._fingerprints)
+
+    def build_model(self) -> nn.Module:
+        return build_model(self.cfg)
+
+    def num_train_samples(self) -> int:
+        return int(self.train_x.shape[0])
+
+    def make_batch(self, indices: list[int], generator: torch.Generator, device: torch.device) -> Batch:
+        x, y = self.train_x[indices], self.train_y[indices]
+        if self.cfg.segmentation.augment:
+            flips = (torch.rand(len(indices), 2, generator=generator) < 0.5).tolist()
+            frames = self.cfg.data.frames
+            x = torch.stack([_flip_inputs(x[i], frames, fh, fw) for i, (fh, fw) in enumerate(flips)])
+            y = torch.stack([common.flip_image(y[i], fh, fw) for i, (fh, fw) in enumerate(flips)])
+        return {"image": x.to(device), "label": y.unsqueeze(1).to(device)}
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = self.criterion(model(batch["image"]), batch["label"])
+        return loss, {}
+
+    def predict(self, model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        out = []
+        for part in common.batched(x.shape[0], VAL_BATCH):
+            out.append(model(x[part].to(device)).argmax(dim=1).cpu())
+        return torch.cat(out)
+
+    def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        pred = self.predict(model, self.val_x, device)
+        infarct, myo, fp, size_err = [], [], [], []
+        for s in range(self.val_subjects):
+            sel = self.val_owner == s
+            p, t = pred[sel], self.val_truth[sel]
+            p_myo, t_myo, p_inf, t_inf = p > 0, t > 0, p == 2, t == 2
+            myo.append(common.dice(p_myo, t_myo))
+            p_pct = 100.0 * int(p_inf.sum()) / max(int(p_myo.sum()), 1)
+            if bool(t_inf.any()):
+                infarct.append(common.dice(p_inf, t_inf))
+                size_err.append(abs(p_pct - 100.0 * int(t_inf.sum()) / max(int(t_myo.sum()), 1)))
+            else:
+                fp.append(p_pct)
+        metrics = {"myo_dice": common.mean(myo), "labels_available": float(self.labels_available)}
+        if fp:
+            metrics["infarct_fp_percent"] = common.mean(fp)
+        if infarct:
+            metrics["infarct_dice"] = common.mean(infarct)
+            metrics["infarct_size_error"] = common.mean(size_err)
+        else:
+            metrics["infarct_dice"] = 1.0 - metrics["infarct_fp_percent"] / 100.0
+        return metrics

@@ -1,0 +1,79 @@
+"""Motion stage: shapes, keys, learning, determinism, the no-label fallback."""
+
+from __future__ import annotations
+
+import torch
+
+from mi_pipeline.stages import make_task
+from mi_pipeline.stages.motion import MotionTask, build_model, motion_fields
+
+CPU = torch.device("cpu")
+
+
+def _task(cfg, run_dir) -> MotionTask:
+    task = make_task("motion", cfg, run_dir)
+    assert isinstance(task, MotionTask)
+    task.setup(CPU)
+    return task
+
+
+def test_batch_loss_and_validation_shapes(tiny_cfg, synthetic_run):
+    task = _task(tiny_cfg, synthetic_run)
+    assert task.num_train_samples() == 4 * 2 * 3  # subjects x slices x (frames - 1)
+    batch = task.make_batch([0, 5, 7], torch.Generator().manual_seed(0), CPU)
+    assert batch["moving"].shape == batch["fixed"].shape == (3, 1, 32, 32)
+    torch.manual_seed(0)
+    model = task.build_model()
+    loss, parts = task.loss(model, batch)
+    assert loss.ndim == 0 and torch.isfinite(loss) and set(parts) == {"similarity", "smoothness"}
+    with torch.no_grad():
+        metrics = task.validate(model.eval(), CPU)
+    assert {"myo_dice", "myo_dice_identity", "folding_percent", "val_loss"} <= set(metrics)
+    # the last conv starts at zero: an untrained model is the identity
+    assert abs(metrics["myo_dice"] - metrics["myo_dice_identity"]) < 1e-9
+    assert metrics["folding_percent"] == 0.0
+    fields = motion_fields(model, task.val_cine)
+    assert fields.shape == (task.val_cine.shape[0], 4, 2, 32, 32)
+
+
+def test_a_few_steps_reduce_the_loss(tiny_cfg, synthetic_run):
+    task = _task(tiny_cfg, synthetic_run)
+    torch.manual_seed(0)
+    model = task.build_model()
+    opt = torch.optim.AdamW(task.param_groups(model, 3e-3))
+    batch = task.make_batch(list(range(12)), torch.Generator().manual_seed(0), CPU)
+    first = task.loss(model, batch)[0].item()
+    for _ in range(15):
+        loss, _ = task.loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert task.loss(model, batch)[0].item() < first - 1e-3
+
+
+def test_determinism(tiny_cfg, synthetic_run):
+    task = _task(tiny_cfg, synthetic_run)
+    a = task.make_batch([3, 1], torch.Generator().manual_seed(7), CPU)
+    b = task.make_batch([3, 1], torch.Generator().manual_seed(7), CPU)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(3)
+    m1 = build_model(tiny_cfg)
+    torch.manual_seed(3)
+    m2 = build_model(tiny_cfg)
+    assert all(torch.equal(x, y) for x, y in zip(m1.state_dict().values(), m2.state_dict().values()))
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg).eval()
+    with torch.no_grad():
+        state = torch.get_rng_state()
+        assert task.validate(model, CPU) == task.validate(model, CPU)
+        assert torch.equal(state, torch.get_rng_state())  # validation draws nothing from the global RNG
+
+
+def test_without_cine_labels_the_metric_is_minus_val_loss(tiny_cfg, tmp_path, write_cache):
+    write_cache(tmp_path, labels=False)
+    task = _task(tiny_cfg, tmp_path)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        metrics = task.validate(task.build_model().eval(), CPU)
+    assert metrics["labels_available"] == 0.0
+    assert metrics["myo_dice"] == -metrics["val_loss"]

@@ -1,0 +1,85 @@
+"""Registration stage: shapes, keys, param groups, learning, determinism, optional mask Dice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mi_pipeline.config import load_config
+from mi_pipeline.errors import ConfigError
+from mi_pipeline.stages import make_task
+from mi_pipeline.stages.registration import RegistrationTask, build_model, lge_labels_in_cine
+
+CPU = torch.device("cpu")
+
+
+def _task(cfg, run_dir) -> RegistrationTask:
+    task = make_task("registration", cfg, run_dir)
+    assert isinstance(task, RegistrationTask)
+    task.setup(CPU)
+    return task
+
+
+def test_batch_loss_validation_and_param_groups(tiny_cfg, synthetic_run):
+    task = _task(tiny_cfg, synthetic_run)
+    assert task.num_train_samples() == 4 * 2
+    batch = task.make_batch([0, 3], torch.Generator().manual_seed(0), CPU)
+    assert batch["moving"].shape == batch["fixed"].shape == (2, 1, 32, 32)
+    torch.manual_seed(0)
+    model = task.build_model()
+    total, affine, local = model(batch["moving"], batch["fixed"])
+    assert total.shape == affine.shape == local.shape == (2, 2, 32, 32)
+    assert total.abs().max() < 1e-6  # starts at the identity
+    loss, parts = task.loss(model, batch)
+    assert torch.isfinite(loss) and {"similarity", "affine_similarity", "smoothness"} <= set(parts)
+    groups = task.param_groups(model, 1e-3)
+    assert [g["lr"] for g in groups] == [tiny_cfg.registration.affine_lr, 1e-3]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    with torch.no_grad():
+        metrics = task.validate(model.eval(), CPU)
+    assert {"myo_dice", "myo_dice_before", "folding_percent", "val_loss"} <= set(metrics)
+    assert abs(metrics["myo_dice"] - metrics["myo_dice_before"]) < 1e-9
+    warped = lge_labels_in_cine(model, task.val_moving, task.val_moving_label, task.val_fixed)
+    assert warped.shape == task.val_moving_label.shape and int(warped.max()) <= 3
+
+
+def test_a_few_steps_reduce_the_loss(tiny_cfg, synthetic_run):
+    task = _task(tiny_cfg, synthetic_run)
+    torch.manual_seed(0)
+    model = task.build_model()
+    opt = torch.optim.AdamW(task.param_groups(model, 3e-3))
+    batch = task.make_batch(list(range(8)), torch.Generator().manual_seed(0), CPU)
+    first = task.loss(model, batch)[0].item()
+    for _ in range(15):
+        loss, _ = task.loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert task.loss(model, batch)[0].item() < first - 1e-3
+
+
+def test_determinism(tiny_cfg, synthetic_run):
+    task = _task(tiny_cfg, synthetic_run)
+    a = task.make_batch([1, 2, 5], torch.Generator().manual_seed(11), CPU)
+    b = task.make_batch([1, 2, 5], torch.Generator().manual_seed(11), CPU)
+    c = task.make_batch([1, 2, 5], torch.Generator().manual_seed(12), CPU)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["moving"], c["moving"])  # augmentation does use the generator
+    torch.manual_seed(5)
+    m1 = build_model(tiny_cfg)
+    torch.manual_seed(5)
+    m2 = build_model(tiny_cfg)
+    assert all(torch.equal(x, y) for x, y in zip(m1.state_dict().values(), m2.state_dict().values()))
+
+
+def test_mask_dice_term(synthetic_run, tmp_path, tiny_overrides, write_cache):
+    cfg = load_config(None, tiny_overrides + ["registration.mask_dice_weight=0.5"])
+    task = _task(cfg, synthetic_run)
+    batch = task.make_batch([0, 1], torch.Generator().manual_seed(0), CPU)
+    assert batch["moving_label"].shape == batch["fixed_label"].shape == (2, 32, 32)
+    torch.manual_seed(0)
+    _, parts = task.loss(task.build_model(), batch)
+    assert 0.0 <= parts["mask_dice"] <= 1.0
+    write_cache(tmp_path, labels=False)
+    with pytest.raises(ConfigError, match="mask_dice_weight"):
+        _task(cfg, tmp_path)

@@ -1,0 +1,121 @@
+"""Segmentation stage: loads frozen upstream models, shapes, keys, learning, determinism, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mi_pipeline.config import load_config
+from mi_pipeline.data.cache import load_split
+from mi_pipeline.engine import checkpoint as ckpt
+from mi_pipeline.errors import CheckpointError
+from mi_pipeline.stages import make_task, motion, registration
+from mi_pipeline.stages.segmentation import SegmentationTask, build_model, to_classes
+
+CPU = torch.device("cpu")
+
+
+def _save_upstream(run_dir: Path, cfg, stage: str, seed: int) -> Path:
+    torch.manual_seed(seed)
+    model = {"motion": motion, "registration": registration}[stage].build_model(cfg)
+    for p in model.parameters():  # move away from the identity so the fields are not all zero
+        p.data.add_(0.01 * torch.randn_like(p))
+    path = run_dir / "checkpoints" / stage / "best_model.pth"
+    ckpt.save_checkpoint(path, {"model": model.state_dict(), "stage": stage, "epoch": 1, "config_hash": "x"})
+    return path
+
+
+@pytest.fixture
+def upstream_run(tiny_cfg, synthetic_run) -> Path:
+    _save_upstream(synthetic_run, tiny_cfg, "motion", 1)
+    _save_upstream(synthetic_run, tiny_cfg, "registration", 2)
+    return synthetic_run
+
+
+def _task(cfg, run_dir) -> SegmentationTask:
+    task = make_task("segmentation", cfg, run_dir)
+    assert isinstance(task, SegmentationTask)
+    task.setup(CPU)
+    return task
+
+
+def test_setup_batch_loss_validate(tiny_cfg, upstream_run):
+    task = _task(tiny_cfg, upstream_run)
+    assert task.num_train_samples() == 4 * 2
+    batch = task.make_batch([0, 2, 3], torch.Generator().manual_seed(0), CPU)
+    assert batch["image"].shape == (3, 3 * 4, 32, 32)  # T frames + 2T motion channels
+    assert batch["label"].shape == (3, 1, 32, 32) and set(batch["label"].unique().tolist()) <= {0, 1, 2}
+    assert batch["image"][:, 4:].abs().sum() > 0  # motion features are there
+    torch.manual_seed(0)
+    model = task.build_model()
+    loss, _ = task.loss(model, batch)
+    assert torch.isfinite(loss)
+    with torch.no_grad():
+        metrics = task.validate(model.eval(), CPU)
+    assert {"infarct_dice", "myo_dice", "infarct_fp_percent", "infarct_size_error", "labels_available"} <= set(metrics)
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("infarct_dice", "myo_dice"))
+    fingerprints = task.upstream()
+    assert fingerprints == {s: ckpt.file_fingerprint(upstream_run / "checkpoints" / s / "best_model.pth")
+                            for s in ("motion", "registration")}
+
+
+def test_targets_are_registered_lge_labels(tiny_cfg, synthetic_run, tiny_overrides):
+    # an identity registration model: targets are the LGE labels as they are, mapped to classes
+    torch.manual_seed(0)
+    model = registration.build_model(tiny_cfg)
+    ckpt.save_checkpoint(synthetic_run / "checkpoints" / "registration" / "best_model.pth",
+                         {"model": model.state_dict(), "stage": "registration", "epoch": 1, "config_hash": "x"})
+    cfg = load_config(None, tiny_overrides + ["segmentation.motion_features=false"])
+    task = _task(cfg, synthetic_run)
+    lge_label = torch.cat([torch.from_numpy(s.lge_label) for s in load_split(synthetic_run, "train")])
+    assert torch.equal(task.train_y, to_classes(lge_label))
+    assert task.train_x.shape[1] == 4
+    assert set(task.upstream()) == {"registration"}
+
+
+def test_a_few_steps_reduce_the_loss(tiny_cfg, upstream_run):
+    task = _task(tiny_cfg, upstream_run)
+    torch.manual_seed(0)
+    model = task.build_model()
+    opt = torch.optim.AdamW(task.param_groups(model, 3e-3))
+    batch = task.make_batch(list(range(8)), torch.Generator().manual_seed(0), CPU)
+    first = task.loss(model, batch)[0].item()
+    for _ in range(10):
+        loss, _ = task.loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert task.loss(model, batch)[0].item() < first - 1e-3
+
+
+def test_determinism_and_flip_augmentation(tiny_cfg, upstream_run):
+    task = _task(tiny_cfg, upstream_run)
+    a = task.make_batch([0, 1, 2, 3], torch.Generator().manual_seed(4), CPU)
+    b = task.make_batch([0, 1, 2, 3], torch.Generator().manual_seed(4), CPU)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    flips = (torch.rand(4, 2, generator=torch.Generator().manual_seed(4)) < 0.5).tolist()
+    for i, (fh, fw) in enumerate(flips):
+        dims = [d for d, f in ((-2, fh), (-1, fw)) if f]
+        expected = task.train_y[i].flip(dims) if dims else task.train_y[i]
+        assert torch.equal(a["label"][i, 0], expected)
+    torch.manual_seed(9)
+    m1 = build_model(tiny_cfg)
+    torch.manual_seed(9)
+    m2 = build_model(tiny_cfg)
+    assert all(torch.equal(x, y) for x, y in zip(m1.state_dict().values(), m2.state_dict().values()))
+
+
+def test_missing_or_mismatched_upstream_is_a_checkpoint_error(tiny_cfg, synthetic_run, tiny_overrides):
+    with pytest.raises(CheckpointError, match="missing"):
+        _task(tiny_cfg, synthetic_run)
+    _save_upstream(synthetic_run, tiny_cfg, "registration", 2)
+    bigger = load_config(None, tiny_overrides + ["motion.channels=[16,16]"])
+    _save_upstream(synthetic_run, bigger, "motion", 1)  # trained under another config
+    with pytest.raises(CheckpointError, match="does not fit"):
+        _task(tiny_cfg, synthetic_run)
+    path = _save_upstream(synthetic_run, tiny_cfg, "registration", 2)
+    path.write_bytes(path.read_bytes()[:100])  # truncated file
+    with pytest.raises(CheckpointError):
+        _task(tiny_cfg, synthetic_run)
