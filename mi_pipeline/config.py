@@ -51,8 +51,9 @@ class PhantomConfig:
 class DataConfig:
     """Where the data is and how step 1 prepares it."""
 
-    format: Literal["phantom", "generic"] = "phantom"
-    root: str = ""  # dataset folder; empty with format=phantom means <run>/data/phantom
+    # phantom | generic | manifest (CSV/YAML of paths) | acdc | mnms (cine + ED/ES masks: motion only) | emidec (LGE side)
+    format: Literal["phantom", "generic", "manifest", "acdc", "mnms", "emidec"] = "phantom"
+    root: str = ""  # dataset folder (manifest: the manifest file); empty with format=phantom means <run>/data/phantom
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
     spacing_mm: float = 1.6  # in-plane spacing after resampling
     crop: int = 64  # square crop around the LV, in pixels after resampling
@@ -153,6 +154,7 @@ class SlurmResources:
     time_min: int | None = None
     nodes: int | None = None
     gpus_per_node: int | None = None
+    tasks_per_node: int | None = None
     cpus_per_task: int | None = None
     mem_gb: int | None = None
     constraint: str | None = None
@@ -167,7 +169,8 @@ class SlurmConfig:
     qos: str = ""
     time_min: int = 240
     nodes: int = 1
-    gpus_per_node: int = 1
+    gpus_per_node: int = 1  # > 1 runs one data-parallel task per GPU (DDP)
+    tasks_per_node: int = 0  # 0 = one per GPU (or 1); set it for CPU-only data parallelism (gloo)
     cpus_per_task: int = 8
     mem_gb: int = 32
     constraint: str = ""
@@ -183,7 +186,7 @@ class SlurmConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "time_min", "nodes", "cpus_per_task", "mem_gb", "signal_delay_s")
-        _non_negative(self, "gpus_per_node", "max_requeues")
+        _non_negative(self, "gpus_per_node", "tasks_per_node", "max_requeues")
         for item in self.extra:
             if "=" not in item or item.startswith("-"):
                 raise ValueError(f"extra entries must look like key=value (no leading dashes), got {item!r}")
@@ -193,6 +196,26 @@ class SlurmConfig:
         names = [f.name for f in dataclasses.fields(SlurmResources)]
         override = getattr(self, stage)
         return {n: getattr(override, n) if getattr(override, n) is not None else getattr(self, n) for n in names}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerConfig:
+    """Run every SLURM stage job inside an Apptainer/Singularity image (see mi_pipeline/container.py).
+
+    With ``image`` empty (the default) jobs run with the submitter's own Python. The run root, the
+    config file's folder and ``data.root`` are bound automatically; ``binds`` adds more.
+    """
+
+    image: str = ""  # path of the .sif on a filesystem the compute nodes see; empty = no container
+    runtime: Literal["apptainer", "singularity"] = "apptainer"
+    binds: tuple[str, ...] = ()  # extra bind mounts "src[:dest[:ro|rw]]", src an absolute path
+    nv: bool = True  # --nv: the node's NVIDIA driver and GPUs inside the container
+    extra_args: tuple[str, ...] = ()  # more "<runtime> exec" options, e.g. "--nvccli" or "--env=A=b"
+
+    def __post_init__(self) -> None:
+        from mi_pipeline.container import validate_container_config  # one place for the rules
+
+        validate_container_config(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,6 +231,7 @@ class Config:
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    container: ContainerConfig = field(default_factory=ContainerConfig)
 
     def __post_init__(self) -> None:
         _positive(self, "threads")

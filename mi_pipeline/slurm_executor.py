@@ -8,6 +8,7 @@ position; then submitit's own handler requeues the job, and the requeued job con
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -37,12 +38,18 @@ class StageJob:
         from mi_pipeline.train import EXIT_INTERRUPTED, StopFlag, train_stage
 
         cfg = load_config(self.command.config, self.command.overrides)
+        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # one task per GPU: export RANK, WORLD_SIZE, ...
+            import submitit
+
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         submitit_handler = signal.getsignal(signal.SIGUSR2)
         stop = StopFlag()
         returncode = train_stage(self.stage, cfg, RunLayout(self.command.run_dir), force=self.command.force,
                                  restart=self.restart, on_upstream_change="restart", stop=stop,
                                  interrupted_status="pending")
         if returncode == EXIT_INTERRUPTED:
+            if int(os.environ.get("RANK", "0")) != 0:
+                return returncode  # rank 0 saves and requeues the whole job
             if stop.signal_name == "SIGUSR2" and callable(submitit_handler):
                 submitit_handler(signal.SIGUSR2, None)  # calls self.checkpoint(), requeues, exits
             sys.exit(-1)  # SIGTERM: SLURM itself requeues (preemption, scontrol requeue) or ends the job
@@ -133,7 +140,7 @@ def slurm_parameters(cfg: Config, stage: str, run_dir: Path, deps: list[str]) ->
         "name": f"mi_{run_dir.name}_{stage}",
         "timeout_min": res["time_min"],
         "nodes": res["nodes"],
-        "tasks_per_node": max(1, res["gpus_per_node"]),
+        "tasks_per_node": res["tasks_per_node"] or max(1, res["gpus_per_node"]),
         "cpus_per_task": res["cpus_per_task"],
         "mem_gb": res["mem_gb"],
         "slurm_signal_delay_s": cfg.slurm.signal_delay_s,

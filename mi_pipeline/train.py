@@ -12,13 +12,15 @@ import signal
 import socket
 import sys
 import traceback
-from pathlib import Path
+
+import torch
 
 from mi_pipeline import STAGES
 from mi_pipeline.cli import add_run_options, load_run_config, run_main
 from mi_pipeline.config import Config, stage_hash, to_dict
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.determinism import pick_device, setup_determinism
+from mi_pipeline.engine.distributed import World, device_for, init_world, shutdown
 from mi_pipeline.engine.runlog import StageLog
 from mi_pipeline.engine.trainer import FitContext, Interrupted, fit, set_aside
 from mi_pipeline.errors import CheckpointError, UserError
@@ -65,6 +67,17 @@ def main(argv: list[str] | None = None) -> int:
                        on_upstream_change=args.on_upstream_change)
 
 
+class StageRecorder:
+    """Updates one stage's entry in the progress record; a no-op on data-parallel ranks other than 0."""
+
+    def __init__(self, progress: ProgressFile, stage: str, enabled: bool) -> None:
+        self.progress, self.stage, self.enabled = progress, stage, enabled
+
+    def __call__(self, **changes: object) -> None:
+        if self.enabled:
+            self.progress.update_stage(self.stage, **changes)
+
+
 def train_stage(stage: str, cfg: Config, layout: RunLayout, *, force: bool = False, restart: bool = False,
                 on_upstream_change: str = "error", stop: StopFlag | None = None,
                 interrupted_status: str = "failed") -> int:
@@ -72,83 +85,100 @@ def train_stage(stage: str, cfg: Config, layout: RunLayout, *, force: bool = Fal
 
     ``interrupted_status`` is what the record says after a signal stopped training with its position
     saved: "failed" for a local process (someone must resume it), "pending" for a SLURM job that is
-    about to be requeued.
+    about to be requeued. Under torchrun / a multi-task SLURM job every rank calls this; rank 0
+    alone writes the record, logs and checkpoints.
     """
-    log = StageLog(layout.log_dir(stage), stage)
+    device = pick_device(cfg.device)
+    world = init_world(device)
+    device = device_for(world, device)
+    try:
+        return _train_stage(stage, cfg, layout, world, device, force=force, restart=restart,
+                            on_upstream_change=on_upstream_change, stop=stop or StopFlag(),
+                            interrupted_status=interrupted_status)
+    finally:
+        shutdown(world)
+
+
+def _train_stage(stage: str, cfg: Config, layout: RunLayout, world: World, device: torch.device, *, force: bool,
+                 restart: bool, on_upstream_change: str, stop: StopFlag, interrupted_status: str) -> int:
+    log = StageLog(layout.log_dir(stage), stage, files=world.is_main,
+                   prefix=f" rank {world.rank}" if world.distributed else "")
     progress = ProgressFile(layout.root, inspect_disk=lambda: rebuild_records(layout))
     record = progress.read().stages[stage]
+    update = StageRecorder(progress, stage, enabled=world.is_main)
     try:
         _check_not_lost(stage, layout, record.epoch, restart)
         upstream = _upstream_fingerprints(stage, layout)
-        restart = restart or _stale_against_upstream(stage, layout, upstream, on_upstream_change, force, log)
+        if world.is_main:
+            restart = restart or _stale_against_upstream(stage, layout, upstream, on_upstream_change, force, log)
+        restart = world.any(restart)
     except UserError as exc:
-        _mark_failed(progress, stage, log, str(exc))
+        _mark_failed(update, log, str(exc))
         raise
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)  # requeues SLURM did itself count too
-    progress.update_stage(stage, status="running", attempts=record.attempts + 1, pid=os.getpid(),
-                          requeues=max(record.requeues, restarts),
-                          executor="slurm" if os.environ.get("SLURM_JOB_ID") else "local",
-                          host=socket.gethostname(), job_id=os.environ.get("SLURM_JOB_ID"),
-                          log=str(log.train_log), started=now(), finished=None, error=None)
+    update(status="running", attempts=record.attempts + 1, pid=os.getpid(), requeues=max(record.requeues, restarts),
+           executor="slurm" if os.environ.get("SLURM_JOB_ID") else "local", host=socket.gethostname(),
+           job_id=os.environ.get("SLURM_JOB_ID"), log=str(log.train_log), started=now(), finished=None, error=None)
     log.info(f"starting {stage} (attempt {record.attempts + 1}, pid {os.getpid()}, config {stage_hash(cfg, stage)})")
-    stop = stop or StopFlag()
     stop.install(log)
     try:
-        device = pick_device(cfg.device)
         setup_determinism(cfg.seed, cfg.threads, cfg.deterministic, device)
         if stage == "data":
-            return _run_data(cfg, layout, progress, log)
-        return _run_model_stage(stage, cfg, layout, progress, log, device, upstream, stop, force, restart)
+            return _run_data(cfg, layout, update, log, world)
+        return _run_model_stage(stage, cfg, layout, update, log, device, world, upstream, stop, force, restart)
     except Interrupted as exc:
         message = f"interrupted by {stop.signal_name} at epoch {exc.state.epoch + 1}; resume continues from there"
-        progress.update_stage(stage, status=interrupted_status, epoch=exc.state.epoch, pid=None,
-                              error=message if interrupted_status == "failed" else None, note=message)
+        update(status=interrupted_status, epoch=exc.state.epoch, pid=None,
+               error=message if interrupted_status == "failed" else None, note=message)
         log.info(message)
         return EXIT_INTERRUPTED
     except UserError as exc:
-        _mark_failed(progress, stage, log, str(exc))
+        _mark_failed(update, log, str(exc))
         raise
     except Exception as exc:  # a bug or a numerical failure: full trace in the log, one line at the end
-        with open(log.train_log, "a", encoding="utf-8") as handle:
-            traceback.print_exc(file=handle)
-        _mark_failed(progress, stage, log, f"{type(exc).__name__}: {exc}")
+        if world.is_main:
+            with open(log.train_log, "a", encoding="utf-8") as handle:
+                traceback.print_exc(file=handle)
+        _mark_failed(update, log, f"{type(exc).__name__}: {exc}")
         print(f"error: {stage} failed: {type(exc).__name__}: {exc} (traceback in {log.train_log})", file=sys.stderr)
         return 1
 
 
-def _run_data(cfg: Config, layout: RunLayout, progress: ProgressFile, log: StageLog) -> int:
+def _run_data(cfg: Config, layout: RunLayout, update: StageRecorder, log: StageLog, world: World) -> int:
     from mi_pipeline.data.prepare import prepare_data
 
-    summary = prepare_data(cfg, layout.root, log=log.info)
-    log.info(f"data prepared: {summary}")
-    progress.update_stage("data", status="done", finished=now(), pid=None, error=None, note=None)
+    if world.is_main:  # one writer for the cache; other ranks wait for it
+        summary = prepare_data(cfg, layout.root, log=log.info)
+        log.info(f"data prepared: {summary}")
+    world.barrier()
+    update(status="done", finished=now(), pid=None, error=None, note=None)
     return 0
 
 
-def _run_model_stage(stage: str, cfg: Config, layout: RunLayout, progress: ProgressFile, log: StageLog,
-                     device, upstream: dict[str, str], stop: StopFlag, force: bool, restart: bool) -> int:
+def _run_model_stage(stage: str, cfg: Config, layout: RunLayout, update: StageRecorder, log: StageLog,
+                     device: torch.device, world: World, upstream: dict[str, str], stop: StopFlag, force: bool,
+                     restart: bool) -> int:
     from mi_pipeline.stages import make_task
 
     optim = getattr(cfg, stage)
     task = make_task(stage, cfg, layout.root)
 
     def on_epoch(state, metrics: dict[str, float]) -> None:
-        progress.update_stage(stage, epoch=state.epoch, epochs=optim.epochs, best_metric=state.best_metric,
-                              metric_name=task.metric_name)
+        update(epoch=state.epoch, epochs=optim.epochs, best_metric=state.best_metric, metric_name=task.metric_name)
 
     ctx = FitContext(ckpt_dir=layout.ckpt_dir(stage), log=log, seed=cfg.seed, config_hash=stage_hash(cfg, stage),
                      config=to_dict(cfg), device=device, upstream=upstream, restart=restart, force=force,
-                     stop_requested=stop, on_epoch=on_epoch)
+                     world=world, stop_requested=stop, on_epoch=on_epoch)
     state = fit(task, optim, ctx)
-    progress.update_stage(stage, status="done", epoch=state.epoch, epochs=optim.epochs, best_metric=state.best_metric,
-                          metric_name=task.metric_name, finished=now(), pid=None, error=None, note=None)
+    update(status="done", epoch=state.epoch, epochs=optim.epochs, best_metric=state.best_metric,
+           metric_name=task.metric_name, finished=now(), pid=None, error=None, note=None)
     log.info(f"{stage} done: best {task.metric_name}={state.best_metric} at epoch {state.best_epoch}")
     return 0
 
 
-def _mark_failed(progress: ProgressFile, stage: str, log: StageLog, message: str) -> None:
+def _mark_failed(update: StageRecorder, log: StageLog, message: str) -> None:
     log.info(f"FAILED: {message}")
-    progress.update_stage(stage, status="failed", error=message, finished=now(), pid=None, log=str(log.train_log))
+    update(status="failed", error=message, finished=now(), pid=None, log=str(log.train_log))
 
 
 def _check_not_lost(stage: str, layout: RunLayout, recorded_epoch: int, restart: bool) -> None:

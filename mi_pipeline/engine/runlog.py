@@ -19,17 +19,23 @@ from mi_pipeline.fsio import atomic_write_text
 
 
 class StageLog:
-    def __init__(self, log_dir: Path, stage: str) -> None:
+    """``files=False`` (data-parallel ranks other than 0) logs to stderr only."""
+
+    def __init__(self, log_dir: Path, stage: str, files: bool = True, prefix: str = "") -> None:
         self.dir = Path(log_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.files = files
+        if files:
+            self.dir.mkdir(parents=True, exist_ok=True)
         self.stage = stage
+        self.prefix = prefix
         self.train_log = self.dir / "train.log"
         self.metrics_path = self.dir / "metrics.jsonl"
 
     def info(self, message: str) -> None:
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{self.stage}] {message}"
-        with open(self.train_log, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{self.stage}{self.prefix}] {message}"
+        if self.files:
+            with open(self.train_log, "a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
         print(line, file=sys.stderr, flush=True)
 
     def epoch_metrics(self, record: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ import torch
 
 from mi_pipeline.config import OptimConfig
 from mi_pipeline.engine import checkpoint as ckpt
+from mi_pipeline.engine.distributed import World, wrap_model
 from mi_pipeline.engine.runlog import StageLog
 from mi_pipeline.engine.task import TrainTask
 from mi_pipeline.errors import CheckpointError
@@ -58,6 +59,7 @@ class FitContext:
     upstream: dict[str, str] = field(default_factory=dict)  # fingerprints of the models this stage builds on
     restart: bool = False  # ignore (and set aside) an existing last.pth
     force: bool = False  # resume even if the config hash or upstream models changed
+    world: World = field(default_factory=World)  # data-parallel ranks; rank 0 alone writes files
     stop_requested: Callable[[], bool] = lambda: False
     on_epoch: Callable[[TrainState, dict[str, float]], None] = lambda state, metrics: None
 
@@ -79,8 +81,12 @@ def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
 
 
 def fit(task: TrainTask, optim: OptimConfig, ctx: FitContext) -> TrainState:
-    """Train ``task`` to ``optim.epochs`` epochs, resuming from ``last.pth`` when present."""
-    log = ctx.log
+    """Train ``task`` to ``optim.epochs`` epochs, resuming from ``last.pth`` when present.
+
+    With several ranks, every rank runs this loop on its shard of each global batch (DDP averages
+    the gradients) and all ranks stop at the same batch; only rank 0 validates and writes files.
+    """
+    log, world = ctx.log, ctx.world
     task.setup(ctx.device)
     torch.manual_seed(ctx.seed)
     model = task.build_model().to(ctx.device)
@@ -91,6 +97,9 @@ def fit(task: TrainTask, optim: OptimConfig, ctx: FitContext) -> TrainState:
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     upstream = ctx.upstream
     state = _resume(ctx, model, optimizer, scheduler, scaler, upstream, optim.epochs)
+    net = wrap_model(model, world, ctx.device)
+    if world.distributed:
+        log.info(f"data parallel: rank {world.rank} of {world.size}")
     if state.epoch >= optim.epochs:
         log.info(f"already trained: {state.epoch}/{optim.epochs} epochs, best {task.metric_name}={state.best_metric}")
         return state
@@ -98,59 +107,80 @@ def fit(task: TrainTask, optim: OptimConfig, ctx: FitContext) -> TrainState:
     num_batches = math.ceil(task.num_train_samples() / optim.batch_size)
     while state.epoch < optim.epochs:
         started = time.monotonic()
-        model.train()
+        net.train()
         order = epoch_order(task.num_train_samples(), ctx.seed, state.epoch)
         losses: list[float] = []
         bar = log.progress(num_batches, state.batch, f"epoch {state.epoch + 1}/{optim.epochs}")
         for batch_index in range(state.batch, num_batches):
             indices = order[batch_index * optim.batch_size:(batch_index + 1) * optim.batch_size]
-            generator = torch.Generator().manual_seed(batch_seed(ctx.seed, state.epoch, batch_index))
-            batch = task.make_batch(indices, generator, ctx.device)
-            with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=use_amp):
-                loss, _parts = task.loss(model, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {state.epoch + 1}, batch {batch_index}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if optim.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            state.step += 1
+            if len(indices) >= world.size:  # a remainder too small to give every rank a sample is dropped
+                generator = torch.Generator().manual_seed(batch_seed(ctx.seed, state.epoch, batch_index))
+                batch = task.make_batch(world.shard(indices), generator, ctx.device)
+                losses.append(_step(task, net, batch, optimizer, scaler, optim, use_amp, ctx.device, batch_index))
+                state.step += 1
             state.batch = batch_index + 1
-            losses.append(loss.item())
-            bar.update(losses[-1])
-            if ctx.stop_requested() and state.batch < num_batches:
+            bar.update(losses[-1] if losses else float("nan"))
+            if world.any(ctx.stop_requested()) and state.batch < num_batches:
                 bar.close()
-                _save_last(ctx, model, optimizer, scheduler, scaler, state, upstream, optim.epochs, {})
-                log.info(f"stop requested: saved exact position (epoch {state.epoch + 1}, batch {state.batch}/{num_batches})")
+                if world.is_main:
+                    _save_last(ctx, model, optimizer, scheduler, scaler, state, upstream, optim.epochs, {})
+                    log.info(f"stop requested: saved exact position (epoch {state.epoch + 1}, "
+                             f"batch {state.batch}/{num_batches})")
+                world.barrier()
                 raise Interrupted(state)
         bar.close()
         metrics = _end_epoch(task, model, ctx, state, scheduler, losses, started)
-        improved = _is_better(metrics.get(task.metric_name), state.best_metric, task.higher_is_better)
-        if improved:
-            state.best_metric, state.best_epoch = metrics[task.metric_name], state.epoch
-            _save_best(ctx, task, model, state, upstream, metrics)
-        _save_last(ctx, model, optimizer, scheduler, scaler, state, upstream, optim.epochs, metrics)
-        record = {"epoch": state.epoch, "step": state.step, "best": improved, **metrics}
-        log.epoch_metrics(record)
-        log.info(_epoch_line(state, optim.epochs, task.metric_name, metrics, improved))
-        ctx.on_epoch(state, metrics)
-        if ctx.stop_requested() and state.epoch < optim.epochs:
+        if world.is_main:
+            _record_epoch(task, model, optimizer, scheduler, scaler, ctx, state, upstream, optim.epochs, metrics)
+        world.barrier()
+        if world.any(ctx.stop_requested()) and state.epoch < optim.epochs:
             log.info(f"stop requested: stopping after epoch {state.epoch} (checkpoint saved)")
             raise Interrupted(state)
     return state
 
 
+def _step(task: TrainTask, net: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+          scaler: torch.amp.GradScaler, optim: OptimConfig, use_amp: bool, device: torch.device,
+          batch_index: int) -> float:
+    """One optimizer step; returns the loss."""
+    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+        loss, _parts = task.loss(net, batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at batch {batch_index + 1}")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if optim.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), optim.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.item()
+
+
+def _record_epoch(task: TrainTask, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, ctx: FitContext,
+                  state: TrainState, upstream: dict[str, str], epochs: int, metrics: dict[str, float]) -> None:
+    """Best first, then last: a crash between the two redoes the epoch and reaches the same files."""
+    improved = _is_better(metrics.get(task.metric_name), state.best_metric, task.higher_is_better)
+    if improved:
+        state.best_metric, state.best_epoch = metrics[task.metric_name], state.epoch
+        _save_best(ctx, task, model, state, upstream, metrics)
+    _save_last(ctx, model, optimizer, scheduler, scaler, state, upstream, epochs, metrics)
+    ctx.log.epoch_metrics({"epoch": state.epoch, "step": state.step, "best": improved, **metrics})
+    ctx.log.info(_epoch_line(state, epochs, task.metric_name, metrics, improved))
+    ctx.on_epoch(state, metrics)
+
+
 def _end_epoch(task: TrainTask, model: torch.nn.Module, ctx: FitContext, state: TrainState,
                scheduler: torch.optim.lr_scheduler.LRScheduler, losses: list[float], started: float) -> dict[str, float]:
-    """Validate, advance the schedule and the counters; return the epoch's metrics."""
-    model.eval()
-    with torch.no_grad():
-        metrics = {k: float(v) for k, v in task.validate(model, ctx.device).items()}
-    if task.metric_name not in metrics:
-        raise KeyError(f"{task.name}.validate() did not return its metric {task.metric_name!r}")
+    """Validate (rank 0), advance the schedule and the counters; return the epoch's metrics."""
+    metrics: dict[str, float] = {}
+    if ctx.world.is_main:
+        model.eval()
+        with torch.no_grad():
+            metrics = {k: float(v) for k, v in task.validate(model, ctx.device).items()}
+        if task.metric_name not in metrics:
+            raise KeyError(f"{task.name}.validate() did not return its metric {task.metric_name!r}")
     lr = scheduler.get_last_lr()[0]
     scheduler.step()
     state.epoch += 1
@@ -201,8 +231,10 @@ def _resume(ctx: FitContext, model: torch.nn.Module, optimizer: torch.optim.Opti
             upstream: dict[str, str], epochs: int) -> TrainState:
     path = ctx.ckpt_dir / ckpt.LAST
     if ctx.restart:
-        set_aside(path, "restart")
-        ctx.log.keep_metrics_through(0)
+        if ctx.world.is_main:
+            set_aside(path, "restart")
+            ctx.log.keep_metrics_through(0)
+        ctx.world.barrier()  # no rank may read last.pth while rank 0 moves it
         ctx.log.info("starting from scratch (restart requested)")
         return TrainState()
     if not path.exists():
@@ -224,7 +256,8 @@ def _resume(ctx: FitContext, model: torch.nn.Module, optimizer: torch.optim.Opti
         scaler.load_state_dict(payload["scaler"])
     state = TrainState(**payload["state"])
     ckpt.restore_rng(payload["rng"])  # last: building things above may consume RNG
-    ctx.log.keep_metrics_through(state.epoch)
+    if ctx.world.is_main:
+        ctx.log.keep_metrics_through(state.epoch)
     where = f"epoch {state.epoch + 1}" + (f", batch {state.batch + 1}" if state.batch else "")
     if state.epoch < epochs:
         ctx.log.info(f"resuming from last.pth at {where} (completed epochs: {state.epoch}, step {state.step})")

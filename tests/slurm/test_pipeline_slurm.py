@@ -144,3 +144,23 @@ def test_cancel_records_and_stops_jobs(slurm_cluster, tmp_path: Path) -> None:
     report = status(run_dir)
     assert all(i["status"] != "running" for i in report["stages"].values())
     assert any("cancelled" in (i["error"] or "") for i in report["stages"].values())
+
+
+def test_two_task_ddp_stage_requeues_and_resumes(slurm_cluster, tmp_path: Path) -> None:
+    """gpus_per_node > 1 becomes N tasks of one DDP job; here 2 CPU tasks with gloo."""
+    run_dir = tmp_path / "ddp"
+    assert submit(run_dir, "--mode", "fresh", "--yes", "--set", "slurm.motion.tasks_per_node=2").returncode == 0
+    motion_job = job_ids(run_dir)["motion"]
+    script = next((run_dir / "logs" / "slurm").glob(f"{motion_job}/*_submission.sh")).read_text()
+    assert "--ntasks-per-node=2" in script
+    last = run_dir / "checkpoints" / "motion" / "last.pth"
+    wait_for(lambda: checkpoint_epoch(last) >= 1, 300, "motion epoch 1")
+    subprocess.run(["scancel", "--signal=USR2", motion_job], check=True)
+    slurm_cluster.release_when_held(motion_job, timeout=120)
+    report = wait_all_done(run_dir)
+    log = (run_dir / "logs" / "motion" / "train.log").read_text()
+    assert "data parallel: rank 0 of 2" in log and "rank 1" not in log, "rank 0 alone writes the log"
+    assert "resuming from last.pth at epoch" in log
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "logs/motion/metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, report["stages"]["motion"]["epochs"] + 1))
+    assert report["stages"]["motion"]["requeues"] >= 1

@@ -1,0 +1,84 @@
+"""Data-parallel training across processes (one per GPU, or gloo on CPU), torchrun/submitit style.
+
+The world comes from the environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), as
+torchrun sets it and submitit's TorchDistributedEnvironment exports it. Rank 0 alone writes
+checkpoints, logs and the progress record; the others compute and wait.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def shard(self, indices: list[int]) -> list[int]:
+        """This rank's share of a global batch (the global batch is the same as with one process)."""
+        return indices[self.rank::self.size]
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch_dist.barrier()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any (so all ranks stop at the same batch)."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([1 if flag else 0])
+        torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MAX)
+        return bool(value.item())
+
+
+def world_from_env() -> World:
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    return World(rank=int(os.environ["RANK"]), size=size, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_world(device: torch.device) -> World:
+    """Join the process group described by the environment (no-op for a single process)."""
+    world = world_from_env()
+    if world.distributed and not torch_dist.is_initialized():
+        torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return world
+
+
+def device_for(world: World, device: torch.device) -> torch.device:
+    """One GPU per rank; CPU ranks share the CPU."""
+    if device.type == "cuda" and world.distributed:
+        torch.cuda.set_device(world.local_rank)
+        return torch.device("cuda", world.local_rank)
+    return device
+
+
+def wrap_model(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
+    if not world.distributed:
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def shutdown(world: World) -> None:
+    if world.distributed and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()

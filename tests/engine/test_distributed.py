@@ -1,0 +1,51 @@
+"""Data-parallel training on CPU (gloo, 2 processes via torchrun): rank 0 alone writes, resume is exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from tests.engine.test_trainer import RUN_TOY
+from tests.helpers import assert_same_weights, checkpoint_epoch, child_pids, env, model_weights, wait_for
+
+EPOCHS = 4
+
+
+def start_ddp(run_dir: Path, sleep_s: float = 0.0) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(RUN_TOY), str(run_dir), str(EPOCHS), str(sleep_s)],
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def last(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "toy" / "last.pth"
+
+
+def test_two_rank_run_writes_once_and_resumes_exactly_after_a_signal(tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    proc = start_ddp(reference)
+    _out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "data parallel: rank 1 of 2" in err
+    records = (reference / "logs" / "toy" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in records] == list(range(1, EPOCHS + 1)), "rank 0 alone writes metrics"
+    assert "rank 1" not in (reference / "logs" / "toy" / "train.log").read_text()
+
+    run_dir = tmp_path / "interrupted"
+    proc = start_ddp(run_dir, sleep_s=0.05)
+    wait_for(lambda: checkpoint_epoch(last(run_dir)) >= 1, 120, "epoch 1 checkpoint", proc)
+    for rank_pid in child_pids(proc.pid):
+        os.kill(rank_pid, signal.SIGUSR2)  # to every rank, as srun delivers it to every task
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "saved exact position" in err, err
+    assert torch.load(last(run_dir), weights_only=True)["state"]["batch"] > 0
+    proc = start_ddp(run_dir)
+    _out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert_same_weights(model_weights(last(run_dir)), model_weights(last(reference)))
