@@ -164,3 +164,17 @@ def test_two_task_ddp_stage_requeues_and_resumes(slurm_cluster, tmp_path: Path) 
     epochs = [json.loads(line)["epoch"] for line in (run_dir / "logs/motion/metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, report["stages"]["motion"]["epochs"] + 1))
     assert report["stages"]["motion"]["requeues"] >= 1
+
+
+def test_requeue_cap_fails_the_job_clearly(slurm_cluster, tmp_path: Path) -> None:
+    run_dir = tmp_path / "cap"
+    assert submit(run_dir, "--mode", "fresh", "--yes", "--set", "slurm.max_requeues=0").returncode == 0
+    ids = job_ids(run_dir)
+    last = run_dir / "checkpoints" / "motion" / "last.pth"
+    wait_for(lambda: checkpoint_epoch(last) >= 1, 300, "motion epoch 1")
+    subprocess.run(["scancel", "--signal=USR2", ids["motion"]], check=True)
+    slurm_cluster.wait_for(ids["motion"], {"FAILED"}, timeout=120)
+    slurm_cluster.wait_for(ids["segmentation"], {"CANCELLED"}, timeout=120)
+    info = status(run_dir)["stages"]["motion"]
+    assert info["status"] == "failed" and "max_requeues=0" in (info["error"] or ""), info
+    assert checkpoint_epoch(last) >= 1, "the saved progress is kept for a later resume"
