@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mi_pipeline.config import Config, load_config
+from mi_pipeline.container import python_command
 from mi_pipeline.executors import StageCommand
 from mi_pipeline.plan import UPSTREAM, Step
 from mi_pipeline.progress import ProgressFile
@@ -111,6 +112,8 @@ def run_slurm(steps: list[Step], command: StageCommand, progress: ProgressFile, 
     live = job_states([records[s.stage].job_id or "" for s in steps if records[s.stage].executor == "slurm"])
     job_of: dict[str, str] = {}
     folder = command.run_dir / cfg.slurm.job_dir / "%j"
+    # Inside the image when a container is configured; checked before anything is submitted.
+    slurm_python = python_command(cfg, command.run_dir, [command.config.parent] if command.config else [])
     for step in steps:
         if not step.run:
             continue
@@ -121,7 +124,8 @@ def run_slurm(steps: list[Step], command: StageCommand, progress: ProgressFile, 
             print(f"  {step.stage}: job {record.job_id} is {state}: kept (no duplicate submitted)")
             continue
         deps = [job_of[up] for up in UPSTREAM[step.stage] if up in job_of]
-        executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cfg.slurm.max_requeues)
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cfg.slurm.max_requeues,
+                                         slurm_python=slurm_python)
         executor.update_parameters(**slurm_parameters(cfg, step.stage, command.run_dir, deps))
         job = executor.submit(StageJob(step.stage, command, restart=step.restart))
         job_of[step.stage] = job.job_id

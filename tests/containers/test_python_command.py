@@ -1,0 +1,106 @@
+"""The ``container:`` config section and the submitit python command built from it."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from mi_pipeline.config import load_config
+from mi_pipeline.container import python_command
+from mi_pipeline.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "images dir" / "mi_pipeline.sif"
+    path.parent.mkdir()
+    path.write_bytes(b"SIF")
+    return path
+
+
+def cfg_with(*overrides: str):
+    return load_config(TINY, list(overrides))
+
+
+def test_no_image_means_no_container() -> None:
+    assert python_command(cfg_with(), Path("/scratch/run1")) is None
+
+
+def test_command_binds_run_root_data_and_config_folder(image: Path, tmp_path: Path) -> None:
+    cfg = cfg_with(f"container.image={image}", "data.root=/data/cmr", 'container.binds=["/scratch/ref:/ref:ro"]',
+                   'container.extra_args=["--env=OMP_NUM_THREADS=8"]')
+    command = python_command(cfg, tmp_path / "run1", [REPO / "tests" / "configs"])
+    argv = shlex.split(command)
+    assert argv[:3] == ["apptainer", "exec", "--nv"]
+    assert argv[-2:] == [str(image), "python"], "the image path (with a space) stays one word"
+    binds = [argv[i + 1] for i, a in enumerate(argv) if a == "-B"]
+    assert binds == [str(tmp_path / "run1"), "/data/cmr", str(REPO / "tests" / "configs"), "/scratch/ref:/ref:ro"]
+    assert "--env=OMP_NUM_THREADS=8" in argv
+    # submitit appends "-u -m submitit.core._submit FOLDER": the result must stay a valid prefix
+    assert shlex.split(command + " -u -m submitit.core._submit /x")[-4:] == ["-u", "-m", "submitit.core._submit", "/x"]
+
+
+def test_job_folder_outside_the_run_root_is_bound_and_nested_paths_are_not_repeated(image: Path) -> None:
+    cfg = cfg_with(f"container.image={image}", "slurm.job_dir=/scratch/jobs", "container.nv=false",
+                   "container.runtime=singularity")
+    argv = shlex.split(python_command(cfg, Path("/scratch/run1"), ["/scratch/run1/configs"]))
+    assert argv[:2] == ["singularity", "exec"] and "--nv" not in argv
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-B"] == ["/scratch/run1", "/scratch/jobs"]
+
+
+def test_missing_image_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = cfg_with(f"container.image={tmp_path / 'nope.sif'}")
+    with pytest.raises(ConfigError, match="nope.sif: no such file"):
+        python_command(cfg, tmp_path)
+
+
+def test_unbindable_path_is_refused(image: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot bind"):
+        python_command(cfg_with(f"container.image={image}"), Path("/scratch/a,b"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ('container.binds=["data:/data"]', "absolute"),
+    ('container.binds=["/a,/b"]', "one mount"),
+    ('container.binds=["/a:/b:rx"]', "ro|rw"),
+    ('container.extra_args=["--cleanenv"]', "SLURM_"),
+    ('container.extra_args=["-e"]', "SLURM_"),
+    ('container.extra_args=["nv"]', "starting with '-'"),
+    ("container.image=docker://pytorch/pytorch", "local .sif"),
+    ("container.image=--nv", "path to a .sif"),
+    ("container.runtime=docker", "apptainer | singularity"),
+    ("container.nv=yes please", "true or false"),
+])
+def test_bad_values_are_config_errors_naming_the_key(override: str, message: str) -> None:
+    overrides = [override] if "image" in override else ["container.image=/x/img.sif", override]
+    with pytest.raises(ConfigError, match="container") as info:
+        cfg_with(*overrides)
+    assert message in str(info.value)
+
+
+def test_binds_without_image_are_refused() -> None:
+    with pytest.raises(ConfigError, match="image is empty"):
+        cfg_with('container.binds=["/data"]')
+
+
+def test_container_section_in_yaml(tmp_path: Path, image: Path) -> None:
+    config = tmp_path / "site.yaml"
+    config.write_text(TINY.read_text() + f"container:\n  image: {image}\n  binds: [/data/cmr]\n  nv: true\n")
+    cfg = load_config(config)
+    assert cfg.container.image == str(image) and cfg.container.binds == ("/data/cmr",)
+    assert "-B /data/cmr" in python_command(cfg, tmp_path / "run")
+
+
+def test_site_config_example_in_the_cluster_docs_is_valid(tmp_path: Path) -> None:
+    text = (REPO / "docs" / "CLUSTER.md").read_text()
+    block = next(b for b in text.split("```yaml\n")[1:] if b.startswith("# site.yaml"))
+    config = tmp_path / "site.yaml"
+    config.write_text(block.split("```", 1)[0])
+    cfg = load_config(config)
+    assert cfg.slurm.for_stage("data")["gpus_per_node"] == 0 and cfg.slurm.for_stage("segmentation")["time_min"] == 1440
+    assert cfg.container.image.endswith(".sif") and cfg.container.nv

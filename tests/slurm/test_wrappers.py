@@ -1,0 +1,161 @@
+"""The plain-sbatch wrappers in slurm/, for real on the local cluster (no container, no submitit).
+
+- slurm/submit_chain.sh submits data -> motion || registration -> segmentation; the chain completes
+  in dependency order and the job ids land in the same progress record the Python submitter uses;
+- USR2 to a stage's batch shell (what --signal=B:USR2@120 sends before the time limit) makes it
+  save, requeue itself and resume from last.pth with the same job id, ending with the same weights
+  as the uninterrupted chain; the Python submitter, run meanwhile, submits no duplicate;
+- slurm/submit_resume.sbatch runs the Python submitter as a CPU job and the run completes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mi_pipeline.progress import ProgressFile
+from tests.helpers import REPO, assert_same_weights, checkpoint_epoch, env, model_weights, run_module, wait_for
+
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+SBATCH_OPTIONS = ["--cpus-per-task=1", "--mem=1G", "--time=20"]
+STAGES = ("data", "motion", "registration", "segmentation")
+
+
+def job_env() -> dict[str, str]:
+    variables = env()  # PYTHONPATH -> this checkout; sbatch exports it to the jobs
+    variables["MI_PYTHON"] = sys.executable
+    return variables
+
+
+def submit_chain(run_dir: Path) -> tuple[dict[str, str], subprocess.CompletedProcess[str]]:
+    result = subprocess.run(["bash", str(REPO / "slurm" / "submit_chain.sh"), str(TINY), str(run_dir),
+                             *SBATCH_OPTIONS], env=job_env(), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    ids = dict(line.split() for line in result.stdout.splitlines() if line.strip())
+    return ids, result
+
+
+def status(run_dir: Path) -> dict:
+    result = run_module("mi_pipeline.status", "--run-dir", str(run_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def wait_all_done(run_dir: Path, timeout: float = 400) -> dict:
+    def finished() -> bool:
+        report = status(run_dir)
+        failed = {s: i for s, i in report["stages"].items() if i["status"] == "failed"}
+        if failed:
+            raise AssertionError(f"a stage failed: {json.dumps(failed, indent=1)}\n{slurm_outputs(run_dir)}")
+        return report["state"] == "all_completed"
+
+    wait_for(finished, timeout, "all stages done")
+    return status(run_dir)
+
+
+def executor(run_dir: Path, stage: str) -> str | None:
+    return ProgressFile(run_dir).read().stages[stage].executor
+
+
+def slurm_outputs(run_dir: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted((run_dir / "logs" / "slurm").glob("*.out")))
+
+
+@pytest.fixture(scope="module")
+def chain_run(slurm_cluster, tmp_path_factory) -> tuple[Path, dict[str, str], float]:
+    run_dir = tmp_path_factory.mktemp("wrapper_chain")
+    started = time.monotonic()
+    ids, _ = submit_chain(run_dir)
+    wait_all_done(run_dir)
+    return run_dir, ids, time.monotonic() - started
+
+
+def test_chain_completes_in_dependency_order_on_the_shared_record(chain_run, slurm_cluster) -> None:
+    run_dir, ids, seconds = chain_run
+    assert set(ids) == set(STAGES)
+    rec = {s: slurm_cluster.wait_for(j, {"COMPLETED"}, timeout=60) for s, j in ids.items()}
+    for stage, upstream in (("motion", "data"), ("registration", "data"), ("segmentation", "motion"),
+                            ("segmentation", "registration")):
+        assert rec[stage].start >= rec[upstream].end, f"{stage} started before {upstream} ended"
+    report = status(run_dir)
+    for stage, job in ids.items():
+        info = report["stages"][stage]
+        assert info["status"] == "done" and info["attempts"] == 1 and executor(run_dir, stage) == "slurm"
+        assert info["job_id"] == job, "the record shows the wrapper's job id (SLURM_JOB_ID flows into the job)"
+        out = run_dir / "logs" / "slurm" / f"mi-{stage}-{job}.out"
+        assert f"{stage} finished with exit status 0" in out.read_text()
+    assert report["stages"]["motion"]["epoch"] == report["stages"]["motion"]["epochs"]
+    # A second run of the driver on a finished run submits nothing.
+    again, result = submit_chain(run_dir)
+    assert again == {} and "nothing to do" in result.stderr, result.stderr
+    print(f"wrapper chain: submit -> all_completed in {seconds:.0f}s")
+
+
+def test_usr2_requeues_the_stage_which_resumes_and_matches_the_uninterrupted_run(
+        chain_run, slurm_cluster, tmp_path: Path) -> None:
+    reference = chain_run[0]
+    run_dir = tmp_path / "usr2"
+    ids, _ = submit_chain(run_dir)
+    motion = ids["motion"]
+
+    # Switching submitters mid-run: the Python one sees the wrapper's jobs and submits nothing.
+    again = run_module("mi_pipeline.submit", "--mode", "resume", "--executor", "slurm", "--config", str(TINY),
+                       "--run-dir", str(run_dir), "--set", "slurm.gpus_per_node=0", timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "submitted job" not in again.stdout, again.stdout
+    assert {s: i["job_id"] for s, i in status(run_dir)["stages"].items()} == ids
+    kept, result = submit_chain(run_dir)  # and the driver itself, run twice, keeps its jobs
+    assert kept.items() <= ids.items(), result.stdout + result.stderr  # data may be done (skipped) by now
+    assert set(kept) >= {"motion", "segmentation"}, result.stderr  # registration may be done too
+
+    last = run_dir / "checkpoints" / "motion" / "last.pth"
+    wait_for(lambda: checkpoint_epoch(last) >= 1, 300, "motion epoch 1")
+    signalled = time.monotonic()
+    subprocess.run(["scancel", "--signal=USR2", "--batch", motion], check=True)  # as --signal=B:USR2@...
+    slurm_cluster.release_when_held(motion, timeout=120)  # skip this cluster's hold after a requeue
+    log = run_dir / "logs" / "motion" / "train.log"
+    wait_for(lambda: "resuming from last.pth" in log.read_text(), 300, "motion to resume")
+    round_trip = time.monotonic() - signalled
+
+    report = wait_all_done(run_dir)
+    text = log.read_text()
+    resumed_at = [int(n) for n in re.findall(r"resuming from last\.pth at epoch (\d+)", text)]
+    assert resumed_at and resumed_at[-1] > 1, text
+    assert "received SIGUSR2" in text
+    info = report["stages"]["motion"]
+    assert info["job_id"] == motion and info["attempts"] == 2 and info["requeues"] >= 1, info
+    out = (run_dir / "logs" / "slurm" / f"mi-motion-{motion}.out").read_text()
+    assert f"requeueing job {motion}" in out and "motion finished with exit status 0" in out, out
+    runs = slurm_cluster.sacct_all(motion, all_runs=True)
+    assert [r.state for r in runs if r.job_id == motion][-2:] == ["REQUEUED", "COMPLETED"], runs
+    assert_same_weights(model_weights(last), model_weights(reference / "checkpoints" / "motion" / "last.pth"))
+    print(f"wrapper USR2: signal -> training again in {round_trip:.1f}s; resumed at epoch {resumed_at[-1]}")
+
+
+def test_submit_resume_sbatch_runs_the_python_submitter_as_a_job(slurm_cluster, tmp_path: Path) -> None:
+    run_dir = tmp_path / "via_job"
+    run_dir.mkdir()
+    out = run_dir / "submit.out"
+    started = time.monotonic()
+    result = subprocess.run(
+        ["sbatch", "--parsable", f"--output={out}", "--cpus-per-task=1", "--mem=1G",
+         str(REPO / "slurm" / "submit_resume.sbatch"), str(TINY), str(run_dir),
+         "--set", "slurm.gpus_per_node=0", "--set", "slurm.cpus_per_task=1", "--set", "slurm.mem_gb=1",
+         "--set", "slurm.time_min=20", "--set", "motion.epochs=3"],
+        env=job_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    submitter = result.stdout.strip().split(";")[0]
+    record = slurm_cluster.wait_for(submitter, timeout=180)
+    assert record.state == "COMPLETED", out.read_text() if out.exists() else record
+    assert "plan (mode resume, executor slurm)" in out.read_text()
+    report = wait_all_done(run_dir)
+    jobs = {s: i["job_id"] for s, i in report["stages"].items()}
+    assert all(jobs.values()) and submitter not in jobs.values()
+    assert all(executor(run_dir, s) == "slurm" for s in STAGES)
+    print(f"submit_resume.sbatch: submit -> all_completed in {time.monotonic() - started:.0f}s")
