@@ -6,7 +6,9 @@ the first failure, naming the step. (The SLURM executor submits the same command
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -50,7 +52,9 @@ def run_local(steps: list[Step], command: StageCommand, progress: ProgressFile) 
     """Run the planned steps one after another; return the first non-zero exit status (or 0)."""
     for step in steps:
         if step.run:
-            progress.update_stage(step.stage, status="pending", executor="local", job_id=None, error=None)
+            # pid/host of this submitter: status can tell a pending stage whose submitter died
+            progress.update_stage(step.stage, status="pending", executor="local", job_id=None, error=None,
+                                  pid=os.getpid(), host=socket.gethostname())
     for step in steps:
         if not step.run:
             continue

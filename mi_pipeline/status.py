@@ -51,8 +51,11 @@ def _slurm_states(job_ids: list[str]) -> dict[str, str]:
 def _stage_report(layout: RunLayout, stage: str, record: StageRecord, slurm: dict[str, str]) -> dict[str, Any]:
     status, detail = record.status, record.note
     slurm_state = slurm.get(record.job_id or "") if record.executor == "slurm" else None
-    if status == "running" and record.executor != "slurm" and not _process_alive(record):
-        status, detail = "failed", f"process {record.pid} on {record.host} ended without reporting (killed?)"
+    if status in ("running", "pending") and record.executor != "slurm" and not _process_alive(record):
+        if status == "running":
+            status, detail = "failed", f"process {record.pid} on {record.host} ended without reporting (killed?)"
+        else:
+            status, detail = "not_started", f"its submitter (pid {record.pid}) ended before starting it"
     if status in ("pending", "running") and slurm_state is not None:
         from mi_pipeline.slurm_executor import ACTIVE_STATES
 

@@ -71,7 +71,9 @@ def test_kill9_mid_motion_then_resume_matches_uninterrupted(finished_run: Path, 
     proc.wait()
     killed_at = checkpoint_epoch(last)
     assert 1 <= killed_at < 12, f"kill landed at epoch {killed_at}; the test needs it mid-stage"
-    assert status(run_dir)["stages"]["motion"]["status"] == "failed"  # the dead pid is noticed
+    killed = status(run_dir)["stages"]
+    assert killed["motion"]["status"] == "failed"  # the dead pid is noticed
+    assert killed["segmentation"]["status"] == "not_started" and "submitter" in killed["segmentation"]["detail"]
 
     result = submit(run_dir, "--mode", "resume")
     assert result.returncode == 0, result.stdout + result.stderr
