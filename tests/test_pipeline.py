@@ -146,3 +146,15 @@ def test_fresh_lists_what_it_deletes_and_needs_yes_without_terminal(finished_run
                  ".training_progress"):
         assert str(run_dir / name) in result.stdout
     assert (run_dir / "checkpoints" / "motion" / "best_model.pth").exists(), "nothing deleted without --yes"
+
+
+def test_progress_without_checkpoint_is_refused_not_restarted(tmp_path: Path) -> None:
+    from mi_pipeline.progress import ProgressFile
+
+    ProgressFile(tmp_path).update_stage("motion", status="failed", epoch=3)
+    result = run_module("mi_pipeline.train", "--stage", "motion", "--config", str(TINY), "--run-dir", str(tmp_path))
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]  # the log lines before it go to train.log too
+    assert error.startswith("error: ") and "checkpoints/motion/last.pth" in error
+    assert "reached epoch 3" in error and "refusing to start over silently" in error
+    assert not (tmp_path / "checkpoints" / "motion" / "last.pth").exists()

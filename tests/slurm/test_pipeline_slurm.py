@@ -136,9 +136,16 @@ def test_resume_while_in_flight_submits_no_duplicate(slurm_cluster, tmp_path: Pa
     assert len(names) == len(set(names)) == 4
 
 
-def test_cancel_records_and_stops_jobs(slurm_cluster, tmp_path: Path) -> None:
+def test_fresh_cancels_in_flight_jobs_and_cancel_records_it(slurm_cluster, tmp_path: Path) -> None:
     run_dir = tmp_path / "cancel"
     assert submit(run_dir, "--mode", "fresh", "--yes").returncode == 0
+    first = job_ids(run_dir)
+    again = submit(run_dir, "--mode", "fresh", "--yes")
+    assert again.returncode == 0 and "cancelled in-flight jobs" in again.stdout, again.stdout + again.stderr
+    second = job_ids(run_dir)
+    assert not set(first.values()) & set(second.values())
+    for job in (first["motion"], first["segmentation"]):
+        assert slurm_cluster.wait_for(job, timeout=60).state == "CANCELLED"
     result = run_module("mi_pipeline.cancel", "--run-dir", str(run_dir))
     assert result.returncode == 0 and "cancelled:" in result.stdout
     report = status(run_dir)
