@@ -155,12 +155,12 @@ def slurm_parameters(cfg: Config, stage: str, run_dir: Path, deps: list[str]) ->
     for key in ("partition", "account", "qos", "constraint"):
         if res[key]:
             params[f"slurm_{key}"] = res[key]
-    extra = dict(item.split("=", 1) for item in cfg.slurm.extra)
+    extra: dict[str, Any] = {"requeue": True}  # sites whose default is --no-requeue would refuse the requeue
+    extra.update(item.split("=", 1) for item in cfg.slurm.extra)
     if deps:
         extra["dependency"] = "afterok:" + ":".join(deps)
         extra["kill-on-invalid-dep"] = "yes"
-    if extra:
-        params["slurm_additional_parameters"] = extra
+    params["slurm_additional_parameters"] = extra
     return params
 
 

@@ -69,7 +69,7 @@ def test_chain_completes_with_dependencies_honoured(reference: Path, slurm_clust
         info = report["stages"][stage]
         assert info["status"] == "done" and info["epoch"] == info["epochs"] and info["attempts"] == 1
     script = next((reference / "logs" / "slurm").glob(f"{ids['segmentation']}/*_submission.sh")).read_text()
-    assert "--kill-on-invalid-dep=yes" in script and "--signal=USR2@" in script
+    assert "--kill-on-invalid-dep=yes" in script and "--signal=USR2@" in script and "--requeue\n" in script
     assert f"--job-name=mi_{reference.name}_segmentation" in script
 
 
