@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = ("submit", "train", "status", "cancel", "phantom")
+COMMANDS = ("submit", "train", "status", "cancel", "phantom", "evaluate", "predict")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -119,11 +119,15 @@ class RegistrationConfig(OptimConfig):
     levels: int = 3  # down-sampling levels of GlobalNet and LocalNet (crop must divide by 2**levels)
     augment: bool = True  # random flips of each (cine, LGE) pair
     augment_shift_px: float = 4.0  # extra random in-plane shift of the LGE, up to this many pixels (0 = off)
+    # test-time refinement whenever the model is applied (segmentation targets, evaluate): this many Adam
+    # steps on a per-slice translation + residual field, same MI + bending loss, from the network's field
+    refine_steps: int = 0
+    refine_lr: float = 0.05  # pixels per step (Adam)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive(self, "channels", "affine_lr", "levels")
-        _non_negative(self, "smooth_weight", "mask_dice_weight", "affine_weight", "augment_shift_px")
+        _positive(self, "channels", "affine_lr", "levels", "refine_lr")
+        _non_negative(self, "smooth_weight", "mask_dice_weight", "affine_weight", "augment_shift_px", "refine_steps")
 
 
 @dataclass(frozen=True, kw_only=True)

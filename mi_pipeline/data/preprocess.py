@@ -65,6 +65,8 @@ def _label_center(raw: RawSubject) -> tuple[float, float] | None:
         if mask.any():
             ci, cj, _ = ndimage.center_of_mass(mask)
             return float(ci), float(cj)
+    if raw.lge_label is None or raw.lge_affine is None:
+        return None
     idx = np.argwhere(raw.lge_label > 0)
     if len(idx) == 0:
         return None
@@ -122,6 +124,28 @@ def estimate_es(cine: np.ndarray, spacing: float) -> int:
     return int(np.argmin(curve[1:]) + 1) if t > 1 else 0
 
 
+def estimate_ed(cine: np.ndarray, spacing: tuple[float, float], tolerance: float = 0.05) -> int:
+    """Label-free ED frame of a raw 4D X x Y x Z x T cine (for cines whose frame 0 is not ED).
+
+    The blood pool within 25 mm of the LV centre (``lv_center_heuristic``) is least bright at ES;
+    ED is the last frame, in the half cycle before ES, whose brightness is within ``tolerance`` of
+    that half cycle's maximum (the end of diastasis, where contraction begins).
+    """
+    nx, ny, _, nt = cine.shape
+    if nt < 3:
+        return 0
+    ci, cj = lv_center_heuristic(cine, spacing)
+    ii, jj = np.mgrid[:nx, :ny]
+    disc = np.hypot((ii - ci) * spacing[0], (jj - cj) * spacing[1]) < 25.0
+    curve = cine[disc].mean(axis=(0, 1)) if disc.any() else cine.mean(axis=(0, 1, 2))
+    es = int(np.argmin(curve))
+    window = [(es - d) % nt for d in range(max(nt // 2, 1), 0, -1)]  # oldest first, ends just before ES
+    values = curve[window]
+    top, span = float(values.max()), float(curve.max() - curve.min()) or 1.0
+    near = [t for t, v in zip(window, values) if v >= top - tolerance * span]
+    return int(near[-1])
+
+
 def normalise(x: np.ndarray, valid: np.ndarray, path: Path) -> np.ndarray:
     """Robust [0, 1] scaling from the 1st and 99.5th percentiles of the voxels inside the field of view."""
     values = x[valid]
@@ -138,7 +162,7 @@ def normalise(x: np.ndarray, valid: np.ndarray, path: Path) -> np.ndarray:
 def preprocess_subject(raw: RawSubject, cfg: DataConfig, center: tuple[float, float] | None = None) -> Subject:
     """Resample, crop, normalise; see the module docstring. ``center`` overrides the crop centre."""
     nx, ny, nz, nt = raw.cine.shape
-    cine_path = raw.folder / "cine.nii.gz"
+    cine_path = getattr(raw, "cine_path", None) or raw.folder / "cine.nii.gz"
     src_sp = np.linalg.norm(raw.cine_affine[:3, :3], axis=0)
     if center is None:
         center = _label_center(raw) or lv_center_heuristic(raw.cine, (float(src_sp[0]), float(src_sp[1])))
@@ -162,15 +186,20 @@ def preprocess_subject(raw: RawSubject, cfg: DataConfig, center: tuple[float, fl
         cine_label = np.stack(labels, -1).transpose(2, 3, 0, 1)
         cine_label = np.ascontiguousarray(np.where(cine_label == 4, 3, cine_label).astype(np.uint8))
 
-    lge, lge_valid = sample(raw.lge.astype(np.float32), raw.lge_affine, dst, shape, order=1)
-    if not lge_valid.any():
-        raise InputError(f"{raw.folder / 'lge.nii.gz'}: field of view does not overlap the crop around the LV")
-    lge = np.ascontiguousarray(normalise(lge, lge_valid, raw.folder / "lge.nii.gz").transpose(2, 0, 1))
-    lge_label, _ = sample(raw.lge_label, raw.lge_affine, dst, shape, order=0)
-    lge_label = np.ascontiguousarray(np.where(lge_label == 4, 3, lge_label).astype(np.uint8).transpose(2, 0, 1))
-    if not np.isin(lge_label, (2, 3)).any():
-        raise InputError(f"{raw.folder / 'lge_label.nii.gz'}: no myocardium inside the crop around the LV "
-                         f"(LGE and cine do not show the same heart?)")
+    lge = lge_label = None
+    if raw.lge is not None:  # cine-only subjects (ACDC, M&Ms, predict) have no LGE
+        lge_path = getattr(raw, "lge_path", None) or raw.folder / "lge.nii.gz"
+        label_path = getattr(raw, "lge_label_path", None) or raw.folder / "lge_label.nii.gz"
+        lge, lge_valid = sample(raw.lge.astype(np.float32), raw.lge_affine, dst, shape, order=1)
+        if not lge_valid.any():
+            raise InputError(f"{lge_path}: field of view does not overlap the crop around the LV")
+        lge = np.ascontiguousarray(normalise(lge, lge_valid, lge_path).transpose(2, 0, 1))
+        if raw.lge_label is not None:
+            lge_label, _ = sample(raw.lge_label, raw.lge_affine, dst, shape, order=0)
+            lge_label = np.ascontiguousarray(np.where(lge_label == 4, 3, lge_label).astype(np.uint8).transpose(2, 0, 1))
+            if not np.isin(lge_label, (2, 3)).any():
+                raise InputError(f"{label_path}: no myocardium inside the crop around the LV "
+                                 f"(LGE and cine do not show the same heart?)")
 
     es = _es_index(raw, cfg.frames, cine, cfg.spacing_mm)
     spacing = (cfg.spacing_mm, cfg.spacing_mm, float(np.linalg.norm(raw.cine_affine[:3, 2])))

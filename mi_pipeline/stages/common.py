@@ -59,6 +59,15 @@ def es_per_slice(subjects: list[Subject]) -> torch.Tensor:
     return torch.cat([torch.full((s.cine.shape[0],), s.es, dtype=torch.long) for s in subjects])
 
 
+def require_lge(subjects: list[Subject], stage: str) -> None:
+    """Registration and segmentation learn from LGE labels: refuse cine-only data in one clear line."""
+    missing = [s.id for s in subjects if s.lge is None or s.lge_label is None]
+    if missing:
+        raise InputError(f"{stage} needs LGE images with LGE labels, but cached subject {missing[0]} has none "
+                         f"({len(missing)} subject(s) without; data.format acdc / mnms give cine only): train "
+                         f"only the motion stage on this data (python -m mi_pipeline.train --stage motion)")
+
+
 def all_have(subjects: list[Subject], field: str) -> bool:
     return bool(subjects) and all(getattr(s, field) is not None for s in subjects)
 

@@ -67,16 +67,51 @@ def predict_ddf(model: nn.Module, moving: torch.Tensor, fixed: torch.Tensor) -> 
     return model(moving, fixed)[0]
 
 
+def refine_ddf(moving: torch.Tensor, fixed: torch.Tensor, ddf: torch.Tensor, steps: int, lr: float,
+               smooth_weight: float) -> torch.Tensor:
+    """Instance optimisation: improve the network's field for this pair with the training loss.
+
+    Optimises a per-slice translation plus a residual field (bending-regularised) added to ``ddf``,
+    maximising MI between the warped LGE and the cine ED frame. Deterministic (Adam, no sampling).
+    """
+    if steps <= 0:
+        return ddf
+    sim, bend = common.similarity_loss("mi"), common.smoothness_loss("bending")
+    shift = torch.zeros(ddf.shape[0], 2, 1, 1, dtype=ddf.dtype, device=ddf.device, requires_grad=True)
+    resid = torch.zeros_like(ddf, requires_grad=True)
+    opt = torch.optim.Adam([shift, resid], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            total = ddf + shift + resid
+            loss = sim(common.warp(moving, total), fixed) + smooth_weight * bend(ddf + resid)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return (ddf + shift + resid).detach()
+
+
 def lge_labels_in_cine(model: nn.Module, lge: torch.Tensor, lge_label: torch.Tensor, cine_ed: torch.Tensor,
-                       batch: int = VAL_BATCH) -> torch.Tensor:
-    """LGE labels (N, H, W) carried into cine space (N, H, W) by ``model``; no_grad, CPU out."""
+                       batch: int = VAL_BATCH, refine_steps: int = 0, refine_lr: float = 0.05,
+                       smooth_weight: float = 1.0) -> torch.Tensor:
+    """LGE labels (N, H, W) carried into cine space (N, H, W) by ``model`` (+ optional refinement); CPU out."""
     device = next(model.parameters()).device
     out = []
-    with torch.no_grad():
-        for part in common.batched(lge.shape[0], batch):
-            ddf = predict_ddf(model, lge[part].unsqueeze(1).to(device), cine_ed[part].unsqueeze(1).to(device))
+    for part in common.batched(lge.shape[0], batch):
+        moving, fixed = lge[part].unsqueeze(1).to(device), cine_ed[part].unsqueeze(1).to(device)
+        with torch.no_grad():
+            ddf = predict_ddf(model, moving, fixed)
+        ddf = refine_ddf(moving, fixed, ddf, refine_steps, refine_lr, smooth_weight)
+        with torch.no_grad():
             out.append(common.warp_labels(lge_label[part].to(device), ddf).cpu())
     return torch.cat(out).to(torch.uint8)
+
+
+def labels_in_cine(cfg: Config, model: nn.Module, lge: torch.Tensor, lge_label: torch.Tensor,
+                   cine_ed: torch.Tensor) -> torch.Tensor:
+    """``lge_labels_in_cine`` with the config's refinement settings (what segmentation and evaluate use)."""
+    r = cfg.registration
+    return lge_labels_in_cine(model, lge, lge_label, cine_ed, refine_steps=r.refine_steps, refine_lr=r.refine_lr,
+                              smooth_weight=r.smooth_weight)
 
 
 def _augment_pairs(moving: torch.Tensor, fixed: torch.Tensor, labels: tuple[torch.Tensor, torch.Tensor] | None,
@@ -117,6 +152,7 @@ class RegistrationTask(TrainTask):
     def setup(self, device: torch.device) -> None:
         train = load_split(self.run_dir, "train")
         val = load_split(self.run_dir, "val")
+        common.require_lge(train + val, "registration")
         multiple = 2 ** self.cfg.registration.levels
         for subjects in (train, val):
             common.check_size(subjects, multiple, where="registration")

@@ -104,6 +104,7 @@ class SegmentationTask(TrainTask):
         cfg = self.cfg
         train = load_split(self.run_dir, "train")
         val = load_split(self.run_dir, "val")
+        common.require_lge(train + val, "segmentation")
         multiple = 2 ** (len(cfg.segmentation.channels) - 1)
         for subjects in (train, val):
             common.check_frames(subjects, cfg.data.frames, where="segmentation")
@@ -127,7 +128,7 @@ class SegmentationTask(TrainTask):
         cine = common.stack_slices(subjects, "cine", where="segmentation")
         lge = common.stack_slices(subjects, "lge", where="segmentation")
         lge_label = common.stack_slices(subjects, "lge_label", where="segmentation").long()
-        targets = to_classes(registration.lge_labels_in_cine(reg_model, lge, lge_label, cine[:, 0]))
+        targets = to_classes(registration.labels_in_cine(self.cfg, reg_model, lge, lge_label, cine[:, 0]))
         return segmentation_inputs(cine, motion_model), targets
 
     def upstream(self) -> dict[str, str]:
