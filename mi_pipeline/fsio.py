@@ -9,8 +9,20 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+# TEST-ONLY hook, never set it in production: seconds to sleep inside every atomic write (half after the
+# temp file is created, half after it is written, before fsync + rename), so fault-injection tests
+# (tests/faults/) can land kill -9 inside a checkpoint write instead of only between writes.
+SLOW_WRITE_ENV = "MI_PIPELINE_TEST_SLOW_WRITE_S"
+
+
+def _test_slow_write() -> None:
+    value = os.environ.get(SLOW_WRITE_ENV)
+    if value:
+        time.sleep(float(value) / 2)
 
 
 def fsync_dir(directory: Path) -> None:
@@ -34,7 +46,9 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        _test_slow_write()
         yield tmp
+        _test_slow_write()
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -43,6 +57,29 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def stale_temps(target: str | os.PathLike[str]) -> list[Path]:
+    """Temp files ``atomic_path`` left beside ``target`` when its process died mid-write (kill -9, power loss)."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    return sorted(target.parent.glob(f".{glob_escape(target.name)}.*.tmp"))
+
+
+def remove_stale_temps(target: str | os.PathLike[str]) -> int:
+    """Delete ``stale_temps(target)``. Call it only where no other process may be writing ``target``
+    (the stage's own trainer, or under the lock that guards ``target``). Returns how many were removed."""
+    removed = 0
+    for path in stale_temps(target):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:

@@ -29,7 +29,7 @@ from filelock import FileLock
 
 from mi_pipeline import STAGES
 from mi_pipeline.errors import UserError
-from mi_pipeline.fsio import atomic_write_text
+from mi_pipeline.fsio import atomic_write_text, remove_stale_temps
 
 FILENAME = ".training_progress"
 STATES = (
@@ -207,9 +207,14 @@ class ProgressFile:
         return progress
 
     def _write_locked(self, progress: Progress) -> None:
+        remove_stale_temps(self.path)  # left by a writer killed mid-write; we hold the lock, so none is live
         body = json.dumps(progress.to_json(), indent=1, sort_keys=False)
-        atomic_write_text(self.path, f"{progress.state}\n# mi_pipeline progress: line 1 is the state; "
-                                     f"the JSON below is per-stage detail.\n{body}\n")
+        try:
+            atomic_write_text(self.path, f"{progress.state}\n# mi_pipeline progress: line 1 is the state; "
+                                         f"the JSON below is per-stage detail.\n{body}\n")
+        except OSError as exc:  # disk full, quota, read-only: the old record is intact (atomic write)
+            raise UserError(f"{self.path}: cannot update the progress record ({exc.strerror or exc}); "
+                            "the previous record is unchanged") from None
 
 
 def _parse_detail(rest: str) -> dict[str, Any] | None:

@@ -107,6 +107,8 @@ def load_subject(root: str | Path, subject: str) -> RawSubject:
     missing = [name for name in REQUIRED if not (folder / name).exists()]
     if missing:
         raise InputError(f"{folder / missing[0]}: missing (subject {subject} needs {', '.join(REQUIRED)})")
+    for name in (*REQUIRED, "cine_label.nii.gz", "info.yaml"):
+        _inside_root(Path(root), folder / name)
     cine, cine_affine = load_image(folder / "cine.nii.gz", ndim=4, what="cine (X x Y x slices x frames)", min_frames=2)
     lge, lge_affine = load_image(folder / "lge.nii.gz", ndim=3, what="LGE")
     lge_label, _ = load_label(folder / "lge_label.nii.gz", shape=lge.shape, affine=lge_affine, image_name="lge.nii.gz")
@@ -118,6 +120,17 @@ def load_subject(root: str | Path, subject: str) -> RawSubject:
     check_overlap(folder / "lge.nii.gz", lge.shape, lge_affine, cine.shape[:3], cine_affine)
     return RawSubject(id=subject, folder=folder, cine=cine, cine_affine=cine_affine, lge=lge, lge_affine=lge_affine,
                       lge_label=lge_label, ed=ed, es=es, cine_label=cine_label, truth=truth)
+
+
+def _inside_root(root: Path, path: Path) -> None:
+    """A subject folder or file that is a symbolic link out of the dataset root is refused (as manifest paths
+    are): everything read must be under ``data.root``, so a planted link cannot pull in files from elsewhere."""
+    if not path.exists() and not path.is_symlink():
+        return
+    target = path.resolve()
+    if not target.is_relative_to(Path(root).resolve()):
+        raise InputError(f"{path}: leaves the dataset root {root} (symbolic link to {target}); "
+                         "copy the file into the dataset or set data.root to where it really is")
 
 
 def check_overlap(path: Path, shape: tuple[int, ...], affine: np.ndarray, cine_shape: tuple[int, ...],

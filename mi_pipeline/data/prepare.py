@@ -22,10 +22,10 @@ import numpy as np
 
 from mi_pipeline import config as config_mod
 from mi_pipeline.config import Config, PhantomConfig
-from mi_pipeline.data import cache, generic, phantom
+from mi_pipeline.data import adapters, cache, generic, phantom
 from mi_pipeline.data.preprocess import preprocess_subject
 from mi_pipeline.errors import ConfigError, InputError, UserError
-from mi_pipeline.fsio import fsync_dir
+from mi_pipeline.fsio import fsync_dir, remove_stale_temps
 
 
 def dataset_root(cfg: Config, run_dir: Path) -> Path:
@@ -34,7 +34,7 @@ def dataset_root(cfg: Config, run_dir: Path) -> Path:
         return Path(cfg.data.root).expanduser()
     if cfg.data.format == "phantom":
         return Path(run_dir) / "data" / "phantom"
-    raise ConfigError("data.root: empty; set it to the dataset folder (data.format is generic)")
+    raise ConfigError(f"data.root: empty; set it to the dataset folder (data.format is {cfg.data.format})")
 
 
 def _phantom_complete(root: Path, params: PhantomConfig) -> bool:
@@ -108,6 +108,10 @@ def _clean_stale(data_dir: Path) -> None:
         for entry in data_dir.iterdir():
             if entry.name.startswith((".cache.tmp-", ".cache.old-")):
                 shutil.rmtree(entry, ignore_errors=True)
+        # temp files of a step 1 killed while writing the manifest or the splits (step 1 has one writer)
+        remove_stale_temps(cache.cache_dir(data_dir.parent) / "manifest.json")
+        for name in cache.SPLITS:
+            remove_stale_temps(cache.splits_dir(data_dir.parent) / f"{name}.txt")
 
 
 def prepare_data(cfg: Config, run_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -117,7 +121,7 @@ def prepare_data(cfg: Config, run_dir: Path, log: Callable[[str], None] = print)
     root = dataset_root(cfg, run_dir)
     if cfg.data.format == "phantom":
         ensure_phantom(cfg.data.phantom, root, owned=not cfg.data.root, log=log)
-    ids = generic.list_subjects(root)
+    ids = adapters.list_subjects(cfg.data.format, root)
     log(f"data: {len(ids)} subject(s) in {root}")
 
     data_dir = run_dir / "data"
@@ -129,7 +133,7 @@ def prepare_data(cfg: Config, run_dir: Path, log: Callable[[str], None] = print)
     try:
         for sid in ids:
             try:
-                raw = generic.load_subject(root, sid)
+                raw = adapters.load_subject(cfg.data.format, root, sid)
                 if errors:  # keep validating the rest, but do no more work for a doomed run
                     continue
                 subject = preprocess_subject(raw, cfg.data)

@@ -6,8 +6,11 @@ and every failure becomes one CheckpointError line that names the file and says 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import pickle
+import shutil
 import random
 import zipfile
 from pathlib import Path
@@ -25,8 +28,47 @@ BEST = "best_model.pth"
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"format_version": FORMAT_VERSION, **payload}, tmp)
+    """Write atomically; a failed write (disk full, quota, I/O error) leaves the previous file untouched
+    and becomes one CheckpointError line that says why."""
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:  # a Python file object: a full disk surfaces as OSError(ENOSPC)
+                torch.save({"format_version": FORMAT_VERSION, **payload}, handle)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: could not write checkpoint ({_os_reason(exc)}); "
+                              "the previous file is unchanged; free space and run again to resume") from None
+    except RuntimeError as exc:  # torch's own writer reports failed writes this way
+        reason = _free_space_hint(Path(path).parent) or (str(exc).strip().splitlines() or ["write failed"])[0][:160]
+        raise CheckpointError(f"{path}: could not write checkpoint ({reason}); "
+                              "the previous file is unchanged; free space and run again to resume") from None
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on device"
+    if exc.errno == errno.EDQUOT:
+        return "disk quota exceeded"
+    return exc.strerror or str(exc)
+
+
+def _free_space_hint(directory: Path) -> str | None:
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage(directory).free < (1 << 20):
+            return "no space left on device"
+    return None
+
+
+def verify_archive(path: Path) -> None:
+    """Check every member's CRC-32: ``torch.load`` alone reads silently past flipped bits in tensor data."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{path}: unreadable checkpoint, truncated or corrupted ({reason})") from None
+    if bad is not None:
+        raise CheckpointError(f"{path}: corrupted checkpoint (checksum mismatch in {bad}); "
+                              "the file was damaged after it was written")
 
 
 def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict[str, Any]:
@@ -34,6 +76,7 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict[
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint missing")
+    verify_archive(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

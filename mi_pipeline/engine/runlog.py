@@ -34,8 +34,11 @@ class StageLog:
     def info(self, message: str) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{self.stage}{self.prefix}] {message}"
         if self.files:
-            with open(self.train_log, "a", encoding="utf-8") as handle:
-                handle.write(line + "\n")
+            try:
+                with open(self.train_log, "a", encoding="utf-8") as handle:
+                    handle.write(line + "\n")
+            except OSError as exc:  # a full disk must not turn the real error into a traceback here
+                line += f"  [not written to {self.train_log}: {exc.strerror or exc}]"
         print(line, file=sys.stderr, flush=True)
 
     def epoch_metrics(self, record: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ from mi_pipeline.engine.distributed import World, wrap_model
 from mi_pipeline.engine.runlog import StageLog
 from mi_pipeline.engine.task import TrainTask
 from mi_pipeline.errors import CheckpointError
+from mi_pipeline.fsio import remove_stale_temps
 
 
 @dataclass
@@ -160,13 +161,15 @@ def _step(task: TrainTask, net: torch.nn.Module, batch: dict[str, torch.Tensor],
 def _record_epoch(task: TrainTask, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                   scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, ctx: FitContext,
                   state: TrainState, upstream: dict[str, str], epochs: int, metrics: dict[str, float]) -> None:
-    """Best first, then last: a crash between the two redoes the epoch and reaches the same files."""
+    """Best, then the metrics line, then last: last.pth is the commit point. A crash before it redoes
+    the epoch (resume drops metrics lines past last.pth's epoch) and reaches the same files; appending
+    the metrics after last.pth would lose the epoch's line to a crash between the two."""
     improved = _is_better(metrics.get(task.metric_name), state.best_metric, task.higher_is_better)
     if improved:
         state.best_metric, state.best_epoch = metrics[task.metric_name], state.epoch
         _save_best(ctx, task, model, state, upstream, metrics)
-    _save_last(ctx, model, optimizer, scheduler, scaler, state, upstream, epochs, metrics)
     ctx.log.epoch_metrics({"epoch": state.epoch, "step": state.step, "best": improved, **metrics})
+    _save_last(ctx, model, optimizer, scheduler, scaler, state, upstream, epochs, metrics)
     ctx.log.info(_epoch_line(state, epochs, task.metric_name, metrics, improved))
     ctx.on_epoch(state, metrics)
 
@@ -230,6 +233,9 @@ def _resume(ctx: FitContext, model: torch.nn.Module, optimizer: torch.optim.Opti
             scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
             upstream: dict[str, str], epochs: int) -> TrainState:
     path = ctx.ckpt_dir / ckpt.LAST
+    if ctx.world.is_main:  # temp files of a process killed mid-write (this stage has one writer: us)
+        for target in (path, ctx.ckpt_dir / ckpt.BEST, ctx.log.metrics_path):
+            remove_stale_temps(target)
     if ctx.restart:
         if ctx.world.is_main:
             set_aside(path, "restart")
@@ -238,6 +244,8 @@ def _resume(ctx: FitContext, model: torch.nn.Module, optimizer: torch.optim.Opti
         ctx.log.info("starting from scratch (restart requested)")
         return TrainState()
     if not path.exists():
+        if ctx.world.is_main:  # lines a run killed before its first last.pth appended: epoch 1 is redone
+            ctx.log.keep_metrics_through(0)
         ctx.log.info("no last.pth: starting at epoch 1")
         return TrainState()
     payload = ckpt.load_checkpoint(path, required=("model", "optimizer", "scheduler", "state", "rng", "config_hash"))
