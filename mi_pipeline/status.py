@@ -86,7 +86,15 @@ def _process_alive(record: StageRecord) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _is_zombie(record.pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed process whose parent died too can linger unreaped: it is not running."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _tail(path: Path, count: int) -> list[str]:

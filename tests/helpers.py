@@ -22,9 +22,9 @@ def env() -> dict[str, str]:
 
 
 def run_module(module: str, *args: str, cwd: Path | None = None, timeout: float = 600,
-               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env(), text=True,
-                          capture_output=True, timeout=timeout, input=stdin)
+               stdin: str | None = None, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env={**env(), **(extra_env or {})},
+                          text=True, capture_output=True, timeout=timeout, input=stdin)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:

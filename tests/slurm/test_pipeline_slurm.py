@@ -21,10 +21,15 @@ SLURM_SETTINGS = ["--set", "slurm.gpus_per_node=0", "--set", "slurm.cpus_per_tas
 STAGES = ("data", "motion", "registration", "segmentation")
 
 
-def submit(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    result = run_module("mi_pipeline.submit", "--config", str(TINY), "--run-dir", str(run_dir), "--executor",
-                        "slurm", *SLURM_SETTINGS, *args, timeout=120)
-    return result
+# Test-only hook (fsio): every atomic write sleeps, so a stage lasts long enough for a signal to land
+# mid-stage on a fast machine. It changes no result: the weights stay those of the reference run.
+SLOW = {"MI_PIPELINE_TEST_SLOW_WRITE_S": "0.6"}
+
+
+def submit(run_dir: Path, *args: str, slow: bool = False) -> subprocess.CompletedProcess[str]:
+    """Jobs inherit the submitter's environment (sbatch exports it), so ``slow`` reaches them."""
+    return run_module("mi_pipeline.submit", "--config", str(TINY), "--run-dir", str(run_dir), "--executor",
+                      "slurm", *SLURM_SETTINGS, *args, timeout=120, extra_env=SLOW if slow else None)
 
 
 def status(run_dir: Path) -> dict:
@@ -77,7 +82,7 @@ def test_chain_completes_with_dependencies_honoured(reference: Path, slurm_clust
 def test_preempted_motion_is_requeued_and_resumes_exactly(reference: Path, slurm_cluster, tmp_path: Path,
                                                          how: str) -> None:
     run_dir = tmp_path / how
-    assert submit(run_dir, "--mode", "fresh", "--yes").returncode == 0
+    assert submit(run_dir, "--mode", "fresh", "--yes", slow=True).returncode == 0
     motion_job = job_ids(run_dir)["motion"]
     last = run_dir / "checkpoints" / "motion" / "last.pth"
     wait_for(lambda: checkpoint_epoch(last) >= 1, 300, "motion epoch 1")
@@ -156,7 +161,8 @@ def test_fresh_cancels_in_flight_jobs_and_cancel_records_it(slurm_cluster, tmp_p
 def test_two_task_ddp_stage_requeues_and_resumes(slurm_cluster, tmp_path: Path) -> None:
     """gpus_per_node > 1 becomes N tasks of one DDP job; here 2 CPU tasks with gloo."""
     run_dir = tmp_path / "ddp"
-    assert submit(run_dir, "--mode", "fresh", "--yes", "--set", "slurm.motion.tasks_per_node=2").returncode == 0
+    assert submit(run_dir, "--mode", "fresh", "--yes", "--set", "slurm.motion.tasks_per_node=2",
+                  slow=True).returncode == 0
     motion_job = job_ids(run_dir)["motion"]
     script = next((run_dir / "logs" / "slurm").glob(f"{motion_job}/*_submission.sh")).read_text()
     assert "--ntasks-per-node=2" in script
@@ -175,7 +181,7 @@ def test_two_task_ddp_stage_requeues_and_resumes(slurm_cluster, tmp_path: Path) 
 
 def test_requeue_cap_fails_the_job_clearly(slurm_cluster, tmp_path: Path) -> None:
     run_dir = tmp_path / "cap"
-    assert submit(run_dir, "--mode", "fresh", "--yes", "--set", "slurm.max_requeues=0").returncode == 0
+    assert submit(run_dir, "--mode", "fresh", "--yes", "--set", "slurm.max_requeues=0", slow=True).returncode == 0
     ids = job_ids(run_dir)
     last = run_dir / "checkpoints" / "motion" / "last.pth"
     wait_for(lambda: checkpoint_epoch(last) >= 1, 300, "motion epoch 1")
