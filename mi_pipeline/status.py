@@ -13,7 +13,7 @@ from typing import Any
 from mi_pipeline import STAGES
 from mi_pipeline.cli import run_main
 from mi_pipeline.layout import RunLayout, inspect_stage, rebuild_records
-from mi_pipeline.progress import Progress, ProgressFile, StageRecord
+from mi_pipeline.progress import ProgressFile, StageRecord
 
 TROUBLE_LINES = 5
 

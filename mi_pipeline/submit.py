@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from pathlib import Path
 
 from mi_pipeline import MODEL_STAGES
 from mi_pipeline.cli import add_run_options, load_run_config, run_main

@@ -6,7 +6,6 @@ These share one uninterrupted reference run; each scenario works in its own run 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path
