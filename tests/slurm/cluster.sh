@@ -24,7 +24,8 @@
 #   * JobRequeue=1: batch jobs are requeueable by default (submitit requeues itself on USR2).
 #   * AuthInfo=cred_expire=10: SLURM holds a requeued job for cred_expire+1 seconds (reason
 #     BeginTime) before it may start again -- 120 s by default. 10 s keeps requeue tests short;
-#     tests may still release a held job at once with `scontrol update JobId=<id> StartTime=now`.
+#     tests wait it out: releasing it early (scontrol update StartTime=now) makes the launch fail
+#     with "Job credential revoked" while the killed run's credential is still revoked.
 #     The same value is the job-step credential lifetime; 10 s is ample on one local node.
 #   * KillWait=5 (SIGTERM -> SIGKILL on cancel/time limit, default 30) so cancels finish quickly.
 #   * MinJobAge=600: finished jobs stay visible to squeue/scontrol for 10 min (sacct has them forever).

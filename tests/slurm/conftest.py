@@ -5,8 +5,8 @@ not up the test is skipped -- or FAILS when ``MI_PIPELINE_REQUIRE_SLURM=1`` (CI 
 broken cluster can never turn into a green run of skipped tests).
 
 The fixture returns a :class:`SlurmCluster` with helpers to read a job's accounting record
-(``sacct``), wait for a job to reach a state, and release a requeued job that SLURM holds
-(reason ``BeginTime``) before it may start again.
+(``sacct``), wait for a job to reach a state, and wait until a requeued job is pending again
+(SLURM then holds it, reason ``BeginTime``, for cred_expire + 1 s before it may start).
 """
 
 from __future__ import annotations
@@ -125,13 +125,6 @@ def wait_for_sacct(
         time.sleep(0.5)
 
 
-def release_job(job_id: str | int) -> None:
-    """Let a held (e.g. just requeued, reason BeginTime) job start now: ``StartTime=now``."""
-    proc = _run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
-    if proc.returncode != 0:
-        raise RuntimeError(f"scontrol update JobId={job_id} StartTime=now failed: {proc.stderr.strip()}")
-
-
 def squeue_state(job_id: str | int) -> Optional[tuple[str, str]]:
     """(state, reason) from squeue, or None when the controller no longer lists the job."""
     proc = _run(["squeue", "-h", "-j", str(job_id), "-o", "%T|%r"])
@@ -142,16 +135,20 @@ def squeue_state(job_id: str | int) -> Optional[tuple[str, str]]:
     return state, reason
 
 
-def release_when_held(job_id: str | int, timeout: float = 60.0) -> None:
-    """Wait until a requeued job is PENDING again and release it at once."""
+def wait_until_requeued(job_id: str | int, timeout: float = 60.0) -> None:
+    """Wait until a requeued job is PENDING again; SLURM's own hold then starts it.
+
+    The hold (reason BeginTime, cred_expire + 1 s: 11 s on this cluster) is not to be skipped:
+    releasing it with ``StartTime=now`` lets the controller launch the job while the killed
+    run's credential is still revoked, and slurmd fails the launch ("Job credential revoked").
+    """
     deadline = time.monotonic() + timeout
     while True:
         st = squeue_state(job_id)
         if st is not None and st[0] == "PENDING":
-            release_job(job_id)
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} not PENDING (held) after {timeout}s; squeue: {st}")
+            raise TimeoutError(f"job {job_id} not PENDING (requeued) after {timeout}s; squeue: {st}")
         time.sleep(0.25)
 
 
@@ -164,8 +161,7 @@ class SlurmCluster:
     sacct = staticmethod(sacct_state)
     sacct_all = staticmethod(sacct_job)
     wait_for = staticmethod(wait_for_sacct)
-    release = staticmethod(release_job)
-    release_when_held = staticmethod(release_when_held)
+    wait_until_requeued = staticmethod(wait_until_requeued)
     squeue = staticmethod(squeue_state)
 
 

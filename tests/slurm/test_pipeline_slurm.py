@@ -90,7 +90,7 @@ def test_preempted_motion_is_requeued_and_resumes_exactly(reference: Path, slurm
         subprocess.run(["scancel", "--signal=USR2", motion_job], check=True)
     else:
         subprocess.run(["scontrol", "requeue", motion_job], check=True)
-    slurm_cluster.release_when_held(motion_job, timeout=120)
+    slurm_cluster.wait_until_requeued(motion_job, timeout=120)
     log = run_dir / "logs" / "motion" / "train.log"
     wait_for(lambda: "resuming from last.pth" in log.read_text(), 300, "motion to resume")
     round_trip = time.monotonic() - signalled_at
@@ -168,7 +168,7 @@ def test_two_task_ddp_stage_requeues_and_resumes(slurm_cluster, tmp_path: Path) 
     last = run_dir / "checkpoints" / "motion" / "last.pth"
     wait_for(lambda: checkpoint_epoch(last) >= 1, 300, "motion epoch 1")
     subprocess.run(["scancel", "--signal=USR2", motion_job], check=True)
-    slurm_cluster.release_when_held(motion_job, timeout=120)
+    slurm_cluster.wait_until_requeued(motion_job, timeout=120)
     report = wait_all_done(run_dir)
     log = (run_dir / "logs" / "motion" / "train.log").read_text()
     assert "data parallel: rank 0 of 2" in log and "rank 1" not in log, "rank 0 alone writes the log"

@@ -118,7 +118,7 @@ def test_usr2_requeues_the_stage_which_resumes_and_matches_the_uninterrupted_run
     wait_for(lambda: checkpoint_epoch(last) >= 1, 300, "motion epoch 1")
     signalled = time.monotonic()
     subprocess.run(["scancel", "--signal=USR2", "--batch", motion], check=True)  # as --signal=B:USR2@...
-    slurm_cluster.release_when_held(motion, timeout=120)  # skip this cluster's hold after a requeue
+    slurm_cluster.wait_until_requeued(motion, timeout=120)
     log = run_dir / "logs" / "motion" / "train.log"
     wait_for(lambda: "resuming from last.pth" in log.read_text(), 300, "motion to resume")
     round_trip = time.monotonic() - signalled
