@@ -108,7 +108,7 @@ def load_subject(root: str | Path, subject: str) -> RawSubject:
     if missing:
         raise InputError(f"{folder / missing[0]}: missing (subject {subject} needs {', '.join(REQUIRED)})")
     for name in (*REQUIRED, "cine_label.nii.gz", "info.yaml"):
-        _inside_root(Path(root), folder / name)
+        inside_root(Path(root), folder / name)
     cine, cine_affine = load_image(folder / "cine.nii.gz", ndim=4, what="cine (X x Y x slices x frames)", min_frames=2)
     lge, lge_affine = load_image(folder / "lge.nii.gz", ndim=3, what="LGE")
     lge_label, _ = load_label(folder / "lge_label.nii.gz", shape=lge.shape, affine=lge_affine, image_name="lge.nii.gz")
@@ -122,15 +122,20 @@ def load_subject(root: str | Path, subject: str) -> RawSubject:
                       lge_label=lge_label, ed=ed, es=es, cine_label=cine_label, truth=truth)
 
 
-def _inside_root(root: Path, path: Path) -> None:
-    """A subject folder or file that is a symbolic link out of the dataset root is refused (as manifest paths
-    are): everything read must be under ``data.root``, so a planted link cannot pull in files from elsewhere."""
-    if not path.exists() and not path.is_symlink():
-        return
-    target = path.resolve()
-    if not target.is_relative_to(Path(root).resolve()):
-        raise InputError(f"{path}: leaves the dataset root {root} (symbolic link to {target}); "
-                         "copy the file into the dataset or set data.root to where it really is")
+def inside_root(root: Path, *paths: Path) -> None:
+    """Refuse files or folders that resolve (e.g. through a symbolic link) outside the dataset root.
+
+    Everything read must be under ``data.root`` (as manifest paths must), so a planted link cannot
+    pull in files from elsewhere.
+    """
+    base = Path(root).resolve()
+    for path in paths:
+        if not path.exists() and not path.is_symlink():
+            continue
+        target = path.resolve()
+        if not target.is_relative_to(base):
+            raise InputError(f"{path}: leaves the dataset root {root} (resolves to {target}); "
+                             "copy the file into the dataset or set data.root to where it really is")
 
 
 def check_overlap(path: Path, shape: tuple[int, ...], affine: np.ndarray, cine_shape: tuple[int, ...],

@@ -14,8 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mi_pipeline.data.adapters.common import fill_frames, inside_root, load_codes, remap, subject_dirs
-from mi_pipeline.data.generic import RawSubject
+from mi_pipeline.data.adapters.common import (
+    fill_frames,
+    load_codes,
+    remap,
+    subject_dirs,
+)
+from mi_pipeline.data.generic import RawSubject, inside_root
 from mi_pipeline.data.nifti import load_image
 from mi_pipeline.errors import InputError
 

@@ -13,16 +13,6 @@ from mi_pipeline.errors import InputError
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-def inside_root(root: Path, *paths: Path) -> None:
-    """Refuse files that resolve (e.g. through a symbolic link) outside the dataset root."""
-    base = Path(root).resolve()
-    for path in paths:
-        if path.exists() or path.is_symlink():
-            target = path.resolve()
-            if not target.is_relative_to(base):
-                raise InputError(f"{path}: leaves the dataset root {root} (resolves to {target})")
-
-
 def subject_dirs(root: Path, pattern: str, what: str) -> list[str]:
     """Sorted names of sub-folders of ``root`` matching regex ``pattern``; InputError when none."""
     if not root.is_dir():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mi_pipeline.data.generic import RawSubject, check_overlap
+from mi_pipeline.data.generic import RawSubject, check_overlap, inside_root
 from mi_pipeline.data.nifti import load_image, load_label
 from mi_pipeline.errors import InputError
 
@@ -31,8 +31,6 @@ def load_lge(root: Path, subject: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
     folder = root / subject
     image_path = folder / "Images" / f"{subject}.nii.gz"
     label_path = folder / "Contours" / f"{subject}.nii.gz"
-    from mi_pipeline.data.adapters.common import inside_root
-
     inside_root(root, folder, image_path, label_path)
     lge, affine = load_image(image_path, ndim=3, what="EMIDEC LGE")
     labels, _ = load_label(label_path, shape=lge.shape, affine=affine, image_name=image_path.name)
@@ -46,8 +44,6 @@ def load_subject(root: Path, subject: str) -> RawSubject:
     if cine_path is None:
         raise InputError(f"{folder}: EMIDEC provides LGE only; the pipeline is built on the cine grid, so add the "
                          f"patient's cine as {folder / 'Cine' / (subject + '.nii.gz')} (4D, same scanner coordinates)")
-    from mi_pipeline.data.adapters.common import inside_root
-
     inside_root(root, cine_path)
     cine, cine_affine = load_image(cine_path, ndim=4, what="cine (X x Y x slices x frames)", min_frames=2)
     check_overlap(image_path, lge.shape, lge_affine, cine.shape[:3], cine_affine)

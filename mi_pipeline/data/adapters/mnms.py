@@ -15,8 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mi_pipeline.data.adapters.common import fill_frames, inside_root, load_codes, remap, subject_dirs
-from mi_pipeline.data.generic import RawSubject
+from mi_pipeline.data.adapters.common import (
+    fill_frames,
+    load_codes,
+    remap,
+    subject_dirs,
+)
+from mi_pipeline.data.generic import RawSubject, inside_root
 from mi_pipeline.data.nifti import load_image
 from mi_pipeline.errors import InputError
 
