@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from mi_pipeline.cli import run_main
+from mi_pipeline.cli import command_parser, run_main
 from mi_pipeline.progress import ProgressFile
 from mi_pipeline.slurm_executor import cancel_jobs
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mi_pipeline.cancel", description=__doc__.splitlines()[0])
+    parser = command_parser("cancel", __doc__)
     parser.add_argument("--run-dir", type=Path, default=Path("."), help="run root (default: current directory)")
     args = parser.parse_args(argv)
     cancelled = cancel_jobs(ProgressFile(args.run_dir.resolve()), "cancel command")

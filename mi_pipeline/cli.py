@@ -6,11 +6,27 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from mi_pipeline.config import Config, load_config
 from mi_pipeline.errors import UserError
 
 DEFAULT_CONFIG_HELP = "YAML config (default: built-in defaults)"
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one ``error:`` line (exit 2), like every other user error.
+
+    The stock parser prints its whole usage block first, which buries the line that says what was wrong.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def command_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of ``python -m mi_pipeline.<module>``, described by the first line of its docstring."""
+    return OneLineErrorParser(prog=f"python -m mi_pipeline.{module}", description=(doc or "").splitlines()[0])
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:

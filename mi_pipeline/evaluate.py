@@ -22,7 +22,6 @@ and ``per_subject`` lists sit beside them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -32,12 +31,19 @@ import numpy as np
 import torch
 
 from mi_pipeline import metrics
+from mi_pipeline.cli import command_parser, run_main
 from mi_pipeline.config import Config, load_config
 from mi_pipeline.data import cache
 from mi_pipeline.data.cache import Subject
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.errors import CheckpointError, InputError
-from mi_pipeline.predict import Models, inference_device, load_stage, segment_subject, stored_config
+from mi_pipeline.predict import (
+    Models,
+    inference_device,
+    load_stage,
+    segment_subject,
+    stored_config,
+)
 from mi_pipeline.stages import common, motion, registration
 
 STAGES = ("motion", "registration", "segmentation")
@@ -261,7 +267,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mi_pipeline.evaluate", description=__doc__.splitlines()[0])
+    p = command_parser("evaluate", __doc__)
     p.add_argument("--run-dir", type=Path, default=Path("."), help="run root (default: current directory)")
     p.add_argument("--config", type=Path, default=None,
                    help="YAML config (default: the config stored in the trained checkpoints)")
@@ -297,6 +303,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from mi_pipeline.cli import run_main
-
     sys.exit(run_main(main))

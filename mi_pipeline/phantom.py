@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from mi_pipeline.cli import command_parser
 from mi_pipeline.config import PhantomConfig
 from mi_pipeline.data.phantom import generate_dataset
 from mi_pipeline.errors import UserError
@@ -18,7 +19,7 @@ from mi_pipeline.errors import UserError
 
 def _parser() -> argparse.ArgumentParser:
     d = PhantomConfig()
-    p = argparse.ArgumentParser(prog="python -m mi_pipeline.phantom", description=__doc__.splitlines()[0])
+    p = command_parser("phantom", __doc__)
     p.add_argument("--out", required=True, type=Path, help="dataset folder to write (<out>/<subject>/...)")
     p.add_argument("--subjects", type=int, default=d.subjects, help=f"number of subjects (default {d.subjects})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")

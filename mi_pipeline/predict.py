@@ -19,7 +19,6 @@ segmentation checkpoint is used.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -33,6 +32,8 @@ import torch
 from torch import nn
 
 from mi_pipeline import config as config_mod
+from mi_pipeline import metrics, qc
+from mi_pipeline.cli import command_parser, run_main
 from mi_pipeline.config import Config, load_config
 from mi_pipeline.data.cache import Subject
 from mi_pipeline.data.generic import RawSubject
@@ -41,7 +42,6 @@ from mi_pipeline.data.preprocess import estimate_ed, preprocess_subject, sample
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.errors import CheckpointError, ConfigError, InputError
 from mi_pipeline.fsio import atomic_path, atomic_write_text
-from mi_pipeline import metrics, qc
 from mi_pipeline.stages import common, motion, registration, segmentation
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -160,8 +160,7 @@ def find_cines(path: Path) -> list[tuple[str, Path]]:
 def _subject_name(cine: Path) -> str:
     name = cine.name
     for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
+        name = name.removesuffix(suffix)
     if name in ("cine", "sa", "4d") or not name:
         name = cine.parent.name
     return _SAFE.sub("_", name).strip("._-") or "subject"
@@ -267,7 +266,7 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mi_pipeline.predict", description=__doc__.splitlines()[0])
+    p = command_parser("predict", __doc__)
     p.add_argument("--cine", required=True, type=Path, help="4D cine NIfTI, or a folder of them")
     p.add_argument("--out", required=True, type=Path, help="output folder (DIR/<subject>/...)")
     src = p.add_mutually_exclusive_group()
@@ -303,6 +302,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from mi_pipeline.cli import run_main
-
     sys.exit(run_main(main))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mi_pipeline import STAGES
-from mi_pipeline.cli import run_main
+from mi_pipeline.cli import command_parser, run_main
 from mi_pipeline.layout import RunLayout, inspect_stage, rebuild_records
 from mi_pipeline.progress import ProgressFile, StageRecord
 
@@ -19,7 +18,7 @@ TROUBLE_LINES = 5
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mi_pipeline.status", description=__doc__.splitlines()[0])
+    parser = command_parser("status", __doc__)
     parser.add_argument("--run-dir", type=Path, default=Path("."), help="run root (default: current directory)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)

@@ -6,12 +6,11 @@ so a batch job never blocks on input.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 
 from mi_pipeline import MODEL_STAGES
-from mi_pipeline.cli import add_run_options, load_run_config, run_main
+from mi_pipeline.cli import add_run_options, command_parser, load_run_config, run_main
 from mi_pipeline.data.prepare import data_is_prepared
 from mi_pipeline.errors import UserError
 from mi_pipeline.executors import StageCommand, resolve_executor, run_local
@@ -30,7 +29,7 @@ MENU = """请选择训练模式 (choose a mode):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mi_pipeline.submit", description=__doc__.splitlines()[0])
+    parser = command_parser("submit", __doc__)
     parser.add_argument("--mode", choices=MODES, help="fresh | resume | skip (default: ask on a terminal)")
     add_run_options(parser)
     parser.add_argument("--executor", choices=("auto", "local", "slurm"), default="auto",

@@ -6,7 +6,6 @@ Run again after a crash and it continues from ``last.pth``. It keeps the progres
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -16,7 +15,7 @@ import traceback
 import torch
 
 from mi_pipeline import STAGES
-from mi_pipeline.cli import add_run_options, load_run_config, run_main
+from mi_pipeline.cli import add_run_options, command_parser, load_run_config, run_main
 from mi_pipeline.config import Config, stage_hash, to_dict
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.determinism import pick_device, setup_determinism
@@ -53,7 +52,7 @@ class StopFlag:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mi_pipeline.train", description=__doc__.splitlines()[0])
+    parser = command_parser("train", __doc__)
     parser.add_argument("--stage", required=True, choices=STAGES)
     add_run_options(parser)
     parser.add_argument("--force", action="store_true", help="resume even if the config or upstream models changed")
