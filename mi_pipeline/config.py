@@ -21,6 +21,13 @@ import yaml
 
 from mi_pipeline.errors import ConfigError
 
+# Mixed precision: off (float32), bf16 (bfloat16 autocast, no loss scaling) or fp16 (float16 autocast +
+# GradScaler). YAML reads a bare ``off`` as false, and configs before this version wrote ``amp: true``,
+# which meant float16 + GradScaler: booleans map here (true -> fp16, false -> off).
+AmpMode = Literal["off", "bf16", "fp16"]
+AMP_MODES: tuple[str, ...] = typing.get_args(AmpMode)
+AMP_FROM_BOOL: dict[bool, str] = {False: "off", True: "fp16"}
+
 
 # --------------------------------------------------------------------------------------------
 # Schema
@@ -82,11 +89,13 @@ class OptimConfig:
     weight_decay: float = 0.0
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     grad_clip: float = 0.0  # 0 disables clipping
-    amp: bool = False  # mixed precision (CUDA only; ignored on CPU)
+    # this stage's mixed precision: None (null) = performance.amp; off | bf16 | fp16 (true/false: fp16/off)
+    amp: AmpMode | None = None
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_size", "lr")
         _non_negative(self, "weight_decay", "grad_clip")
+        _check_amp(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,6 +232,31 @@ class ContainerConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PerformanceConfig:
+    """GPU speed switches of every trained stage (see mi_pipeline/engine/performance.py).
+
+    None of them changes what a checkpoint holds. ``amp``, ``channels_last`` and ``compile`` change
+    the arithmetic, so they are part of the stage config hash (resuming under other values needs
+    --force); the loading switches only change who builds a batch, never its content, so they are
+    not (resuming with more workers is allowed). Exact resume is promised on CPU, where
+    ``amp``, ``cudnn_benchmark`` and ``pin_memory`` do nothing (one log line says so).
+    """
+
+    amp: AmpMode = "off"  # mixed precision on CUDA: off | bf16 | fp16 (fp16 adds a GradScaler); ignored on CPU
+    channels_last: bool = False  # NHWC memory format for the model's convolutions and 4D inputs
+    compile: bool = False  # torch.compile the model for training (needs a C++ compiler on CPU, Triton on GPU)
+    cudnn_benchmark: bool = False  # cuDNN autotuning (CUDA); ignored while deterministic is true
+    num_workers: int = 0  # background processes building batches (0 = in the training loop)
+    pin_memory: bool = False  # page-locked batches, copied to the GPU with non_blocking=True (CUDA)
+    prefetch_factor: int = 2  # batches each worker builds ahead (with num_workers > 0)
+
+    def __post_init__(self) -> None:
+        _check_amp(self)
+        _non_negative(self, "num_workers")
+        _positive(self, "prefetch_factor")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """A whole run. ``seed`` and ``threads`` are part of what makes CPU runs bit-exact."""
 
@@ -236,9 +270,19 @@ class Config:
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     container: ContainerConfig = field(default_factory=ContainerConfig)
+    performance: PerformanceConfig = field(default_factory=PerformanceConfig)
 
     def __post_init__(self) -> None:
         _positive(self, "threads")
+
+    def performance_for(self, stage: str) -> PerformanceConfig:
+        """The performance switches of one trained stage (its own ``amp`` wins when set)."""
+        return resolve_performance(self.performance, getattr(self, stage))
+
+
+def resolve_performance(perf: PerformanceConfig, optim: OptimConfig) -> PerformanceConfig:
+    """``perf`` with the stage's ``amp`` override applied (None inherits ``perf.amp``)."""
+    return perf if optim.amp is None or optim.amp == perf.amp else dataclasses.replace(perf, amp=optim.amp)
 
 
 # Which config sections each stage's result depends on (its own plus upstream stages').
@@ -248,6 +292,10 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "registration": ("data", "registration"),
     "segmentation": ("data", "motion", "registration", "segmentation"),
 }
+
+
+# Stages whose training loop the performance switches apply to.
+PERFORMANCE_STAGES = ("motion", "registration", "segmentation")
 
 
 def _positive(obj: object, *names: str) -> None:
@@ -260,6 +308,15 @@ def _non_negative(obj: object, *names: str) -> None:
     for name in names:
         if getattr(obj, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(obj, name)!r}")
+
+
+def _check_amp(obj: object) -> None:
+    """Accept the legacy booleans from Python callers too; reject anything but the modes (or None)."""
+    value = obj.amp  # type: ignore[attr-defined]
+    if isinstance(value, bool):
+        object.__setattr__(obj, "amp", AMP_FROM_BOOL[value])
+    elif value is not None and value not in AMP_MODES:
+        raise ValueError(f"amp must be one of {' | '.join(AMP_MODES)}, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,6 +397,8 @@ def _coerce(tp: Any, value: Any, *, key: str, source: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, prefix=f"{key}.", source=source)
     if origin is Literal:
+        if tp == AmpMode and isinstance(value, bool):  # `amp: off` reads as false; legacy `amp: true`
+            return AMP_FROM_BOOL[value]
         if value not in typing.get_args(tp):
             choices = " | ".join(map(str, typing.get_args(tp)))
             raise ConfigError(f"{source}: {key} must be one of {choices}, got {value!r}")
@@ -390,10 +449,24 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def stage_hash(cfg: Config, stage: str) -> str:
-    """Stable fingerprint of everything ``stage``'s result depends on (its sections, seed, threads)."""
+    """Stable fingerprint of everything ``stage``'s result depends on (its sections, seed, threads).
+
+    Of the performance switches only those that change the arithmetic count: each trained section
+    carries its resolved ``amp`` (off and fp16 written as the false/true of older versions, so the
+    hashes of runs started before amp had modes stay the same), and ``channels_last``/``compile``
+    are added when on. Worker count, pinning and cuDNN autotuning are left out on purpose.
+    """
     full = to_dict(cfg)
     relevant = {"seed": full["seed"], "threads": full["threads"], "deterministic": full["deterministic"]}
     relevant.update({section: full[section] for section in STAGE_SECTIONS[stage]})
+    for section in STAGE_SECTIONS[stage]:
+        if "amp" in relevant[section]:
+            amp = cfg.performance_for(section).amp
+            relevant[section] = {**relevant[section], "amp": {"off": False, "fp16": True}.get(amp, amp)}
+    perf = cfg.performance
+    numeric = {name: True for name in ("channels_last", "compile") if getattr(perf, name)}
+    if numeric and stage in PERFORMANCE_STAGES:
+        relevant["performance"] = numeric
     blob = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

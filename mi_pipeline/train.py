@@ -167,7 +167,7 @@ def _run_model_stage(stage: str, cfg: Config, layout: RunLayout, update: StageRe
 
     ctx = FitContext(ckpt_dir=layout.ckpt_dir(stage), log=log, seed=cfg.seed, config_hash=stage_hash(cfg, stage),
                      config=to_dict(cfg), device=device, upstream=upstream, restart=restart, force=force,
-                     world=world, stop_requested=stop, on_epoch=on_epoch)
+                     world=world, performance=cfg.performance, stop_requested=stop, on_epoch=on_epoch)
     state = fit(task, optim, ctx)
     update(status="done", epoch=state.epoch, epochs=optim.epochs, best_metric=state.best_metric,
            metric_name=task.metric_name, finished=now(), pid=None, error=None, note=None)

@@ -6,6 +6,10 @@ Exactness comes from three rules (see shared notes on MONAI/torch determinism):
 2. the checkpoint holds every other piece of state: model, optimizer, scheduler, grad scaler,
    counters, best metric and the global RNG states (restored last, after everything is built);
 3. threads are pinned and deterministic algorithms are on (set up by ``determinism``).
+
+The ``performance`` switches (engine/performance.py) keep these rules: batches may be built ahead in
+background workers because their content depends only on (seed, epoch, batch); the model keeps its
+un-compiled module for checkpoints; amp's GradScaler is part of the saved state.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from typing import Any
 
 import torch
 
-from mi_pipeline.config import OptimConfig
+from mi_pipeline.config import OptimConfig, PerformanceConfig, resolve_performance
 from mi_pipeline.engine import checkpoint as ckpt
+from mi_pipeline.engine import performance
 from mi_pipeline.engine.distributed import World, wrap_model
 from mi_pipeline.engine.runlog import StageLog
 from mi_pipeline.engine.task import TrainTask
@@ -37,6 +42,7 @@ class TrainState:
     step: int = 0  # optimizer steps in total
     best_metric: float | None = None
     best_epoch: int | None = None
+    epoch_losses: list[float] = field(default_factory=list)  # this epoch's batch losses so far (train_loss)
 
 
 class Interrupted(Exception):
@@ -61,6 +67,7 @@ class FitContext:
     restart: bool = False  # ignore (and set aside) an existing last.pth
     force: bool = False  # resume even if the config hash or upstream models changed
     world: World = field(default_factory=World)  # data-parallel ranks; rank 0 alone writes files
+    performance: PerformanceConfig = field(default_factory=PerformanceConfig)  # speed switches; a set optim.amp overrides .amp
     stop_requested: Callable[[], bool] = lambda: False
     on_epoch: Callable[[TrainState, dict[str, float]], None] = lambda state, metrics: None
 
@@ -88,64 +95,103 @@ def fit(task: TrainTask, optim: OptimConfig, ctx: FitContext) -> TrainState:
     the gradients) and all ranks stop at the same batch; only rank 0 validates and writes files.
     """
     log, world = ctx.log, ctx.world
+    perf = resolve_performance(ctx.performance, optim)
     task.setup(ctx.device)
+    for note in performance.apply_process_switches(perf, ctx.device):
+        log.info(note)
+    performance.amp_dtype(perf, ctx.device)  # an unusable amp mode fails here, before any work
     torch.manual_seed(ctx.seed)
-    model = task.build_model().to(ctx.device)
+    model = performance.to_memory_format(task.build_model(), perf, ctx.device)
     optimizer = torch.optim.AdamW(task.param_groups(model, optim.lr), weight_decay=optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda e: lr_factor(optim.lr_schedule, e, optim.epochs))
-    use_amp = optim.amp and ctx.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = performance.make_grad_scaler(perf, ctx.device)
     upstream = ctx.upstream
     state = _resume(ctx, model, optimizer, scheduler, scaler, upstream, optim.epochs)
-    net = wrap_model(model, world, ctx.device)
+    net = performance.compile_model(wrap_model(model, world, ctx.device), perf, ctx.device)
     if world.distributed:
         log.info(f"data parallel: rank {world.rank} of {world.size}")
     if state.epoch >= optim.epochs:
         log.info(f"already trained: {state.epoch}/{optim.epochs} epochs, best {task.metric_name}={state.best_metric}")
         return state
+    if perf != PerformanceConfig():
+        log.info(performance.describe(perf, ctx.device))
 
     num_batches = math.ceil(task.num_train_samples() / optim.batch_size)
-    while state.epoch < optim.epochs:
-        started = time.monotonic()
-        net.train()
-        order = epoch_order(task.num_train_samples(), ctx.seed, state.epoch)
-        losses: list[float] = []
-        bar = log.progress(num_batches, state.batch, f"epoch {state.epoch + 1}/{optim.epochs}")
-        for batch_index in range(state.batch, num_batches):
-            indices = order[batch_index * optim.batch_size:(batch_index + 1) * optim.batch_size]
-            if len(indices) >= world.size:  # a remainder too small to give every rank a sample is dropped
-                generator = torch.Generator().manual_seed(batch_seed(ctx.seed, state.epoch, batch_index))
-                batch = task.make_batch(world.shard(indices), generator, ctx.device)
-                losses.append(_step(task, net, batch, optimizer, scaler, optim, use_amp, ctx.device, batch_index))
-                state.step += 1
-            state.batch = batch_index + 1
-            bar.update(losses[-1] if losses else float("nan"))
-            if world.any(ctx.stop_requested()) and state.batch < num_batches:
-                bar.close()
-                if world.is_main:
-                    _save_last(ctx, model, optimizer, scheduler, scaler, state, upstream, optim.epochs, {})
-                    log.info(f"stop requested: saved exact position (epoch {state.epoch + 1}, "
-                             f"batch {state.batch}/{num_batches})")
-                world.barrier()
+    builder = BatchBuilder(task, ctx.seed, optim.batch_size, world)
+    with performance.BatchStream(builder, builder.positions(state, optim.epochs), perf, ctx.device) as stream:
+        while state.epoch < optim.epochs:
+            started = time.monotonic()
+            net.train()
+            losses = state.epoch_losses  # saved with a mid-epoch stop: the resumed epoch's train_loss is the same
+            bar = log.progress(num_batches, state.batch, f"epoch {state.epoch + 1}/{optim.epochs}")
+            for batch_index in range(state.batch, num_batches):
+                if builder.keeps(batch_index):  # a remainder too small to give every rank a sample is dropped
+                    batch = stream.next((state.epoch, batch_index))
+                    losses.append(_step(task, net, batch, optimizer, scaler, optim, perf, ctx.device, batch_index))
+                    state.step += 1
+                state.batch = batch_index + 1
+                bar.update(losses[-1] if losses else float("nan"))
+                if world.any(ctx.stop_requested()) and state.batch < num_batches:
+                    bar.close()
+                    stream.close()
+                    if world.is_main:
+                        _save_last(ctx, model, optimizer, scheduler, scaler, state, upstream, optim.epochs, {})
+                        log.info(f"stop requested: saved exact position (epoch {state.epoch + 1}, "
+                                 f"batch {state.batch}/{num_batches})")
+                    world.barrier()
+                    raise Interrupted(state)
+            bar.close()
+            metrics = _end_epoch(task, model, ctx, state, scheduler, losses, started)
+            if world.is_main:
+                _record_epoch(task, model, optimizer, scheduler, scaler, ctx, state, upstream, optim.epochs, metrics)
+            world.barrier()
+            if world.any(ctx.stop_requested()) and state.epoch < optim.epochs:
+                log.info(f"stop requested: stopping after epoch {state.epoch} (checkpoint saved)")
                 raise Interrupted(state)
-        bar.close()
-        metrics = _end_epoch(task, model, ctx, state, scheduler, losses, started)
-        if world.is_main:
-            _record_epoch(task, model, optimizer, scheduler, scaler, ctx, state, upstream, optim.epochs, metrics)
-        world.barrier()
-        if world.any(ctx.stop_requested()) and state.epoch < optim.epochs:
-            log.info(f"stop requested: stopping after epoch {state.epoch} (checkpoint saved)")
-            raise Interrupted(state)
     return state
 
 
+class BatchBuilder:
+    """Builds the batch at (epoch, batch index) on the CPU: a pure function of them and the seed, so
+    the main loop or a background worker may build it, at any time, with the same result."""
+
+    def __init__(self, task: TrainTask, seed: int, batch_size: int, world: World) -> None:
+        self.task, self.seed, self.batch_size, self.world = task, seed, batch_size, world
+        self.num_samples = task.num_train_samples()
+        self._order: tuple[int, list[int]] | None = None  # (epoch, order) of the last epoch built
+
+    def keeps(self, batch_index: int) -> bool:
+        """False for a last batch too small to give every rank a sample (it is skipped)."""
+        return min(self.batch_size, self.num_samples - batch_index * self.batch_size) >= self.world.size
+
+    def positions(self, state: TrainState, epochs: int) -> list[performance.Position]:
+        """Every (epoch, batch) still to train from ``state``, in order."""
+        num_batches = math.ceil(self.num_samples / self.batch_size)
+        return [(epoch, index) for epoch in range(state.epoch, epochs)
+                for index in range(state.batch if epoch == state.epoch else 0, num_batches) if self.keeps(index)]
+
+    def __call__(self, epoch: int, batch_index: int) -> dict[str, torch.Tensor]:
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, epoch_order(self.num_samples, self.seed, epoch))
+        order = self._order[1]
+        indices = order[batch_index * self.batch_size:(batch_index + 1) * self.batch_size]
+        generator = torch.Generator().manual_seed(batch_seed(self.seed, epoch, batch_index))
+        return self.task.make_batch(self.world.shard(indices), generator, torch.device("cpu"))
+
+
 def _step(task: TrainTask, net: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-          scaler: torch.amp.GradScaler, optim: OptimConfig, use_amp: bool, device: torch.device,
+          scaler: torch.amp.GradScaler, optim: OptimConfig, perf: PerformanceConfig, device: torch.device,
           batch_index: int) -> float:
     """One optimizer step; returns the loss."""
-    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-        loss, _parts = task.loss(net, batch)
+    try:
+        with performance.autocast(perf, device):
+            loss, _parts = task.loss(net, batch)
+    except Exception as exc:
+        if perf.compile and performance.is_compile_error(exc):
+            raise RuntimeError(f"torch.compile failed on the {task.name} model ({performance.first_line(exc)}); "
+                               "set performance.compile: false") from None
+        raise
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss is {loss.item()} at batch {batch_index + 1}")
     optimizer.zero_grad(set_to_none=True)
@@ -189,6 +235,7 @@ def _end_epoch(task: TrainTask, model: torch.nn.Module, ctx: FitContext, state: 
     state.epoch += 1
     state.batch = 0
     train_loss = sum(losses) / len(losses) if losses else float("nan")
+    state.epoch_losses = []
     return {"train_loss": train_loss, "lr": lr, "seconds": round(time.monotonic() - started, 3), **metrics}
 
 
@@ -260,8 +307,7 @@ def _resume(ctx: FitContext, model: torch.nn.Module, optimizer: torch.optim.Opti
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
-    if "scaler" in payload:
-        scaler.load_state_dict(payload["scaler"])
+    _load_scaler(ctx, scaler, payload.get("scaler") or {})
     state = TrainState(**payload["state"])
     ckpt.restore_rng(payload["rng"])  # last: building things above may consume RNG
     if ctx.world.is_main:
@@ -270,6 +316,15 @@ def _resume(ctx: FitContext, model: torch.nn.Module, optimizer: torch.optim.Opti
     if state.epoch < epochs:
         ctx.log.info(f"resuming from last.pth at {where} (completed epochs: {state.epoch}, step {state.step})")
     return state
+
+
+def _load_scaler(ctx: FitContext, scaler: torch.amp.GradScaler, saved: dict[str, Any]) -> None:
+    """fp16 loss-scale state continues exactly; a scaler that was off when saved (CPU, bf16) or is
+    off now (resumed on CPU) has nothing to carry over."""
+    if scaler.is_enabled() and saved:
+        scaler.load_state_dict(saved)
+    elif scaler.is_enabled():
+        ctx.log.info("last.pth has no fp16 loss-scale state (it was saved without fp16 amp): starting a fresh GradScaler")
 
 
 def set_aside(path: Path, why: str) -> Path | None:
