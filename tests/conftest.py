@@ -1,0 +1,30 @@
+"""Suite-wide settings: how tests are shared between the parallel workers (pytest-xdist).
+
+The default run (``addopts`` in pyproject.toml) uses two workers with ``--dist loadgroup``. Most
+tests spend their time in child processes (the CLI, SLURM jobs) or waiting on the cluster, so two
+workers keep both cores busy. Each test file is one group, so a module-scoped fixture (a finished
+run that several tests copy) is built once; ``tests/faults`` and ``tests/slurm`` are one group each
+because their session fixtures (reference runs, the prepared run) are shared across their files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+SHARED_FIXTURE_DIRS = ("faults", "slurm")
+
+
+def xdist_group(path: Path) -> str:
+    relative = path.resolve().relative_to(TESTS)
+    if relative.parts[0] in SHARED_FIXTURE_DIRS:
+        return relative.parts[0]
+    return relative.as_posix()
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(xdist_group(Path(item.path))))
