@@ -132,11 +132,16 @@ class RegistrationConfig(OptimConfig):
     # steps on a per-slice translation + residual field, same MI + bending loss, from the network's field
     refine_steps: int = 0
     refine_lr: float = 0.05  # pixels per step (Adam)
+    # bending weight of the refinement, separate from training's smooth_weight: one slice pair's MI is
+    # noisy, and a weakly held per-pixel residual fits that noise (phantom, unseen subjects: weight 1
+    # lowers the myocardium Dice below the network's own; 100 is best of 1-1000; affine parts are free)
+    refine_smooth_weight: float = 100.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _positive(self, "channels", "affine_lr", "levels", "refine_lr")
-        _non_negative(self, "smooth_weight", "mask_dice_weight", "affine_weight", "augment_shift_px", "refine_steps")
+        _non_negative(self, "smooth_weight", "mask_dice_weight", "affine_weight", "augment_shift_px", "refine_steps",
+                      "refine_smooth_weight")
 
 
 @dataclass(frozen=True, kw_only=True)

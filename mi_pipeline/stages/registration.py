@@ -73,6 +73,8 @@ def refine_ddf(moving: torch.Tensor, fixed: torch.Tensor, ddf: torch.Tensor, ste
 
     Optimises a per-slice translation plus a residual field (bending-regularised) added to ``ddf``,
     maximising MI between the warped LGE and the cine ED frame. Deterministic (Adam, no sampling).
+    ``smooth_weight`` must be far stronger than training's: MI of one slice pair is noisy, and a
+    loosely held residual warps the myocardial border to fit it (``refine_smooth_weight``).
     """
     if steps <= 0:
         return ddf
@@ -111,7 +113,7 @@ def labels_in_cine(cfg: Config, model: nn.Module, lge: torch.Tensor, lge_label: 
     """``lge_labels_in_cine`` with the config's refinement settings (what segmentation and evaluate use)."""
     r = cfg.registration
     return lge_labels_in_cine(model, lge, lge_label, cine_ed, refine_steps=r.refine_steps, refine_lr=r.refine_lr,
-                              smooth_weight=r.smooth_weight)
+                              smooth_weight=r.refine_smooth_weight)
 
 
 def _augment_pairs(moving: torch.Tensor, fixed: torch.Tensor, labels: tuple[torch.Tensor, torch.Tensor] | None,

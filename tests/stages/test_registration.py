@@ -114,3 +114,26 @@ def test_refinement_improves_a_shifted_pair():
     before = common.dice(common.myo(moving_labels), myo_fixed)
     after = common.dice(common.myo(common.warp_labels(moving_labels, refined)), myo_fixed)
     assert after > before + 0.08
+
+
+def test_refinement_uses_its_own_smoothness(monkeypatch, tiny_overrides):
+    """``labels_in_cine`` regularises the refinement with refine_smooth_weight, not training's smooth_weight."""
+    from mi_pipeline.stages import registration
+
+    cfg = load_config(None, tiny_overrides + ["registration.refine_steps=3", "registration.smooth_weight=0.5",
+                                              "registration.refine_smooth_weight=7.0"])
+    seen = {}
+
+    def spy(moving, fixed, ddf, steps, lr, smooth_weight):
+        seen.update(steps=steps, smooth_weight=smooth_weight)
+        return ddf
+
+    monkeypatch.setattr(registration, "refine_ddf", spy)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    size = cfg.data.crop
+    registration.labels_in_cine(cfg, model, torch.rand(2, size, size), torch.zeros(2, size, size, dtype=torch.long),
+                                torch.rand(2, size, size))
+    assert seen == {"steps": 3, "smooth_weight": 7.0}
+    with pytest.raises(ConfigError, match="refine_smooth_weight"):
+        load_config(None, tiny_overrides + ["registration.refine_smooth_weight=-1"])
