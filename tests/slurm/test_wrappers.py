@@ -24,18 +24,21 @@ from tests.helpers import REPO, assert_same_weights, checkpoint_epoch, env, mode
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 SBATCH_OPTIONS = ["--cpus-per-task=1", "--mem=1G", "--time=20"]
+SLOW = {"MI_PIPELINE_TEST_SLOW_WRITE_S": "0.6"}  # test-only: each atomic write sleeps, so a signal lands mid-stage
 STAGES = ("data", "motion", "registration", "segmentation")
 
 
-def job_env() -> dict[str, str]:
+def job_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     variables = env()  # PYTHONPATH -> this checkout; sbatch exports it to the jobs
     variables["MI_PYTHON"] = sys.executable
+    variables.update(extra or {})
     return variables
 
 
-def submit_chain(run_dir: Path) -> tuple[dict[str, str], subprocess.CompletedProcess[str]]:
+def submit_chain(run_dir: Path, extra_env: dict[str, str] | None = None,
+                 ) -> tuple[dict[str, str], subprocess.CompletedProcess[str]]:
     result = subprocess.run(["bash", str(REPO / "slurm" / "submit_chain.sh"), str(TINY), str(run_dir),
-                             *SBATCH_OPTIONS], env=job_env(), capture_output=True, text=True, timeout=180)
+                             *SBATCH_OPTIONS], env=job_env(extra_env), capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     ids = dict(line.split() for line in result.stdout.splitlines() if line.strip())
     return ids, result
@@ -101,24 +104,30 @@ def test_usr2_requeues_the_stage_which_resumes_and_matches_the_uninterrupted_run
         chain_run, slurm_cluster, tmp_path: Path) -> None:
     reference = chain_run[0]
     run_dir = tmp_path / "usr2"
-    ids, _ = submit_chain(run_dir)
+    ids, _ = submit_chain(run_dir, extra_env=SLOW)
     motion = ids["motion"]
 
-    # Switching submitters mid-run: the Python one sees the wrapper's jobs and submits nothing.
-    again = run_module("mi_pipeline.submit", "--mode", "resume", "--executor", "slurm", "--config", str(TINY),
-                       "--run-dir", str(run_dir), "--set", "slurm.gpus_per_node=0", timeout=120)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "submitted job" not in again.stdout, again.stdout
-    assert {s: i["job_id"] for s, i in status(run_dir)["stages"].items()} == ids
-    kept, result = submit_chain(run_dir)  # and the driver itself, run twice, keeps its jobs
-    assert kept.items() <= ids.items(), result.stdout + result.stderr  # data may be done (skipped) by now
-    assert set(kept) >= {"motion", "segmentation"}, result.stderr  # registration may be done too
-
+    # Signal as soon as motion has a checkpoint (load on the machine must not let it finish first).
     last = run_dir / "checkpoints" / "motion" / "last.pth"
     wait_for(lambda: checkpoint_epoch(last) >= 1, 300, "motion epoch 1")
     signalled = time.monotonic()
     subprocess.run(["scancel", "--signal=USR2", "--batch", motion], check=True)  # as --signal=B:USR2@...
     slurm_cluster.wait_until_requeued(motion, timeout=120)
+
+    # Switching submitters mid-run (motion requeued, segmentation waiting on it): the Python submitter
+    # sees the wrapper's jobs and submits nothing; the driver, run again, keeps every unfinished job.
+    again = run_module("mi_pipeline.submit", "--mode", "resume", "--executor", "slurm", "--config", str(TINY),
+                       "--run-dir", str(run_dir), "--set", "slurm.gpus_per_node=0", timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "submitted job" not in again.stdout, again.stdout
+    assert {s: i["job_id"] for s, i in status(run_dir)["stages"].items()} == ids
+    unfinished = {s for s, i in status(run_dir)["stages"].items() if i["status"] != "done"}
+    assert {"motion", "segmentation"} <= unfinished
+    kept, result = submit_chain(run_dir)
+    finished_meanwhile = {s for s, i in status(run_dir)["stages"].items() if i["status"] == "done"}
+    assert kept.items() <= ids.items(), result.stdout + result.stderr  # nothing new submitted
+    assert set(kept) >= unfinished - finished_meanwhile, result.stderr
+
     log = run_dir / "logs" / "motion" / "train.log"
     wait_for(lambda: "resuming from last.pth" in log.read_text(), 300, "motion to resume")
     round_trip = time.monotonic() - signalled
