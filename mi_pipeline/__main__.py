@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = ("submit", "train", "status", "cancel", "phantom", "evaluate", "predict")
+COMMANDS = ("submit", "train", "status", "cancel", "phantom", "evaluate", "predict", "bench")
 
 
 def main(argv: list[str] | None = None) -> int:
