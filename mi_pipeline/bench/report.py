@@ -95,7 +95,8 @@ def _other_lines(results: dict[str, Any]) -> list[str]:
     if "skipped" in results.get("ddp", {}):
         lines.append(_line("ddp", "skipped", results["ddp"]["skipped"][:60]))
     if "ddp_efficiency" in results:
-        lines.append(_line("DDP 2-process efficiency (motion, gloo)", f"{results['ddp_efficiency']:.3f}"))
+        lines.append(_line("DDP 2-rank efficiency (motion, gloo)", f"{results['ddp_efficiency']:.3f}",
+                           f"vs threads x{results['ddp']['speedup_vs_threads_on_same_cores']:.2f}"))
     for row in results.get("scaling", {}).get("table", []):
         lines.append(_line(f"motion crop {row['crop']} batch {row['batch']}: ms/step",
                            f"{row['step_ms']}", f"x{row['per_sample_vs_base']}/sample"))
@@ -184,8 +185,9 @@ def _md_sentences(results: dict[str, Any]) -> list[str]:
     if "skipped" in d:
         out.append(f"**DDP**: skipped ({d['skipped']}).")
     elif d:
-        out.append(f"**DDP** (motion, gloo): 2 ranks x {d['threads']['2proc_per_rank']} thread(s) vs 1 rank x "
-                   f"{d['threads']['1proc']}: speedup {d['speedup']}, efficiency {d['efficiency']}.")
+        out.append(f"**DDP** (motion, gloo, same global batch): step ms {d['step_ms']}; 2 ranks x 1 thread vs 1 rank "
+                   f"x 1 thread: efficiency {d['efficiency']} (speedup {d['speedup_vs_1thread']}); vs 1 rank using "
+                   f"every core as threads: speedup {d['speedup_vs_threads_on_same_cores']}.")
     return [line for sentence in out for line in (sentence, "")]
 
 

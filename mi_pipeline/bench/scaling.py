@@ -4,9 +4,9 @@ Size table: a minimal loop (forward + loss, backward, AdamW step) of the real mo
 on synthetic image pairs of each (crop, batch); every cell is reported relative to the config's own
 (crop, batch) cell measured in the same repeats, per sample and per pixel.
 
-DDP: the real engine (``fit`` on the motion task), one rank in this process on all cores vs two ranks
-under ``torchrun`` (gloo, CPU) with the cores split between them, the same global batch, alternately.
-Efficiency = (1-process step time / 2-process step time) / 2.
+DDP: the real engine (``fit`` on the motion task), two ranks under ``torchrun`` (gloo, CPU, one thread
+each) vs one rank in this process with one thread (efficiency = T1 / (2 x T2), ideal 1) and with all
+cores as threads (does DDP beat intra-op threads on the same cores?); same global batch, alternately.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from mi_pipeline.bench.engine_overhead import task_for
 from mi_pipeline.bench.probe import run_engine
-from mi_pipeline.bench.timing import clock, median, paired, rotate, sync
+from mi_pipeline.bench.timing import clock, median, rotate, sync
 from mi_pipeline.bench.workspace import Bench, python_module, run_child
 from mi_pipeline.stages import motion
 
@@ -80,28 +80,38 @@ def _two_process_step_s(bench: Bench, tag: str) -> float:
     return float(json.loads(out.read_text())["step_s"])
 
 
-def _one_process_step_s(bench: Bench) -> float:
-    """The same engine run with one rank, in this process, on all cores (saves a torchrun launch per pair)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
+def _one_process_step_s(bench: Bench, threads: int) -> float:
+    """The same engine run with one rank, in this process, on ``threads`` threads (no torchrun launch)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         return run_engine(task_for(bench, "motion"), bench.cfg.motion, bench.folder("ddp") / "1proc", bench.device,
                           bench.cfg.seed, bench.preset.warmup_steps, bench.preset.ddp_steps).step_s
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def ddp(bench: Bench) -> dict[str, Any]:
+    """2 ranks x 1 thread vs 1 rank x 1 thread (strong scaling: efficiency = T1 / (2 x T2), ideal 1), and vs
+    1 rank x all cores (the same cores as threads instead of ranks), in rotated order per repeat."""
     if bench.device.type == "cuda":
         return {"skipped": "DDP scaling is measured on CPU (gloo); one GPU cannot host 2 NCCL ranks"}
+    cores = os.cpu_count() or 1
     runs = count()
-    pairs = paired(lambda: _one_process_step_s(bench), lambda: _two_process_step_s(bench, f"2proc_{next(runs)}"),
-                   bench.preset.ddp_pairs)
-    speedup = 1.0 / pairs.ratio  # ratio = 2-process step / 1-process step
+    variants = {"1rank_1thread": lambda: _one_process_step_s(bench, 1),
+                f"1rank_{cores}threads": lambda: _one_process_step_s(bench, cores),
+                "2ranks_1thread": lambda: _two_process_step_s(bench, f"2proc_{next(runs)}")}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(bench.preset.ddp_repeats):
+        for name in rotate(list(variants), r):
+            times[name].append(variants[name]())
+    one, all_cores, two = (times[name] for name in variants)
+    efficiency = median([a / (2 * b) for a, b in zip(one, two)])
+    vs_threads = median([a / b for a, b in zip(all_cores, two)])
     return {"stage": "motion", "backend": "gloo", "global_batch": bench.cfg.motion.batch_size,
-            "threads": {"1proc": os.cpu_count(), "2proc_per_rank": max(1, (os.cpu_count() or 1) // 2)},
-            "pairs": pairs.to_json(scale=1000, unit="ms"),
-            "speedup": round(speedup, 4), "efficiency": round(speedup / 2, 4)}
+            "step_ms": {name: [round(v * 1000, 2) for v in values] for name, values in times.items()},
+            "efficiency": round(efficiency, 4), "speedup_vs_1thread": round(2 * efficiency, 4),
+            "speedup_vs_threads_on_same_cores": round(vs_threads, 4)}
 
 
 def measure(bench: Bench) -> dict[str, Any]:

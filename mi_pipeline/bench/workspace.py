@@ -38,9 +38,9 @@ class Preset:
     name: str
     data_overrides: tuple[str, ...] = ()  # config --set items for every measurement
     pipeline_overrides: tuple[str, ...] = ()  # extra --set items for the orchestration run (epochs)
-    repeats: int = 5  # interleaved (baseline, subject) pairs for in-process timings
+    repeats: int = 9  # interleaved (baseline, subject) pairs: short and many, as the load drifts in bursts
     warmup_steps: int = 3  # training steps discarded before timing
-    measure_s: float = 2.5  # target seconds per timed training run (steps are calibrated to it)
+    measure_s: float = 1.2  # target seconds per timed training run (steps are calibrated to it)
     min_steps: int = 6
     checkpoint_repeats: int = 15
     cache_repeats: int = 5
@@ -50,7 +50,7 @@ class Preset:
     scaling_base: tuple[int, int] = (64, 8)  # (crop, batch) every cell is compared with
     scaling_steps: int = 4
     scaling_repeats: int = 2
-    ddp_pairs: int = 2
+    ddp_repeats: int = 2
     ddp_steps: int = 12
     profile_steps: int = 4
     slurm: bool = True  # submit a small pipeline to SLURM when sbatch answers
@@ -63,12 +63,12 @@ QUICK = Preset(
     name="quick", data_overrides=SMALL_DATA, pipeline_overrides=ONE_EPOCH,
     repeats=3, warmup_steps=1, measure_s=0.5, min_steps=4, checkpoint_repeats=7, cache_repeats=3, resume_repeats=2,
     scaling_crops=(32, 48), scaling_batches=(4, 8), scaling_base=(48, 8), scaling_steps=3, scaling_repeats=1,
-    ddp_pairs=1, ddp_steps=6, profile_steps=2, slurm=False)
+    ddp_repeats=1, ddp_steps=6, profile_steps=2, slurm=False)
 SMOKE = Preset(
     name="smoke", data_overrides=SMALL_DATA, pipeline_overrides=ONE_EPOCH,
     repeats=1, warmup_steps=1, measure_s=0.1, min_steps=2, checkpoint_repeats=3, cache_repeats=2, resume_repeats=1,
     scaling_crops=(32,), scaling_batches=(2, 4), scaling_base=(32, 4), scaling_steps=2, scaling_repeats=1,
-    ddp_pairs=1, ddp_steps=3, profile_steps=1, slurm=False)
+    ddp_repeats=1, ddp_steps=3, profile_steps=1, slurm=False)
 PRESETS = {p.name: p for p in (FULL, QUICK, SMOKE)}
 
 
