@@ -46,6 +46,15 @@ def test_config_is_frozen() -> None:
         ("motion: [1, 2]\n", "motion must be a mapping"),
         ("seed: true\n", "seed must be an integer"),
         ("motion:\n  epochs: [\n", "is not valid YAML"),
+        # performance switches
+        ("performance:\n  amp: fp8\n", "performance.amp must be one of off | bf16 | fp16, got 'fp8'"),
+        ("motion:\n  amp: half\n", "motion.amp must be one of"),
+        ("performance:\n  num_workers: -1\n", "performance: num_workers must be >= 0"),
+        ("performance:\n  num_workers: 2.5\n", "performance.num_workers must be an integer"),
+        ("performance:\n  prefetch_factor: 0\n", "prefetch_factor must be > 0"),
+        ("performance:\n  compile: maybe\n", "performance.compile must be true or false"),
+        ("performance:\n  workers: 2\n", "unknown key performance.workers"),
+        ("performance: fast\n", "performance must be a mapping"),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path: Path, text: str, expected: str) -> None:
