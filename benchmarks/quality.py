@@ -7,7 +7,9 @@ The test phantom is generated with a seed and acquisition parameters the trainin
 (another matrix size, slice count, frames per cycle, in-plane spacing); every subject also draws
 its own heart size, wall thickness, infarct location/extent/transmurality, noise and breath-hold
 shift. Training resumes an existing run (``submit --mode resume``); ``--fresh`` starts over.
-Exit status 0 when every target of issue 3 is met, 1 otherwise.
+Then ``predict`` runs on every unseen cine alone (no LGE) and its ``report.json`` infarct % is
+compared with the phantom's truth. Exit status 0 when every target of issue 3 is met (evaluate's
+targets, and predict within 5 points on every subject), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,6 +53,19 @@ def _get(result: dict, path: tuple[str, ...]):
     for key in path:
         node = node.get(key) if isinstance(node, dict) else None
     return node
+
+
+def predict_errors(run_dir: Path, test_root: Path, env: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """subject -> (predicted, true) infarct % of LV myocardium, from ``predict`` on the cines alone."""
+    out = run_dir / f"predict_{test_root.name}"
+    subprocess.run([sys.executable, "-m", "mi_pipeline.predict", "--cine", str(test_root), "--out", str(out),
+                    "--run-dir", str(run_dir)], check=True, env=env, capture_output=True, text=True)
+    pairs = {}
+    for folder in sorted(p for p in test_root.iterdir() if p.is_dir()):
+        truth = yaml.safe_load((folder / "info.yaml").read_text())["truth"]["infarct_percent"]
+        report = json.loads((out / folder.name / "report.json").read_text())
+        pairs[folder.name] = (float(report["infarct_percent"]), float(truth))
+    return pairs
 
 
 def main() -> int:
@@ -105,6 +122,20 @@ def main() -> int:
     seg = result.get("segmentation", {})
     print(f"{'segmentation.hd95_mm':36} {seg.get('hd95_mm') or float('nan'):>16.2f}")
     print(f"{'segmentation.fp_infarct_percent':36} {seg.get('fp_infarct_percent') or 0.0:>16.2f}   (no-infarct subjects)")
+
+    pairs = predict_errors(args.run_dir, test_root, env)
+    errors = {name: abs(pred - true) for name, (pred, true) in pairs.items()}
+    within = sum(e <= 5.0 for e in errors.values())
+    mae = sum(errors.values()) / len(errors)
+    print(f"\npredict (cine only): infarct % MAE {mae:.2f} points, {within}/{len(errors)} within 5 points")
+    for name, (pred, true) in pairs.items():
+        if errors[name] > 5.0:
+            print(f"  miss {name}: predicted {pred:.1f} %, truth {true:.1f} %")
+    if args.json:
+        result["predict"] = {"infarct_percent_mae": mae, "within_5_points": within, "subjects": len(errors),
+                             "per_subject": {n: {"predicted": p, "truth": t} for n, (p, t) in pairs.items()}}
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    all_ok &= within == len(errors)
     return 0 if all_ok else 1
 
 

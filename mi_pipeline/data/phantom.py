@@ -12,9 +12,11 @@ Model, per subject (all draws from ``numpy.random.default_rng([seed, index])``):
   cycle), falls during rapid filling and stays 0 during diastasis. Wall thickness grows by the
   fractional thickening ``tf`` times ``c`` and the endocardium moves inward so the myocardial area
   of every angular sector is conserved; an optional apex-vs-base twist;
-* an infarct sector (angle, extent 40-120 deg, transmurality 0.3-1, a range of slices) that barely
-  thickens (akinetic/hypokinetic, tf < 0.08), with a 20 deg hypokinetic border zone outside it,
-  optionally remodelled thinner; about one subject in three has none;
+* an infarct sector (angle, extent 40-120 deg, transmurality 0.3-1, a range of slices) whose scar
+  layer barely thickens (tf < 0.08) while the viable outer layer still thickens, tethered to 70 %
+  of normal: a transmural infarct is akinetic, a subendocardial one hypokinetic, as in patients
+  (thickening falls with transmural extent), so the cine carries the depth of the scar; a 20 deg
+  border zone outside it; optionally remodelled thinner; about one subject in three has none;
 * cine contrast (bright blood, grey myocardium, textured body) and LGE contrast (nulled remote
   myocardium, bright scar, bright-ish blood) with Rician noise and a smooth bias field each;
 * the LGE is the heart in diastasis (``c = 0``, the ED shape) at another breath-hold: a rigid
@@ -38,8 +40,9 @@ import yaml
 
 from mi_pipeline.config import PhantomConfig
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: infarct thickening falls with transmurality
 MARKER = ".phantom.json"
+VIABLE_TETHERING = 0.7  # thickening of viable myocardium over a scar, as a share of remote
 INTENSITY_SCALE = 1000.0  # stored as int16 counts, like scanner magnitude images
 
 
@@ -141,7 +144,9 @@ class _Heart:
         shape = np.sqrt(1 - (0.8 * s) ** 2)
         ri_ed = self.r0 * shape * (1 + self.ell * np.cos(2 * (theta - self.ell_angle)))
         w_ed = self.w0 * (1 - 0.2 * s) * (1 - self.remodel * g)
-        tf = self.tf * (1 + 0.25 * s) * (1 - g) + self.inf_tf * g
+        tf_remote = self.tf * (1 + 0.25 * s)
+        tf_sector = self.inf_tf * self.inf_trans + VIABLE_TETHERING * tf_remote * (1 - self.inf_trans)
+        tf = tf_remote * (1 - g) + tf_sector * g
         w = w_ed * (1 + tf * c)
         area = 2 * ri_ed * w_ed + w_ed**2  # (area / angle) * 2, conserved per sector
         ri = np.maximum((area - w**2) / (2 * w), 1.0)
