@@ -254,6 +254,7 @@ class PerformanceConfig:
     num_workers: int = 0  # background processes building batches (0 = in the training loop)
     pin_memory: bool = False  # page-locked batches, copied to the GPU with non_blocking=True (CUDA)
     prefetch_factor: int = 2  # batches each worker builds ahead (with num_workers > 0)
+    async_checkpoint: bool = True  # write checkpoints on a background thread (engine/checkpoint_writer.py)
 
     def __post_init__(self) -> None:
         _check_amp(self)
@@ -459,7 +460,8 @@ def stage_hash(cfg: Config, stage: str) -> str:
     Of the performance switches only those that change the arithmetic count: each trained section
     carries its resolved ``amp`` (off and fp16 written as the false/true of older versions, so the
     hashes of runs started before amp had modes stay the same), and ``channels_last``/``compile``
-    are added when on. Worker count, pinning and cuDNN autotuning are left out on purpose.
+    are added when on. Worker count, pinning, cuDNN autotuning and background checkpoint writes are
+    left out on purpose.
     """
     full = to_dict(cfg)
     relevant = {"seed": full["seed"], "threads": full["threads"], "deterministic": full["deterministic"]}

@@ -184,9 +184,10 @@ class StepTimes:
 
 
 def manual_steps(task: TrainTask, optim: OptimConfig, device: torch.device, seed: int, warmup: int,
-                 steps: int) -> StepTimes:
+                 steps: int, at_start: Callable[[], None] | None = None) -> StepTimes:
     """The baseline: a minimal hand-written loop over the same model, batches and optimizer
     (build batch, forward + loss, backward, step); the wall and CPU seconds of each steady-state step.
+    ``at_start`` runs inside the first timed step (what a checkpoint save costs the steps after it).
 
     On CUDA nothing inside the loop waits for the GPU (as a minimal loop would not), so only the
     window is timed and every step gets the window's mean.
@@ -201,6 +202,8 @@ def manual_steps(task: TrainTask, optim: OptimConfig, device: torch.device, seed
             sync(device)
         if i >= warmup:
             marks.append(stamp())
+        if i == warmup and at_start is not None:
+            at_start()
         batch = task.make_batch(indices, torch.Generator().manual_seed(batch_seed(seed, epoch, b)), device)
         loss, _ = task.loss(model, batch)
         optimizer.zero_grad(set_to_none=True)

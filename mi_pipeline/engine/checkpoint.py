@@ -2,6 +2,8 @@
 
 Saving is atomic (see fsio); loading uses ``weights_only=True`` so a checkpoint can never run code,
 and every failure becomes one CheckpointError line that names the file and says what to do.
+torch is imported on first use, not with this module: ``status`` and a fresh ``submit`` only need
+the file names and fingerprints here, and importing torch is most of their start-up (~2 s).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from mi_pipeline.errors import CheckpointError
 from mi_pipeline.fsio import atomic_path
@@ -30,6 +31,8 @@ BEST = "best_model.pth"
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically; a failed write (disk full, quota, I/O error) leaves the previous file untouched
     and becomes one CheckpointError line that says why."""
+    import torch
+
     try:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as handle:  # a Python file object: a full disk surfaces as OSError(ENOSPC)
@@ -77,6 +80,8 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict[
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint missing")
     verify_archive(path)
+    import torch
+
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -106,6 +111,8 @@ def file_fingerprint(path: Path) -> str:
 
 
 def capture_rng() -> dict[str, Any]:
+    import torch
+
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -119,6 +126,8 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
+    import torch
+
     torch.set_rng_state(state["torch"])
     np_state = state["numpy"]
     np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from mi_pipeline.config import PerformanceConfig
+from mi_pipeline.engine.determinism import inductor_follows_determinism
 from mi_pipeline.errors import ConfigError
 
 Batch = dict[str, torch.Tensor]
@@ -136,6 +137,7 @@ def to_memory_format(model: nn.Module, perf: PerformanceConfig, device: torch.de
 def compile_model(module: nn.Module, perf: PerformanceConfig, device: torch.device) -> nn.Module:
     if not perf.compile:
         return module
+    inductor_follows_determinism()
     check_compile_works(device)
     return torch.compile(module)
 

@@ -28,6 +28,7 @@ import torch
 from mi_pipeline.config import OptimConfig, PerformanceConfig, resolve_performance
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine import performance
+from mi_pipeline.engine.checkpoint_writer import CheckpointWriter
 from mi_pipeline.engine.distributed import World, wrap_model
 from mi_pipeline.engine.runlog import StageLog
 from mi_pipeline.engine.task import TrainTask
@@ -119,37 +120,57 @@ def fit(task: TrainTask, optim: OptimConfig, ctx: FitContext) -> TrainState:
 
     num_batches = math.ceil(task.num_train_samples() / optim.batch_size)
     builder = BatchBuilder(task, ctx.seed, optim.batch_size, world)
-    with performance.BatchStream(builder, builder.positions(state, optim.epochs), perf, ctx.device) as stream:
-        while state.epoch < optim.epochs:
-            started = time.monotonic()
-            net.train()
-            losses = state.epoch_losses  # saved with a mid-epoch stop: the resumed epoch's train_loss is the same
-            bar = log.progress(num_batches, state.batch, f"epoch {state.epoch + 1}/{optim.epochs}")
-            for batch_index in range(state.batch, num_batches):
-                if builder.keeps(batch_index):  # a remainder too small to give every rank a sample is dropped
-                    batch = stream.next((state.epoch, batch_index))
-                    losses.append(_step(task, net, batch, optimizer, scaler, optim, perf, ctx.device, batch_index))
-                    state.step += 1
-                state.batch = batch_index + 1
-                bar.update(losses[-1] if losses else float("nan"))
-                if world.any(ctx.stop_requested()) and state.batch < num_batches:
-                    bar.close()
-                    stream.close()
-                    if world.is_main:
-                        _save_last(ctx, model, optimizer, scheduler, scaler, state, upstream, optim.epochs, {})
-                        log.info(f"stop requested: saved exact position (epoch {state.epoch + 1}, "
-                                 f"batch {state.batch}/{num_batches})")
-                    world.barrier()
+    writer = CheckpointWriter(background=perf.async_checkpoint)
+    saver = _Saver(ctx, writer, model, optimizer, scheduler, scaler, upstream, optim.epochs)
+    try:
+        with performance.BatchStream(builder, builder.positions(state, optim.epochs), perf, ctx.device) as stream:
+            while state.epoch < optim.epochs:
+                started = time.monotonic()
+                losses = _train_epoch(task, net, optim, perf, ctx, state, builder, stream, optimizer, scaler, saver,
+                                      num_batches)
+                metrics = _end_epoch(task, model, ctx, state, scheduler, losses, started)
+                if world.is_main:
+                    saver.record_epoch(task, state, metrics)
+                world.barrier()
+                if world.any(ctx.stop_requested()) and state.epoch < optim.epochs:
+                    writer.flush()
+                    log.info(f"stop requested: stopping after epoch {state.epoch} (checkpoint saved)")
                     raise Interrupted(state)
-            bar.close()
-            metrics = _end_epoch(task, model, ctx, state, scheduler, losses, started)
-            if world.is_main:
-                _record_epoch(task, model, optimizer, scheduler, scaler, ctx, state, upstream, optim.epochs, metrics)
-            world.barrier()
-            if world.any(ctx.stop_requested()) and state.epoch < optim.epochs:
-                log.info(f"stop requested: stopping after epoch {state.epoch} (checkpoint saved)")
-                raise Interrupted(state)
+        writer.flush()
+    finally:
+        writer.close()
     return state
+
+
+def _train_epoch(task: TrainTask, net: torch.nn.Module, optim: OptimConfig, perf: PerformanceConfig, ctx: FitContext,
+                 state: TrainState, builder: BatchBuilder, stream: performance.BatchStream,
+                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, saver: _Saver,
+                 num_batches: int) -> list[float]:
+    """The rest of epoch ``state.epoch`` from batch ``state.batch``; returns the epoch's batch losses.
+    A stop request saves the exact position (mid-epoch) and raises Interrupted."""
+    net.train()
+    losses = state.epoch_losses  # saved with a mid-epoch stop: the resumed epoch's train_loss is the same
+    bar = ctx.log.progress(num_batches, state.batch, f"epoch {state.epoch + 1}/{optim.epochs}")
+    for batch_index in range(state.batch, num_batches):
+        if builder.keeps(batch_index):  # a remainder too small to give every rank a sample is dropped
+            batch = stream.next((state.epoch, batch_index))
+            losses.append(_step(task, net, batch, optimizer, scaler, optim, perf, ctx.device, batch_index))
+            state.step += 1
+        state.batch = batch_index + 1
+        bar.update(losses[-1] if losses else float("nan"))
+        saver.writer.poll()  # epoch lines and record updates of checkpoints now on disk
+        if ctx.world.any(ctx.stop_requested()) and state.batch < num_batches:
+            bar.close()
+            stream.close()
+            if ctx.world.is_main:
+                saver.last(state, {})
+                saver.writer.flush()
+                ctx.log.info(f"stop requested: saved exact position (epoch {state.epoch + 1}, "
+                             f"batch {state.batch}/{num_batches})")
+            ctx.world.barrier()
+            raise Interrupted(state)
+    bar.close()
+    return losses
 
 
 class BatchBuilder:
@@ -204,22 +225,6 @@ def _step(task: TrainTask, net: torch.nn.Module, batch: dict[str, torch.Tensor],
     return loss.item()
 
 
-def _record_epoch(task: TrainTask, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                  scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, ctx: FitContext,
-                  state: TrainState, upstream: dict[str, str], epochs: int, metrics: dict[str, float]) -> None:
-    """Best, then the metrics line, then last: last.pth is the commit point. A crash before it redoes
-    the epoch (resume drops metrics lines past last.pth's epoch) and reaches the same files; appending
-    the metrics after last.pth would lose the epoch's line to a crash between the two."""
-    improved = _is_better(metrics.get(task.metric_name), state.best_metric, task.higher_is_better)
-    if improved:
-        state.best_metric, state.best_epoch = metrics[task.metric_name], state.epoch
-        _save_best(ctx, task, model, state, upstream, metrics)
-    ctx.log.epoch_metrics({"epoch": state.epoch, "step": state.step, "best": improved, **metrics})
-    _save_last(ctx, model, optimizer, scheduler, scaler, state, upstream, epochs, metrics)
-    ctx.log.info(_epoch_line(state, epochs, task.metric_name, metrics, improved))
-    ctx.on_epoch(state, metrics)
-
-
 def _end_epoch(task: TrainTask, model: torch.nn.Module, ctx: FitContext, state: TrainState,
                scheduler: torch.optim.lr_scheduler.LRScheduler, losses: list[float], started: float) -> dict[str, float]:
     """Validate (rank 0), advance the schedule and the counters; return the epoch's metrics."""
@@ -256,24 +261,55 @@ def _epoch_line(state: TrainState, epochs: int, metric_name: str, metrics: dict[
 # --- checkpoints ------------------------------------------------------------------------------
 
 
-def _save_best(ctx: FitContext, task: TrainTask, model: torch.nn.Module, state: TrainState,
-               upstream: dict[str, str], metrics: dict[str, float]) -> None:
-    ckpt.save_checkpoint(ctx.ckpt_dir / ckpt.BEST, {
-        "kind": "best", "stage": task.name, "model": model.state_dict(), "epoch": state.epoch,
-        "metric_name": task.metric_name, "metric": metrics[task.metric_name], "metrics": metrics,
-        "config_hash": ctx.config_hash, "config": ctx.config, "upstream": upstream,
-    })
+class _Saver:
+    """The stage's two checkpoint files, written through the writer (rank 0 only)."""
 
+    def __init__(self, ctx: FitContext, writer: CheckpointWriter, model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                 scaler: torch.amp.GradScaler, upstream: dict[str, str], epochs: int) -> None:
+        self.ctx, self.writer, self.model, self.optimizer = ctx, writer, model, optimizer
+        self.scheduler, self.scaler, self.upstream, self.epochs = scheduler, scaler, upstream, epochs
 
-def _save_last(ctx: FitContext, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
-               state: TrainState, upstream: dict[str, str], epochs: int, metrics: dict[str, float]) -> None:
-    ckpt.save_checkpoint(ctx.ckpt_dir / ckpt.LAST, {
-        "kind": "last", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-        "state": dataclasses.asdict(state), "epochs": epochs, "finished": state.epoch >= epochs,
-        "config_hash": ctx.config_hash, "upstream": upstream, "metrics": metrics, "rng": ckpt.capture_rng(),
-    })
+    def record_epoch(self, task: TrainTask, state: TrainState, metrics: dict[str, float]) -> None:
+        """The metrics line, then best, then last: last.pth is the commit point. A crash before it is
+        durable redoes the epoch (resume drops metrics lines past last.pth's epoch) and reaches the same
+        files; appending the metrics after last.pth would lose the epoch's line to a crash between the
+        two. The epoch's log line and ``on_epoch`` (the progress record) wait until last.pth is on disk."""
+        ctx = self.ctx
+        improved = _is_better(metrics.get(task.metric_name), state.best_metric, task.higher_is_better)
+        if improved:
+            state.best_metric, state.best_epoch = metrics[task.metric_name], state.epoch
+        ctx.log.epoch_metrics({"epoch": state.epoch, "step": state.step, "best": improved, **metrics})
+        done = dataclasses.replace(state, epoch_losses=[])
+        line = _epoch_line(done, self.epochs, task.metric_name, metrics, improved)
+
+        def committed() -> None:
+            ctx.log.info(line)
+            ctx.on_epoch(done, metrics)
+
+        best = [(ctx.ckpt_dir / ckpt.BEST, self.best_payload(task, state, metrics), None)] if improved else []
+        self.writer.save_all([*best, (ctx.ckpt_dir / ckpt.LAST, self.last_payload(state, metrics), committed)])
+
+    def last(self, state: TrainState, metrics: dict[str, float]) -> None:
+        """Only last.pth (a stop in the middle of an epoch: its exact position)."""
+        self.writer.save(self.ctx.ckpt_dir / ckpt.LAST, self.last_payload(state, metrics))
+
+    def best_payload(self, task: TrainTask, state: TrainState, metrics: dict[str, float]) -> dict[str, Any]:
+        ctx = self.ctx
+        return {
+            "kind": "best", "stage": task.name, "model": self.model.state_dict(), "epoch": state.epoch,
+            "metric_name": task.metric_name, "metric": metrics[task.metric_name], "metrics": metrics,
+            "config_hash": ctx.config_hash, "config": ctx.config, "upstream": self.upstream,
+        }
+
+    def last_payload(self, state: TrainState, metrics: dict[str, float]) -> dict[str, Any]:
+        ctx = self.ctx
+        return {
+            "kind": "last", "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "state": dataclasses.asdict(state), "epochs": self.epochs, "finished": state.epoch >= self.epochs,
+            "config_hash": ctx.config_hash, "upstream": self.upstream, "metrics": metrics, "rng": ckpt.capture_rng(),
+        }
 
 
 def _resume(ctx: FitContext, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
