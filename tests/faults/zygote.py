@@ -20,7 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import engine_runner  # noqa: E402  (imports torch and the engine before any fork)
-import torch._inductor  # noqa: E402,F401  (what torch.use_deterministic_algorithms imports: ~3 s per run)
 
 
 def child(request: dict) -> int:
