@@ -20,4 +20,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mi_pipeline.cli import exit_process
+
+    exit_process(main())

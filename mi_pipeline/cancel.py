@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mi_pipeline.cli import command_parser, run_main
+from mi_pipeline.cli import command_parser, exit_process, run_main
 from mi_pipeline.progress import ProgressFile
 from mi_pipeline.slurm_executor import cancel_jobs
 
@@ -20,4 +20,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    exit_process(run_main(main))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -50,3 +51,15 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def exit_process(code: int) -> NoReturn:
+    """``sys.exit`` for a command run as a process (``__main__`` only, never in-process callers).
+
+    Why: at exit Python runs one last garbage collection over every live object; with torch and
+    MONAI loaded that walk takes 1-1.5 s (measured), paid by each stage of every pipeline run.
+    ``gc.freeze()`` skips it; files, atexit handlers and threads are still finalised as usual.
+    """
+    gc.freeze()
+    sys.exit(code)
+

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from mi_pipeline import metrics
-from mi_pipeline.cli import command_parser, run_main
+from mi_pipeline.cli import command_parser, exit_process, run_main
 from mi_pipeline.config import Config, load_config
 from mi_pipeline.data import cache
 from mi_pipeline.data.cache import Subject
@@ -303,4 +303,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    exit_process(run_main(main))

@@ -33,7 +33,7 @@ from torch import nn
 
 from mi_pipeline import config as config_mod
 from mi_pipeline import metrics, qc
-from mi_pipeline.cli import command_parser, run_main
+from mi_pipeline.cli import command_parser, exit_process, run_main
 from mi_pipeline.config import Config, load_config
 from mi_pipeline.data.cache import Subject
 from mi_pipeline.data.generic import RawSubject
@@ -302,4 +302,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    exit_process(run_main(main))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mi_pipeline import STAGES
-from mi_pipeline.cli import command_parser, run_main
+from mi_pipeline.cli import command_parser, exit_process, run_main
 from mi_pipeline.layout import RunLayout, inspect_stage, rebuild_records
 from mi_pipeline.progress import ProgressFile, StageRecord
 
@@ -129,4 +129,4 @@ def render(report: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    exit_process(run_main(main))

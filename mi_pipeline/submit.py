@@ -10,7 +10,7 @@ import shutil
 import sys
 
 from mi_pipeline import MODEL_STAGES
-from mi_pipeline.cli import add_run_options, command_parser, load_run_config, run_main
+from mi_pipeline.cli import add_run_options, command_parser, exit_process, load_run_config, run_main
 from mi_pipeline.data.prepare import data_is_prepared
 from mi_pipeline.errors import UserError
 from mi_pipeline.executors import StageCommand, resolve_executor, run_local
@@ -153,4 +153,4 @@ def _record_skips(steps: list[Step], progress_file: ProgressFile) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    exit_process(run_main(main))

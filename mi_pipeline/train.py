@@ -15,7 +15,7 @@ import traceback
 import torch
 
 from mi_pipeline import STAGES
-from mi_pipeline.cli import add_run_options, command_parser, load_run_config, run_main
+from mi_pipeline.cli import add_run_options, command_parser, exit_process, load_run_config, run_main
 from mi_pipeline.config import Config, stage_hash, to_dict
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.determinism import pick_device, setup_determinism
@@ -217,4 +217,4 @@ def _stale_against_upstream(stage: str, layout: RunLayout, upstream: dict[str, s
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    exit_process(run_main(main))
