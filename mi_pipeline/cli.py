@@ -62,4 +62,3 @@ def exit_process(code: int) -> NoReturn:
     """
     gc.freeze()
     sys.exit(code)
-
