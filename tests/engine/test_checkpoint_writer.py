@@ -73,11 +73,15 @@ def test_foreground_writer_has_written_when_save_returns(tmp_path: Path) -> None
 
 
 def _fit(run_dir: Path, background: bool, on_epoch=lambda state, metrics: None) -> TrainState:
-    torch.set_num_threads(1)
     ctx = FitContext(ckpt_dir=run_dir / "checkpoints" / "toy", log=StageLog(run_dir / "logs" / "toy", "toy"), seed=7,
                      config_hash="toyhash", config={}, device=torch.device("cpu"),
                      performance=PerformanceConfig(async_checkpoint=background), on_epoch=on_epoch)
-    return fit(ToyTask(), OptimConfig(epochs=4, batch_size=8, lr=1e-2), ctx)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # both runs alike; the worker's setting is restored for later tests
+    try:
+        return fit(ToyTask(), OptimConfig(epochs=4, batch_size=8, lr=1e-2), ctx)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_engine_reports_an_epoch_only_after_its_last_pth_and_writes_the_same_files(tmp_path: Path,
