@@ -26,7 +26,7 @@ import torch
 
 from mi_pipeline.bench.engine_overhead import task_for
 from mi_pipeline.bench.probe import calibrated_steps, manual_steps, median_ms
-from mi_pipeline.bench.timing import clock, median, paired, sync, timed
+from mi_pipeline.bench.timing import Paired, clock, median, paired, sync, timed
 from mi_pipeline.bench.workspace import TRAINED_STAGES, Bench, filesystem_of
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.checkpoint_writer import CheckpointWriter
@@ -73,7 +73,7 @@ class _Saves:
         self.writer.save_all([(self.folder / name, payload, None) for name, payload in self.payloads.items()])
 
 
-def _extra_epoch_s(bench: Bench, stage: str, saves: _Saves, steps: int, repeats: int):
+def _extra_epoch_s(bench: Bench, stage: str, saves: _Saves, steps: int, repeats: int) -> Paired:
     """Pairs of (steps alone, saves + the same steps + waiting for the write) in seconds."""
     probe = task_for(bench, stage)
     optim, seed = getattr(bench.cfg, stage), bench.cfg.seed

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,21 +180,22 @@ def _md_sentences(results: dict[str, Any]) -> list[str]:
     if o:
         out.append(f"**Local pipeline**: {o['wall_s']} s wall; the stages' own times {o['stage_s']} (sum "
                    f"{o['stages_sum_s']} s); the epochs' own seconds {o['epochs_s']}.")
-    s = results.get("slurm", {})
-    if "skipped" in s:
-        out.append(f"**SLURM**: skipped ({s['skipped']}).")
-    elif s:
-        out.append(f"**SLURM** (sacct, 1 s resolution): submit -> start {s['submit_to_start_s']} s; upstream end -> "
-                   f"dependant start {s['dependency_release_s']}; wall {s['wall_s']} s vs critical path "
-                   f"{s['critical_path_s']} s.")
-    d = results.get("ddp", {})
-    if "skipped" in d:
-        out.append(f"**DDP**: skipped ({d['skipped']}).")
-    elif d:
-        out.append(f"**DDP** (motion, gloo, same global batch): step ms {d['step_ms']}; 2 ranks x 1 thread vs 1 rank "
-                   f"x 1 thread: efficiency {d['efficiency']} (speedup {d['speedup_vs_1thread']}); vs 1 rank using "
-                   f"every core as threads: speedup {d['speedup_vs_threads_on_same_cores']}.")
-    return [line for sentence in out for line in (sentence, "")]
+    out.append(_section_sentence("SLURM", results.get("slurm", {}), lambda s: (
+        f"**SLURM** (sacct, 1 s resolution): submit -> start {s['submit_to_start_s']} s; upstream end -> "
+        f"dependant start {s['dependency_release_s']}; wall {s['wall_s']} s vs critical path "
+        f"{s['critical_path_s']} s.")))
+    out.append(_section_sentence("DDP", results.get("ddp", {}), lambda d: (
+        f"**DDP** (motion, gloo, same global batch): step ms {d['step_ms']}; 2 ranks x 1 thread vs 1 rank "
+        f"x 1 thread: efficiency {d['efficiency']} (speedup {d['speedup_vs_1thread']}); vs 1 rank using "
+        f"every core as threads: speedup {d['speedup_vs_threads_on_same_cores']}.")))
+    return [line for sentence in out if sentence for line in (sentence, "")]
+
+
+def _section_sentence(title: str, section: dict[str, Any], describe: Callable[[dict[str, Any]], str]) -> str:
+    """A section that may have been skipped: its reason, or ``describe(section)``, or "" when absent."""
+    if "skipped" in section:
+        return f"**{title}**: skipped ({section['skipped']})."
+    return describe(section) if section else ""
 
 
 def _md_rest(results: dict[str, Any]) -> list[str]:
