@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from mi_pipeline.errors import ConfigError
+from mi_pipeline.stages.graph import MODEL_STAGES, config_sections
 
 # Mixed precision: off (float32), bf16 (bfloat16 autocast, no loss scaling) or fp16 (float16 autocast +
 # GradScaler). YAML reads a bare ``off`` as false, and configs before this version wrote ``amp: true``,
@@ -218,7 +219,7 @@ class SlurmConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ContainerConfig:
-    """Run every SLURM stage job inside an Apptainer/Singularity image (see mi_pipeline/container.py).
+    """Run every SLURM stage job inside an Apptainer/Singularity image (see mi_pipeline/orchestration/container.py).
 
     With ``image`` empty (the default) jobs run with the submitter's own Python. The run root, the
     config file's folder and ``data.root`` are bound automatically; ``binds`` adds more.
@@ -231,9 +232,7 @@ class ContainerConfig:
     extra_args: tuple[str, ...] = ()  # more "<runtime> exec" options, e.g. "--nvccli" or "--env=A=b"
 
     def __post_init__(self) -> None:
-        from mi_pipeline.container import validate_container_config  # one place for the rules
-
-        validate_container_config(self)
+        _check_container(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -291,17 +290,43 @@ def resolve_performance(perf: PerformanceConfig, optim: OptimConfig) -> Performa
     return perf if optim.amp is None or optim.amp == perf.amp else dataclasses.replace(perf, amp=optim.amp)
 
 
-# Which config sections each stage's result depends on (its own plus upstream stages').
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "data": ("data",),
-    "motion": ("data", "motion"),
-    "registration": ("data", "registration"),
-    "segmentation": ("data", "motion", "registration", "segmentation"),
-}
+#: ``exec`` options that would break a job: they drop SLURM_* variables, which submitit needs.
+FORBIDDEN_CONTAINER_ARGS = ("--cleanenv", "-e", "--containall", "-C")
+CONTAINER_BIND_OPTIONS = ("ro", "rw")
 
 
-# Stages whose training loop the performance switches apply to.
-PERFORMANCE_STAGES = ("motion", "registration", "segmentation")
+def _check_container(c: ContainerConfig) -> None:
+    """Raise ValueError (turned into a ConfigError naming the key) for an unusable ``container`` section."""
+    for name, value in (("image", c.image), *((f"binds[{i}]", b) for i, b in enumerate(c.binds)),
+                        *((f"extra_args[{i}]", a) for i, a in enumerate(c.extra_args))):
+        if any(ch in value for ch in "\n\r\0"):
+            raise ValueError(f"{name} must be one line, got {value!r}")
+    if c.image.startswith("-"):
+        raise ValueError(f"image must be a path to a .sif file, got {c.image!r}")
+    if "://" in c.image:
+        raise ValueError(f"image must be a local .sif file (build one first: apptainer build mi_pipeline.sif "
+                         f"apptainer.def), got {c.image!r}")
+    for i, spec in enumerate(c.binds):
+        _check_bind(spec, f"binds[{i}]")
+    for i, arg in enumerate(c.extra_args):
+        if not arg.startswith("-"):
+            raise ValueError(f"extra_args[{i}] must be an option starting with '-', got {arg!r} "
+                             f"(give an option's value in the same item: '--opt=value')")
+        if arg.split("=", 1)[0] in FORBIDDEN_CONTAINER_ARGS:
+            raise ValueError(f"extra_args[{i}] {arg!r} would drop the SLURM_* environment the job needs")
+    if (c.binds or c.extra_args) and not c.image:
+        raise ValueError("binds / extra_args are set but image is empty (no container would be used)")
+
+
+def _check_bind(spec: str, name: str) -> None:
+    parts = spec.split(":")
+    if "," in spec or not 1 <= len(parts) <= 3:
+        raise ValueError(f"{name} must be one mount 'src[:dest[:ro|rw]]' (one list item each), got {spec!r}")
+    for part in parts[:2]:
+        if not part.startswith("/"):
+            raise ValueError(f"{name}: paths must be absolute, got {spec!r}")
+    if len(parts) == 3 and parts[2] not in CONTAINER_BIND_OPTIONS:
+        raise ValueError(f"{name}: option must be one of {'|'.join(CONTAINER_BIND_OPTIONS)}, got {spec!r}")
 
 
 def _positive(obj: object, *names: str) -> None:
@@ -465,14 +490,15 @@ def stage_hash(cfg: Config, stage: str) -> str:
     """
     full = to_dict(cfg)
     relevant = {"seed": full["seed"], "threads": full["threads"], "deterministic": full["deterministic"]}
-    relevant.update({section: full[section] for section in STAGE_SECTIONS[stage]})
-    for section in STAGE_SECTIONS[stage]:
+    sections = config_sections(stage)
+    relevant.update({section: full[section] for section in sections})
+    for section in sections:
         if "amp" in relevant[section]:
             amp = cfg.performance_for(section).amp
             relevant[section] = {**relevant[section], "amp": {"off": False, "fp16": True}.get(amp, amp)}
     perf = cfg.performance
     numeric = {name: True for name in ("channels_last", "compile") if getattr(perf, name)}
-    if numeric and stage in PERFORMANCE_STAGES:
+    if numeric and stage in MODEL_STAGES:
         relevant["performance"] = numeric
     blob = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

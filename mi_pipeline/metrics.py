@@ -1,6 +1,6 @@
 """Quality measures of DESIGN.md §7, as the field computes them.
 
-MONAI provides Dice (``compute_dice``), the 95th-percentile Hausdorff distance in mm
+Dice is counted exactly here (checked against MONAI's ``compute_dice``); MONAI provides the 95th-percentile Hausdorff distance in mm
 (``compute_hausdorff_distance`` with ``spacing``) and ROC AUC (``compute_roc_auc``); they are used
 as they are. What MONAI has no notion of is written here and checked against independent
 implementations in ``tests/test_metrics.py``: infarct size as % of myocardium, the AHA 16-segment
@@ -36,15 +36,23 @@ def _onehot(mask: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
 
 
-def dice(pred: np.ndarray, truth: np.ndarray) -> float | None:
-    """Dice of two boolean masks (MONAI ``compute_dice``); None when both are empty."""
-    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
-    if not pred.any() and not truth.any():
-        return None
-    from monai.metrics import compute_dice
+def dice(pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor) -> float | None:
+    """Dice of two boolean masks (numpy or torch, any shape); None when both are empty (undefined).
 
-    value = compute_dice(_onehot(pred), _onehot(truth), include_background=True, ignore_empty=False)
-    return float(value.reshape(-1)[0])
+    Counted exactly (2|A∩B| / (|A|+|B|)), so validation metrics that pick a best model do not
+    depend on float rounding; ``tests/test_metrics.py`` checks it against MONAI's ``compute_dice``.
+    """
+    p, t = _as_bool(pred), _as_bool(truth)
+    total = int(p.sum()) + int(t.sum())
+    if total == 0:
+        return None
+    return 2.0 * int((p & t).sum()) / total
+
+
+def _as_bool(mask: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(mask, torch.Tensor):
+        return mask.detach().cpu().bool().numpy()
+    return np.asarray(mask, bool)
 
 
 def hd95_mm(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float | None:

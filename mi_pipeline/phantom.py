@@ -1,54 +1,10 @@
-"""``python -m mi_pipeline.phantom --out DIR``: write the synthetic dataset in the generic layout.
+"""``python -m mi_pipeline.phantom``: kept as an entry point; the command lives in ``mi_pipeline/cli/phantom.py``."""
 
-For trying the pipeline, or a site's tooling, without real data. Same generator as
-``data.format: phantom``; the same arguments give the same voxel arrays.
-"""
+from mi_pipeline.cli.phantom import main
 
-from __future__ import annotations
-
-import argparse
-import sys
-import time
-from pathlib import Path
-
-from mi_pipeline.cli import command_parser
-from mi_pipeline.config import PhantomConfig
-from mi_pipeline.data.phantom import generate_dataset
-from mi_pipeline.errors import UserError
-
-
-def _parser() -> argparse.ArgumentParser:
-    d = PhantomConfig()
-    p = command_parser("phantom", __doc__)
-    p.add_argument("--out", required=True, type=Path, help="dataset folder to write (<out>/<subject>/...)")
-    p.add_argument("--subjects", type=int, default=d.subjects, help=f"number of subjects (default {d.subjects})")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
-    p.add_argument("--size", type=int, default=d.size, help=f"in-plane matrix (default {d.size})")
-    p.add_argument("--slices", type=int, default=d.slices, help=f"short-axis slices (default {d.slices})")
-    p.add_argument("--frames", type=int, default=d.frames, help=f"frames per cycle (default {d.frames})")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        params = PhantomConfig(subjects=args.subjects, seed=args.seed, size=args.size, slices=args.slices,
-                               frames=args.frames)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    start = time.monotonic()
-    try:
-        ids = generate_dataset(args.out, params)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except OSError as exc:
-        print(f"error: {args.out}: cannot write ({exc.strerror or exc})", file=sys.stderr)
-        return 2
-    print(f"wrote {len(ids)} subject(s) to {args.out} in {time.monotonic() - start:.1f} s")
-    return 0
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mi_pipeline.cli.common import exit_process, run_main
+
+    exit_process(run_main(main))

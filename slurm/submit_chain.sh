@@ -19,8 +19,7 @@
 # are done are skipped, and a stage whose job is still pending or running is kept (its job id
 # becomes the dependency) rather than submitted twice. The job ids go into .training_progress, so
 # `python -m mi_pipeline status` and `cancel` see them. That needs mi_pipeline importable by
-# MI_PYTHON (or inside MI_CONTAINER) here; where it is not, all four stages are submitted and the
-# jobs record themselves when they start.
+# MI_PYTHON (or inside MI_CONTAINER) here; where it is not, the script says so and submits nothing.
 #
 # Environment: MI_CONTAINER, MI_RUNTIME, MI_NV, MI_PYTHON, MAX_REQUEUES as in run_stage.sbatch
 # (they reach the jobs through sbatch's default --export=ALL).
@@ -56,82 +55,20 @@ else
     read -r -a PYTHON_CMD <<<"${MI_PYTHON:-python}"
 fi
 
-# The helper speaks two commands: "plan CONFIG RUN_DIR" prints one line per stage
-# ("run STAGE RESTART(0|1) RECORDED_JOB_ID|- reason" or "skip STAGE reason");
-# "record RUN_DIR NOTE STAGE=JOBID..." stores submitted jobs. Exit status 3: mi_pipeline not importable.
-read -r -d '' HELPER <<'PY' || true
-import sys
-from pathlib import Path
-
-try:
-    from mi_pipeline.errors import UserError
-    from mi_pipeline.progress import ProgressFile, now
-except ImportError as exc:
-    print(f"mi_pipeline is not importable here ({exc})", file=sys.stderr)
-    sys.exit(3)
-
-command, *args = sys.argv[1:]
-try:
-    if command == "plan":
-        from mi_pipeline.config import load_config
-        from mi_pipeline.data.prepare import data_is_prepared
-        from mi_pipeline.layout import RunLayout, rebuild_records
-        from mi_pipeline.plan import make_plan
-
-        cfg = load_config(args[0])
-        root = Path(args[1])
-        layout = RunLayout(root)
-        progress = ProgressFile(root, inspect_disk=lambda: rebuild_records(layout)).read()
-        steps = make_plan("resume", layout, progress, data_ready=data_is_prepared(cfg, root))
-        for step in steps:
-            record = progress.stages[step.stage]
-            if not step.run:
-                print("skip", step.stage, step.reason)
-            else:
-                job = record.job_id if record.executor == "slurm" and record.job_id else "-"
-                print("run", step.stage, int(step.restart), job, step.reason)
-    elif command == "record":
-        root, note, pairs = Path(args[0]), args[1], args[2:]
-
-        def on_disk():  # only for a corrupted record (layout imports torch: slow)
-            from mi_pipeline.layout import RunLayout, rebuild_records
-
-            return rebuild_records(RunLayout(root))
-
-        with ProgressFile(root, inspect_disk=on_disk).update() as record:
-            for stage, _, job_id in (pair.partition("=") for pair in pairs):
-                entry = record.stages[stage]
-                entry.status, entry.executor, entry.job_id, entry.error, entry.note, entry.updated = (
-                    "pending", "slurm", job_id, None, note, now())
-    else:
-        raise SystemExit(f"unknown helper command {command!r}")
-except UserError as exc:
-    print(f"error: {exc}", file=sys.stderr)
-    sys.exit(2)
-PY
-
-helper() { "${PYTHON_CMD[@]}" -c "$HELPER" "$@"; }
-
-have_record=1
-if plan=$(helper plan "$CONFIG" "$RUN_DIR"); then
-    :
-else
-    status=$?
-    if ((status != 3 && status != 126 && status != 127)); then # 3: no mi_pipeline; 126/127: no python
-        echo "error: cannot plan the run (see above); nothing submitted" >&2
-        exit "$status"
-    fi
-    echo "warning: cannot read the progress record with '${PYTHON_CMD[*]}': submitting all four stages" >&2
-    have_record=0
-    plan=$'run data 0 -\nrun motion 0 -\nrun registration 0 -\nrun segmentation 0 -'
+# Everything this script needs to know -- the plan, which recorded jobs are still live, what each
+# stage waits on, recording the submitted ids -- comes from mi_pipeline itself
+# (`python -m mi_pipeline chain ...`), inside MI_CONTAINER when set, so no rule is copied here.
+chain() { "${PYTHON_CMD[@]}" -m mi_pipeline chain "$@"; }
+if ! "${PYTHON_CMD[@]}" -c "import mi_pipeline" 2>/dev/null; then
+    echo "error: '${PYTHON_CMD[*]}' cannot import mi_pipeline: set MI_PYTHON to an interpreter that has it, or MI_CONTAINER to the image; nothing submitted" >&2
+    exit 1
+fi
+if ! plan=$(chain plan "$CONFIG" "$RUN_DIR"); then
+    echo "error: cannot plan the run (see above); nothing submitted" >&2
+    exit 1
 fi
 
-# Job states during which a recorded job still counts as the stage's job (as the Python submitter's).
-ACTIVE_STATES=" PENDING RUNNING REQUEUED REQUEUE_HOLD REQUEUE_FED CONFIGURING COMPLETING RESIZING SUSPENDED SIGNALING STAGE_OUT PREEMPTED "
-job_state() { squeue -h -j "$1" -o %T 2>/dev/null | head -n 1 || true; }
-
 declare -A job_of=()
-declare -A upstream=([data]="" [motion]="data" [registration]="data" [segmentation]="motion registration")
 held=()
 
 # Jobs are submitted held and released together once their ids are in the progress record, so a
@@ -153,11 +90,11 @@ release_held() {
 }
 trap release_held EXIT
 
-# submit STAGE RESTART -> prints the job id
+# submit STAGE RESTART UPSTREAM(comma-separated stages or -) -> prints the job id
 submit() {
-    local stage=$1 restart=$2 deps=() up out
-    for up in ${upstream[$stage]}; do
-        if [[ -n "${job_of[$up]:-}" ]]; then deps+=("${job_of[$up]}"); fi
+    local stage=$1 restart=$2 ups=$3 deps=() up out
+    for up in ${ups//,/ }; do
+        if [[ "$up" != - && -n "${job_of[$up]:-}" ]]; then deps+=("${job_of[$up]}"); fi
     done
     local dep_opts=()
     if ((${#deps[@]})); then
@@ -176,17 +113,15 @@ while read -r action stage rest; do
     skip)
         echo "$stage skipped: $rest" >&2
         ;;
+    keep)
+        read -r job state _ <<<"$rest"
+        job_of[$stage]=$job
+        echo "$stage $job (already $state: kept, no duplicate submitted)" >&2
+        echo "$stage $job"
+        ;;
     run)
-        read -r restart recorded _ <<<"$rest"
-        state=""
-        if [[ "$recorded" != - ]]; then state=$(job_state "$recorded"); fi
-        if [[ -n "$state" && "$ACTIVE_STATES" == *" $state "* ]]; then
-            job_of[$stage]=$recorded
-            echo "$stage $recorded (already $state: kept, no duplicate submitted)" >&2
-            echo "$stage $recorded"
-            continue
-        fi
-        job=$(submit "$stage" "$restart")
+        read -r restart ups _ <<<"$rest"
+        job=$(submit "$stage" "$restart" "$ups")
         job_of[$stage]=$job
         held+=("$job")
         submitted+=("$stage=$job")
@@ -195,8 +130,8 @@ while read -r action stage rest; do
     esac
 done <<<"$plan"
 
-if ((${#submitted[@]})) && ((have_record)); then
-    helper record "$RUN_DIR" "submitted by slurm/submit_chain.sh" "${submitted[@]}" ||
+if ((${#submitted[@]})); then
+    chain record-jobs "$RUN_DIR" "submitted by slurm/submit_chain.sh" "${submitted[@]}" ||
         echo "warning: could not record ${submitted[*]} in the progress record" >&2
 fi
 release_held

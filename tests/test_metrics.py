@@ -18,15 +18,22 @@ def _blob(rng: np.random.Generator, shape=(4, 24, 24)) -> np.ndarray:
     return noise > np.percentile(noise, 80)
 
 
-def test_dice_matches_numpy() -> None:
+@pytest.mark.parametrize("as_array", [np.asarray, torch.from_numpy], ids=["numpy", "torch"])
+def test_dice_matches_numpy_and_monai(as_array) -> None:
+    """One Dice for evaluation and for the stages' validation: exact counts, MONAI's value, None when undefined."""
+    from monai.metrics import compute_dice
+
     rng = np.random.default_rng(0)
     for _ in range(5):
         a, b = _blob(rng), _blob(rng)
         ref = 2 * (a & b).sum() / (a.sum() + b.sum())
-        assert metrics.dice(a, b) == pytest.approx(ref, abs=1e-6)
+        monai = float(compute_dice(torch.from_numpy(a[None, None].astype(np.float32)),
+                                   torch.from_numpy(b[None, None].astype(np.float32)), include_background=True))
+        assert metrics.dice(as_array(a), as_array(b)) == pytest.approx(ref, abs=1e-12)
+        assert metrics.dice(as_array(a), as_array(b)) == pytest.approx(monai, abs=1e-6)
     empty = np.zeros((2, 4, 4), bool)
-    assert metrics.dice(empty, empty) is None
-    assert metrics.dice(empty, ~empty) == 0.0
+    assert metrics.dice(as_array(empty), as_array(empty)) is None
+    assert metrics.dice(as_array(empty), as_array(~empty)) == 0.0
 
 
 def _edges(mask: np.ndarray) -> np.ndarray:

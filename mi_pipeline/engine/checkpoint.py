@@ -12,8 +12,8 @@ import contextlib
 import errno
 import hashlib
 import pickle
-import shutil
 import random
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any

@@ -17,8 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.losses import BendingEnergyLoss, DiffusionLoss, GlobalMutualInformationLoss
-from monai.losses import LocalNormalizedCrossCorrelationLoss
+from monai.losses import (
+    BendingEnergyLoss,
+    DiffusionLoss,
+    GlobalMutualInformationLoss,
+    LocalNormalizedCrossCorrelationLoss,
+)
 from monai.networks.blocks import Warp
 from torch import nn
 
@@ -164,15 +168,6 @@ def smoothness_loss(kind: str) -> nn.Module:
 # --- metrics ----------------------------------------------------------------------------------
 
 
-def dice(pred: torch.Tensor, target: torch.Tensor) -> float | None:
-    """Dice of two boolean masks (any shape); None when both are empty (undefined, not 1 or 0)."""
-    pred, target = pred.bool(), target.bool()
-    total = int(pred.sum()) + int(target.sum())
-    if total == 0:
-        return None
-    return 2.0 * int((pred & target).sum()) / total
-
-
 def mean(values: list[float | None], default: float = 0.0) -> float:
     """Mean of the defined values, ``default`` when there are none (keeps metrics NaN-free)."""
     kept = [v for v in values if v is not None]
@@ -215,8 +210,11 @@ def batched(n: int, size: int) -> list[slice]:
 # --- upstream models ----------------------------------------------------------------------------
 
 
-def load_model_weights(model: nn.Module, path: Path, stage: str) -> dict[str, Any]:
-    """Load ``best_model.pth`` of ``stage`` into ``model``; CheckpointError on any mismatch."""
+def load_frozen(model: nn.Module, path: Path, stage: str, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """Load ``best_model.pth`` of ``stage`` into ``model``, in eval mode on ``device``; CheckpointError on any mismatch.
+
+    Returns the model and the checkpoint's payload (epoch, config hash, ...).
+    """
     payload = ckpt.load_checkpoint(path, required=("model",))
     if payload.get("stage", stage) != stage:
         raise CheckpointError(f"{path}: holds a {payload.get('stage')!r} model, expected {stage!r}")
@@ -226,8 +224,4 @@ def load_model_weights(model: nn.Module, path: Path, stage: str) -> dict[str, An
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: does not fit the {stage} model of the current config "
                               f"(retrain {stage} or restore its config): {first}") from None
-    return payload
-
-
-def file_fingerprint(path: Path) -> str:
-    return ckpt.file_fingerprint(path)
+    return model.to(device).eval(), payload

@@ -23,6 +23,7 @@ from torch import nn
 from mi_pipeline.config import Config
 from mi_pipeline.data.cache import load_split
 from mi_pipeline.engine.task import Batch, TrainTask
+from mi_pipeline.metrics import dice
 from mi_pipeline.stages import common
 
 VAL_BATCH = 32
@@ -154,8 +155,8 @@ class MotionTask(TrainTask):
                 i = part.start + k
                 if not bool(myo_masks[i, 0].any()) and not bool(es_myo[i].any()):
                     continue
-                after.append(common.dice(warped[k], es_myo[i]))
-                before.append(common.dice(myo_masks[i, 0], es_myo[i]))
+                after.append(dice(warped[k], es_myo[i]))
+                before.append(dice(myo_masks[i, 0], es_myo[i]))
         metrics.update({"myo_dice": common.mean(after), "myo_dice_identity": common.mean(before),
                         "labels_available": 1.0})
         return metrics

@@ -29,6 +29,7 @@ from mi_pipeline.config import Config
 from mi_pipeline.data.cache import load_split
 from mi_pipeline.engine.task import Batch, TrainTask
 from mi_pipeline.errors import ConfigError
+from mi_pipeline.metrics import dice
 from mi_pipeline.stages import common
 
 VAL_BATCH = 32
@@ -245,8 +246,8 @@ class RegistrationTask(TrainTask):
         after, before = [], []
         for i in range(n):
             if bool(truth[i].any()) or bool(before_mask[i].any()):
-                after.append(common.dice(warped[i], truth[i]))
-                before.append(common.dice(before_mask[i], truth[i]))
+                after.append(dice(warped[i], truth[i]))
+                before.append(dice(before_mask[i], truth[i]))
         metrics.update({"myo_dice": common.mean(after), "myo_dice_before": common.mean(before),
                         "labels_available": 1.0})
         return metrics

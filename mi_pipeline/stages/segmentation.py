@@ -1,6 +1,6 @@
 """Step 4: UNet from cine frames (+ motion fields) to background / myocardium / infarct, per slice.
 
-Inputs (``segmentation_inputs``, also what ``predict`` must use): the T cine frames, then -- with
+Inputs (``segmentation_inputs``, also what ``inference`` uses): the T cine frames, then -- with
 ``motion_features`` -- the frozen motion model's ED -> frame-t displacement for every frame
 (2 x T channels, frame 0 included, scaled by ``MOTION_SCALE``). Targets: the LGE labels carried
 into cine space by the frozen registration model, mapped to classes 0 bg (+ cavity), 1 remote
@@ -25,8 +25,10 @@ from torch import nn
 
 from mi_pipeline.config import Config
 from mi_pipeline.data.cache import Subject, load_split
+from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.task import Batch, TrainTask
 from mi_pipeline.layout import RunLayout
+from mi_pipeline.metrics import dice
 from mi_pipeline.stages import common, motion, registration
 
 NUM_CLASSES = 3  # 0 background (incl. LV cavity), 1 remote myocardium, 2 infarct
@@ -50,25 +52,14 @@ def to_classes(labels: torch.Tensor) -> torch.Tensor:
     return CLASS_OF_CODE.to(labels.device)[labels.long()]
 
 
-def segmentation_inputs(cine: torch.Tensor, motion_model: nn.Module | None) -> torch.Tensor:
-    """Network input (N, C, H, W) for stacked cine slices (N, T, H, W); ``motion_model`` None = frames only."""
-    if motion_model is None:
+def segmentation_inputs(cine: torch.Tensor, fields: torch.Tensor | None) -> torch.Tensor:
+    """Network input (N, C, H, W) for stacked cine slices (N, T, H, W) and their ED->frame motion fields
+    (N, T, 2, H, W, from ``motion.motion_fields``); ``fields`` None = frames only. Training and
+    inference both build their input here."""
+    if fields is None:
         return cine.float()
-    fields = motion.motion_fields(motion_model, cine)  # (N, T, 2, H, W)
     n, t, _, h, w = fields.shape
     return torch.cat([cine.float(), fields.reshape(n, 2 * t, h, w) * MOTION_SCALE], dim=1)
-
-
-def load_motion_model(cfg: Config, path: Path, device: torch.device) -> nn.Module:
-    model = motion.build_model(cfg)
-    common.load_model_weights(model, path, "motion")
-    return model.to(device).eval()
-
-
-def load_registration_model(cfg: Config, path: Path, device: torch.device) -> nn.Module:
-    model = registration.build_model(cfg)
-    common.load_model_weights(model, path, "registration")
-    return model.to(device).eval()
 
 
 def _flip_inputs(x: torch.Tensor, frames: int, flip_h: bool, flip_w: bool) -> torch.Tensor:
@@ -110,9 +101,10 @@ class SegmentationTask(TrainTask):
             common.check_frames(subjects, cfg.data.frames, where="segmentation")
             common.check_size(subjects, max(multiple, 2 ** cfg.registration.levels), where="segmentation")
         paths = self._upstream_paths()
-        self._fingerprints = {stage: common.file_fingerprint(p) for stage, p in paths.items() if p.exists()}
-        reg_model = load_registration_model(cfg, paths["registration"], device)
-        motion_model = load_motion_model(cfg, paths["motion"], device) if "motion" in paths else None
+        self._fingerprints = {stage: ckpt.file_fingerprint(p) for stage, p in paths.items() if p.exists()}
+        reg_model, _ = common.load_frozen(registration.build_model(cfg), paths["registration"], "registration", device)
+        motion_model = (common.load_frozen(motion.build_model(cfg), paths["motion"], "motion", device)[0]
+                        if "motion" in paths else None)
         self.train_x, self.train_y = self._prepare(train, motion_model, reg_model)
         self.val_x, registered = self._prepare(val, motion_model, reg_model)
         self.labels_available = common.all_have(val, "cine_label")
@@ -129,11 +121,12 @@ class SegmentationTask(TrainTask):
         lge = common.stack_slices(subjects, "lge", where="segmentation")
         lge_label = common.stack_slices(subjects, "lge_label", where="segmentation").long()
         targets = to_classes(registration.labels_in_cine(self.cfg, reg_model, lge, lge_label, cine[:, 0]))
-        return segmentation_inputs(cine, motion_model), targets
+        fields = motion.motion_fields(motion_model, cine) if motion_model is not None else None
+        return segmentation_inputs(cine, fields), targets
 
     def upstream(self) -> dict[str, str]:
         if self._fingerprints is None:
-            self._fingerprints = {s: common.file_fingerprint(p) for s, p in self._upstream_paths().items() if p.exists()}
+            self._fingerprints = {s: ckpt.file_fingerprint(p) for s, p in self._upstream_paths().items() if p.exists()}
         return dict(self._fingerprints)
 
     def build_model(self) -> nn.Module:
@@ -168,10 +161,10 @@ class SegmentationTask(TrainTask):
             sel = self.val_owner == s
             p, t = pred[sel], self.val_truth[sel]
             p_myo, t_myo, p_inf, t_inf = p > 0, t > 0, p == 2, t == 2
-            myo.append(common.dice(p_myo, t_myo))
+            myo.append(dice(p_myo, t_myo))
             p_pct = 100.0 * int(p_inf.sum()) / max(int(p_myo.sum()), 1)
             if bool(t_inf.any()):
-                infarct.append(common.dice(p_inf, t_inf))
+                infarct.append(dice(p_inf, t_inf))
                 size_err.append(abs(p_pct - 100.0 * int(t_inf.sum()) / max(int(t_myo.sum()), 1)))
             else:
                 fp.append(p_pct)

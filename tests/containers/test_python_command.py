@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mi_pipeline.config import load_config
-from mi_pipeline.container import python_command
+from mi_pipeline.orchestration.container import python_command
 from mi_pipeline.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

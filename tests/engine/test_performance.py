@@ -169,7 +169,7 @@ def test_workers_and_pinning_build_the_same_batches_without_touching_global_rng(
 
 def test_workers_build_the_same_registration_batches(tmp_path: Path) -> None:
     """A real stage (random flips and sub-pixel shifts via grid_sample) built by 1-thread workers."""
-    from mi_pipeline.stages import make_task
+    from mi_pipeline.stages.registry import make_task
     from tests.stages.conftest import TINY, write_synthetic_cache
 
     write_synthetic_cache(tmp_path)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import assert_same_weights, checkpoint_epoch, env, model_weights, wait_for
 
-RUN_TOY = Path(__file__).with_name("run_toy.py")
+RUN_TOY = Path(__file__).resolve().parents[1] / "processes" / "run_toy.py"
 EPOCHS = 6
 
 

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from mi_pipeline.engine.runlog import StageLog
     from mi_pipeline.engine.trainer import FitContext, Interrupted, fit
     from mi_pipeline.errors import UserError
-    from mi_pipeline.train import EXIT_INTERRUPTED, StopFlag
+    from mi_pipeline.orchestration.stage_runner import EXIT_INTERRUPTED, StopFlag
 
     parser = argparse.ArgumentParser()
     parser.add_argument("run_dir", type=Path)

@@ -16,11 +16,12 @@ import torch
 
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.errors import CheckpointError
-from mi_pipeline.progress import ProgressFile
+from mi_pipeline.orchestration.progress import ProgressFile
 from tests.helpers import env
 
 HERE = Path(__file__).resolve().parent
-RUNNER = HERE / "engine_runner.py"
+PROCESSES = HERE.parent / "processes"  # helper programs the tests start
+RUNNER = PROCESSES / "engine_runner.py"
 EPOCHS = 6
 SLEEP_PER_BATCH_S = 0.01  # 8 batches per epoch: training time comparable to checkpoint-writing time
 SLOW_WRITE_S = 0.04  # test-only hook: every atomic write takes this much longer (kills land inside writes)
@@ -30,7 +31,7 @@ class Zygote:
     """A fork-server process (zygote.py); ``start`` forks one real engine run and returns its pid."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "zygote.py")], env=env(), text=True,
+        self.proc = subprocess.Popen([sys.executable, str(PROCESSES / "zygote.py")], env=env(), text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=1)
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()

@@ -17,7 +17,7 @@ import torch
 
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.errors import CheckpointError, UserError
-from mi_pipeline.progress import FILENAME, ProgressFile
+from mi_pipeline.orchestration.progress import FILENAME, ProgressFile
 from tests.faults.conftest import TINY, cli
 
 MOTION = ("--config", TINY, "--set", "motion.epochs=2")

@@ -17,11 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from mi_pipeline.progress import FILENAME, ProgressFile
+from mi_pipeline.orchestration.progress import FILENAME, ProgressFile
 from tests.faults import harness
 from tests.helpers import env, wait_for
 
-WORKER = Path(__file__).with_name("progress_worker.py")
+WORKER = Path(__file__).resolve().parents[1] / "processes" / "progress_worker.py"
 
 
 def _spawn(*args: str) -> subprocess.Popen:

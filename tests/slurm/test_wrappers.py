@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mi_pipeline.progress import ProgressFile
+from mi_pipeline.orchestration.progress import ProgressFile
 from tests.helpers import REPO, assert_same_weights, checkpoint_epoch, env, model_weights, run_module, wait_for
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"

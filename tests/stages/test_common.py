@@ -6,17 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from mi_pipeline.stages import TASKS, common, make_task
+from mi_pipeline.stages import common
+from mi_pipeline.stages.registry import REGISTRY, make_task
 
 
-def test_dice_matches_numpy_and_is_undefined_when_both_empty():
-    rng = np.random.default_rng(0)
-    a, b = rng.random((3, 16, 16)) > 0.5, rng.random((3, 16, 16)) > 0.6
-    expected = 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
-    assert abs(common.dice(torch.from_numpy(a), torch.from_numpy(b)) - expected) < 1e-12
-    empty = torch.zeros(4, 4, dtype=torch.bool)
-    assert common.dice(empty, empty) is None
-    assert common.dice(empty, ~empty) == 0.0
+def test_mean_ignores_undefined_values():
     assert common.mean([None, 0.5, 1.0]) == 0.75 and common.mean([None], default=-1.0) == -1.0
 
 
@@ -97,9 +91,10 @@ def test_flip_field_commutes_with_warp():
 
 
 def test_task_registry(tiny_cfg, tmp_path):
-    assert set(TASKS) == {"motion", "registration", "segmentation"}
-    for stage, cls in TASKS.items():
+    assert tuple(REGISTRY) == ("motion", "registration", "segmentation")
+    for stage, entry in REGISTRY.items():
         task = make_task(stage, tiny_cfg, tmp_path)
-        assert isinstance(task, cls) and task.name == stage and task.metric_name
+        assert isinstance(task, entry.task) and task.name == stage and task.metric_name
+        assert isinstance(entry.build_model(tiny_cfg), torch.nn.Module)
     with pytest.raises(ValueError, match="unknown stage"):
         make_task("data", tiny_cfg, tmp_path)

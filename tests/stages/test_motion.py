@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mi_pipeline.stages import make_task
+from mi_pipeline.stages.registry import make_task
 from mi_pipeline.stages.motion import MotionTask, build_model, motion_fields
 
 CPU = torch.device("cpu")

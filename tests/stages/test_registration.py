@@ -7,7 +7,7 @@ import torch
 
 from mi_pipeline.config import load_config
 from mi_pipeline.errors import ConfigError
-from mi_pipeline.stages import make_task
+from mi_pipeline.stages.registry import make_task
 from mi_pipeline.stages.registration import RegistrationTask, build_model, lge_labels_in_cine
 
 CPU = torch.device("cpu")

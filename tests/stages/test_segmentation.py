@@ -11,7 +11,7 @@ from mi_pipeline.config import load_config
 from mi_pipeline.data.cache import load_split
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.errors import CheckpointError
-from mi_pipeline.stages import make_task, motion, registration
+from mi_pipeline.stages.registry import make_task, motion, registration
 from mi_pipeline.stages.segmentation import SegmentationTask, build_model, to_classes
 
 CPU = torch.device("cpu")

@@ -1,0 +1,1 @@
+"""Benchmarks kept beside the package, not in it: ``perf`` (speed, ``python -m benchmarks.perf``) and ``quality.py``."""

@@ -1,0 +1,53 @@
+"""Old import paths of modules that moved, so runs and jobs made by earlier versions keep working.
+
+A SLURM job pickled by submitit before the move names its callable by the old path (e.g.
+``mi_pipeline.slurm_executor.StageJob``, holding a ``mi_pipeline.executors.StageCommand``); when it
+starts or is requeued after an upgrade, unpickling imports that path. Each old name here resolves
+to the module object at its new home -- the same module, not a copy -- so there is still one
+definition of everything.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+from types import ModuleType
+
+MOVED: dict[str, str] = {
+    "mi_pipeline.slurm_executor": "mi_pipeline.orchestration.slurm_executor",
+    "mi_pipeline.executors": "mi_pipeline.orchestration.local_executor",
+    "mi_pipeline.plan": "mi_pipeline.orchestration.plan",
+    "mi_pipeline.progress": "mi_pipeline.orchestration.progress",
+    "mi_pipeline.container": "mi_pipeline.orchestration.container",
+}
+
+
+class _Alias(importlib.abc.Loader):
+    """Loads an old name as the already-importable new module (its own spec left untouched)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._real_spec: importlib.machinery.ModuleSpec | None = None
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        module = importlib.import_module(self.target)
+        self._real_spec = module.__spec__
+        return module
+
+    def exec_module(self, module: ModuleType) -> None:
+        module.__spec__ = self._real_spec  # the import system set the alias spec on it: put the real one back
+
+
+class _MovedFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
+        if name not in MOVED:
+            return None
+        return importlib.util.spec_from_loader(name, _Alias(MOVED[name]))
+
+
+def install() -> None:
+    if not any(isinstance(finder, _MovedFinder) for finder in sys.meta_path):
+        sys.meta_path.append(_MovedFinder())

@@ -1,0 +1,65 @@
+"""What the slurm/ sbatch wrappers ask: the plan, recording job ids and states, requeue decisions.
+
+    python -m mi_pipeline chain plan CONFIG RUN_DIR
+    python -m mi_pipeline chain record-jobs RUN_DIR NOTE STAGE=JOB_ID...
+    python -m mi_pipeline chain record RUN_DIR STAGE KEY=VALUE...      (an empty value means none)
+    python -m mi_pipeline chain may-requeue CONFIG RUN_DIR STAGE       (exit 0: requeue; 1: do not)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from mi_pipeline.cli.common import command_parser, exit_process, run_main
+from mi_pipeline.config import load_config
+from mi_pipeline.orchestration import chain
+
+
+def _pairs(items: list[str]) -> dict[str, str | None]:
+    return {key: value or None for key, _, value in (item.partition("=") for item in items)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = command_parser("chain", __doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plan")
+    p.add_argument("config", type=Path)
+    p.add_argument("run_dir", type=Path)
+    p = sub.add_parser("record-jobs")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("note")
+    p.add_argument("jobs", nargs="+", metavar="STAGE=JOB_ID")
+    p = sub.add_parser("record")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("stage")
+    p.add_argument("changes", nargs="*", metavar="KEY=VALUE")
+    p = sub.add_parser("may-requeue")
+    p.add_argument("config", type=Path)
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("stage")
+    args = parser.parse_args(argv)
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    root = args.run_dir.resolve()
+    if args.command == "plan":
+        print("\n".join(chain.plan_lines(load_config(args.config), root)))
+    elif args.command == "record-jobs":
+        chain.record_jobs(root, args.note, {k: v for k, v in _pairs(args.jobs).items() if v})
+    elif args.command == "record":
+        chain.record_stage(root, args.stage, _pairs(args.changes))
+    else:
+        cap = load_config(args.config).slurm.max_requeues
+        if os.environ.get("MAX_REQUEUES"):  # the wrapper's documented override
+            cap = int(os.environ["MAX_REQUEUES"])
+        allowed, message = chain.requeue_allowed(root, args.stage, cap)
+        print(message)
+        return 0 if allowed else 1
+    return 0
+
+
+if __name__ == "__main__":
+    exit_process(run_main(main))

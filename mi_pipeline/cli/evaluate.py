@@ -1,0 +1,54 @@
+"""Score every trained stage on held-out subjects, beside trivial baselines (DESIGN.md §7).
+
+``python -m mi_pipeline.evaluate --run-dir RUN [--split test | --data-root DIR --format F] [--json]``;
+what each figure means is in ``mi_pipeline/evaluation.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from mi_pipeline.cli.common import (
+    add_run_options,
+    command_parser,
+    exit_process,
+    run_main,
+)
+from mi_pipeline.config import load_config
+from mi_pipeline.data import cache
+from mi_pipeline.evaluation import evaluate, format_table, run_config
+from mi_pipeline.fsio import atomic_write_text
+from mi_pipeline.stages.graph import MODEL_STAGES
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = command_parser("evaluate", __doc__)
+    add_run_options(p, config_help="YAML config (default: the config stored in the trained checkpoints)")
+    p.add_argument("--split", default="test", choices=cache.SPLITS, help="which split of the run (default test)")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="score a separate dataset instead of a split (e.g. a phantom generated with another seed)")
+    p.add_argument("--format", default=None, help="adapter for --data-root (default: data.format; phantom = generic)")
+    p.add_argument("--stage", action="append", choices=MODEL_STAGES, default=None,
+                   help="score only this stage (repeatable); an untrained stage named here is an error")
+    p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON result to this file")
+    args = p.parse_args(argv)
+    run_dir = args.run_dir.resolve()
+    if args.config is not None or args.overrides:
+        cfg = load_config(args.config, args.overrides)
+    else:
+        cfg = run_config(run_dir / "checkpoints")
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    result = evaluate(cfg, run_dir, split=args.split, data_root=args.data_root, fmt=args.format,
+                      stages=tuple(args.stage) if args.stage else None, log=log)
+    text = json.dumps(result, indent=1, default=float)
+    if args.out is not None:
+        atomic_write_text(args.out, text + "\n")
+    print(text if args.json else format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    exit_process(run_main(main))

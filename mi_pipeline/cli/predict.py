@@ -1,0 +1,71 @@
+"""Infarct from a cine alone: segmentation, report.json and a QC picture per subject.
+
+``python -m mi_pipeline.predict --cine FILE.nii.gz|FOLDER --out DIR [--run-dir RUN | --checkpoints DIR]``
+writes ``DIR/<subject>/infarct_seg.nii.gz``, ``report.json`` and ``qc.png`` (see ``mi_pipeline/inference.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mi_pipeline.cli.common import (
+    add_config_options,
+    add_run_dir_option,
+    command_parser,
+    exit_process,
+    run_main,
+)
+from mi_pipeline.config import load_config
+from mi_pipeline.errors import InputError
+from mi_pipeline.inference import (
+    find_cines,
+    inference_device,
+    load_models,
+    predict_one,
+    stored_config,
+)
+from mi_pipeline.stages.registry import inference_stages
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = command_parser("predict", __doc__)
+    p.add_argument("--cine", required=True, type=Path, help="4D cine NIfTI, or a folder of them")
+    p.add_argument("--out", required=True, type=Path, help="output folder (DIR/<subject>/...)")
+    src = p.add_mutually_exclusive_group()
+    add_run_dir_option(src, default=None)
+    src.add_argument("--checkpoints", type=Path, default=None, help="folder with <stage>/best_model.pth")
+    add_config_options(p, config_help="YAML config (default: the one stored in the checkpoint)")
+    p.add_argument("--ed", default="auto",
+                   help="0-based ED frame of the cine(s), or 'auto' (default): found from the images")
+    args = p.parse_args(argv)
+    ed = _parse_ed(args.ed)
+    ckpt_root = (args.checkpoints if args.checkpoints is not None
+                 else (args.run_dir if args.run_dir is not None else Path(".")) / "checkpoints")
+    cines = find_cines(args.cine)
+    if args.config is not None or args.overrides:
+        cfg = load_config(args.config, args.overrides)
+    else:
+        cfg = stored_config(ckpt_root)
+    torch.set_num_threads(cfg.threads)
+    models = load_models(cfg, ckpt_root, inference_stages(cfg), inference_device(cfg))
+    for subject_id, path in cines:
+        report = predict_one(subject_id, path, args.out, models, cfg, ed=ed)
+        print(f"{subject_id}: infarct {report['infarct_percent']:.1f}% of myocardium "
+              f"({report['infarct_ml']:.1f} ml), ED frame {report['frames']['ed']}, ES frame "
+              f"{report['frames']['es']} -> {args.out / subject_id}")
+    return 0
+
+
+def _parse_ed(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"--ed: expected a frame index or 'auto', got {value!r}") from None
+
+
+if __name__ == "__main__":
+    exit_process(run_main(main))

@@ -1,0 +1,28 @@
+"""Where a run stands: state, per-stage detail (epoch, best metric, SLURM job) and recent trouble."""
+
+from __future__ import annotations
+
+import json
+
+from mi_pipeline.cli.common import (
+    add_run_dir_option,
+    command_parser,
+    exit_process,
+    run_main,
+)
+from mi_pipeline.layout import RunLayout
+from mi_pipeline.orchestration.status_report import collect, render
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = command_parser("status", __doc__)
+    add_run_dir_option(parser)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    report = collect(RunLayout(args.run_dir.resolve()))
+    print(json.dumps(report, indent=1) if args.json else render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    exit_process(run_main(main))

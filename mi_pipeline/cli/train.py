@@ -1,0 +1,36 @@
+"""Run one stage (what a job executes); run it again after a crash and it continues from last.pth.
+
+SIGUSR2, SIGTERM or Ctrl-C make the stage save its exact position and exit with status 75.
+"""
+
+from __future__ import annotations
+
+from mi_pipeline.cli.common import (
+    add_run_options,
+    command_parser,
+    exit_process,
+    load_run_config,
+    run_main,
+)
+from mi_pipeline.layout import RunLayout
+from mi_pipeline.orchestration.stage_runner import train_stage
+from mi_pipeline.stages.graph import STAGES
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = command_parser("train", __doc__)
+    parser.add_argument("--stage", required=True, choices=STAGES)
+    add_run_options(parser)
+    parser.add_argument("--force", action="store_true", help="resume even if the config or upstream models changed")
+    parser.add_argument("--restart", action="store_true", help="train from scratch (the old last.pth is kept aside)")
+    parser.add_argument("--on-upstream-change", choices=("error", "restart"), default="error",
+                        help="when last.pth was trained on older upstream models (default: error)")
+    args = parser.parse_args(argv)
+    cfg = load_run_config(args)
+    layout = RunLayout(args.run_dir.resolve())
+    return train_stage(args.stage, cfg, layout, force=args.force, restart=args.restart,
+                       on_upstream_change=args.on_upstream_change)
+
+
+if __name__ == "__main__":
+    exit_process(run_main(main))

@@ -1,0 +1,269 @@
+"""Score every trained stage on held-out subjects (DESIGN.md §7): the library behind ``evaluate``.
+
+Subjects: the run's ``--split`` (default ``test``, from ``data/splits``, preprocessed cache), or
+``--data-root DIR`` -- a separately generated dataset (e.g. a phantom made with another seed and
+other parameters), read with ``data.format``'s adapter and preprocessed in memory exactly as step 1
+would. Each stage is scored beside its trivial baseline:
+
+* motion: Dice of the ED myocardium warped to ES vs the true ES myocardium (identity = no motion),
+  % of myocardial pixels whose Jacobian determinant is <= 0, over all frames;
+* registration: myocardium Dice of the LGE labels carried into cine space vs the cine ED
+  myocardium, after vs before (no registration);
+* segmentation (from the cine alone, as ``predict`` runs it): infarct Dice and 95 % Hausdorff (mm)
+  over subjects with an infarct, myocardium Dice, infarct size (% of myocardium) absolute error over
+  all subjects, the predicted infarct % of subjects without one (false positives), and the AUC of
+  per-AHA-segment detection (segment infarcted when >= 10 % infarct in truth; score = predicted
+  extent) pooled over subjects; baseline "no infarct".
+
+Truth is the cine labels (phantom, ACDC/M&Ms ED/ES masks). A stage whose truth the data cannot
+provide is reported as skipped with the reason. Summary values are means over subjects; ``*_sd``
+and ``per_subject`` lists sit beside them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mi_pipeline import metrics
+from mi_pipeline.config import Config
+from mi_pipeline.data import cache
+from mi_pipeline.data.cache import Subject
+from mi_pipeline.errors import CheckpointError, InputError
+from mi_pipeline.inference import (
+    Models,
+    inference_device,
+    load_models,
+    segment_subject,
+    stored_config,
+)
+from mi_pipeline.stages import common, motion, registration, registry
+from mi_pipeline.stages.graph import MODEL_STAGES
+
+# --- subjects -------------------------------------------------------------------------------------
+
+
+def load_subjects(cfg: Config, run_dir: Path, split: str, data_root: Path | None, fmt: str | None,
+                  log=print) -> tuple[list[Subject], str]:
+    if data_root is not None:
+        from mi_pipeline.data import adapters
+        from mi_pipeline.data.preprocess import preprocess_subject
+
+        fmt = fmt or cfg.data.format
+        if fmt == "phantom":
+            fmt = "generic"  # a phantom folder is in the generic layout
+        ids = adapters.list_subjects(fmt, data_root)
+        subjects = []
+        for sid in ids:
+            raw = adapters.load_subject(fmt, data_root, sid)
+            subjects.append(preprocess_subject(raw, cfg.data))
+        log(f"evaluate: {len(subjects)} subject(s) from {data_root} ({fmt})")
+        return subjects, f"{data_root} ({fmt})"
+    if cache.read_manifest(run_dir) is None:
+        raise InputError(f"{cache.cache_dir(run_dir)}: no prepared data in this run; run step 1 or pass --data-root")
+    ids = cache.read_split(run_dir, split)
+    if not ids:
+        raise InputError(f"{cache.splits_dir(run_dir) / (split + '.txt')}: split {split!r} is empty "
+                         f"(data.test_fraction = 0?); choose another --split or pass --data-root")
+    return [cache.load_subject(run_dir, s) for s in ids], f"{run_dir} split {split}"
+
+
+# --- stages ---------------------------------------------------------------------------------------
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def eval_motion(model: torch.nn.Module, subjects: list[Subject]) -> dict[str, Any]:
+    rows = []
+    for s in subjects:
+        if s.cine_label is None:
+            continue
+        fields = motion.motion_fields(model, _t(s.cine))  # (Z, T, 2, H, W)
+        labels = _t(s.cine_label).long()
+        myo = common.myo(labels)
+        warped = common.myo(common.warp_labels(labels[:, 0], fields[:, s.es]))
+        fold_mask = myo[:, 1:].reshape(-1, *myo.shape[-2:])
+        ddf = fields[:, 1:].reshape(-1, 2, *fields.shape[-2:])
+        rows.append({
+            "subject": s.id,
+            "myo_dice": metrics.dice(warped.numpy(), myo[:, s.es].numpy()),
+            "myo_dice_identity": metrics.dice(myo[:, 0].numpy(), myo[:, s.es].numpy()),
+            "folding_percent": common.folding_percent(ddf, fold_mask),
+            "folding_percent_es": common.folding_percent(fields[:, s.es], myo[:, s.es]),
+        })
+    if not rows:
+        return {"skipped": "no subject has cine labels (motion is scored on true ED/ES myocardium)"}
+    return _summarise(rows, ("myo_dice", "myo_dice_identity", "folding_percent", "folding_percent_es"))
+
+
+def eval_registration(cfg: Config, model: torch.nn.Module, subjects: list[Subject]) -> dict[str, Any]:
+    rows = []
+    for s in subjects:
+        if s.lge is None or s.lge_label is None:
+            continue
+        if s.cine_label is None:
+            continue
+        warped = registration.labels_in_cine(cfg, model, _t(s.lge), _t(s.lge_label).long(), _t(s.cine[:, 0]))
+        truth = common.myo(_t(s.cine_label[:, 0]).long()).numpy()
+        rows.append({
+            "subject": s.id,
+            "myo_dice_after": metrics.dice(common.myo(warped).numpy(), truth),
+            "myo_dice_before": metrics.dice(common.myo(_t(s.lge_label).long()).numpy(), truth),
+        })
+    if not rows:
+        return {"skipped": "needs LGE images with LGE labels and cine labels (true myocardium in cine space); "
+                           "this data has none (e.g. ACDC / M&Ms have no LGE)"}
+    return _summarise(rows, ("myo_dice_before", "myo_dice_after"))
+
+
+def eval_segmentation(models: Models, subjects: list[Subject]) -> dict[str, Any]:
+    rows, seg_labels, seg_scores = [], [], []
+    for s in subjects:
+        if s.cine_label is not None:
+            truth, reference = s.cine_label[:, 0], "cine labels"
+        elif models.registration is not None and s.lge is not None and s.lge_label is not None:
+            truth = registration.labels_in_cine(models.cfg, models.registration, _t(s.lge),
+                                                _t(s.lge_label).long(), _t(s.cine[:, 0])).numpy()
+            reference = "registered LGE labels"
+        else:
+            continue
+        pred, _ = segment_subject(models, s)
+        t_myo, t_inf = np.isin(truth, (2, 3)), truth == 3
+        p_myo, p_inf = pred > 0, pred == 2
+        true_pct, pred_pct = metrics.infarct_percent(t_myo, t_inf), metrics.infarct_percent(p_myo, p_inf)
+        has = bool(t_inf.any())
+        labels, scores = metrics.segment_scores(t_myo, t_inf, p_myo, p_inf)
+        seg_labels += labels
+        seg_scores += scores
+        rows.append({
+            "subject": s.id, "reference": reference, "has_infarct": has,
+            "myo_dice": metrics.dice(p_myo, t_myo),
+            "infarct_dice": metrics.dice(p_inf, t_inf) if has else None,
+            "hd95_mm": metrics.hd95_mm(p_inf, t_inf, s.spacing) if has else None,
+            "infarct_percent_true": true_pct, "infarct_percent_pred": pred_pct,
+            "infarct_size_error": abs(pred_pct - true_pct),
+            "fp_infarct_percent": None if has else pred_pct,
+            "segments_infarcted": int(sum(labels)), "segments": len(labels),
+        })
+    if not rows:
+        return {"skipped": "no truth for these subjects (needs cine labels, or LGE + labels and a trained "
+                           "registration model)"}
+    out = _summarise(rows, ("infarct_dice", "myo_dice", "hd95_mm", "infarct_size_error", "fp_infarct_percent",
+                            "infarct_percent_true", "infarct_percent_pred"))
+    out["infarct_size_mae"] = out.pop("infarct_size_error")
+    out["infarct_size_mae_sd"] = out.pop("infarct_size_error_sd")
+    out["segment_auc"] = metrics.roc_auc(seg_scores, seg_labels)
+    out["segments_scored"] = len(seg_labels)
+    out["segments_infarcted"] = int(sum(seg_labels))
+    out["subjects_with_infarct"] = sum(r["has_infarct"] for r in rows)
+    out["hd95_undefined"] = sum(1 for r in rows if r["has_infarct"] and r["hd95_mm"] is None)
+    true_pcts = [r["infarct_percent_true"] for r in rows]
+    out["baseline_no_infarct"] = {
+        "infarct_dice": 0.0 if out["subjects_with_infarct"] else None,
+        "infarct_size_mae": float(np.mean(true_pcts)),
+        "segment_auc": 0.5 if metrics.roc_auc([0.0] * len(seg_labels), seg_labels) is not None else None,
+        "fp_infarct_percent": 0.0,
+    }
+    return out
+
+
+def _summarise(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {"n_subjects": len(rows)}
+    for key in keys:
+        stats = metrics.summary([r[key] for r in rows])
+        out[key] = stats["mean"]
+        out[f"{key}_sd"] = stats["sd"]
+        out[f"{key}_n"] = stats["n"]
+    out["per_subject"] = {key: [r[key] for r in rows] for key in rows[0]}
+    return out
+
+
+# --- whole run ----------------------------------------------------------------------------------
+
+
+def trained_stages(ckpt_root: Path) -> list[str]:
+    """Model stages with a ``best_model.pth`` under ``ckpt_root``, in pipeline order."""
+    return [s for s in MODEL_STAGES if registry.best_path(ckpt_root, s).is_file()]
+
+
+def run_config(ckpt_root: Path) -> Config:
+    """The config the run was trained with, as its most downstream trained stage stored it."""
+    trained = trained_stages(ckpt_root)
+    if not trained:
+        raise CheckpointError(f"{ckpt_root}: no trained stage (no <stage>/best_model.pth); train first")
+    return stored_config(ckpt_root, trained[-1])
+
+
+def evaluate(cfg: Config, run_dir: Path, *, split: str = "test", data_root: Path | None = None,
+             fmt: str | None = None, stages: tuple[str, ...] | None = None, ckpt_root: Path | None = None,
+             log=print) -> dict[str, Any]:
+    ckpt_root = ckpt_root or run_dir / "checkpoints"
+    trained = trained_stages(ckpt_root)
+    wanted = tuple(stages) if stages else tuple(trained)
+    if not wanted:
+        raise CheckpointError(f"{ckpt_root}: no trained stage (no <stage>/best_model.pth); train first")
+    for stage in wanted:
+        if stage not in trained:
+            raise CheckpointError(f"{registry.best_path(ckpt_root, stage)}: missing, stage {stage} is not trained")
+    if "segmentation" in wanted and cfg.segmentation.motion_features and "motion" not in trained:
+        raise CheckpointError(f"{registry.best_path(ckpt_root, 'motion')}: missing; segmentation needs the motion model")
+    torch.set_num_threads(cfg.threads)
+    device = inference_device(cfg)
+    subjects, source = load_subjects(cfg, run_dir, split, data_root, fmt, log=log)
+    needed = set(wanted) | (set(registry.inference_stages(cfg)) if "segmentation" in wanted else set())
+    models = load_models(cfg, ckpt_root, tuple(s for s in MODEL_STAGES if s in needed), device)
+    result: dict[str, Any] = {"source": source, "subjects": [s.id for s in subjects],
+                              "not_trained": [s for s in MODEL_STAGES if s not in trained],
+                              "checkpoints": models.checkpoints}
+    if "motion" in wanted:
+        result["motion"] = eval_motion(models.motion, subjects)
+    if "registration" in wanted:
+        result["registration"] = eval_registration(cfg, models.registration, subjects)
+    if "segmentation" in wanted:
+        result["segmentation"] = eval_segmentation(models, subjects)
+    return result
+
+
+ROWS = (
+    ("motion", "myo_dice", "myo_dice_identity", "ED->ES myocardium Dice", "identity"),
+    ("motion", "folding_percent", None, "folding % (det J <= 0, myocardium)", ""),
+    ("registration", "myo_dice_after", "myo_dice_before", "cine<->LGE myocardium Dice", "no registration"),
+    ("segmentation", "infarct_dice", ("baseline_no_infarct", "infarct_dice"), "infarct Dice", "no infarct"),
+    ("segmentation", "segment_auc", ("baseline_no_infarct", "segment_auc"), "AHA segment AUC", "no infarct"),
+    ("segmentation", "infarct_size_mae", ("baseline_no_infarct", "infarct_size_mae"), "infarct size MAE (points)",
+     "no infarct"),
+    ("segmentation", "myo_dice", None, "myocardium Dice", ""),
+    ("segmentation", "hd95_mm", None, "infarct HD95 (mm)", ""),
+    ("segmentation", "fp_infarct_percent", ("baseline_no_infarct", "fp_infarct_percent"),
+     "infarct % predicted, no-infarct subjects", "no infarct"),
+)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    def fmt(v: Any) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    lines = [f"evaluated on {len(result['subjects'])} subject(s): {result['source']}",
+             f"{'stage':13} {'measure':42} {'ours (mean ± sd)':>18} {'baseline':>10}  baseline is"]
+    for stage, key, base, label, base_name in ROWS:
+        sec = result.get(stage)
+        if sec is None:
+            continue
+        if "skipped" in sec:
+            lines.append(f"{stage:13} skipped: {sec['skipped']}")
+            continue
+        value, sd = sec.get(key), sec.get(f"{key}_sd")
+        ours = fmt(value) + (f" ± {sd:.3f}" if sd is not None else "")
+        if isinstance(base, tuple):
+            b = sec.get(base[0], {}).get(base[1])
+        else:
+            b = sec.get(base) if base else None
+        lines.append(f"{stage:13} {label:42} {ours:>18} {fmt(b) if base else '':>10}  {base_name}")
+    if result.get("not_trained"):
+        lines.append(f"not trained (not scored): {', '.join(result['not_trained'])}")
+    return "\n".join(dict.fromkeys(lines))

@@ -1,0 +1,232 @@
+"""Inference from a cine alone: the library behind ``python -m mi_pipeline.predict`` and ``evaluate``.
+
+For each cine (a 4D NIfTI X x Y x slices x frames; a folder may hold several ``*.nii.gz`` files or
+generic-layout subject folders with ``cine.nii.gz``), writes ``DIR/<subject>/``:
+
+* ``infarct_seg.nii.gz``: 0 background, 1 myocardium, 2 infarct, on the cine's own grid (the shape
+  and affine of one cine frame), from the ED frame;
+* ``report.json``: infarct % of LV myocardium, per slice, per AHA segment, the ED/ES frames used,
+  checkpoint fingerprints and the config hash;
+* ``qc.png``: cine at ED and ES, motion magnitude, infarct overlay (basal, mid, apical rows).
+
+The cine is read and preprocessed by the same code as training (``data.nifti``, ``data.preprocess``:
+LV found by ``lv_center_heuristic``, resampled, cropped, normalised); the models are rebuilt from the
+config by the stage registry (``stages/registry.py``) and fed by ``segmentation_inputs``.
+Models come from ``--run-dir`` (``checkpoints/<stage>/best_model.pth``) or ``--checkpoints DIR``
+(the same ``<stage>/best_model.pth`` layout). Without ``--config`` the config stored in the
+segmentation checkpoint is used.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from torch import nn
+
+from mi_pipeline import config as config_mod
+from mi_pipeline import metrics, qc
+from mi_pipeline.config import Config
+from mi_pipeline.data.cache import Subject
+from mi_pipeline.data.generic import RawSubject
+from mi_pipeline.data.nifti import load_image
+from mi_pipeline.data.preprocess import estimate_ed, preprocess_subject, sample
+from mi_pipeline.engine import checkpoint as ckpt
+from mi_pipeline.errors import ConfigError, InputError
+from mi_pipeline.fsio import atomic_path, atomic_write_text
+from mi_pipeline.stages import common, motion, registry, segmentation
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Models:
+    cfg: Config
+    motion: nn.Module | None = None
+    registration: nn.Module | None = None
+    segmentation: nn.Module | None = None
+    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def stored_config(ckpt_root: Path, stage: str = "segmentation") -> Config:
+    """The config a stage was trained with, as its ``best_model.pth`` records it."""
+    path = registry.best_path(ckpt_root, stage)
+    payload = ckpt.load_checkpoint(path, required=("model", "config"))
+    try:
+        return config_mod._build(Config, payload["config"], prefix="", source=f"{path} (stored config)")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; pass --config") from None
+
+
+def load_models(cfg: Config, ckpt_root: Path, stages: tuple[str, ...], device: torch.device) -> Models:
+    """The trained models named in ``stages`` (best weights, eval mode), with their checkpoint details."""
+    models = Models(cfg=cfg)
+    for stage in stages:
+        model, info = registry.load_best(cfg, ckpt_root, stage, device)
+        setattr(models, stage, model)
+        models.checkpoints[stage] = info
+    return models
+
+
+def inference_device(cfg: Config) -> torch.device:
+    """CUDA when the config allows it and one is visible, else CPU (inference never needs a GPU)."""
+    return torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def segment_subject(models: Models, subject: Subject) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predicted classes (Z, H, W) uint8 on the crop grid and the ED->frame fields (Z, T, 2, H, W) or None."""
+    cine = torch.from_numpy(np.ascontiguousarray(subject.cine))
+    fields = motion.motion_fields(models.motion, cine) if models.motion is not None else None
+    model = models.segmentation
+    device = next(model.parameters()).device
+    x = segmentation.segmentation_inputs(cine, fields if models.cfg.segmentation.motion_features else None)
+    out = []
+    with torch.no_grad():
+        for part in common.batched(x.shape[0], segmentation.VAL_BATCH):
+            out.append(model(x[part].to(device)).argmax(dim=1).cpu())
+    pred = torch.cat(out).numpy().astype(np.uint8)
+    return pred, (fields.numpy() if fields is not None else None)
+
+
+# --- input ------------------------------------------------------------------------------------------
+
+
+def find_cines(path: Path) -> list[tuple[str, Path]]:
+    """(subject id, cine file) for a file or a folder of cines; InputError when there is none."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: not found")
+    if path.is_file():
+        return [(_subject_name(path), path)]
+    found: list[tuple[str, Path]] = []
+    for entry in sorted(path.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and entry.name.endswith((".nii.gz", ".nii")):
+            found.append((_subject_name(entry), entry))
+        elif entry.is_dir() and (entry / "cine.nii.gz").is_file():
+            found.append((_subject_name(entry / "cine.nii.gz"), entry / "cine.nii.gz"))
+    if not found:
+        raise InputError(f"{path}: folder holds no cine (*.nii.gz files or <subject>/cine.nii.gz)")
+    names = [n for n, _ in found]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(f"{path}: several cines map to subject {dupes[0]!r}")
+    return found
+
+
+def _subject_name(cine: Path) -> str:
+    name = cine.name
+    for suffix in (".nii.gz", ".nii"):
+        name = name.removesuffix(suffix)
+    if name in ("cine", "sa", "4d") or not name:
+        name = cine.parent.name
+    return _SAFE.sub("_", name).strip("._-") or "subject"
+
+
+def read_cine(path: Path, subject_id: str, ed: int | None = None) -> RawSubject:
+    """A cine-only RawSubject from a 4D NIfTI (validated as in training); ``ed`` None = from the images."""
+    cine, affine = load_image(path, ndim=4, what="cine (X x Y x slices x frames)", min_frames=2)
+    ed_method = "given"
+    if ed is None:
+        sp = np.linalg.norm(affine[:3, :3], axis=0)
+        ed, ed_method = estimate_ed(cine, (float(sp[0]), float(sp[1]))), "image (end of diastasis before ES)"
+    if not 0 <= ed < cine.shape[3]:
+        raise InputError(f"{path}: --ed {ed} out of range for a cine with {cine.shape[3]} frames")
+    raw = RawSubject(id=subject_id, folder=path.parent, cine=cine, cine_affine=affine, lge=None,  # type: ignore[arg-type]
+                     lge_affine=None, lge_label=None, ed=ed)  # type: ignore[arg-type]
+    raw.cine_path = path  # type: ignore[attr-defined]
+    raw.ed_method = ed_method  # type: ignore[attr-defined]
+    return raw
+
+
+def to_cine_grid(pred: np.ndarray, crop_affine: np.ndarray, cine_affine: np.ndarray,
+                 shape: tuple[int, int, int]) -> np.ndarray:
+    """Crop-grid classes (Z, H, W) -> the cine's own (X, Y, Z) grid, nearest neighbour, 0 outside."""
+    values, _ = sample(np.ascontiguousarray(pred.transpose(1, 2, 0)), crop_affine, cine_affine, shape, order=0)
+    return values.astype(np.uint8)
+
+
+# --- report -----------------------------------------------------------------------------------------
+
+
+def build_report(subject_id: str, cine_path: Path, subject: Subject, raw: RawSubject, pred: np.ndarray,
+                 models: Models, cfg: Config) -> dict[str, Any]:
+    myo, inf = pred > 0, pred == 2
+    levels = metrics.level_of_slices(myo)
+    voxel_ml = float(np.prod(subject.spacing)) / 1000.0
+    per_slice = []
+    for k in range(pred.shape[0]):
+        per_slice.append({"slice": k, "level": levels[k], "myocardium_px": int(myo[k].sum()),
+                          "infarct_px": int(inf[k].sum()),
+                          "infarct_percent": round(metrics.infarct_percent(myo[k], inf[k]), 2)})
+    segments = metrics.aha_segment_map(myo)
+    extents = metrics.segment_extents(segments, myo, inf)
+    level_of = {}
+    for name, n, first in metrics.AHA_LEVELS:
+        for s in range(first, first + n):
+            level_of[s] = name
+    aha = {str(s): {"level": level_of[s], "extent_percent": (round(100 * e, 2) if e is not None else None),
+                    "infarcted": (e is not None and e >= metrics.INFARCT_SEGMENT_THRESHOLD)}
+           for s, e in extents.items()}
+    nt, n_out = raw.cine.shape[3], subject.cine.shape[1]
+    es_source = (raw.ed + subject.es * nt / n_out) % nt
+    return {
+        "subject": subject_id,
+        "cine": str(cine_path),
+        "infarct_percent": round(metrics.infarct_percent(myo, inf), 2),
+        "myocardium_ml": round(float(myo.sum()) * voxel_ml, 2),
+        "infarct_ml": round(float(inf.sum()) * voxel_ml, 2),
+        "frames": {"ed": int(raw.ed), "ed_method": getattr(raw, "ed_method", "given"), "es": int(round(es_source)) % nt, "es_exact": round(float(es_source), 3),
+                   "source_frames": int(nt), "kept_frames": int(n_out), "es_index_kept": int(subject.es),
+                   "es_method": "info" if raw.es is not None else "image (least bright blood pool)"},
+        "per_slice": per_slice,
+        "aha_segments": aha,
+        "aha_note": "segments: 6/6/4 sectors at basal/mid/apical thirds of the slices with myocardium, fixed "
+                    "orientation on the canonical crop grid (not anchored to RV insertion points)",
+        "infarct_segment_threshold_percent": 100 * metrics.INFARCT_SEGMENT_THRESHOLD,
+        "spacing_mm": list(subject.spacing),
+        "checkpoints": models.checkpoints,
+        "config_hash": config_mod.stage_hash(cfg, "segmentation"),
+    }
+
+
+def _qc_slices(levels: list[str | None], pred: np.ndarray) -> list[int]:
+    chosen = []
+    for name in ("basal", "mid", "apical"):
+        ks = [k for k, lv in enumerate(levels) if lv == name]
+        if ks:
+            chosen.append(ks[len(ks) // 2])
+    return chosen or [pred.shape[0] // 2]
+
+
+def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models, cfg: Config,
+                ed: int | None = None) -> dict[str, Any]:
+    raw = read_cine(cine_path, subject_id, ed=ed)
+    subject = preprocess_subject(raw, cfg.data)
+    if subject.cine.shape[-1] % 16 or subject.cine.shape[-2] % 16:
+        raise ConfigError(f"data.crop {cfg.data.crop} must be a multiple of 16")
+    pred, fields = segment_subject(models, subject)
+    seg = to_cine_grid(pred, subject.affine, raw.cine_affine, raw.cine.shape[:3])
+    folder = out_dir / subject_id
+    folder.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(seg, raw.cine_affine)
+    img.set_qform(raw.cine_affine, code=1)
+    img.set_sform(raw.cine_affine, code=1)
+    with atomic_path(folder / "infarct_seg.nii.gz") as tmp:
+        nib.save(img, str(tmp) + ".nii.gz")
+        Path(str(tmp) + ".nii.gz").replace(tmp)
+    report = build_report(subject_id, cine_path, subject, raw, pred, models, cfg)
+    atomic_write_text(folder / "report.json", json.dumps(report, indent=1) + "\n")
+    qc.write_qc(folder / "qc.png", subject.cine, subject.es, fields, pred,
+                _qc_slices(metrics.level_of_slices(pred > 0), pred))
+    return report

@@ -1,0 +1,84 @@
+"""What the plain sbatch wrappers (``slurm/``) ask Python, so the shell carries no rules of its own.
+
+``submit_chain.sh`` asks for the plan (which stages to run, keep or skip, and what each waits on)
+and records the job ids it submitted; ``run_stage.sbatch`` records a stage's state and asks whether
+a job that saved its position may be requeued (``slurm.max_requeues``). The answers come from the
+same plan, record, stage graph and job states as ``python -m mi_pipeline.submit``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mi_pipeline.config import Config
+from mi_pipeline.layout import RunLayout
+from mi_pipeline.orchestration.progress import ProgressFile, now
+from mi_pipeline.stages.graph import UPSTREAM
+
+
+def _progress_file(root: Path) -> ProgressFile:
+    def on_disk():  # only for a corrupted record (health reads checkpoints: slower)
+        from mi_pipeline.orchestration.health import rebuild_records
+
+        return rebuild_records(RunLayout(root))
+
+    return ProgressFile(root, inspect_disk=on_disk)
+
+
+def plan_lines(cfg: Config, root: Path) -> list[str]:
+    """One line per stage, in pipeline order, for the shell to act on:
+
+    ``skip STAGE reason`` | ``keep STAGE JOB_ID STATE`` (its live job stays the stage's job) |
+    ``run STAGE RESTART(0|1) UPSTREAM(comma-separated stages, or -) reason``.
+    """
+    from mi_pipeline.data.prepare import data_is_prepared
+    from mi_pipeline.orchestration.plan import make_plan
+    from mi_pipeline.orchestration.slurm_executor import ACTIVE_STATES, job_states
+
+    progress = _progress_file(root).read()
+    steps = make_plan("resume", RunLayout(root), progress, data_ready=data_is_prepared(cfg, root))
+    recorded = {s.stage: progress.stages[s.stage].job_id for s in steps
+                if s.run and progress.stages[s.stage].executor == "slurm" and progress.stages[s.stage].job_id}
+    states = job_states(list(recorded.values()))  # type: ignore[arg-type]
+    lines = []
+    for step in steps:
+        job_id = recorded.get(step.stage)
+        if not step.run:
+            lines.append(f"skip {step.stage} {step.reason}")
+        elif job_id and states.get(job_id) in ACTIVE_STATES:
+            lines.append(f"keep {step.stage} {job_id} {states[job_id]}")
+        else:
+            upstream = ",".join(u for u in UPSTREAM[step.stage]) or "-"
+            lines.append(f"run {step.stage} {int(step.restart)} {upstream} {step.reason}")
+    return lines
+
+
+def record_jobs(root: Path, note: str, jobs: dict[str, str]) -> None:
+    """The wrapper submitted these jobs (stage -> job id): they are now the stages' pending jobs."""
+    with _progress_file(root).update() as record:
+        for stage, job_id in jobs.items():
+            entry = record.stages[stage]
+            entry.status, entry.executor, entry.job_id, entry.error, entry.note, entry.updated = (
+                "pending", "slurm", job_id, None, note, now())
+
+
+def record_stage(root: Path, stage: str, changes: dict[str, str | None]) -> None:
+    _progress_file(root).update_stage(stage, **changes)
+
+
+def requeue_allowed(root: Path, stage: str, max_requeues: int) -> tuple[bool, str]:
+    """After a job saved its position on USR2: may it be requeued? Records the answer first.
+
+    Recording comes first because once requeued, the next run may start (and write "running") at once.
+    """
+    job_id = os.environ.get("SLURM_JOB_ID", "?")
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    if restarts >= max_requeues:
+        message = (f"job {job_id} requeued {restarts} times (slurm.max_requeues={max_requeues}); "
+                   f"resume continues from last.pth")
+        record_stage(root, stage, {"status": "failed", "error": message})
+        return False, message
+    record_stage(root, stage, {"status": "pending", "error": None,
+                               "note": "requeued by slurm/run_stage.sbatch after USR2; continues from last.pth"})
+    return True, f"requeue {restarts + 1} of at most {max_requeues}"

@@ -1,0 +1,230 @@
+"""The progress record ``.training_progress``: the only code that reads or writes it.
+
+Format (human first): line 1 is the seed's state name, so ``cat .training_progress`` shows it and
+``echo step1_data_prepared > .training_progress`` resets it; the per-stage detail follows as JSON.
+
+    step2_motion_trained
+    # mi_pipeline progress: line 1 is the state; the JSON below is per-stage detail.
+    {"version": 1, "state": "step2_motion_trained", "stages": {...}}
+
+Every update is a read-modify-write under a file lock, written atomically (temp + fsync + rename),
+so concurrent jobs and user commands never lose an update and readers never see a torn file.
+A file whose first line is not a state is never trusted: it is kept as ``.training_progress.corrupt``
+and the record is rebuilt from what is on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from mi_pipeline.errors import UserError
+from mi_pipeline.fsio import atomic_write_text, remove_stale_temps
+from mi_pipeline.layout import PROGRESS_FILE
+from mi_pipeline.stages.graph import STAGES
+
+FILENAME = PROGRESS_FILE  # one spelling: the run-directory contract owns it
+STATES = (
+    "step0_not_started",
+    "step1_data_prepared",
+    "step2_motion_trained",
+    "step3_registration_trained",
+    "step4_segmentation_trained",
+    "all_completed",
+)
+STATUSES = ("not_started", "pending", "running", "done", "failed")
+LOCK_TIMEOUT_S = 120.0
+
+
+@dataclass
+class StageRecord:
+    status: str = "not_started"
+    epoch: int = 0
+    epochs: int | None = None
+    best_metric: float | None = None
+    metric_name: str | None = None
+    attempts: int = 0  # times a process started training this stage
+    requeues: int = 0
+    job_id: str | None = None
+    executor: str | None = None  # "local" or "slurm"
+    pid: int | None = None
+    host: str | None = None
+    log: str | None = None
+    started: str | None = None
+    finished: str | None = None
+    updated: str | None = None
+    error: str | None = None
+    note: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> "StageRecord":
+        if not isinstance(raw, dict):
+            return cls()
+        known = {f.name for f in dataclasses.fields(cls)}
+        record = cls(**{k: v for k, v in raw.items() if k in known})
+        if record.status not in STATUSES:
+            record.status = "not_started"
+        return record
+
+
+@dataclass
+class Progress:
+    stages: dict[str, StageRecord] = field(default_factory=lambda: {s: StageRecord() for s in STAGES})
+    notes: list[str] = field(default_factory=list)  # what reading had to repair; shown to the user
+
+    @property
+    def state(self) -> str:
+        return state_from_done([s for s in STAGES if self.stages[s].status == "done"])
+
+    def done(self, stage: str) -> bool:
+        return self.stages[stage].status == "done"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": 1, "state": self.state,
+                "stages": {s: dataclasses.asdict(self.stages[s]) for s in STAGES}}
+
+
+def state_from_done(done: list[str]) -> str:
+    """The seed's linear state: the last step N such that steps 1..N are all done."""
+    count = 0
+    for stage in STAGES:
+        if stage not in done:
+            break
+        count += 1
+    return "all_completed" if count == len(STAGES) else STATES[count]
+
+
+def done_from_state(state: str) -> list[str]:
+    """Stages a hand-written state declares done (step4 and all_completed both mean all four)."""
+    count = min(STATES.index(state), len(STAGES))
+    return list(STAGES[:count])
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class ProgressFile:
+    """The record of one run directory. ``inspect_disk`` rebuilds it when the file is corrupted."""
+
+    def __init__(self, run_dir: Path, inspect_disk: Callable[[], dict[str, StageRecord]] | None = None) -> None:
+        self.path = Path(run_dir) / FILENAME
+        self.lock_path = Path(run_dir) / f"{FILENAME}.lock"
+        self.inspect_disk = inspect_disk
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        for path in (self.path, self.lock_path):
+            if path.is_symlink():
+                raise UserError(f"{path}: is a symbolic link; refusing to follow it (remove the link)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.lock_path), timeout=LOCK_TIMEOUT_S)
+        try:
+            with lock:
+                yield
+        except TimeoutError:
+            raise UserError(f"{self.lock_path}: could not take the progress lock in {LOCK_TIMEOUT_S:.0f}s "
+                            "(another mi_pipeline command is holding it)") from None
+
+    def read(self) -> Progress:
+        """The current record (repairing and persisting a corrupted file under the lock)."""
+        with self.locked():
+            return self._read_locked()
+
+    @contextlib.contextmanager
+    def update(self) -> Iterator[Progress]:
+        """Read-modify-write under the lock; the change is written when the block exits cleanly."""
+        with self.locked():
+            progress = self._read_locked()
+            yield progress
+            self._write_locked(progress)
+
+    def reset(self) -> None:
+        """Forget all progress (mode fresh)."""
+        with self.locked():
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    def update_stage(self, stage: str, **changes: Any) -> StageRecord:
+        with self.update() as progress:
+            record = progress.stages[stage]
+            for key, value in changes.items():
+                setattr(record, key, value)
+            record.updated = now()
+            return dataclasses.replace(record)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _read_locked(self) -> Progress:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return Progress()
+        except (OSError, UnicodeDecodeError) as exc:
+            return self._rebuild(f"unreadable ({exc})")
+        first, _, rest = text.partition("\n")
+        state = first.strip()
+        if state not in STATES:
+            shown = repr(first.strip()[:40]) if first.strip() else "empty"
+            return self._rebuild(f"first line {shown} is not a progress state")
+        detail = _parse_detail(rest)
+        progress = Progress()
+        if detail is not None:
+            for stage in STAGES:
+                progress.stages[stage] = StageRecord.from_dict(detail.get("stages", {}).get(stage))
+        if detail is None or detail.get("state") != state:
+            self._apply_hand_written(progress, state)
+        return progress
+
+    def _apply_hand_written(self, progress: Progress, state: str) -> None:
+        declared = done_from_state(state)
+        for stage in STAGES:
+            record = progress.stages[stage]
+            if stage in declared and record.status != "done":
+                record.status, record.note = "done", f"marked done by hand ({state})"
+            elif stage not in declared and record.status != "not_started":
+                progress.stages[stage] = StageRecord(note=f"reset by hand ({state})")
+        progress.notes.append(f"{self.path.name} was set by hand to {state}")
+
+    def _rebuild(self, why: str) -> Progress:
+        kept = self.path.with_name(f"{FILENAME}.corrupt")
+        with contextlib.suppress(OSError):
+            os.replace(self.path, kept)
+        progress = Progress()
+        if self.inspect_disk is not None:
+            progress.stages.update(self.inspect_disk())
+        progress.notes.append(f"{self.path.name} was corrupted ({why}); kept a copy as {kept.name} and "
+                              f"rebuilt the progress from the checkpoints on disk: {progress.state}")
+        self._write_locked(progress)
+        return progress
+
+    def _write_locked(self, progress: Progress) -> None:
+        remove_stale_temps(self.path)  # left by a writer killed mid-write; we hold the lock, so none is live
+        body = json.dumps(progress.to_json(), indent=1, sort_keys=False)
+        try:
+            atomic_write_text(self.path, f"{progress.state}\n# mi_pipeline progress: line 1 is the state; "
+                                         f"the JSON below is per-stage detail.\n{body}\n")
+        except OSError as exc:  # disk full, quota, read-only: the old record is intact (atomic write)
+            raise UserError(f"{self.path}: cannot update the progress record ({exc.strerror or exc}); "
+                            "the previous record is unchanged") from None
+
+
+def _parse_detail(rest: str) -> dict[str, Any] | None:
+    lines = [line for line in rest.splitlines() if not line.lstrip().startswith("#")]
+    text = "\n".join(lines).strip()
+    if not text:
+        return None
+    try:
+        detail = json.loads(text)
+    except ValueError:
+        return None
+    return detail if isinstance(detail, dict) else None

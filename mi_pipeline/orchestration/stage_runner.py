@@ -1,0 +1,203 @@
+"""Run one stage in this process and keep the progress record right: what every job executes.
+
+``python -m mi_pipeline.train``, the local executor's child processes and the SLURM stage jobs all
+end up in :func:`train_stage`.
+
+Run again after a crash and it continues from ``last.pth``. It keeps the progress record up to date
+(running -> done / failed) and turns SIGUSR2 / SIGTERM / Ctrl-C into "save the exact position, stop".
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import traceback
+
+import torch
+
+from mi_pipeline.config import Config, stage_hash, to_dict
+from mi_pipeline.engine import checkpoint as ckpt
+from mi_pipeline.engine.determinism import pick_device, setup_determinism
+from mi_pipeline.engine.distributed import World, device_for, init_world, shutdown
+from mi_pipeline.engine.runlog import StageLog
+from mi_pipeline.engine.trainer import FitContext, Interrupted, fit, set_aside
+from mi_pipeline.errors import CheckpointError, UserError
+from mi_pipeline.layout import RunLayout
+from mi_pipeline.orchestration.health import rebuild_records
+from mi_pipeline.orchestration.progress import ProgressFile, now
+from mi_pipeline.stages.graph import UPSTREAM
+
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped on request with its position saved; run again to continue
+
+
+class StopFlag:
+    """Set by a signal; read by the training loop between batches."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    def __call__(self) -> bool:
+        return self.signal_name is not None
+
+    def install(self, log: StageLog) -> None:
+        def handler(signum: int, _frame: object) -> None:
+            name = signal.Signals(signum).name
+            if self.signal_name is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.signal_name = name
+            log.info(f"received {name}: will save the exact position and stop after this batch")
+
+        for sig in (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, handler)
+
+
+class StageRecorder:
+    """Updates one stage's entry in the progress record; a no-op on data-parallel ranks other than 0."""
+
+    def __init__(self, progress: ProgressFile, stage: str, enabled: bool) -> None:
+        self.progress, self.stage, self.enabled = progress, stage, enabled
+
+    def __call__(self, **changes: object) -> None:
+        if self.enabled:
+            self.progress.update_stage(self.stage, **changes)
+
+
+def train_stage(stage: str, cfg: Config, layout: RunLayout, *, force: bool = False, restart: bool = False,
+                on_upstream_change: str = "error", stop: StopFlag | None = None,
+                interrupted_status: str = "failed") -> int:
+    """Run one stage and keep the record right; returns the process exit status.
+
+    ``interrupted_status`` is what the record says after a signal stopped training with its position
+    saved: "failed" for a local process (someone must resume it), "pending" for a SLURM job that is
+    about to be requeued. Under torchrun / a multi-task SLURM job every rank calls this; rank 0
+    alone writes the record, logs and checkpoints.
+    """
+    device = pick_device(cfg.device)
+    world = init_world(device)
+    device = device_for(world, device)
+    try:
+        return _train_stage(stage, cfg, layout, world, device, force=force, restart=restart,
+                            on_upstream_change=on_upstream_change, stop=stop or StopFlag(),
+                            interrupted_status=interrupted_status)
+    finally:
+        shutdown(world)
+
+
+def _train_stage(stage: str, cfg: Config, layout: RunLayout, world: World, device: torch.device, *, force: bool,
+                 restart: bool, on_upstream_change: str, stop: StopFlag, interrupted_status: str) -> int:
+    log = StageLog(layout.log_dir(stage), stage, files=world.is_main,
+                   prefix=f" rank {world.rank}" if world.distributed else "")
+    progress = ProgressFile(layout.root, inspect_disk=lambda: rebuild_records(layout))
+    record = progress.read().stages[stage]
+    update = StageRecorder(progress, stage, enabled=world.is_main)
+    try:
+        _check_not_lost(stage, layout, record.epoch, restart)
+        upstream = _upstream_fingerprints(stage, layout)
+        if world.is_main:
+            restart = restart or _stale_against_upstream(stage, layout, upstream, on_upstream_change, force, log)
+        restart = world.any(restart)
+    except UserError as exc:
+        _mark_failed(update, log, str(exc))
+        raise
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)  # requeues SLURM did itself count too
+    update(status="running", attempts=record.attempts + 1, pid=os.getpid(), requeues=max(record.requeues, restarts),
+           executor="slurm" if os.environ.get("SLURM_JOB_ID") else "local", host=socket.gethostname(),
+           job_id=os.environ.get("SLURM_JOB_ID"), log=str(log.train_log), started=now(), finished=None, error=None)
+    log.info(f"starting {stage} (attempt {record.attempts + 1}, pid {os.getpid()}, config {stage_hash(cfg, stage)})")
+    stop.install(log)
+    try:
+        setup_determinism(cfg.seed, cfg.threads, cfg.deterministic, device)
+        if stage == "data":
+            return _run_data(cfg, layout, update, log, world)
+        return _run_model_stage(stage, cfg, layout, update, log, device, world, upstream, stop, force, restart)
+    except Interrupted as exc:
+        message = f"interrupted by {stop.signal_name} at epoch {exc.state.epoch + 1}; resume continues from there"
+        update(status=interrupted_status, epoch=exc.state.epoch, pid=None,
+               error=message if interrupted_status == "failed" else None, note=message)
+        log.info(message)
+        return EXIT_INTERRUPTED
+    except UserError as exc:
+        _mark_failed(update, log, str(exc))
+        raise
+    except Exception as exc:  # a bug or a numerical failure: full trace in the log, one line at the end
+        if world.is_main:
+            with open(log.train_log, "a", encoding="utf-8") as handle:
+                traceback.print_exc(file=handle)
+        _mark_failed(update, log, f"{type(exc).__name__}: {exc}")
+        print(f"error: {stage} failed: {type(exc).__name__}: {exc} (traceback in {log.train_log})", file=sys.stderr)
+        return 1
+
+
+def _run_data(cfg: Config, layout: RunLayout, update: StageRecorder, log: StageLog, world: World) -> int:
+    from mi_pipeline.data.prepare import prepare_data
+
+    if world.is_main:  # one writer for the cache; other ranks wait for it
+        summary = prepare_data(cfg, layout.root, log=log.info)
+        log.info(f"data prepared: {summary}")
+    world.barrier()
+    update(status="done", finished=now(), pid=None, error=None, note=None)
+    return 0
+
+
+def _run_model_stage(stage: str, cfg: Config, layout: RunLayout, update: StageRecorder, log: StageLog,
+                     device: torch.device, world: World, upstream: dict[str, str], stop: StopFlag, force: bool,
+                     restart: bool) -> int:
+    from mi_pipeline.stages.registry import make_task
+
+    optim = getattr(cfg, stage)
+    task = make_task(stage, cfg, layout.root)
+
+    def on_epoch(state, metrics: dict[str, float]) -> None:
+        update(epoch=state.epoch, epochs=optim.epochs, best_metric=state.best_metric, metric_name=task.metric_name)
+
+    ctx = FitContext(ckpt_dir=layout.ckpt_dir(stage), log=log, seed=cfg.seed, config_hash=stage_hash(cfg, stage),
+                     config=to_dict(cfg), device=device, upstream=upstream, restart=restart, force=force,
+                     world=world, performance=cfg.performance, stop_requested=stop, on_epoch=on_epoch)
+    state = fit(task, optim, ctx)
+    update(status="done", epoch=state.epoch, epochs=optim.epochs, best_metric=state.best_metric,
+           metric_name=task.metric_name, finished=now(), pid=None, error=None, note=None)
+    log.info(f"{stage} done: best {task.metric_name}={state.best_metric} at epoch {state.best_epoch}")
+    return 0
+
+
+def _mark_failed(update: StageRecorder, log: StageLog, message: str) -> None:
+    log.info(f"FAILED: {message}")
+    update(status="failed", error=message, finished=now(), pid=None, log=str(log.train_log))
+
+
+def _check_not_lost(stage: str, layout: RunLayout, recorded_epoch: int, restart: bool) -> None:
+    """Progress without a checkpoint means lost work: say so instead of silently starting over."""
+    if stage != "data" and not restart and recorded_epoch > 0 and not layout.last(stage).exists():
+        raise CheckpointError(
+            f"{layout.last(stage)}: missing, but the progress record says {stage} reached epoch {recorded_epoch}; "
+            f"refusing to start over silently (restore the file, or train with --restart)")
+
+
+def _upstream_fingerprints(stage: str, layout: RunLayout) -> dict[str, str]:
+    prints = {}
+    for up in UPSTREAM[stage]:
+        if up == "data":
+            continue
+        if not layout.best(up).is_file():
+            raise CheckpointError(f"{layout.best(up)}: missing; {stage} needs the trained {up} model (run {up} first)")
+        prints[up] = ckpt.file_fingerprint(layout.best(up))
+    return prints
+
+
+def _stale_against_upstream(stage: str, layout: RunLayout, upstream: dict[str, str], policy: str,
+                            force: bool, log: StageLog) -> bool:
+    """True when last.pth was trained on other upstream models and the policy says restart."""
+    if not upstream or force or not layout.last(stage).exists():
+        return False
+    try:
+        recorded = ckpt.load_checkpoint(layout.last(stage), required=("model",)).get("upstream", {})
+    except CheckpointError:
+        return False  # the trainer reports the unreadable file itself
+    if recorded == upstream or policy != "restart":
+        return False
+    kept = set_aside(layout.last(stage), "stale")
+    log.info(f"last.pth was trained on older upstream models ({', '.join(sorted(upstream))}): "
+             f"restarting {stage} from scratch (old file kept as {kept.name if kept else '-'})")
+    return True

@@ -1,0 +1,117 @@
+"""Where a run stands, gathered from the record, the checkpoints, SLURM and the processes themselves.
+
+The progress record says what the jobs last wrote; this module checks it against the world (is the
+recorded process alive? what does SLURM say of the job?) so ``status`` never shows a dead stage as
+running.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from mi_pipeline.layout import RunLayout
+from mi_pipeline.orchestration.health import inspect_stage, rebuild_records
+from mi_pipeline.orchestration.progress import ProgressFile, StageRecord
+from mi_pipeline.stages.graph import STAGES
+
+TROUBLE_LINES = 5
+
+
+def collect(layout: RunLayout) -> dict[str, Any]:
+    progress = ProgressFile(layout.root, inspect_disk=lambda: rebuild_records(layout)).read()
+    slurm_ids = [r.job_id for r in progress.stages.values() if r.executor == "slurm" and r.job_id]
+    states = _slurm_states(slurm_ids)
+    stages = {stage: _stage_report(layout, stage, progress.stages[stage], states) for stage in STAGES}
+    return {"run_dir": str(layout.root), "state": progress.state, "stages": stages, "notes": progress.notes}
+
+
+def _slurm_states(job_ids: list[str]) -> dict[str, str]:
+    if not job_ids:
+        return {}
+    from mi_pipeline.orchestration.slurm_executor import job_states
+
+    return job_states(job_ids)
+
+
+def _stage_report(layout: RunLayout, stage: str, record: StageRecord, slurm: dict[str, str]) -> dict[str, Any]:
+    status, detail = record.status, record.note
+    slurm_state = slurm.get(record.job_id or "") if record.executor == "slurm" else None
+    if status in ("running", "pending") and record.executor != "slurm" and not _process_alive(record):
+        if status == "running":
+            status, detail = "failed", f"process {record.pid} on {record.host} ended without reporting (killed?)"
+        else:
+            status, detail = "not_started", f"its submitter (pid {record.pid}) ended before starting it"
+    if status in ("pending", "running") and slurm_state is not None:
+        from mi_pipeline.orchestration.slurm_executor import ACTIVE_STATES
+
+        if slurm_state in ACTIVE_STATES:
+            status = "running" if slurm_state in ("RUNNING", "COMPLETING") else "pending"
+        elif slurm_state != "COMPLETED":
+            status, detail = "failed", f"job {record.job_id} ended {slurm_state}"
+    report: dict[str, Any] = {
+        "status": status, "epoch": record.epoch, "epochs": record.epochs, "best_metric": record.best_metric,
+        "metric_name": record.metric_name, "attempts": record.attempts, "requeues": record.requeues,
+        "job_id": record.job_id, "slurm_state": slurm_state, "log": record.log, "error": record.error,
+        "detail": detail,
+    }
+    if stage != "data":
+        health = inspect_stage(layout, stage)
+        report["best_model"] = "ok" if health.best_ok else health.best_problem
+    if status == "failed":
+        report["trouble"] = _tail(layout.train_log(stage), TROUBLE_LINES)
+    return report
+
+
+def _process_alive(record: StageRecord) -> bool:
+    if record.pid is None or record.host != socket.gethostname():
+        return True  # cannot tell from here: trust the record
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(record.pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed process whose parent died too can linger unreaped: it is not running."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _tail(path: Path, count: int) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()[-count:]
+    except OSError:
+        return []
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [f"run: {report['run_dir']}", f"state: {report['state']}"]
+    lines += [f"note: {note}" for note in report["notes"]]
+    for stage, info in report["stages"].items():
+        mark = "✓" if info["status"] == "done" else "✗"
+        parts = [f"{mark} {stage:13} {info['status']:11}"]
+        if info.get("epochs"):
+            parts.append(f"epoch {info['epoch']}/{info['epochs']}")
+        if info.get("best_metric") is not None:
+            parts.append(f"best {info.get('metric_name') or 'metric'}={info['best_metric']:.4f}")
+        if info.get("attempts"):
+            parts.append(f"attempts {info['attempts']}")
+        if info.get("job_id"):
+            parts.append(f"job {info['job_id']}" + (f" ({info['slurm_state']})" if info.get("slurm_state") else ""))
+        if stage != "data" and info.get("best_model") not in ("ok", "missing"):
+            parts.append("best_model.pth corrupted")
+        lines.append("  ".join(parts))
+        if info["status"] == "failed":
+            for reason in (info.get("error"), info.get("detail")):
+                if reason:
+                    lines.append(f"      {reason}")
+            lines += [f"      | {line}" for line in info.get("trouble", [])]
+    return "\n".join(lines)

@@ -1,0 +1,122 @@
+"""predict: files in the cine's own geometry, the report, the QC picture, one-line errors.
+
+Models here are untrained (random weights saved in the real checkpoint format): these tests check
+the plumbing, the benchmark (benchmarks/quality.py) checks the quality.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mi_pipeline import inference, qc
+from mi_pipeline.cli import predict
+from mi_pipeline.stages import registry
+from mi_pipeline.cli.common import run_main
+from mi_pipeline.config import PhantomConfig, load_config, stage_hash, to_dict
+from mi_pipeline.data.phantom import generate_subject, write_subject
+from mi_pipeline.data.preprocess import preprocess_subject
+from mi_pipeline.engine import checkpoint as ckpt
+
+TINY = Path(__file__).parent / "configs" / "tiny.yaml"
+
+
+def save_untrained(cfg, root: Path, stages=("motion", "registration", "segmentation")) -> None:
+    torch.manual_seed(0)
+    for stage in stages:
+        model = registry.stage(stage).build_model(cfg)
+        ckpt.save_checkpoint(root / stage / ckpt.BEST, {
+            "kind": "best", "stage": stage, "model": model.state_dict(), "epoch": 1, "metric_name": "x",
+            "metric": 0.0, "metrics": {}, "config_hash": stage_hash(cfg, stage), "config": to_dict(cfg),
+            "upstream": {}})
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("predict")
+    cfg = load_config(TINY)
+    save_untrained(cfg, tmp / "run" / "checkpoints")
+    params = PhantomConfig(subjects=2, seed=77, size=64, slices=3, frames=8)
+    for i in range(2):
+        write_subject(generate_subject(params, i), tmp / "data" / f"s{i}")
+    return tmp, cfg
+
+
+def test_predict_writes_three_files_in_cine_geometry(setup, capsys) -> None:
+    tmp, _ = setup
+    cine = tmp / "data" / "s0" / "cine.nii.gz"
+    out = tmp / "out"
+    assert run_main(predict.main, ["--cine", str(cine), "--out", str(out), "--run-dir", str(tmp / "run")]) == 0
+    folder = out / "s0"
+    seg = nib.load(str(folder / "infarct_seg.nii.gz"))
+    src = nib.load(str(cine))
+    assert seg.shape == src.shape[:3]
+    np.testing.assert_allclose(seg.affine, src.affine, atol=1e-5)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
+    report = json.loads((folder / "report.json").read_text())
+    for key in ("infarct_percent", "per_slice", "aha_segments", "frames", "checkpoints", "config_hash"):
+        assert key in report
+    assert len(report["per_slice"]) == 3 and set(report["aha_segments"]) == {str(s) for s in range(1, 17)}
+    assert set(report["checkpoints"]) == {"motion", "segmentation"}
+    import yaml
+
+    assert report["frames"]["ed"] == yaml.safe_load((cine.parent / "info.yaml").read_text())["ed"]  # found from images
+    picture = qc.read_png((folder / "qc.png").read_bytes())
+    assert picture.ndim == 3 and picture.shape[1] > picture.shape[0] > 0
+
+
+def test_predict_folder_and_stored_config(setup) -> None:
+    tmp, _ = setup
+    out = tmp / "out_folder"
+    assert run_main(predict.main, ["--cine", str(tmp / "data"), "--out", str(out),
+                                   "--checkpoints", str(tmp / "run" / "checkpoints")]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["s0", "s1"]
+
+
+def test_crop_grid_maps_back_exactly(setup) -> None:
+    """Crop-grid labels mapped back with to_cine_grid land on the same voxels (the geometry round trip)."""
+    tmp, cfg = setup
+    from mi_pipeline.data.generic import load_subject
+
+    raw = load_subject(tmp / "data", "s0")
+    subject = preprocess_subject(raw, cfg.data)
+    crop_ed = subject.cine_label[:, 0]
+    back = inference.to_cine_grid(crop_ed, subject.affine, raw.cine_affine, raw.cine.shape[:3])
+    truth = np.where(raw.cine_label[..., raw.ed] == 4, 3, raw.cine_label[..., raw.ed])
+    covered = back > 0
+    assert covered.sum() > 0.9 * (truth > 0).sum()
+    assert (back[covered] == truth[covered]).mean() > 0.99
+
+
+@pytest.mark.parametrize("case", ["missing", "3d", "empty_folder", "no_checkpoint"])
+def test_predict_bad_input_is_one_line_exit_2(setup, case, capsys, tmp_path) -> None:
+    tmp, _ = setup
+    run = ["--run-dir", str(tmp / "run")]
+    if case == "missing":
+        argv = ["--cine", str(tmp_path / "nope.nii.gz"), "--out", str(tmp_path / "o"), *run]
+    elif case == "3d":
+        img = nib.Nifti1Image(np.random.default_rng(0).random((8, 8, 3)).astype(np.float32), np.eye(4))
+        nib.save(img, str(tmp_path / "flat.nii.gz"))
+        argv = ["--cine", str(tmp_path / "flat.nii.gz"), "--out", str(tmp_path / "o"), *run]
+    elif case == "empty_folder":
+        (tmp_path / "empty").mkdir()
+        argv = ["--cine", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), *run]
+    else:
+        argv = ["--cine", str(tmp / "data" / "s0" / "cine.nii.gz"), "--out", str(tmp_path / "o"),
+                "--run-dir", str(tmp_path), "--config", str(TINY)]
+    assert run_main(predict.main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+
+
+def test_png_writer_roundtrip() -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, size=(7, 5, 3), dtype=np.uint8)
+    data = qc.png_bytes(rgb)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert np.array_equal(qc.read_png(data), rgb)
