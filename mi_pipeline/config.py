@@ -504,5 +504,45 @@ def stage_hash(cfg: Config, stage: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def config_changes(stored: dict[str, Any], cfg: Config, stage: str) -> list[tuple[str, Any, Any]]:
+    """``(key, stored value, current value)`` for each setting ``stage``'s result depends on that
+    differs between a checkpoint's stored config and ``cfg`` (keys a stored config lacks are new
+    settings, not changes). The plan shows these when a finished stage's config changed."""
+    current = to_dict(cfg)
+    changes: list[tuple[str, Any, Any]] = []
+    for top in ("seed", "threads", "deterministic"):
+        if top in stored and stored[top] != current[top]:
+            changes.append((top, stored[top], current[top]))
+    for section in config_sections(stage):
+        old, new = _flatten(stored.get(section, {}), section), _flatten(current[section], section)
+        changes += [(key, old[key], value) for key, value in new.items() if key in old and old[key] != value]
+    return changes
+
+
+def only_longer_training(changes: list[tuple[str, Any, Any]], stage: str) -> bool:
+    """True when ``changes`` are epoch counts only: ``stage``'s own raised, or its upstream stages'.
+
+    Training longer is not a different experiment: resume continues from last.pth. An upstream
+    stage's longer training matters only if it changed that stage's best model, which dependants
+    see through its fingerprint (the upstream-change rule), not through the config.
+    """
+    if not changes:
+        return False
+    for key, old, new in changes:
+        section, _, name = key.partition(".")
+        if name != "epochs" or (section == stage and not new > old):
+            return False
+    return True
+
+
+def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        out.update(_flatten(item, f"{prefix}.{key}"))
+    return out
+
+
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)

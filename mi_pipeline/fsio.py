@@ -43,6 +43,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.fchmod(fd, _mode_from_umask())  # mkstemp makes it 0600: a colleague in the group could not read it
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -57,6 +58,30 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def _mode_from_umask() -> int:
+    """0666 less the process umask: what ``open()`` would give a new file (group-readable under 022/002).
+
+    The umask is read from /proc (reading it with ``os.umask`` means setting it for a moment, which
+    a checkpoint thread writing at the same time would see); elsewhere it is read once at import.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o666 & ~_IMPORT_UMASK
+
+
+def _read_umask_once() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_IMPORT_UMASK = _read_umask_once()
 
 
 def stale_temps(target: str | os.PathLike[str]) -> list[Path]:

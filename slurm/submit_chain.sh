@@ -90,9 +90,9 @@ release_held() {
 }
 trap release_held EXIT
 
-# submit STAGE RESTART UPSTREAM(comma-separated stages or -) -> prints the job id
+# submit STAGE RESTART_TOKEN(or -) UPSTREAM(comma-separated stages or -) -> prints the job id
 submit() {
-    local stage=$1 restart=$2 ups=$3 deps=() up out
+    local stage=$1 token=$2 ups=$3 deps=() up out
     for up in ${ups//,/ }; do
         if [[ "$up" != - && -n "${job_of[$up]:-}" ]]; then deps+=("${job_of[$up]}"); fi
     done
@@ -100,11 +100,29 @@ submit() {
     if ((${#deps[@]})); then
         dep_opts=(--dependency="afterok:$(IFS=:; echo "${deps[*]}")" --kill-on-invalid-dep=yes)
     fi
-    out=$(RESTART=$restart sbatch --parsable --hold \
+    out=$(RESTART_TOKEN=$token sbatch --parsable --hold \
         --job-name="mi-$stage" \
         --output="$RUN_DIR/logs/slurm/%x-%j.out" \
-        "${dep_opts[@]}" "${EXTRA[@]}" "$SCRIPT_DIR/run_stage.sbatch" "$stage" "$CONFIG" "$RUN_DIR")
-    echo "${out%%;*}" # --parsable prints "jobid[;cluster]"
+        "${dep_opts[@]}" "${EXTRA[@]}" "$SCRIPT_DIR/run_stage.sbatch" "$stage" "$CONFIG" "$RUN_DIR") || return 1
+    out=${out%%;*} # --parsable prints "jobid[;cluster]"
+    [[ "$out" =~ ^[0-9]+$ ]] || return 1
+    echo "$out"
+}
+
+# A submission is all or nothing: when sbatch refuses a stage, the jobs this call already submitted
+# (still held) are cancelled, the stage's record says why, and the script exits non-zero.
+abandon() {
+    local stage=$1
+    if ((${#held[@]})); then
+        scancel "${held[@]}" || echo "warning: could not cancel ${held[*]}" >&2
+        echo "cancelled the jobs this call had submitted: ${held[*]}" >&2
+        held=()
+    fi
+    chain record "$RUN_DIR" "$stage" status=failed \
+        "error=sbatch refused the $stage job (see the submit_chain.sh output); nothing of this submission was kept" ||
+        echo "warning: could not record the failure in the progress record" >&2
+    echo "error: sbatch refused the $stage job (see above); nothing submitted" >&2
+    exit 1
 }
 
 submitted=()
@@ -120,8 +138,8 @@ while read -r action stage rest; do
         echo "$stage $job"
         ;;
     run)
-        read -r restart ups _ <<<"$rest"
-        job=$(submit "$stage" "$restart" "$ups")
+        read -r token ups _ <<<"$rest"
+        job=$(submit "$stage" "$token" "$ups") || abandon "$stage"
         job_of[$stage]=$job
         held+=("$job")
         submitted+=("$stage=$job")

@@ -16,12 +16,12 @@ import torch
 
 from mi_pipeline import inference, qc
 from mi_pipeline.cli import predict
-from mi_pipeline.stages import registry
 from mi_pipeline.cli.common import run_main
 from mi_pipeline.config import PhantomConfig, load_config, stage_hash, to_dict
 from mi_pipeline.data.phantom import generate_subject, write_subject
 from mi_pipeline.data.preprocess import preprocess_subject
 from mi_pipeline.engine import checkpoint as ckpt
+from mi_pipeline.stages import registry
 
 TINY = Path(__file__).parent / "configs" / "tiny.yaml"
 

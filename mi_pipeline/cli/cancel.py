@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = command_parser("cancel", __doc__)
     add_run_dir_option(parser)
     args = parser.parse_args(argv)
-    cancelled = cancel_jobs(ProgressFile(args.run_dir.resolve()), "cancel command")
+    root = args.run_dir.resolve()
+    cancelled = cancel_jobs(ProgressFile(root), "cancel command", root / "logs" / "slurm")
     print(f"cancelled: {' '.join(cancelled)}" if cancelled else "no pending or running jobs for this run")
     return 0
 

@@ -10,6 +10,7 @@ from mi_pipeline.cli.common import (
     exit_process,
     run_main,
 )
+from mi_pipeline.errors import UserError
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.status_report import collect, render
 
@@ -19,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     add_run_dir_option(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
+    if not args.run_dir.is_dir():
+        raise UserError(f"{args.run_dir}: no such run directory (give the run root with --run-dir)")
     report = collect(RunLayout(args.run_dir.resolve()))
     print(json.dumps(report, indent=1) if args.json else render(report))
     return 0

@@ -21,9 +21,9 @@ from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.health import inspect_stage, rebuild_records
 from mi_pipeline.orchestration.local_executor import StageCommand, resolve_executor
 from mi_pipeline.orchestration.pipeline import (
-    cancel_in_flight,
     delete_for_fresh,
     execute,
+    stop_in_flight,
 )
 from mi_pipeline.orchestration.plan import MODES, Step, make_plan
 from mi_pipeline.orchestration.progress import Progress, ProgressFile
@@ -47,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto = SLURM when sbatch is on PATH, else local processes")
     parser.add_argument("--yes", action="store_true", help="do not ask before deleting (mode fresh)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
-    parser.add_argument("--force", action="store_true", help="resume even where the config changed")
+    parser.add_argument("--force", action="store_true",
+                        help="resume even where the config changed (finished stages are kept as trained)")
+    parser.add_argument("--retrain-from", choices=MODEL_STAGES, default=None, metavar="STAGE",
+                        help="retrain STAGE and every stage after it (the seed's 'restart from a step'; mode resume)")
     args = parser.parse_args(argv)
 
     cfg = load_run_config(args)  # validate before touching anything
@@ -57,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     for note in progress.notes:
         print(f"note: {note}")
 
-    mode = args.mode or _ask_mode(layout, progress)
+    if args.retrain_from and args.mode not in (None, "resume"):
+        raise UserError(f"--retrain-from goes with --mode resume (or no --mode), not --mode {args.mode}")
+    mode = "resume" if args.retrain_from else (args.mode or _ask_mode(layout, progress))
     if mode is None:
         return 0
     if mode == "fresh":
@@ -65,15 +70,22 @@ def main(argv: list[str] | None = None) -> int:
             print("nothing deleted")
             return 1
         if not args.dry_run:
-            cancelled = cancel_in_flight(progress, progress_file)
+            cancelled = stop_in_flight(progress, progress_file, cfg.slurm.job_dir)
             if cancelled:
-                print(f"cancelled in-flight jobs: {' '.join(cancelled)}")
+                print(f"cancelled in-flight jobs (and waited until they ended): {' '.join(cancelled)}")
             delete_for_fresh(layout, progress_file)
             progress = Progress()
 
-    steps = make_plan(mode, layout, progress, data_ready=data_is_prepared(cfg, layout.root))
+    steps = make_plan(mode, layout, progress, data_ready=data_is_prepared(cfg, layout.root), cfg=cfg,
+                      retrain_from=args.retrain_from, force=args.force)
     executor = resolve_executor(args.executor)
     _print_plan(mode, executor, steps)
+    undecided = [s for s in steps if s.decide]
+    if undecided and not args.dry_run:
+        first = undecided[0]
+        raise UserError(f"{first.stage} finished under another config ({first.reason.split(': ', 1)[-1]}): pass "
+                        f"--force to keep the trained model(s) under the new config, or --retrain-from {first.stage} "
+                        f"to retrain it and its dependants (old files kept aside)")
     if args.dry_run:
         return 0
     command = StageCommand(config=args.config.resolve() if args.config else None, overrides=tuple(args.overrides),

@@ -5,6 +5,8 @@ SIGUSR2, SIGTERM or Ctrl-C make the stage save its exact position and exit with 
 
 from __future__ import annotations
 
+import argparse
+
 from mi_pipeline.cli.common import (
     add_run_options,
     command_parser,
@@ -23,13 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     add_run_options(parser)
     parser.add_argument("--force", action="store_true", help="resume even if the config or upstream models changed")
     parser.add_argument("--restart", action="store_true", help="train from scratch (the old last.pth is kept aside)")
+    parser.add_argument("--restart-token", default=None, help=argparse.SUPPRESS)  # set by the executors
     parser.add_argument("--on-upstream-change", choices=("error", "restart"), default="error",
                         help="when last.pth was trained on older upstream models (default: error)")
     args = parser.parse_args(argv)
     cfg = load_run_config(args)
     layout = RunLayout(args.run_dir.resolve())
     return train_stage(args.stage, cfg, layout, force=args.force, restart=args.restart,
-                       on_upstream_change=args.on_upstream_change)
+                       restart_token=args.restart_token, on_upstream_change=args.on_upstream_change)
 
 
 if __name__ == "__main__":

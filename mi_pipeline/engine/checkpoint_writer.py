@@ -24,7 +24,7 @@ import torch
 
 from mi_pipeline.engine.checkpoint import save_checkpoint
 
-MAX_PENDING = 2  # best + last of one epoch; a slower disk makes the loop wait instead of piling up copies
+MAX_PENDING = 1  # one save_all (an epoch's best + last) in flight; a slower disk makes the loop wait instead of piling up copies
 
 
 def snapshot(value: Any) -> Any:
@@ -40,6 +40,26 @@ def snapshot(value: Any) -> Any:
     return value
 
 
+def _write_in_order(items: list[tuple]) -> None:
+    """Write each (path, payload[, then]) in turn; the first failure stops the rest."""
+    for path, payload, *then in items:
+        save_checkpoint(path, payload)
+        if then and then[0] is not None:
+            then[0]()
+
+
+def _run_all(callbacks: list[Callable[[], None]]) -> Callable[[], None] | None:
+    """One callback that runs ``callbacks`` in order (None when there are none)."""
+    if not callbacks:
+        return None
+
+    def run() -> None:
+        for callback in callbacks:
+            callback()
+
+    return run
+
+
 class CheckpointWriter:
     """Writes checkpoints in order on one background thread (``background=False``: in the caller)."""
 
@@ -52,20 +72,20 @@ class CheckpointWriter:
         self.save_all([(path, payload, then)])
 
     def save_all(self, items: list[tuple[Path, dict[str, Any], Callable[[], None] | None]]) -> None:
-        """Several files in order (an epoch's best and last). Every snapshot is taken before the
-        first write starts: a write holds the GIL while it pickles, and copying tensors beside it
-        would make the loop wait for it after all."""
+        """Several files in order (an epoch's best, then last), all or none after the first failure:
+        a ``best_model.pth`` that could not be written must not let that epoch's ``last.pth`` (which
+        says the epoch is done and was best) through. Every snapshot is taken before the first write
+        starts: a write holds the GIL while it pickles, and copying tensors beside it would make the
+        loop wait for it after all."""
         if self._pool is None:
-            for path, payload, then in items:
-                save_checkpoint(path, payload)
-                if then is not None:
-                    then()
+            _write_in_order(items)
             return
-        while self._pending and len(self._pending) + len(items) > MAX_PENDING:
+        while self._pending and len(self._pending) + 1 > MAX_PENDING:
             self._finish_oldest()
         copies = [(path, snapshot(payload), then) for path, payload, then in items]
-        for path, copy, then in copies:
-            self._pending.append((self._pool.submit(save_checkpoint, path, copy), then))
+        group = [(path, copy) for path, copy, _ in copies]
+        callbacks = [then for _, _, then in copies if then is not None]
+        self._pending.append((self._pool.submit(_write_in_order, group), _run_all(callbacks)))
 
     def poll(self) -> None:
         """Run the callbacks of the writes that are done; raise a failed write's CheckpointError."""

@@ -67,6 +67,8 @@ class FitContext:
     upstream: dict[str, str] = field(default_factory=dict)  # fingerprints of the models this stage builds on
     restart: bool = False  # ignore (and set aside) an existing last.pth
     force: bool = False  # resume even if the config hash or upstream models changed
+    accept_config_change: bool = False  # the caller checked last.pth's other config hash is one to continue
+                                        # through (only the epoch count went up); upstream is still checked
     world: World = field(default_factory=World)  # data-parallel ranks; rank 0 alone writes files
     performance: PerformanceConfig = field(default_factory=PerformanceConfig)  # speed switches; a set optim.amp overrides .amp
     stop_requested: Callable[[], bool] = lambda: False
@@ -332,7 +334,7 @@ def _resume(ctx: FitContext, model: torch.nn.Module, optimizer: torch.optim.Opti
         ctx.log.info("no last.pth: starting at epoch 1")
         return TrainState()
     payload = ckpt.load_checkpoint(path, required=("model", "optimizer", "scheduler", "state", "rng", "config_hash"))
-    if payload["config_hash"] != ctx.config_hash and not ctx.force:
+    if payload["config_hash"] != ctx.config_hash and not (ctx.force or ctx.accept_config_change):
         raise CheckpointError(
             f"{path}: written with config hash {payload['config_hash']}, the current config hashes to "
             f"{ctx.config_hash}; resume with --force to continue under the new config, or use --mode fresh")

@@ -30,13 +30,18 @@ def plan_lines(cfg: Config, root: Path) -> list[str]:
     """One line per stage, in pipeline order, for the shell to act on:
 
     ``skip STAGE reason`` | ``keep STAGE JOB_ID STATE`` (its live job stays the stage's job) |
-    ``run STAGE RESTART(0|1) UPSTREAM(comma-separated stages, or -) reason``.
+    ``run STAGE RESTART_TOKEN(or -) UPSTREAM(comma-separated stages, or -) reason``.
+
+    A planned restart is recorded here with its token (``local_executor.plan_restart``); the job
+    passes the token on, so a requeued job continues instead of restarting again.
     """
     from mi_pipeline.data.prepare import data_is_prepared
+    from mi_pipeline.orchestration.local_executor import plan_restart
     from mi_pipeline.orchestration.plan import make_plan
     from mi_pipeline.orchestration.slurm_executor import ACTIVE_STATES, job_states
 
-    progress = _progress_file(root).read()
+    progress_file = _progress_file(root)
+    progress = progress_file.read()
     steps = make_plan("resume", RunLayout(root), progress, data_ready=data_is_prepared(cfg, root))
     recorded = {s.stage: progress.stages[s.stage].job_id for s in steps
                 if s.run and progress.stages[s.stage].executor == "slurm" and progress.stages[s.stage].job_id}
@@ -50,7 +55,8 @@ def plan_lines(cfg: Config, root: Path) -> list[str]:
             lines.append(f"keep {step.stage} {job_id} {states[job_id]}")
         else:
             upstream = ",".join(u for u in UPSTREAM[step.stage]) or "-"
-            lines.append(f"run {step.stage} {int(step.restart)} {upstream} {step.reason}")
+            token = plan_restart(step, progress_file) or "-"
+            lines.append(f"run {step.stage} {token} {upstream} {step.reason}")
     return lines
 
 

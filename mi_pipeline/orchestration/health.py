@@ -24,18 +24,20 @@ class CheckpointHealth:
     best_problem: str | None  # None, "missing" or the load error
     best_metric: float | None
     best_config_hash: str | None
+    best_config: dict | None  # the config best_model.pth was trained with (None: not recorded)
     last_epoch: int | None  # completed epochs in last.pth (None: no usable last.pth)
     last_finished: bool
     last_problem: str | None
 
 
 def inspect_stage(layout: RunLayout, stage: str) -> CheckpointHealth:
-    best_ok, best_problem, metric, config_hash = False, "missing", None, None
+    best_ok, best_problem, metric, config_hash, config = False, "missing", None, None, None
     if layout.best(stage).exists():
         try:
             payload = ckpt.load_checkpoint(layout.best(stage), required=("model", "config_hash"))
             best_ok, best_problem = True, None
             metric, config_hash = payload.get("metric"), payload["config_hash"]
+            config = payload.get("config") if isinstance(payload.get("config"), dict) else None
         except CheckpointError as exc:
             best_problem = str(exc)
     last_epoch, finished, last_problem = None, False, None
@@ -45,7 +47,7 @@ def inspect_stage(layout: RunLayout, stage: str) -> CheckpointHealth:
             last_epoch, finished = int(payload["state"]["epoch"]), bool(payload.get("finished"))
         except (CheckpointError, KeyError, TypeError, ValueError) as exc:
             last_problem = str(exc)
-    return CheckpointHealth(best_ok, best_problem, metric, config_hash, last_epoch, finished, last_problem)
+    return CheckpointHealth(best_ok, best_problem, metric, config_hash, config, last_epoch, finished, last_problem)
 
 
 def rebuild_records(layout: RunLayout) -> dict[str, StageRecord]:

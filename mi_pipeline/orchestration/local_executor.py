@@ -6,11 +6,15 @@ the first failure, naming the step. (The SLURM executor submits the same command
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,18 +31,31 @@ class StageCommand:
     run_dir: Path
     force: bool = False
 
-    def argv(self, step: Step) -> list[str]:
+    def argv(self, step: Step, restart_token: str | None = None) -> list[str]:
         argv = [sys.executable, "-m", "mi_pipeline.train", "--stage", step.stage, "--run-dir", str(self.run_dir),
                 "--on-upstream-change", "restart"]
         if self.config is not None:
             argv += ["--config", str(self.config)]
         for item in self.overrides:
             argv += ["--set", item]
-        if step.restart:
-            argv.append("--restart")
+        if restart_token is not None:
+            argv += ["--restart-token", restart_token]
         if self.force:
             argv.append("--force")
         return argv
+
+
+def plan_restart(step: Step, progress: ProgressFile) -> str | None:
+    """Record a planned restart of ``step`` and return its token (None when the step continues).
+
+    The job carries the token; the first attempt that finds it in the record restarts and clears it,
+    so a job that is requeued or rerun with the same arguments continues instead (stage_runner).
+    """
+    if not step.restart:
+        return None
+    token = uuid.uuid4().hex[:12]
+    progress.update_stage(step.stage, restart_token=token)
+    return token
 
 
 def resolve_executor(requested: str) -> str:
@@ -59,13 +76,54 @@ def run_local(steps: list[Step], command: StageCommand, progress: ProgressFile) 
         if not step.run:
             continue
         print(f"==> {step.stage}: {step.reason}", flush=True)
-        returncode = subprocess.call(command.argv(step))
+        try:
+            returncode = run_child(command.argv(step, plan_restart(step, progress)))
+        except KeyboardInterrupt:
+            _not_started_after(steps, step, progress, "interrupted (Ctrl-C)")
+            raise
         if returncode != 0:
             log = command.run_dir / "logs" / step.stage / "train.log"
             print(f"error: step {step.stage} failed (exit status {returncode}); see {log}. "
                   f"Later steps were not started; fix the cause and run: submit --mode resume", file=sys.stderr)
-            for later in steps[steps.index(step) + 1:]:
-                if later.run:
-                    progress.update_stage(later.stage, status="not_started", note=f"not started: {step.stage} failed")
+            _not_started_after(steps, step, progress, f"{step.stage} failed")
             return returncode
     return 0
+
+
+def run_child(argv: list[str], grace_s: float = 600.0) -> int:
+    """Run one stage process to its end, also when this submitter is interrupted.
+
+    Ctrl-C reaches the stage too (same process group) and it saves its exact position; this waits
+    for that save instead of killing the child at once (``subprocess.call`` gives it a fraction of
+    a second), then re-raises KeyboardInterrupt. A SIGINT sent to the submitter alone is passed on
+    as SIGTERM, which the stage handles the same way (a second SIGINT would abort its save).
+    """
+    child = subprocess.Popen(argv)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        print("interrupted: waiting for the running stage to save its position ...", file=sys.stderr, flush=True)
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGTERM)
+        _wait_ignoring_interrupts(child, grace_s)
+        raise
+
+
+def _wait_ignoring_interrupts(child: subprocess.Popen, grace_s: float) -> None:
+    deadline = time.monotonic() + grace_s
+    while child.poll() is None and time.monotonic() < deadline:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            break
+        except KeyboardInterrupt:
+            continue  # a second Ctrl-C while it saves: keep waiting (the stage is nearly done)
+    if child.poll() is None:
+        child.kill()
+        child.wait()
+
+
+def _not_started_after(steps: list[Step], step: Step, progress: ProgressFile, why: str) -> None:
+    for later in steps[steps.index(step) + 1:]:
+        if later.run:
+            progress.update_stage(later.stage, status="not_started", note=f"not started: {why}")

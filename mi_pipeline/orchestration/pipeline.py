@@ -8,21 +8,49 @@ same steps.
 from __future__ import annotations
 
 import shutil
+import socket
 
 from mi_pipeline.config import Config
+from mi_pipeline.errors import UserError
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.local_executor import StageCommand, run_local
 from mi_pipeline.orchestration.plan import Step
 from mi_pipeline.orchestration.progress import Progress, ProgressFile
 
+CANCEL_WAIT_S = 300.0  # how long fresh waits for cancelled jobs to finish saving and end
 
-def cancel_in_flight(progress: Progress, progress_file: ProgressFile) -> list[str]:
-    """scancel the run's live SLURM jobs (mode fresh); the ids cancelled."""
-    if not any(r.executor == "slurm" and r.job_id for r in progress.stages.values()):
+
+def stop_in_flight(progress: Progress, progress_file: ProgressFile, job_folder: str = "logs/slurm",
+                   wait_s: float = CANCEL_WAIT_S) -> list[str]:
+    """Before mode fresh deletes anything: no stage of the run may still be running.
+
+    SLURM jobs are cancelled and waited for until SLURM says they are gone (a cancelled stage saves
+    its position on SIGTERM; were fresh to delete first, that write would land in the new run). A
+    stage running as a local process is not ours to kill: that is an error naming it. Returns the
+    job ids cancelled.
+    """
+    from mi_pipeline.orchestration.status_report import process_alive
+
+    for stage, record in progress.stages.items():
+        if (record.executor == "local" and record.status == "running" and record.pid
+                and record.host == socket.gethostname() and process_alive(record)):
+            raise UserError(f"{stage} is running in process {record.pid} on {record.host}; mode fresh would delete "
+                            f"its files under it: stop it first (kill -TERM {record.pid}), then run fresh again")
+    from mi_pipeline.orchestration.slurm_executor import (
+        cancel_jobs,
+        jobs_in_folder,
+        wait_until_gone,
+    )
+
+    job_dir = progress_file.path.parent / job_folder
+    if not any(r.executor == "slurm" and r.job_id for r in progress.stages.values()) and not jobs_in_folder(job_dir):
         return []
-    from mi_pipeline.orchestration.slurm_executor import cancel_jobs
-
-    return cancel_jobs(progress_file, "mode fresh")
+    cancelled = cancel_jobs(progress_file, "mode fresh", job_dir)
+    live = wait_until_gone(cancelled, wait_s)
+    if live:
+        raise UserError(f"jobs {' '.join(live)} were cancelled but are still running after {wait_s:.0f} s; nothing "
+                        f"was deleted: run fresh again once squeue no longer lists them")
+    return cancelled
 
 
 def delete_for_fresh(layout: RunLayout, progress_file: ProgressFile) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mi_pipeline.config import Config, config_changes, only_longer_training, stage_hash
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.health import CheckpointHealth, inspect_stage
 from mi_pipeline.orchestration.progress import Progress
-from mi_pipeline.stages.graph import STAGES, downstream
+from mi_pipeline.stages.graph import MODEL_STAGES, STAGES, downstream
 
 MODES = ("fresh", "resume", "skip")
 
@@ -18,18 +19,30 @@ class Step:
     run: bool
     reason: str
     restart: bool = False  # train from scratch, setting the old last.pth aside
+    decide: bool = False  # finished under another config: --force keeps it, --retrain-from retrains it
 
     def describe(self) -> str:
-        verb = ("restart" if self.restart else "run") if self.run else "skip"
+        verb = "DECIDE" if self.decide else ("restart" if self.restart else "run") if self.run else "skip"
         return f"{verb:7} {self.stage:13} {self.reason}"
 
 
-def make_plan(mode: str, layout: RunLayout, progress: Progress, data_ready: bool) -> list[Step]:
+def make_plan(mode: str, layout: RunLayout, progress: Progress, data_ready: bool, cfg: Config | None = None,
+              *, retrain_from: str | None = None, force: bool = False) -> list[Step]:
+    """What each stage does under ``mode``. With ``cfg``, a finished stage whose config changed since it
+    was trained needs a decision (``decide``), unless only its epoch count went up (then it continues)
+    or ``force`` keeps it; ``retrain_from`` retrains that stage and its dependants (old files kept aside)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
     if mode == "fresh":
         return [Step(s, True, "fresh run") for s in STAGES]
     steps = {s: _decide(mode, s, layout, progress, data_ready) for s in STAGES}
+    if cfg is not None and mode == "resume":
+        for stage in MODEL_STAGES:
+            if not steps[stage].run:
+                steps[stage] = _config_check(stage, steps[stage], cfg, layout, force)
+    if retrain_from is not None:
+        for stage in (retrain_from, *downstream(retrain_from)):
+            steps[stage] = Step(stage, True, f"retrain from {retrain_from} requested", restart=stage != "data")
     for stage in STAGES:  # a stage that reruns makes its dependants stale
         if steps[stage].run:
             for child in downstream(stage):
@@ -47,18 +60,54 @@ def _decide(mode: str, stage: str, layout: RunLayout, progress: Progress, data_r
                     else "not prepared yet")
     health = inspect_stage(layout, stage)
     if mode == "skip":
-        if health.best_ok:
+        unfinished = _unfinished(health, record.status)
+        if health.best_ok and unfinished is None:
             return Step(stage, False, "best_model.pth present and loads")
+        if health.best_ok:  # the seed's skip means "trained"; a best_model.pth from epoch 1 is not that
+            return Step(stage, True, f"best_model.pth exists but training has not finished ({unfinished}): continues")
         if health.best_problem != "missing":
             return Step(stage, True, f"best_model.pth is corrupted: {health.best_problem}", restart=True)
         return Step(stage, True, *_continue_or_restart(health, mode))
     # resume
     if record.status == "done":
+        unfinished = _unfinished(health, "done")
+        if health.best_ok and unfinished:  # e.g. a hand-written state that declares it trained
+            return Step(stage, True, f"recorded done but training has not finished ({unfinished}): continues")
         if health.best_ok:
             return Step(stage, False, "already trained (progress record)")
         return Step(stage, True, f"progress says trained but best_model.pth is {health.best_problem}",
                     restart=True)
     return Step(stage, True, *_continue_or_restart(health, mode))
+
+
+def _config_check(stage: str, step: Step, cfg: Config, layout: RunLayout, force: bool) -> Step:
+    """A finished stage against the current config: unchanged, more epochs, or a change to decide on."""
+    health = inspect_stage(layout, stage)
+    if health.best_config is None or health.best_config_hash == stage_hash(cfg, stage):
+        return step
+    changes = config_changes(health.best_config, cfg, stage)
+    shown = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changes) or "the config hash"
+    if only_longer_training(changes, stage) and health.last_epoch is not None:
+        own = [(old, new) for k, old, new in changes if k == f"{stage}.epochs"]
+        if not own or health.last_epoch >= own[0][1]:
+            return step  # trained to the count asked (an upstream stage training longer is its own business)
+        return Step(stage, True, f"epochs raised {own[0][0]} -> {own[0][1]}: continues from last.pth "
+                                 f"at epoch {health.last_epoch}")
+    if force:
+        return Step(stage, False, f"trained under another config ({shown}); kept (--force)")
+    return Step(stage, False, f"trained under another config: {shown}", decide=True)
+
+
+def _unfinished(health: CheckpointHealth, status: str) -> str | None:
+    """Why a stage with a best model is known not to have finished training, or None.
+
+    A model trained by hand (best_model.pth and no last.pth) counts as finished, as in the seed.
+    """
+    if health.last_epoch is not None and not health.last_finished:
+        return f"last.pth is at epoch {health.last_epoch}"
+    if status in ("running", "pending"):
+        return f"the record says {status}"
+    return None
 
 
 def _continue_or_restart(health: CheckpointHealth, mode: str) -> tuple[str, bool]:

@@ -64,6 +64,7 @@ class StageRecord:
     updated: str | None = None
     error: str | None = None
     note: str | None = None
+    restart_token: str | None = None  # a planned restart not yet carried out (see stage_runner)
 
     @classmethod
     def from_dict(cls, raw: Any) -> "StageRecord":
@@ -120,6 +121,7 @@ class ProgressFile:
         self.path = Path(run_dir) / FILENAME
         self.lock_path = Path(run_dir) / f"{FILENAME}.lock"
         self.inspect_disk = inspect_disk
+        self._read_only = False  # set by read() on a directory this user cannot write
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -136,7 +138,18 @@ class ProgressFile:
                             "(another mi_pipeline command is holding it)") from None
 
     def read(self) -> Progress:
-        """The current record (repairing and persisting a corrupted file under the lock)."""
+        """The current record (repairing and persisting a corrupted file under the lock).
+
+        Reading never creates anything: a run directory that does not exist reads as a new run, and
+        one this user cannot write (a colleague's run, a read-only mount) is read without the lock --
+        every write is an atomic rename, so the file read is always a whole one -- and a corrupted
+        record is repaired in memory only.
+        """
+        if not self.path.parent.is_dir():
+            return Progress()
+        if not os.access(self.path.parent, os.W_OK):
+            self._read_only = True
+            return self._read_locked()
         with self.locked():
             return self._read_locked()
 
@@ -192,16 +205,23 @@ class ProgressFile:
             if stage in declared and record.status != "done":
                 record.status, record.note = "done", f"marked done by hand ({state})"
             elif stage not in declared and record.status != "not_started":
-                progress.stages[stage] = StageRecord(note=f"reset by hand ({state})")
+                # The job that may still be queued for it stays known (fresh and cancel must find it;
+                # resume must not submit a duplicate beside it).
+                progress.stages[stage] = StageRecord(note=f"reset by hand ({state})", job_id=record.job_id,
+                                                     executor=record.executor, pid=record.pid, host=record.host)
         progress.notes.append(f"{self.path.name} was set by hand to {state}")
 
     def _rebuild(self, why: str) -> Progress:
-        kept = self.path.with_name(f"{FILENAME}.corrupt")
-        with contextlib.suppress(OSError):
-            os.replace(self.path, kept)
         progress = Progress()
         if self.inspect_disk is not None:
             progress.stages.update(self.inspect_disk())
+        if self._read_only:
+            progress.notes.append(f"{self.path.name} is corrupted ({why}); read-only here, so it was rebuilt in "
+                                  f"memory only from the checkpoints on disk: {progress.state}")
+            return progress
+        kept = self.path.with_name(f"{FILENAME}.corrupt")
+        with contextlib.suppress(OSError):
+            os.replace(self.path, kept)
         progress.notes.append(f"{self.path.name} was corrupted ({why}); kept a copy as {kept.name} and "
                               f"rebuilt the progress from the checkpoints on disk: {progress.state}")
         self._write_locked(progress)

@@ -8,17 +8,22 @@ position; then submitit's own handler requeues the job, and the requeued job con
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from mi_pipeline.config import Config, load_config
+from mi_pipeline.errors import UserError
 from mi_pipeline.orchestration.container import python_command
-from mi_pipeline.orchestration.local_executor import StageCommand
+from mi_pipeline.orchestration.local_executor import StageCommand, plan_restart
 from mi_pipeline.orchestration.plan import Step
 from mi_pipeline.orchestration.progress import ProgressFile
 from mi_pipeline.stages.graph import UPSTREAM
@@ -33,7 +38,8 @@ class StageJob:
 
     stage: str
     command: StageCommand
-    restart: bool = False
+    restart: bool = False  # only in jobs pickled by 0.1.0; now a planned restart travels as restart_token
+    restart_token: str | None = None
 
     def __call__(self) -> int:
         from mi_pipeline.layout import RunLayout
@@ -50,9 +56,11 @@ class StageJob:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         submitit_handler = signal.getsignal(signal.SIGUSR2)
         stop = StopFlag()
+        # A 0.1.0 job with restart=True restarts on its first run only, never on a requeue.
+        legacy_restart = self.restart and int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) == 0
         returncode = train_stage(self.stage, cfg, RunLayout(self.command.run_dir), force=self.command.force,
-                                 restart=self.restart, on_upstream_change="restart", stop=stop,
-                                 interrupted_status="pending")
+                                 restart=legacy_restart, restart_token=getattr(self, "restart_token", None),
+                                 on_upstream_change="restart", stop=stop, interrupted_status="pending")
         if returncode == EXIT_INTERRUPTED:
             if int(os.environ.get("RANK", "0")) != 0:
                 return returncode  # rank 0 saves and requeues the whole job
@@ -78,7 +86,7 @@ class StageJob:
             stage.error = f"requeued {stage.requeues} times, over slurm.max_requeues={cfg.slurm.max_requeues}" if over else None
         if over:
             return None  # submitit then ends the job as failed
-        return submitit.helpers.DelayedSubmission(replace(self, restart=False))
+        return submitit.helpers.DelayedSubmission(replace(self, restart=False))  # the token stays: it is used up
 
 
 def job_states(job_ids: list[str]) -> dict[str, str]:
@@ -110,12 +118,25 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
 
 
 def run_slurm(steps: list[Step], command: StageCommand, progress: ProgressFile, cfg: Config) -> int:
-    """Submit every planned stage not already in flight; print what was submitted and what was kept."""
+    """Submit every planned stage not already in flight; print what was submitted and what was kept.
+
+    All or nothing: requests are checked against the cluster's partitions first, and when sbatch
+    refuses a stage the jobs this call already submitted are cancelled and the record says why.
+    """
     import submitit
+
+    from mi_pipeline.orchestration.slurm_resources import (
+        check_resources,
+        cluster_partitions,
+    )
 
     records = progress.read().stages
     live = job_states([records[s.stage].job_id or "" for s in steps if records[s.stage].executor == "slurm"])
+    to_submit = [s for s in steps if s.run and not (records[s.stage].executor == "slurm"
+                                                    and live.get(records[s.stage].job_id or "") in ACTIVE_STATES)]
+    check_resources(cfg, [s.stage for s in to_submit], cluster_partitions())
     job_of: dict[str, str] = {}
+    submitted: list[str] = []
     folder = command.run_dir / cfg.slurm.job_dir / "%j"
     # Inside the image when a container is configured; checked before anything is submitted.
     slurm_python = python_command(cfg, command.run_dir, [command.config.parent] if command.config else [])
@@ -123,23 +144,48 @@ def run_slurm(steps: list[Step], command: StageCommand, progress: ProgressFile, 
         if not step.run:
             continue
         record = records[step.stage]
-        state = live.get(record.job_id or "")
-        if record.executor == "slurm" and state in ACTIVE_STATES:
+        if step not in to_submit:
             job_of[step.stage] = record.job_id  # type: ignore[assignment]
-            print(f"  {step.stage}: job {record.job_id} is {state}: kept (no duplicate submitted)")
+            print(f"  {step.stage}: job {record.job_id} is {live[record.job_id]}: kept (no duplicate submitted)")
             continue
         deps = [job_of[up] for up in UPSTREAM[step.stage] if up in job_of]
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cfg.slurm.max_requeues,
                                          slurm_python=slurm_python)
         executor.update_parameters(**slurm_parameters(cfg, step.stage, command.run_dir, deps))
-        job = executor.submit(StageJob(step.stage, command, restart=step.restart))
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's refusal too: say it once
+                job = executor.submit(StageJob(step.stage, command, restart_token=plan_restart(step, progress)))
+        except (subprocess.SubprocessError, OSError, submitit.core.utils.FailedJobError) as exc:
+            _abandon(step.stage, submitted, progress, _sbatch_reason(exc))
         job_of[step.stage] = job.job_id
+        submitted.append(job.job_id)
         progress.update_stage(step.stage, status="pending", executor="slurm", job_id=job.job_id, error=None,
                               note=f"submitted{' after ' + ','.join(deps) if deps else ''}")
         print(f"  {step.stage}: submitted job {job.job_id}" + (f" (afterok:{':'.join(deps)})" if deps else ""))
     print(f"jobs: {' '.join(f'{s}={j}' for s, j in job_of.items()) or 'none'}; "
           f"follow with: python -m mi_pipeline.status --run-dir {command.run_dir}")
     return 0
+
+
+def _sbatch_reason(exc: BaseException) -> str:
+    """sbatch's own words from a refused submission (submitit wraps them in a long message)."""
+    text = "\n".join(str(part) for part in (getattr(exc, "stderr", None), getattr(exc, "output", None), exc) if part)
+    lines = [line.strip() for line in text.splitlines() if "error" in line.lower() and line.strip()]
+    return (lines[0] if lines else text.strip().splitlines()[-1] if text.strip() else type(exc).__name__)[:300]
+
+
+def _abandon(stage: str, submitted: list[str], progress: ProgressFile, reason: str) -> NoReturn:
+    """sbatch refused ``stage``: cancel what this call submitted, record why, stop with one line."""
+    if submitted:
+        subprocess.run(["scancel", *submitted], check=False, timeout=60)
+    records = progress.read().stages
+    for other, record in records.items():
+        if record.executor == "slurm" and record.job_id in submitted:
+            progress.update_stage(other, status="not_started", job_id=None,
+                                  note=f"job {record.job_id} cancelled: sbatch refused {stage}")
+    progress.update_stage(stage, status="failed", error=f"sbatch refused the {stage} job: {reason}")
+    cancelled = f"; cancelled the jobs this call had submitted ({' '.join(submitted)})" if submitted else ""
+    raise UserError(f"sbatch refused the {stage} job: {reason}{cancelled}; fix the slurm section and submit again")
 
 
 def slurm_parameters(cfg: Config, stage: str, run_dir: Path, deps: list[str]) -> dict[str, Any]:
@@ -169,14 +215,47 @@ def slurm_parameters(cfg: Config, stage: str, run_dir: Path, deps: list[str]) ->
     return params
 
 
-def cancel_jobs(progress: ProgressFile, why: str) -> list[str]:
-    """scancel the run's jobs that are still pending or running; record it."""
+def wait_until_gone(job_ids: list[str], timeout_s: float, poll_s: float = 2.0) -> list[str]:
+    """Wait until none of ``job_ids`` is pending or running any more; the ids still live at the timeout.
+
+    ``scancel`` returns at once, while a cancelled stage is still saving its position on SIGTERM:
+    whatever must not see those writes (mode fresh deleting the run) waits here first.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = job_states(job_ids)
+        live = [j for j in job_ids if states.get(j) in ACTIVE_STATES]
+        if not live or time.monotonic() >= deadline:
+            return live
+        time.sleep(poll_s)
+
+
+def cancel_jobs(progress: ProgressFile, why: str, job_dir: Path | None = None) -> list[str]:
+    """scancel the run's jobs that are still pending or running; record it.
+
+    The run's jobs are those the record names and, with ``job_dir``, every job that left a folder
+    or output file there (submitit's ``<job_dir>/<job id>/``, the wrappers' ``mi-<stage>-<job id>.out``):
+    a user who reset ``.training_progress`` by hand erased the record's job ids, not the jobs.
+    """
     records = progress.read().stages
     ids = {s: r.job_id for s, r in records.items() if r.executor == "slurm" and r.job_id}
-    states = job_states(list(ids.values()))
+    found = [j for j in jobs_in_folder(job_dir) if j not in ids.values()] if job_dir is not None else []
+    states = job_states([*ids.values(), *found])
     active = {s: j for s, j in ids.items() if states.get(j) in ACTIVE_STATES}
-    if active:
-        subprocess.run(["scancel", *active.values()], check=False, timeout=60)
+    stray = [j for j in found if states.get(j) in ACTIVE_STATES]
+    if active or stray:
+        subprocess.run(["scancel", *active.values(), *stray], check=False, timeout=60)
         for stage, job_id in active.items():
             progress.update_stage(stage, status="failed", error=f"job {job_id} cancelled ({why})")
-    return list(active.values())
+    return [*active.values(), *stray]
+
+
+def jobs_in_folder(job_dir: Path) -> list[str]:
+    """SLURM job ids that left their mark in a run's job folder (see ``cancel_jobs``)."""
+    ids: set[str] = set()
+    if Path(job_dir).is_dir():
+        for entry in Path(job_dir).iterdir():
+            match = re.fullmatch(r"(?:mi-\w+-)?(\d+)(?:\.out)?", entry.name)
+            if match:
+                ids.add(match.group(1))
+    return sorted(ids, key=int)

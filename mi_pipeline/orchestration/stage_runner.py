@@ -17,7 +17,13 @@ import traceback
 
 import torch
 
-from mi_pipeline.config import Config, stage_hash, to_dict
+from mi_pipeline.config import (
+    Config,
+    config_changes,
+    only_longer_training,
+    stage_hash,
+    to_dict,
+)
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.determinism import pick_device, setup_determinism
 from mi_pipeline.engine.distributed import World, device_for, init_world, shutdown
@@ -65,9 +71,15 @@ class StageRecorder:
 
 
 def train_stage(stage: str, cfg: Config, layout: RunLayout, *, force: bool = False, restart: bool = False,
-                on_upstream_change: str = "error", stop: StopFlag | None = None,
+                restart_token: str | None = None, on_upstream_change: str = "error", stop: StopFlag | None = None,
                 interrupted_status: str = "failed") -> int:
     """Run one stage and keep the record right; returns the process exit status.
+
+    ``restart`` (the user's ``train --restart``) trains from scratch now. ``restart_token`` is how a
+    *planned* restart reaches a job: the submitter recorded the token in the stage's record, and the
+    first attempt that finds it there restarts and clears it in the same locked update. A job that
+    SLURM requeues by itself runs again with its original arguments -- the same token -- but the
+    record no longer holds it, so it continues from ``last.pth`` instead of starting over each time.
 
     ``interrupted_status`` is what the record says after a signal stopped training with its position
     saved: "failed" for a local process (someone must resume it), "pending" for a SLURM job that is
@@ -79,28 +91,43 @@ def train_stage(stage: str, cfg: Config, layout: RunLayout, *, force: bool = Fal
     device = device_for(world, device)
     try:
         return _train_stage(stage, cfg, layout, world, device, force=force, restart=restart,
-                            on_upstream_change=on_upstream_change, stop=stop or StopFlag(),
-                            interrupted_status=interrupted_status)
+                            restart_token=restart_token, on_upstream_change=on_upstream_change,
+                            stop=stop or StopFlag(), interrupted_status=interrupted_status)
     finally:
         shutdown(world)
 
 
 def _train_stage(stage: str, cfg: Config, layout: RunLayout, world: World, device: torch.device, *, force: bool,
-                 restart: bool, on_upstream_change: str, stop: StopFlag, interrupted_status: str) -> int:
+                 restart: bool, restart_token: str | None, on_upstream_change: str, stop: StopFlag,
+                 interrupted_status: str) -> int:
     log = StageLog(layout.log_dir(stage), stage, files=world.is_main,
                    prefix=f" rank {world.rank}" if world.distributed else "")
     progress = ProgressFile(layout.root, inspect_disk=lambda: rebuild_records(layout))
-    record = progress.read().stages[stage]
     update = StageRecorder(progress, stage, enabled=world.is_main)
-    try:
-        _check_not_lost(stage, layout, record.epoch, restart)
-        upstream = _upstream_fingerprints(stage, layout)
-        if world.is_main:
+    # Rank 0 alone reads the files and decides (another rank could otherwise look at last.pth while
+    # rank 0 moves it aside); the others learn the outcome, an error included, from the collective.
+    problem: str | None = None
+    upstream: dict[str, str] = {}
+    if world.is_main:
+        try:
+            restart = _decide_restart(stage, layout, progress, restart, restart_token, log)
+            upstream = _upstream_fingerprints(stage, layout)
             restart = restart or _stale_against_upstream(stage, layout, upstream, on_upstream_change, force, log)
-        restart = world.any(restart)
-    except UserError as exc:
-        _mark_failed(update, log, str(exc))
-        raise
+            if restart:
+                _forget_epochs(progress, stage, layout)
+        except UserError as exc:
+            _mark_failed(update, log, str(exc))
+            problem = str(exc)
+            if not world.distributed:
+                raise
+    if world.any(problem is not None):
+        if problem is not None:
+            raise UserError(problem)
+        raise UserError(f"{stage}: rank 0 refused to start (see {log.train_log})")
+    restart = world.any(restart)
+    if not world.is_main:
+        upstream = _upstream_fingerprints(stage, layout)
+    record = progress.read().stages[stage]
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)  # requeues SLURM did itself count too
     update(status="running", attempts=record.attempts + 1, pid=os.getpid(), requeues=max(record.requeues, restarts),
            executor="slurm" if os.environ.get("SLURM_JOB_ID") else "local", host=socket.gethostname(),
@@ -152,7 +179,12 @@ def _run_model_stage(stage: str, cfg: Config, layout: RunLayout, update: StageRe
     def on_epoch(state, metrics: dict[str, float]) -> None:
         update(epoch=state.epoch, epochs=optim.epochs, best_metric=state.best_metric, metric_name=task.metric_name)
 
+    more_epochs = _only_more_epochs(stage, cfg, layout)
+    if more_epochs:
+        log.info(f"only epoch counts changed ({stage}.epochs is {optim.epochs}): continuing from last.pth (the "
+                 f"learning-rate schedule is recomputed for the new total)")
     ctx = FitContext(ckpt_dir=layout.ckpt_dir(stage), log=log, seed=cfg.seed, config_hash=stage_hash(cfg, stage),
+                     accept_config_change=more_epochs,
                      config=to_dict(cfg), device=device, upstream=upstream, restart=restart, force=force,
                      world=world, performance=cfg.performance, stop_requested=stop, on_epoch=on_epoch)
     state = fit(task, optim, ctx)
@@ -162,14 +194,59 @@ def _run_model_stage(stage: str, cfg: Config, layout: RunLayout, update: StageRe
     return 0
 
 
+def _only_more_epochs(stage: str, cfg: Config, layout: RunLayout) -> bool:
+    """True when the stage's checkpoints were made under this config but for epoch counts (its own raised)."""
+    if not layout.last(stage).exists() or not layout.best(stage).exists():
+        return False
+    try:
+        last = ckpt.load_checkpoint(layout.last(stage), required=("config_hash",))
+        best = ckpt.load_checkpoint(layout.best(stage), required=("config_hash", "config"))
+    except CheckpointError:
+        return False  # the trainer reports an unreadable file itself
+    if last["config_hash"] == stage_hash(cfg, stage) or last["config_hash"] != best["config_hash"]:
+        return False
+    return only_longer_training(config_changes(best["config"], cfg, stage), stage)
+
+
 def _mark_failed(update: StageRecorder, log: StageLog, message: str) -> None:
     log.info(f"FAILED: {message}")
     update(status="failed", error=message, finished=now(), pid=None, log=str(log.train_log))
 
 
-def _check_not_lost(stage: str, layout: RunLayout, recorded_epoch: int, restart: bool) -> None:
+def _decide_restart(stage: str, layout: RunLayout, progress: ProgressFile, restart: bool,
+                    restart_token: str | None, log: StageLog) -> bool:
+    """Whether this attempt trains from scratch: asked now, or a planned restart not yet carried out.
+
+    A planned restart's token is taken out of the record here, under its lock, and the old
+    ``last.pth`` is set aside *before* that, so a crash in between repeats the set-aside (harmless:
+    the file is gone) rather than losing the restart.
+    """
+    if restart_token is not None:
+        with progress.update() as record:
+            entry = record.stages[stage]
+            if entry.restart_token == restart_token:
+                if stage != "data":
+                    set_aside(layout.last(stage), "restart")
+                entry.restart_token, entry.epoch = None, 0
+                log.info(f"planned restart ({restart_token}): training {stage} from scratch")
+                return True
+        log.info(f"restart {restart_token} was already carried out (this is a requeue): continuing")
+    if not restart:
+        _check_not_lost(stage, layout, progress.read().stages[stage].epoch)
+    return restart
+
+
+def _forget_epochs(progress: ProgressFile, stage: str, layout: RunLayout) -> None:
+    """A restart starts the record's count again at once, so a crash before the first new epoch
+    does not look like lost work to the next attempt."""
+    if stage != "data" and layout.last(stage).exists():
+        set_aside(layout.last(stage), "restart")
+    progress.update_stage(stage, epoch=0)
+
+
+def _check_not_lost(stage: str, layout: RunLayout, recorded_epoch: int) -> None:
     """Progress without a checkpoint means lost work: say so instead of silently starting over."""
-    if stage != "data" and not restart and recorded_epoch > 0 and not layout.last(stage).exists():
+    if stage != "data" and recorded_epoch > 0 and not layout.last(stage).exists():
         raise CheckpointError(
             f"{layout.last(stage)}: missing, but the progress record says {stage} reached epoch {recorded_epoch}; "
             f"refusing to start over silently (restore the file, or train with --restart)")

@@ -39,7 +39,7 @@ def _slurm_states(job_ids: list[str]) -> dict[str, str]:
 def _stage_report(layout: RunLayout, stage: str, record: StageRecord, slurm: dict[str, str]) -> dict[str, Any]:
     status, detail = record.status, record.note
     slurm_state = slurm.get(record.job_id or "") if record.executor == "slurm" else None
-    if status in ("running", "pending") and record.executor != "slurm" and not _process_alive(record):
+    if status in ("running", "pending") and record.executor != "slurm" and not process_alive(record):
         if status == "running":
             status, detail = "failed", f"process {record.pid} on {record.host} ended without reporting (killed?)"
         else:
@@ -65,7 +65,8 @@ def _stage_report(layout: RunLayout, stage: str, record: StageRecord, slurm: dic
     return report
 
 
-def _process_alive(record: StageRecord) -> bool:
+def process_alive(record: StageRecord) -> bool:
+    """Whether the process the record names is still running (True when it cannot be told from here)."""
     if record.pid is None or record.host != socket.gethostname():
         return True  # cannot tell from here: trust the record
     try:

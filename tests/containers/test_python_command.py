@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from mi_pipeline.config import load_config
-from mi_pipeline.orchestration.container import python_command
 from mi_pipeline.errors import ConfigError
+from mi_pipeline.orchestration.container import python_command
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"

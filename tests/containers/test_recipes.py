@@ -15,10 +15,10 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from tests.containers.conftest import require_module, require_tool
 

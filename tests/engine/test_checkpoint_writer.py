@@ -64,6 +64,24 @@ def test_failed_background_write_is_one_line_and_its_callback_never_runs(tmp_pat
     assert not ran
 
 
+@pytest.mark.parametrize("background", [True, False], ids=["background", "foreground"])
+def test_a_failed_best_write_stops_that_epochs_last_write(tmp_path: Path, background: bool) -> None:
+    """last.pth says "epoch N done, N was best": it must never land when best_model.pth for N did not."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "last.pth").write_bytes(b"epoch N-1")
+    (tmp_path / "best_model.pth").mkdir()  # the best write fails (a folder where the file should go)
+    (tmp_path / "best_model.pth" / "x").write_text("keeps the folder from being replaced")
+    ran: list[str] = []
+    writer = CheckpointWriter(background=background)
+    with pytest.raises(CheckpointError):
+        writer.save_all([(tmp_path / "best_model.pth", {"model": {"w": torch.ones(2)}}, lambda: ran.append("best")),
+                         (tmp_path / "old" / "last.pth", {"model": {"w": torch.ones(2)}}, lambda: ran.append("last"))])
+        writer.flush()
+    writer.close()
+    assert (tmp_path / "old" / "last.pth").read_bytes() == b"epoch N-1", "last.pth of the failed epoch was written"
+    assert ran == []
+
+
 def test_foreground_writer_has_written_when_save_returns(tmp_path: Path) -> None:
     ran: list[bool] = []
     writer = CheckpointWriter(background=False)

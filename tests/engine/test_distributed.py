@@ -12,7 +12,14 @@ from pathlib import Path
 import torch
 
 from tests.engine.test_trainer import RUN_TOY
-from tests.helpers import assert_same_weights, checkpoint_epoch, child_pids, env, model_weights, wait_for
+from tests.helpers import (
+    assert_same_weights,
+    checkpoint_epoch,
+    child_pids,
+    env,
+    model_weights,
+    wait_for,
+)
 
 EPOCHS = 4
 

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_same_weights, checkpoint_epoch, env, model_weights, wait_for
+from tests.helpers import (
+    assert_same_weights,
+    checkpoint_epoch,
+    env,
+    model_weights,
+    wait_for,
+)
 
 RUN_TOY = Path(__file__).resolve().parents[1] / "processes" / "run_toy.py"
 EPOCHS = 6

@@ -21,7 +21,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-
 from tests.faults import harness
 
 PARALLEL = 2  # trials in flight at once (each is mostly sleeping: 2 CPU cores are plenty)

@@ -24,8 +24,8 @@ def test_plan_of_a_new_run_names_each_stage_and_what_it_waits_on(tmp_path: Path)
     out = chain("plan", str(TINY), str(tmp_path))
     assert out.returncode == 0, out.stderr
     lines = [line.split()[:4] for line in out.stdout.splitlines()]
-    assert lines == [["run", "data", "0", "-"], ["run", "motion", "0", "data"], ["run", "registration", "0", "data"],
-                     ["run", "segmentation", "0", "motion,registration"]]
+    assert lines == [["run", "data", "-", "-"], ["run", "motion", "-", "data"], ["run", "registration", "-", "data"],
+                     ["run", "segmentation", "-", "motion,registration"]]
     assert not (tmp_path / ".training_progress").exists() or stages(tmp_path)["data"]["status"] == "not_started"
 
 

@@ -12,8 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import (REPO, assert_same_weights, checkpoint_epoch, env, model_weights, run_module,
-                           wait_for)
+from tests.helpers import (
+    REPO,
+    assert_same_weights,
+    checkpoint_epoch,
+    env,
+    model_weights,
+    run_module,
+    wait_for,
+)
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 pytestmark = pytest.mark.slow

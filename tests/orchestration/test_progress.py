@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from mi_pipeline.errors import UserError
-from mi_pipeline.orchestration.progress import FILENAME, STATES, ProgressFile, StageRecord, state_from_done
+from mi_pipeline.orchestration.progress import (
+    FILENAME,
+    STATES,
+    ProgressFile,
+    StageRecord,
+    state_from_done,
+)
 
 
 def test_absent_file_means_not_started(tmp_path: Path) -> None:

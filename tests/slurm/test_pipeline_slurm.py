@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, assert_same_weights, checkpoint_epoch, model_weights, run_module, wait_for
+from tests.helpers import (
+    REPO,
+    assert_same_weights,
+    checkpoint_epoch,
+    model_weights,
+    run_module,
+    wait_for,
+)
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 SLURM_SETTINGS = ["--set", "slurm.gpus_per_node=0", "--set", "slurm.cpus_per_task=1", "--set", "slurm.mem_gb=1",
@@ -190,3 +197,58 @@ def test_requeue_cap_fails_the_job_clearly(slurm_cluster, tmp_path: Path) -> Non
     info = status(run_dir)["stages"]["motion"]
     assert info["status"] == "failed" and "max_requeues=0" in (info["error"] or ""), info
     assert checkpoint_epoch(last) >= 1, "the saved progress is kept for a later resume"
+
+
+def queued_names(run_dir: Path) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True, timeout=60).stdout
+    return [n for n in out.split() if n.startswith(f"mi_{run_dir.name}_")]
+
+
+def test_a_request_no_node_can_meet_is_one_line_and_nothing_is_submitted(slurm_cluster, tmp_path: Path) -> None:
+    run_dir = tmp_path / "toobig"
+    result = run_module("mi_pipeline.submit", "--config", str(TINY), "--run-dir", str(run_dir), "--executor", "slurm",
+                        "--mode", "fresh", "--yes", "--set", "slurm.gpus_per_node=0", "--set", "slurm.cpus_per_task=64",
+                        timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: slurm.cpus_per_task") and "at most" in result.stderr
+    gpu = run_module("mi_pipeline.submit", "--config", str(TINY), "--run-dir", str(run_dir), "--executor", "slurm",
+                     "--mode", "fresh", "--yes", "--set", "slurm.cpus_per_task=1", "--set", "slurm.mem_gb=1", timeout=120)
+    assert gpu.returncode == 2 and "slurm.gpus_per_node" in gpu.stderr and "no GPUs" in gpu.stderr, gpu.stderr
+    assert queued_names(run_dir) == []
+
+
+def test_a_stage_sbatch_refuses_cancels_the_jobs_already_submitted(slurm_cluster, tmp_path: Path) -> None:
+    run_dir = tmp_path / "refused"
+    result = submit(run_dir, "--mode", "fresh", "--yes", "--set", "slurm.motion.constraint=nosuchfeature")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "sbatch refused the motion job" in result.stderr and "Traceback" not in result.stderr
+    wait_for(lambda: queued_names(run_dir) == [], 60, "the data job submitted before motion to be cancelled")
+    report = status(run_dir)["stages"]
+    assert report["motion"]["status"] == "failed" and "sbatch refused" in report["motion"]["error"]
+    assert report["data"]["status"] == "not_started", report["data"]
+
+
+@pytest.mark.slow
+def test_fresh_while_jobs_run_leaves_no_trace_of_the_old_run(slurm_cluster, tmp_path: Path) -> None:
+    """The cancelled motion job saves its position on SIGTERM; fresh waits for it before deleting (case 2)."""
+    run_dir = tmp_path / "refresh"
+    assert submit(run_dir, "--mode", "fresh", "--yes", slow=True).returncode == 0
+    wait_for(lambda: checkpoint_epoch(run_dir / "checkpoints" / "motion" / "last.pth") >= 2, 300, "motion epoch 2")
+    again = submit(run_dir, "--mode", "fresh", "--yes")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert not (run_dir / "checkpoints" / "motion" / "last.pth").exists(), "the cancelled job wrote into the new run"
+    wait_all_done(run_dir)
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "logs" / "motion" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, len(epochs) + 1)), epochs
+    assert "resuming from last.pth" not in (run_dir / "logs" / "motion" / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_demo_config_runs_on_a_small_cpu_cluster_without_resource_overrides(slurm_cluster, tmp_path: Path) -> None:
+    run_dir = tmp_path / "demo"
+    short = ["--set", "motion.epochs=1", "--set", "registration.epochs=1", "--set", "segmentation.epochs=1",
+             "--set", "data.phantom.subjects=5"]
+    result = run_module("mi_pipeline.submit", "--config", str(REPO / "configs" / "demo.yaml"), "--run-dir",
+                        str(run_dir), "--executor", "slurm", "--mode", "fresh", "--yes", *short, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert wait_all_done(run_dir, timeout=900)["state"] == "all_completed"

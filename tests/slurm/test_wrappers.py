@@ -20,7 +20,15 @@ from pathlib import Path
 import pytest
 
 from mi_pipeline.orchestration.progress import ProgressFile
-from tests.helpers import REPO, assert_same_weights, checkpoint_epoch, env, model_weights, run_module, wait_for
+from tests.helpers import (
+    REPO,
+    assert_same_weights,
+    checkpoint_epoch,
+    env,
+    model_weights,
+    run_module,
+    wait_for,
+)
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 SBATCH_OPTIONS = ["--cpus-per-task=1", "--mem=1G", "--time=20"]
@@ -168,3 +176,27 @@ def test_submit_resume_sbatch_runs_the_python_submitter_as_a_job(slurm_cluster, 
     assert all(jobs.values()) and submitter not in jobs.values()
     assert all(executor(run_dir, s) == "slurm" for s in STAGES)
     print(f"submit_resume.sbatch: submit -> all_completed in {time.monotonic() - started:.0f}s")
+
+
+def test_a_refused_sbatch_cancels_what_this_call_submitted_and_says_so(slurm_cluster, tmp_path: Path) -> None:
+    """sbatch accepts data and refuses motion (here: an sbatch on PATH that refuses mi-motion and passes
+    everything else to the real one): the data job is cancelled, the record says what happened, exit 1."""
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    real = subprocess.run(["bash", "-c", "command -v sbatch"], capture_output=True, text=True).stdout.strip()
+    (shim / "sbatch").write_text(f'#!/bin/bash\nfor a in "$@"; do [[ "$a" == --job-name=mi-motion ]] && '
+                                 f'{{ echo "sbatch: error: Invalid account" >&2; exit 1; }}; done\nexec {real} "$@"\n')
+    (shim / "sbatch").chmod(0o755)
+    run_dir = tmp_path / "run"
+    variables = job_env()
+    variables["PATH"] = f"{shim}:{variables['PATH']}"
+    result = subprocess.run(["bash", str(REPO / "slurm" / "submit_chain.sh"), str(TINY), str(run_dir), *SBATCH_OPTIONS],
+                            env=variables, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "sbatch refused the motion job" in result.stderr and "cancelled the jobs" in result.stderr
+    data_job = re.search(r"cancelled the jobs this call had submitted: (\d+)", result.stderr).group(1)
+    wait_for(lambda: subprocess.run(["squeue", "-h", "-j", data_job], capture_output=True, text=True).stdout.strip() == "",
+             60, "the cancelled data job to leave the queue")
+    record = ProgressFile(run_dir).read().stages
+    assert record["motion"].status == "failed" and "sbatch refused" in record["motion"].error
+    assert record["data"].job_id != data_job or record["data"].status != "pending", "no pending job that never runs"

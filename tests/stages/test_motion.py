@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mi_pipeline.stages.registry import make_task
 from mi_pipeline.stages.motion import MotionTask, build_model, motion_fields
+from mi_pipeline.stages.registry import make_task
 
 CPU = torch.device("cpu")
 

@@ -7,8 +7,12 @@ import torch
 
 from mi_pipeline.config import load_config
 from mi_pipeline.errors import ConfigError
+from mi_pipeline.stages.registration import (
+    RegistrationTask,
+    build_model,
+    lge_labels_in_cine,
+)
 from mi_pipeline.stages.registry import make_task
-from mi_pipeline.stages.registration import RegistrationTask, build_model, lge_labels_in_cine
 
 CPU = torch.device("cpu")
 
@@ -111,8 +115,8 @@ def test_refinement_improves_a_shifted_pair():
     assert torch.equal(refine_ddf(moving, fixed, zero, steps=0, lr=0.1, smooth_weight=1.0), zero)
     myo_fixed = common.myo(torch.from_numpy(fixed_lab)[None].long())
     moving_labels = torch.from_numpy(moving_lab)[None].long()
-    before = common.dice(common.myo(moving_labels), myo_fixed)
-    after = common.dice(common.myo(common.warp_labels(moving_labels, refined)), myo_fixed)
+    before = metrics.dice(common.myo(moving_labels), myo_fixed)
+    after = metrics.dice(common.myo(common.warp_labels(moving_labels, refined)), myo_fixed)
     assert after > before + 0.08
 
 
