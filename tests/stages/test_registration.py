@@ -93,6 +93,7 @@ def test_refinement_improves_a_shifted_pair():
     """Test-time refinement (registration.refine_steps) recovers a shift the (untrained) net misses."""
     import numpy as np
 
+    from mi_pipeline import metrics
     from mi_pipeline.stages import common
     from mi_pipeline.stages.registration import refine_ddf
 
