@@ -40,6 +40,22 @@ class StampedTask(TrainTask):
         self.losses: list[tuple[float, float]] = []
         self.validations: list[tuple[float, float, float, float]] = []  # wall, cpu at start; wall, cpu at end
         self.threads: list[int] = []
+        self.saves: list[tuple[float, float, float]] = []  # (start, wall s, cpu s) of each checkpoint call
+        self.writes: list[tuple[float, float]] = []  # ours: background writes (start, wall s to durable)
+
+    def timed(self, fn: Callable[..., Any], sink: list | None = None) -> Callable[..., Any]:
+        """``fn`` that notes how long the calling thread was inside it (the training loop's stall)."""
+        sink = self.saves if sink is None else sink
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start, cpu = time.time(), time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                end = time.time()
+                sink.append((start, end - start, time.process_time() - cpu) if sink is self.saves else (start, end - start))
+
+        return wrapper
 
     def setup(self, device: torch.device) -> None:
         self.task.setup(device)

@@ -85,17 +85,25 @@ def train_bare(task: StampedTask, cfg: Config, out: Path, epochs: int, device: t
 
 def train_ours(task: StampedTask, cfg: Config, out: Path, epochs: int, device: torch.device,
                stop: Callable[[], bool] | None = None, **_: Any) -> dict[str, Any]:
+    import dataclasses
+    from unittest import mock
+
     from mi_pipeline.engine import checkpoint as ckpt
+    from mi_pipeline.engine import checkpoint_writer, trainer
     from mi_pipeline.engine.runlog import StageLog
     from mi_pipeline.engine.trainer import FitContext, fit
-    import dataclasses
 
     ckpt_dir = out / "checkpoints"
     resumed = ckpt_dir / ckpt.LAST if (ckpt_dir / ckpt.LAST).exists() else None
     ctx = FitContext(ckpt_dir=ckpt_dir, log=StageLog(out / "logs", STAGE), seed=cfg.seed,
                      config_hash=stage_hash(cfg, STAGE), config=to_dict(cfg), device=device,
                      performance=cfg.performance, stop_requested=stop or (lambda: False))
-    fit(task, dataclasses.replace(cfg.motion, epochs=epochs), ctx)  # Interrupted propagates to the worker
+    # Timing only, engine untouched: the epoch-end checkpoint call (what the loop waits for) and each
+    # background write (start -> durable).
+    with mock.patch.object(trainer._Saver, "record_epoch", task.timed(trainer._Saver.record_epoch)), \
+            mock.patch.object(checkpoint_writer, "save_checkpoint", task.timed(checkpoint_writer.save_checkpoint,
+                                                                               task.writes)):
+        fit(task, dataclasses.replace(cfg.motion, epochs=epochs), ctx)  # Interrupted propagates to the worker
     model = task.build_model()
     model.load_state_dict(ckpt.load_checkpoint(ckpt_dir / ckpt.LAST)["model"])
     return {"model": model, "resumed_from": str(resumed) if resumed else None, "ckpt_dir": ckpt_dir}
@@ -132,6 +140,8 @@ def train_lightning(task: StampedTask, cfg: Config, out: Path, epochs: int, devi
     ckpt_dir = out / "checkpoints"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=task.metric_name, mode="max" if task.higher_is_better else "min",
                                  save_top_k=1, save_last=True, every_n_epochs=1)
+    for hook in ("on_validation_end", "on_train_epoch_end"):  # where ModelCheckpoint saves (timing only)
+        setattr(checkpoint, hook, task.timed(getattr(checkpoint, hook)))
     plugins = [SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1)] if slurm else None
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, callbacks=[checkpoint],
@@ -203,10 +213,12 @@ def train_monai(task: StampedTask, cfg: Config, out: Path, epochs: int, device: 
     handlers: list[Any] = [SetEpoch(loader.sampler)]
     if resumed is not None:
         handlers.append(CheckpointLoader(load_path=str(resumed), load_dict=save_dict, map_location={"cpu": "cpu"}))
-    handlers += [Validate(), LrScheduleHandler(scheduler, print_lr=False, epoch_level=True),
-                 CheckpointSaver(save_dir=str(ckpt_dir), save_dict=save_dict, save_interval=1, n_saved=1,
-                                 epoch_level=True, save_key_metric=True, key_metric_name=task.metric_name,
-                                 key_metric_n_saved=1)]
+    saver = CheckpointSaver(save_dir=str(ckpt_dir), save_dict=save_dict, save_interval=1, n_saved=1,
+                            epoch_level=True, save_key_metric=True, key_metric_name=task.metric_name,
+                            key_metric_n_saved=1)
+    for hook in ("metrics_completed", "interval_completed"):  # its two EPOCH_COMPLETED handlers (timing only)
+        setattr(saver, hook, task.timed(getattr(saver, hook)))
+    handlers += [Validate(), LrScheduleHandler(scheduler, print_lr=False, epoch_level=True), saver]
     for handler in handlers:
         handler.attach(trainer)
     trainer.run()

@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(["scontrol", "requeue", job], check=False)
         status = EXIT_REQUEUED
     record.update({"finished": time.time(), "losses": task.losses, "validations": task.validations,
+                   "saves": task.saves, "writes": task.writes,
                    "threads": task.threads[0] if task.threads else None})
     temp = args.out / f".result-{index}.json.tmp"
     temp.write_text(json.dumps(record) + "\n")
