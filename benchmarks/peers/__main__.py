@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             results["slurm"] = slurm.measure(race, raw)
         else:
             results["slurm"] = {"skipped": "not requested (--slurm)"}
-    except Exception as exc:  # report what we have, then fail
+    except Exception as exc:  # noqa: BLE001 -- any failure: report what we have, then exit 1
         results["error"] = f"{type(exc).__name__}: {exc}"
         print(f"error: {results['error']}", file=sys.stderr)
         status = 1

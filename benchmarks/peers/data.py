@@ -13,8 +13,8 @@ import hashlib
 import math
 import os
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch

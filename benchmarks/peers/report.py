@@ -62,11 +62,11 @@ def markdown(results: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in rows(results)]
     meta = results["meta"]
-    lines += ["", f"{meta['date_utc']}, `{meta['command']}`, {meta['repeats']} repeat(s), {meta['epochs']} epochs, "
-              f"kill -9 after step {results.get('kill_after')}; versions {meta['versions']}; "
-              f"load average {meta['load_avg_start']} -> {meta.get('load_avg_end')}; wall {meta.get('wall_s')} s."]
+    lines += ["", (f"{meta['date_utc']}, `{meta['command']}`, {meta['repeats']} repeat(s), {meta['epochs']} epochs, "
+                   f"kill -9 after step {results.get('kill_after')}; versions {meta['versions']}; "
+                   f"load average {meta['load_avg_start']} -> {meta.get('load_avg_end')}; wall {meta.get('wall_s')} s.")]
     same = {t: f["weights_equal_bare_loop"] for t, f in results["tools"].items() if t != "bare"}
-    lines.append(f"Final weights equal to the bare loop's (uninterrupted runs): "
+    lines.append("Final weights equal to the bare loop's (uninterrupted runs): "
                  + ", ".join(f"{t} {_yes_no(v)}" for t, v in same.items()) + ".")
     return "\n".join(lines) + "\n"
 

@@ -40,7 +40,8 @@ def cluster_down_reason() -> str | None:
     if shutil.which("sbatch") is None:
         return "sbatch not on PATH (no SLURM here)"
     try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%a"], capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run(["sinfo", "-h", "-o", "%a"], capture_output=True, text=True, timeout=20,
+                             check=False).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         return f"sinfo failed: {exc}"
     if "up" not in out.split():
@@ -70,7 +71,8 @@ def batch_script(race: Race, tool: str, out: Path, kill_after: int) -> str:
 
 
 def _state(job: str) -> str:
-    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=20).stdout
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=20,
+                             check=False).stdout
     return out.strip()
 
 

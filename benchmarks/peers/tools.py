@@ -25,7 +25,6 @@ Everything else is identical: model and initial weights (``torch.manual_seed(see
 
 from __future__ import annotations
 
-import math
 import re
 import signal
 from collections.abc import Callable
@@ -35,8 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mi_pipeline.config import Config, OptimConfig, stage_hash, to_dict
 from benchmarks.peers.data import StampedTask, engine_order_loader, num_batches
+from mi_pipeline.config import Config, OptimConfig, stage_hash, to_dict
 from mi_pipeline.engine.trainer import batch_seed, epoch_order, lr_factor
 
 STAGE = "motion"
@@ -226,7 +225,3 @@ def train_monai(task: StampedTask, cfg: Config, out: Path, epochs: int, device: 
 
 
 TRAIN = {"bare": train_bare, "ours": train_ours, "lightning": train_lightning, "monai": train_monai}
-
-
-def steps_per_run(task: StampedTask, cfg: Config, epochs: int) -> int:
-    return epochs * math.ceil(task.num_train_samples() / cfg.motion.batch_size)

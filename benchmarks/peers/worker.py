@@ -14,22 +14,22 @@ import time
 
 STARTED = time.time()  # before the heavy imports: start-up is part of what is measured
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
-import torch  # noqa: E402
+import torch
 
-from benchmarks.peers.data import StampedTask, num_batches, weights_sha256  # noqa: E402
-from benchmarks.peers.tools import STAGE, TOOLS, TRAIN  # noqa: E402
-from mi_pipeline.config import load_config  # noqa: E402
-from mi_pipeline.engine.determinism import setup_determinism  # noqa: E402
-from mi_pipeline.engine.trainer import Interrupted  # noqa: E402
-from mi_pipeline.stages import make_task  # noqa: E402
+from benchmarks.peers.data import StampedTask, num_batches, weights_sha256
+from benchmarks.peers.tools import STAGE, TOOLS, TRAIN
+from mi_pipeline.config import load_config
+from mi_pipeline.engine.determinism import setup_determinism
+from mi_pipeline.engine.trainer import Interrupted
+from mi_pipeline.stages import make_task
 
 EXIT_REQUEUED = 75
 
@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     signalled: list[str] = []
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
     if args.stop_on_signal:
-        release = lambda: bool(signalled)  # noqa: E731
+        release = lambda: bool(signalled)
     elif args.slurm:  # Lightning's own handler ran: its hpc checkpoint is there
-        release = lambda: any(args.out.glob("hpc_ckpt_*.ckpt"))  # noqa: E731
+        release = lambda: any(args.out.glob("hpc_ckpt_*.ckpt"))
     else:
-        release = lambda: False  # noqa: E731
+        release = lambda: False
     task = StampedTask(make_task(STAGE, cfg, args.data_run), freeze_after=args.freeze_after if restarts == 0 else None,
                        marker=args.marker, release=release, trace=args.out / "steps.log" if args.trace else None)
     task.setup(device)
