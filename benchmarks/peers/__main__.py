@@ -6,6 +6,7 @@ Run from the repository root with the peers installed (``pip install -c constrai
     python -m benchmarks.peers --quick              # 1 repeat, tiny data, 2 epochs
     python -m benchmarks.peers --slurm              # also the preemption round trip on the live cluster
     python -m benchmarks.peers --json peers.json --markdown peers.md
+    python -m benchmarks.peers --render peers.json   # the table of a saved run again
 
 A tool whose package is missing is left out with a printed reason; so is the SLURM part when no
 cluster answers. Exit status 0 when every run finished (whatever the figures say), 1 otherwise.
@@ -42,6 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write all figures and raw timestamps here")
     parser.add_argument("--markdown", type=Path, help="write the table here")
     parser.add_argument("--slurm", action="store_true", help="also measure preemption + requeue on the live cluster")
+    parser.add_argument("--render", type=Path, metavar="JSON", help="only print (and --markdown) the table of a saved run")
     return parser.parse_args(argv)
 
 
@@ -75,6 +77,12 @@ def meta(args: argparse.Namespace, preset: race_mod.Preset) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        results = json.loads(args.render.read_text())
+        print(render(results))
+        if args.markdown:
+            args.markdown.write_text(markdown(results))
+        return 0
     preset = race_mod.QUICK if args.quick else race_mod.FULL
     if args.repeats:
         preset = race_mod.Preset(preset.name, preset.overrides, preset.epochs, args.repeats)

@@ -44,12 +44,13 @@ def rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
     for tool, f in results["tools"].items():
         if tool == "bare":
             step = f"{f['step_ms']} ms"
-            stall = f"(epoch end {f['epoch_end_ms']} ms: the reference)"
-            size = "none written"
+            stall = "- (writes none)"
+            size = "-"
         else:
             step = f"{f['step_ratio']:.3f}x ({f['step_ms']} ms; CPU time {f['step_ratio_cpu']:.3f}x)"
-            stall = f"{f['checkpoint_stall_ms']} ms" + (f" (+ {f['background_write_ms']} ms write in background)"
-                                                         if f["background_write_ms"] is not None else "")
+            stall = f"{f['checkpoint_stall_ms']} ms (CPU {f['checkpoint_stall_cpu_ms']} ms)" + (
+                f"; + {f['background_write_ms']} ms per file written in the background"
+                if f["background_write_ms"] is not None else "")
             size = f"{f['last_checkpoint_mb']} MB ({f['checkpoint_mb_per_epoch']} MB all files)"
         start = (f"{f['resume_start_s']:.2f} s ({f['fresh_start_s']:.2f} s)" if f["resume_start_s"] is not None
                  else f"- ({f['fresh_start_s']:.2f} s)")
