@@ -15,7 +15,8 @@ way that tool resumes. From the processes' own timestamps:
   (last loss call of epoch k) - 2 x median step - validation, minus the bare loop's (no checkpoint),
   same repeat -- this also catches what a background write takes from the next step, but single
   steps are noisy on a shared machine;
-* start-up: process start (the parent's ``Popen``) -> first loss call, fresh and resuming;
+* start-up: process start (the parent's ``Popen``) -> first loss call, fresh and resuming, in wall
+  time and in the process's own CPU seconds up to that call (imports, set-up, loading the checkpoint);
 * kill -9: steps the resumed process trains minus the steps that were left (= steps redone), and
   whether its final weights equal the uninterrupted run's, bit for bit.
 """
@@ -213,20 +214,22 @@ def cut(record: dict[str, Any]) -> dict[str, Any]:
             "save_blocked_s": median([w for w, _ in blocked.values()]),
             "save_blocked_cpu_s": median([c for _, c in blocked.values()]),
             "background_write_s": median([w for _, w in record.get("writes", [])]),
-            "validation_s": median([w for w, _ in validations]), "first_step_s": walls[0] - record["spawned"]}
+            "validation_s": median([w for w, _ in validations]), "first_step_s": walls[0] - record["spawned"],
+            "first_step_cpu_s": cpus[0]}
 
 
 def figures(raw: dict[str, Any], tools: tuple[str, ...]) -> dict[str, Any]:
     per_tool: dict[str, dict[str, Any]] = {}
     for tool in tools:
-        (ratios, ratios_cpu, stalls, stalls_cpu, extra_end, extra_end_cpu, writes, steps, ends, fresh, resumed, redone,
-         identical, same_as_bare) = ([] for _ in range(14))
+        (ratios, ratios_cpu, stalls, stalls_cpu, extra_end, extra_end_cpu, writes, steps, ends, fresh, fresh_cpu, resumed,
+         resumed_cpu, redone, identical, same_as_bare) = ([] for _ in range(16))
         files: dict[str, int] = {}
         for rep in raw["repeats"]:
             full, bare = cut(rep["full"][tool]), cut(rep["full"]["bare"])
             steps.append(full["step_s"])
             ends.append(full["epoch_end_s"])
             fresh.append(full["first_step_s"])
+            fresh_cpu.append(full["first_step_cpu_s"])
             ratios.append(full["step_s"] / bare["step_s"])
             ratios_cpu.append(full["step_cpu_s"] / bare["step_cpu_s"])
             extra_end.append(full["epoch_end_s"] - bare["epoch_end_s"])
@@ -243,21 +246,25 @@ def figures(raw: dict[str, Any], tools: tuple[str, ...]) -> dict[str, Any]:
                 left = killed["epochs"] * killed["batches_per_epoch"] - killed["kill_after"]
                 redone.append(len(killed["losses"]) - left)
                 resumed.append(killed["losses"][0][0] - killed["spawned"])
+                resumed_cpu.append(killed["losses"][0][1])  # CPU seconds of the process up to its first step
                 identical.append(killed["weights_sha256"] == rep["full"][tool]["weights_sha256"])
         last_name = next((n for n in files if n.startswith("last")), None) or max(files, key=lambda n: n, default=None)
         per_tool[tool] = {
             "step_ms": _ms(median(steps)), "step_ratio": _r(median(ratios)), "step_ratio_cpu": _r(median(ratios_cpu)),
-            "step_ratios": [_r(x) for x in ratios],
+            "step_ratios": [_r(x) for x in ratios], "step_ratios_cpu": [_r(x) for x in ratios_cpu],
             "checkpoint_stall_ms": _ms(median(stalls)), "checkpoint_stalls_ms": [_ms(x) for x in stalls],
             "checkpoint_stall_cpu_ms": _ms(median(stalls_cpu)),
             "background_write_ms": _ms(median(writes)),
             "epoch_end_ms": _ms(median(ends)),
             "extra_epoch_end_vs_bare_ms": _ms(median(extra_end)), "extra_epoch_end_vs_bare_cpu_ms": _ms(median(extra_end_cpu)),
+            "extra_epoch_ends_vs_bare_cpu_ms": [_ms(x) for x in extra_end_cpu],
             "checkpoint_files": files,
             "last_checkpoint_mb": round(files[last_name] / 2**20, 3) if last_name else None,
             "checkpoint_mb_per_epoch": round(sum(files.values()) / 2**20, 3) if files else None,
             "fresh_start_s": _r(median(fresh)), "resume_start_s": _r(median(resumed)) if resumed else None,
             "resume_starts_s": [_r(x) for x in resumed],
+            "fresh_start_cpu_s": _r(median(fresh_cpu)), "resume_start_cpu_s": _r(median(resumed_cpu)),
+            "resume_starts_cpu_s": [_r(x) for x in resumed_cpu],
             "steps_redone_after_kill": redone, "bit_identical_after_kill": identical,
             "weights_equal_bare_loop": same_as_bare,
             "resumed_from": [rep["killed"][tool].get("resumed_from") for rep in raw["repeats"] if tool in rep["killed"]],

@@ -6,9 +6,9 @@ from typing import Any
 
 NAMES = {"bare": "bare loop (baseline)", "ours": "ours (mi_pipeline engine)", "lightning": "Lightning Trainer",
          "monai": "MONAI SupervisedTrainer"}
-HEADER = ("tool", "step overhead (vs bare loop)", "checkpoint stall per epoch", "checkpoint size",
-          "resume start-up (fresh)", "steps redone after kill -9", "bit-identical after kill -9",
-          "requeue round trip (steps lost, bit-identical)")
+HEADER = ("tool", "step overhead (vs bare loop)", "checkpoint stall per epoch (loop blocked)", "checkpoint size",
+          "resume start-up: process start -> first step", "steps redone after kill -9", "bit-identical after kill -9",
+          "requeue round trip: signal -> training again")
 
 
 def _yes_no(values: list[bool]) -> str:
@@ -35,25 +35,34 @@ def _requeue(results: dict[str, Any], tool: str) -> str:
         return f"n/a ({entry['unsupported']})"
     if "error" in entry:
         return f"failed: {entry['error']}"
-    return (f"{entry['signal_to_training_s']:.1f} s ({entry['steps_lost']} lost, "
-            f"{'yes' if entry['bit_identical'] else 'no'})")
+    total, pending, running = entry["signal_to_training_s"], entry["pending_after_s"], entry["running_again_after_s"]
+    parts = ""
+    if pending is not None and running is not None:
+        parts = (f" = {pending:.1f} s to exit + {running - pending:.1f} s SLURM hold + "
+                 f"{total - running:.1f} s start-up")
+    return (f"{total:.1f} s{parts}; {_redone(entry['steps_lost'])} step(s) lost; "
+            f"bit-identical {_yes_no(entry['bit_identical'])}")
 
 
 def rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
     out = []
     for tool, f in results["tools"].items():
         if tool == "bare":
-            step = f"{f['step_ms']} ms"
+            step = f"{f['step_ms']} ms per step"
             stall = "- (writes none)"
             size = "-"
         else:
-            step = f"{f['step_ratio']:.3f}x ({f['step_ms']} ms; CPU time {f['step_ratio_cpu']:.3f}x)"
-            stall = f"{f['checkpoint_stall_ms']} ms (CPU {f['checkpoint_stall_cpu_ms']} ms)" + (
-                f"; + {f['background_write_ms']} ms per file written in the background"
-                if f["background_write_ms"] is not None else "")
+            cpu = f.get("step_ratios_cpu") or []
+            spread = f"; repeats {min(cpu):.2f}-{max(cpu):.2f}" if len(cpu) > 1 else ""
+            step = f"{f['step_ratio_cpu']:.3f}x CPU, {f['step_ratio']:.3f}x wall{spread}"
+            stall = f"{f['checkpoint_stall_ms']} ms ({f['checkpoint_stall_cpu_ms']} ms CPU)"
+            if f["background_write_ms"] is not None:
+                stall += f", then {f['background_write_ms']} ms per file in the background"
+            stall += f"; epoch end vs bare loop +{f['extra_epoch_end_vs_bare_cpu_ms']} ms CPU"
             size = f"{f['last_checkpoint_mb']} MB ({f['checkpoint_mb_per_epoch']} MB all files)"
-        start = (f"{f['resume_start_s']:.2f} s ({f['fresh_start_s']:.2f} s)" if f["resume_start_s"] is not None
-                 else f"- ({f['fresh_start_s']:.2f} s)")
+        fresh = f"{f['fresh_start_s']:.1f} s, {f.get('fresh_start_cpu_s') or 0:.2f} s CPU"
+        start = (f"{f['resume_start_s']:.1f} s, {f.get('resume_start_cpu_s') or 0:.2f} s CPU (fresh {fresh})"
+                 if f["resume_start_s"] is not None else f"- (fresh {fresh})")
         out.append((NAMES[tool], step, stall, size, start, _redone(f["steps_redone_after_kill"]),
                     _yes_no(f["bit_identical_after_kill"]), _requeue(results, tool) if tool != "bare" else "-"))
     return out
@@ -77,8 +86,8 @@ def render(results: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(len(HEADER))]
     text = ["", *("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table)]
     for tool, f in results["tools"].items():
-        text.append(f"  {tool}: step ratios per repeat {f['step_ratios']}, stalls ms {f['checkpoint_stalls_ms']}, "
-                    f"epoch end vs bare ms {f['extra_epoch_end_vs_bare_ms']} (CPU {f['extra_epoch_end_vs_bare_cpu_ms']}), "
-                    f"resume start-ups s {f['resume_starts_s']}, threads {f['threads']}, "
-                    f"files {f['checkpoint_files']}")
+        text.append(f"  {tool}: step ratios per repeat {f['step_ratios']} (CPU {f.get('step_ratios_cpu')}), "
+                    f"stalls ms {f['checkpoint_stalls_ms']}, epoch end vs bare ms {f['extra_epoch_end_vs_bare_ms']} "
+                    f"(CPU {f.get('extra_epoch_ends_vs_bare_cpu_ms')}), resume start-ups s {f['resume_starts_s']} "
+                    f"(CPU {f.get('resume_starts_cpu_s')}), threads {f['threads']}, files {f['checkpoint_files']}")
     return "\n".join(text)

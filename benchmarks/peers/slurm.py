@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -126,23 +127,40 @@ def round_trip(race: Race, tool: str, kill_after: int, reference: str | None) ->
             "bit_identical": requeued["weights_sha256"] == reference, "weights_sha256": requeued["weights_sha256"]}
 
 
-def measure(race: Race, raw: dict[str, Any]) -> dict[str, Any]:
+def _median(trips: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in trips if r.get(key) is not None]
+    return round(statistics.median(values), 2) if values else None
+
+
+def measure(race: Race, raw: dict[str, Any], trips: int = 2) -> dict[str, Any]:
+    """``trips`` round trips per tool, alternating tools; the median of the timings."""
     reason = cluster_down_reason()
     if reason:
         print(f"skipping the SLURM part: {reason}", file=sys.stderr)
         return {"skipped": reason}
     results: dict[str, Any] = {}
-    for tool in race.tools:
-        if tool == "bare":
-            continue
+    tools = [t for t in race.tools if t != "bare"]
+    for tool in tools:
         if tool in UNSUPPORTED:
             results[tool] = {"unsupported": UNSUPPORTED[tool]}
+    runs: dict[str, list[dict[str, Any]]] = {t: [] for t in tools if t not in UNSUPPORTED}
+    for trip in range(trips):
+        for tool in (list(runs) if trip % 2 == 0 else list(runs)[::-1]):
+            reference = raw["repeats"][0]["full"][tool]["weights_sha256"]
+            try:
+                runs[tool].append(round_trip(race, tool, raw["kill_after"], reference))
+                print(f"  slurm: {tool} preempted, requeued, finished", file=sys.stderr, flush=True)
+            except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+                runs[tool].append({"error": str(exc)})
+                print(f"  slurm: {tool}: {exc}", file=sys.stderr, flush=True)
+    for tool, done in runs.items():
+        ok = [r for r in done if "error" not in r]
+        if not ok:
+            results[tool] = {"error": done[-1]["error"], "trips": done}
             continue
-        reference = raw["repeats"][0]["full"][tool]["weights_sha256"]
-        try:
-            results[tool] = round_trip(race, tool, raw["kill_after"], reference)
-            print(f"  slurm: {tool} preempted, requeued, finished", file=sys.stderr, flush=True)
-        except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
-            results[tool] = {"error": str(exc)}
-            print(f"  slurm: {tool}: {exc}", file=sys.stderr, flush=True)
+
+        results[tool] = {"trips": done, "signal_to_training_s": _median(ok, "signal_to_training_s"),
+                         "pending_after_s": _median(ok, "pending_after_s"),
+                         "running_again_after_s": _median(ok, "running_again_after_s"),
+                         "steps_lost": [r["steps_lost"] for r in ok], "bit_identical": [r["bit_identical"] for r in ok]}
     return results
