@@ -37,6 +37,7 @@ class StampedTask(TrainTask):
         self.task = task
         self.name, self.metric_name, self.higher_is_better = task.name, task.metric_name, task.higher_is_better
         self.freeze_after, self.marker, self.release, self.trace = freeze_after, marker, release, trace
+        self.ready = False
         self.losses: list[tuple[float, float]] = []
         self.validations: list[tuple[float, float, float, float]] = []  # wall, cpu at start; wall, cpu at end
         self.threads: list[int] = []
@@ -58,7 +59,9 @@ class StampedTask(TrainTask):
         return wrapper
 
     def setup(self, device: torch.device) -> None:
-        self.task.setup(device)
+        if not self.ready:  # once: the worker sets up before any tool runs, and fit() calls it again
+            self.task.setup(device)
+            self.ready = True
 
     def build_model(self) -> nn.Module:
         return self.task.build_model()

@@ -14,7 +14,8 @@ returns the trained model. The adapters are thin and follow each tool's document
   them, and each would only slow Lightning down).
 * MONAI: ``SupervisedTrainer`` with an ``Inferer`` that returns the task's loss (so its own
   iteration does zero_grad / forward / backward / step and fires its events), ``decollate=False``
-  (nothing to post-process), ``LrScheduleHandler(epoch_level=True)``, ``CheckpointSaver(save_dict=
+  (nothing to post-process), ``optim_set_to_none=True`` (its default False zero-fills every
+  gradient and makes backward accumulate into it: ~4 % more CPU per step here, measured), ``LrScheduleHandler(epoch_level=True)``, ``CheckpointSaver(save_dict=
   {net, opt, sched, trainer}, save_interval=1, n_saved=1, save_key_metric=True)``; resumed with
   ``CheckpointLoader`` from the newest ``checkpoint_epoch=N.pt``.
 * ours: ``engine.trainer.fit`` with the product's defaults (background checkpoint writes).
@@ -205,7 +206,7 @@ def train_monai(task: StampedTask, cfg: Config, out: Path, epochs: int, device: 
     trainer = SupervisedTrainer(
         device=device, max_epochs=epochs, train_data_loader=loader, network=network, optimizer=optimizer,
         loss_function=lambda pred, _target: pred, prepare_batch=lambda batch, *_a, **_k: (batch, None),
-        inferer=TaskLoss(), decollate=False)
+        inferer=TaskLoss(), decollate=False, optim_set_to_none=True)
     ckpt_dir = out / "checkpoints"
     save_dict = {"net": network, "opt": optimizer, "sched": scheduler, "trainer": trainer}
     resumed = newest_monai_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
