@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from mi_pipeline import config as config_mod
-from mi_pipeline import metrics, qc
+from mi_pipeline import clinical_io, metrics
 from mi_pipeline.cli import command_parser, exit_process, run_main
 from mi_pipeline.config import Config, load_config
 from mi_pipeline.data.cache import Subject
@@ -140,6 +140,9 @@ def find_cines(path: Path) -> list[tuple[str, Path]]:
         raise InputError(f"{path}: not found")
     if path.is_file():
         return [(_subject_name(path), path)]
+    dicom_found = clinical_io.find_dicom_cines(path)  # issue 16: DICOM series folders
+    if dicom_found:
+        return dicom_found
     found: list[tuple[str, Path]] = []
     for entry in sorted(path.iterdir()):
         if entry.name.startswith("."):
@@ -168,7 +171,11 @@ def _subject_name(cine: Path) -> str:
 
 def read_cine(path: Path, subject_id: str, ed: int | None = None) -> RawSubject:
     """A cine-only RawSubject from a 4D NIfTI (validated as in training); ``ed`` None = from the images."""
-    cine, affine = load_image(path, ndim=4, what="cine (X x Y x slices x frames)", min_frames=2)
+    stack = clinical_io.read_dicom_cine(path) if Path(path).is_dir() else None  # issue 16: DICOM input
+    if stack is not None:
+        cine, affine = stack.array, stack.affine
+    else:
+        cine, affine = load_image(path, ndim=4, what="cine (X x Y x slices x frames)", min_frames=2)
     ed_method = "given"
     if ed is None:
         sp = np.linalg.norm(affine[:3, :3], axis=0)
@@ -179,6 +186,7 @@ def read_cine(path: Path, subject_id: str, ed: int | None = None) -> RawSubject:
                      lge_affine=None, lge_label=None, ed=ed)  # type: ignore[arg-type]
     raw.cine_path = path  # type: ignore[attr-defined]
     raw.ed_method = ed_method  # type: ignore[attr-defined]
+    raw.dicom_stack = stack  # type: ignore[attr-defined]
     return raw
 
 
@@ -259,15 +267,18 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
         nib.save(img, str(tmp) + ".nii.gz")
         Path(str(tmp) + ".nii.gz").replace(tmp)
     report = build_report(subject_id, cine_path, subject, raw, pred, models, cfg)
+    # issue 16: RV-anchored AHA segments, DICOM SEG, matplotlib figures, schema check (clinical_io)
+    report = clinical_io.finish_report(report, subject, raw, pred, seg, folder)
     atomic_write_text(folder / "report.json", json.dumps(report, indent=1) + "\n")
-    qc.write_qc(folder / "qc.png", subject.cine, subject.es, fields, pred,
-                _qc_slices(metrics.level_of_slices(pred > 0), pred))
+    clinical_io.write_figures(folder, report, subject, fields, pred,
+                              _qc_slices(metrics.level_of_slices(pred > 0), pred))
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     p = command_parser("predict", __doc__)
-    p.add_argument("--cine", required=True, type=Path, help="4D cine NIfTI, or a folder of them")
+    p.add_argument("--cine", "--dicom", dest="cine", required=True, type=Path,
+                   help="4D cine NIfTI, a folder of them, or a folder of DICOM series (one subject per folder)")
     p.add_argument("--out", required=True, type=Path, help="output folder (DIR/<subject>/...)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--run-dir", type=Path, default=None, help="run root with checkpoints/<stage>/best_model.pth")
