@@ -64,8 +64,9 @@ def test_predict_writes_three_files_in_cine_geometry(setup, capsys) -> None:
     import yaml
 
     assert report["frames"]["ed"] == yaml.safe_load((cine.parent / "info.yaml").read_text())["ed"]  # found from images
-    picture = qc.read_png((folder / "qc.png").read_bytes())
-    assert picture.ndim == 3 and picture.shape[1] > picture.shape[0] > 0
+    for name in ("qc.png", "bullseye.png"):  # matplotlib figures (texts checked in test_figures.py)
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["schema_version"] == 1 and report["aha_anchor"]["method"] in ("rv_images", "fixed")
 
 
 def test_predict_folder_and_stored_config(setup) -> None:

@@ -172,7 +172,12 @@ def read_stack(folder: str | os.PathLike[str], *, what: str = "cine", min_phases
                 raise InputError(f"{folder}: {name}: mixed matrix size or pixel spacing inside one series "
                                  f"({path.name}: {size[0]}x{size[1]}, {spacing} mm)")
         orient[uid] = first  # type: ignore[assignment]
-    ref_uid = max(groups, key=lambda u: (len(groups[u]), u))
+    def parallel_count(uid: str) -> int:  # instances in all series sharing this series' orientation
+        row, col = orient[uid][0], orient[uid][1]
+        return sum(len(groups[u]) for u, o in orient.items()
+                   if np.abs(o[0] - row).max() <= ORIENTATION_TOL and np.abs(o[1] - col).max() <= ORIENTATION_TOL)
+
+    ref_uid = max(groups, key=lambda u: (parallel_count(u), len(groups[u]), u))
     row0, col0, size0, spacing0 = orient[ref_uid]
     normal = np.cross(row0, col0)
     for uid, (row, col, size, spacing) in orient.items():
