@@ -164,6 +164,7 @@ def eval_segmentation(models: Models, subjects: list[Subject]) -> dict[str, Any]
     out["infarct_size_mae"] = out.pop("infarct_size_error")
     out["infarct_size_mae_sd"] = out.pop("infarct_size_error_sd")
     out["segment_auc"] = metrics.roc_auc(seg_scores, seg_labels)
+    out["segment_roc"] = {"labels": [bool(v) for v in seg_labels], "scores": [float(v) for v in seg_scores]}  # issue 16
     out["segments_scored"] = len(seg_labels)
     out["segments_infarcted"] = int(sum(seg_labels))
     out["subjects_with_infarct"] = sum(r["has_infarct"] for r in rows)
@@ -280,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="score only this stage (repeatable); an untrained stage named here is an error")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON result to this file")
+    p.add_argument("--figures", type=Path, default=None,
+                   help="write summary.png, bland_altman.png and segment_roc.png to this folder")
     args = p.parse_args(argv)
     run_dir = args.run_dir.resolve()
     ckpt_root = run_dir / "checkpoints"
@@ -298,6 +301,11 @@ def main(argv: list[str] | None = None) -> int:
         from mi_pipeline.fsio import atomic_write_text
 
         atomic_write_text(args.out, text + "\n")
+    if args.figures is not None:  # issue 16: figures a clinician reads
+        from mi_pipeline.figures import write_evaluation_figures
+
+        for path in write_evaluation_figures(result, args.figures):
+            log(f"evaluate: wrote {path}")
     print(text if args.json else format_table(result))
     return 0
 

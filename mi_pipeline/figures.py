@@ -272,3 +272,22 @@ def roc_figure(scores: Sequence[float], labels: Sequence[bool], auc: float | Non
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=9, loc="lower right")
     return fig
+
+
+def write_evaluation_figures(result: dict[str, Any], folder: str | os.PathLike[str]) -> list[str]:
+    """``summary.png`` always; ``bland_altman.png`` and ``segment_roc.png`` when segmentation was scored."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    written = []
+    save_figure(summary_figure(result), folder / "summary.png")
+    written.append(str(folder / "summary.png"))
+    seg = result.get("segmentation")
+    if isinstance(seg, dict) and "skipped" not in seg:
+        per = seg["per_subject"]
+        save_figure(bland_altman_figure(per["infarct_percent_true"], per["infarct_percent_pred"], per["subject"]),
+                    folder / "bland_altman.png")
+        roc = seg.get("segment_roc") or {"labels": [], "scores": []}
+        save_figure(roc_figure(roc["scores"], roc["labels"], seg.get("segment_auc")), folder / "segment_roc.png")
+        written += [str(folder / "bland_altman.png"), str(folder / "segment_roc.png")]
+    return written
