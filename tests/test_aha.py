@@ -80,3 +80,18 @@ def test_no_rv_falls_back_to_fixed_with_a_warning() -> None:
     anchor = aha.anchor_from_images(flat, myo, np.eye(4), spacing_mm=1.0)
     assert anchor.method == "fixed" and anchor.warning and "fixed angle" in anchor.warning
     np.testing.assert_array_equal(aha.segment_map(myo, anchor), metrics.aha_segment_map(myo))
+
+
+def test_rv_label_code_in_the_cache_is_used_first() -> None:
+    from mi_pipeline.clinical_io import RV_LABEL, anchor_for
+    from mi_pipeline.data.cache import Subject
+
+    myo, rv = _ring_and_rv(150.0)
+    labels = np.where(myo, 2, np.where(rv, RV_LABEL, 0)).astype(np.uint8)
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1] = [0.0, -1.0, 0.0], [1.0, 0.0, 0.0]
+    cine = np.zeros((3, 2) + myo.shape[1:], np.float32)  # images that show nothing: labels must decide
+    subject = Subject(id="s", cine=cine, es=1, spacing=(1.0, 1.0, 8.0), affine=affine,
+                      cine_label=np.repeat(labels[:, None], 2, axis=1))
+    anchor = anchor_for(subject, myo)
+    assert anchor.method == "rv_labels" and anchor.warning is None
