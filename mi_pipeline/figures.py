@@ -229,12 +229,18 @@ def bland_altman_figure(true_pct: Sequence[float], pred_pct: Sequence[float], su
     fig = Figure(figsize=(7.0, 5.0))
     ax = fig.add_subplot()
     ax.scatter(mean, diff, color="#1f77b4", edgecolor="black", zorder=3, label="subject")
+    if len(subjects) <= 20:
+        for x, y, name in zip(mean, diff, subjects):
+            ax.annotate(str(name), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.axhline(0.0, color="#2ca02c", linewidth=1, label="no difference")
     ax.axhline(bias, color="black", label=f"bias {bias:+.2f} points")
-    for sign in (-1, 1):
-        ax.axhline(bias + sign * 1.96 * sd, color="gray", linestyle="--",
-                   label="limits of agreement (bias \u00b1 1.96 SD)" if sign > 0 else None)
-    ax.text(0.99, 0.02, f"limits {bias - 1.96 * sd:+.2f} to {bias + 1.96 * sd:+.2f} points (n = {diff.size})",
-            transform=ax.transAxes, ha="right", va="bottom", fontsize=9)
+    lo, hi = bias - 1.96 * sd, bias + 1.96 * sd
+    ax.axhline(lo, color="gray", linestyle="--", label=f"limits of agreement {lo:+.2f} / {hi:+.2f} (bias \u00b1 1.96 SD)")
+    ax.axhline(hi, color="gray", linestyle="--")
+    values = np.r_[diff, 0.0, lo, hi]
+    margin = 0.15 * max(float(values.max() - values.min()), 1.0)
+    ax.set_ylim(float(values.min()) - margin, float(values.max()) + 2.5 * margin)  # room for the legend
+    ax.text(0.01, 0.02, f"n = {diff.size} subjects", transform=ax.transAxes, ha="left", va="bottom", fontsize=9)
     ax.set_xlabel("mean of predicted and true infarct size (% of myocardium)")
     ax.set_ylabel("predicted \u2212 true infarct size (points)")
     ax.set_title("Bland\u2013Altman: infarct size")

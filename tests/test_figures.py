@@ -74,7 +74,7 @@ def test_evaluation_figures_texts() -> None:
     assert not any(t.startswith("registration") for t in texts)  # skipped stage: no panel
     assert {"0.90", "0.50", "0.70", "0.95", "model", "baseline"} <= set(texts)
     ba = figures.figure_texts(figures.bland_altman_figure([10.0, 20.0, 0.0], [12.0, 19.0, 1.0], ["a", "b", "c"]))
-    assert "Bland\u2013Altman: infarct size" in ba and "bias +0.67 points" in ba
+    assert "Bland\u2013Altman: infarct size" in ba and "bias +0.67 points" in ba and "n = 3 subjects" in ba
     assert "predicted \u2212 true infarct size (points)" in ba
     roc = figures.figure_texts(figures.roc_figure([0.9, 0.8, 0.1, 0.3], [True, True, False, False], 1.0))
     assert "model (AUC 1.000)" in roc and "true positive rate (sensitivity)" in roc
