@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,15 @@ def _descriptions() -> list:
     return out
 
 
+def _segmentation(**kwargs):
+    """highdicom's Segmentation, without its UserWarnings about the source's name formats (not actionable here)."""
+    import highdicom as hd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return hd.seg.Segmentation(**kwargs)
+
+
 def write_seg(stack: DicomStack, seg_xyz: np.ndarray, ed_phase: int, folder: str | os.PathLike[str]) -> list[Path]:
     """Write ``folder/infarct_seg.dcm`` (or ``infarct_seg_<n>.dcm`` per source series); returns the paths.
 
@@ -60,7 +70,7 @@ def write_seg(stack: DicomStack, seg_xyz: np.ndarray, ed_phase: int, folder: str
         sources = [stack.datasets[k][ed_phase] for k in ks]
         labels = np.stack([seg_xyz[:, :, k].T for k in ks]).astype(np.uint8)  # (frames, rows, cols)
         try:
-            seg = hd.seg.Segmentation(
+            seg = _segmentation(
                 source_images=sources, pixel_array=labels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
                 segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=900 + n,
                 sop_instance_uid=generate_uid(), instance_number=1, manufacturer="mi_pipeline",
