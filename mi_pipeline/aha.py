@@ -11,6 +11,11 @@ Angles are in the convention of ``metrics``: degrees counter-clockwise from the 
 the slice is displayed (row 0 on top), around the slice's myocardial centroid. Arrays are (Z, H, W)
 on a crop grid whose ``affine`` maps (row, col, slice) voxels to RAS millimetres.
 
+In the images the RV shows as the arc of bright blood just outside the LV (3.5-8 mm beyond the
+epicardium); its ends are moved outward by one RV free-wall thickness (3 mm), because a reader puts the
+insertion point where the RV *wall* meets the LV (without that, the phantom's truth is missed by a
+systematic ~7 degrees toward the septum; with it, ~2).
+
 Which of the RV's two insertion points is anterior comes from patient coordinates: the anterior one
 lies further toward anterior+superior (RAS +y +z). Which way the septum runs from it (counter-
 clockwise or clockwise in the image) follows from where the RV is, so mirrored acquisitions work too.
@@ -30,6 +35,7 @@ BAND_MM = (3.5, 8.0)  # where the RV blood pool is looked for, outside the LV ep
 MIN_ARC_DEG, MAX_ARC_DEG = 40.0, 250.0
 ANTERIOR_RAS = np.array([0.0, 1.0, 1.0]) / np.sqrt(2.0)
 SEPTUM_SPAN_DEG = 120.0  # two 60-degree segments (2 and 3) between the insertion points
+RV_WALL_MM = 3.0  # normal RV free wall 2-5 mm: the insertion point lies one wall beyond the end of the bright blood
 
 
 @dataclass
@@ -73,6 +79,11 @@ def _epicardium_px(myo: np.ndarray, center: tuple[float, float]) -> np.ndarray:
     inside = ndimage.map_coordinates(myo.astype(np.float32), [rows, cols], order=0, mode="constant") > 0.5
     last = np.where(inside.any(axis=1), inside.shape[1] - 1 - np.argmax(inside[:, ::-1], axis=1), 0)
     return radii[last]
+
+
+def _band_radius_mm(myo: np.ndarray, spacing_mm: float) -> float:
+    """Mean radius (mm) of the middle of the search band, for turning a wall thickness into an angle."""
+    return float(_epicardium_px(myo, _centroid(myo)).mean()) * spacing_mm + sum(BAND_MM) / 2
 
 
 def _band_profile(values: np.ndarray, myo: np.ndarray, spacing_mm: float, order: int) -> np.ndarray:
@@ -184,7 +195,11 @@ def anchor_from_images(cine_ed: np.ndarray, myo: np.ndarray, affine: np.ndarray,
         profile = _band_profile(cine_ed[k], myo[k], spacing_mm, order=1)
         flags = profile > muscle + 0.5 * (blood - muscle)
         flags = ndimage.binary_closing(np.concatenate([flags, flags, flags]), iterations=3)[len(flags):2 * len(flags)]
-        per_slice.append(_insertion_from_flags(flags, affine))
+        found = _insertion_from_flags(flags, affine)
+        if found is not None:  # the bright arc is the RV blood; the wall attaches one wall thickness further out
+            wall_deg = float(np.degrees(RV_WALL_MM / _band_radius_mm(myo[k], spacing_mm)))
+            found = ((found[0] - found[1] * wall_deg) % 360.0, found[1])
+        per_slice.append(found)
     return _finish("rv_images", per_slice, has_myo)
 
 
