@@ -67,6 +67,9 @@ def test_predict_writes_three_files_in_cine_geometry(setup, capsys) -> None:
     for name in ("qc.png", "bullseye.png"):  # matplotlib figures (texts checked in test_figures.py)
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["schema_version"] == 1 and report["aha_anchor"]["method"] in ("rv_images", "fixed")
+    if report["aha_anchor"]["method"] == "fixed":  # untrained model: no usable myocardium, so the fallback, said aloud
+        assert any("fixed angle" in w for w in report["warnings"])
+        assert "warning: s0:" in capsys.readouterr().err
 
 
 def test_predict_folder_and_stored_config(setup) -> None:
