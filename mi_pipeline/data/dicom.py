@@ -21,6 +21,7 @@ Conventions (the same as dcm2niix, so a converted NIfTI and this reader agree):
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +33,8 @@ from mi_pipeline.errors import InputError
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 ORIENTATION_TOL = 1e-3  # direction cosines equal within this (as dcm2niix)
 POSITION_TOL_MM = 0.05  # two instances are the same slice when their positions along the normal agree within this
-LONG_AXIS_WORDS = ("2ch", "3ch", "4ch", "2-ch", "3-ch", "4-ch", "lax", "lvot", "long axis", "localizer", "localiser",
-                   "scout", "survey", "tra_", "vla", "hla")
+LONG_AXIS_WORDS = frozenset({"2ch", "3ch", "4ch", "lax", "lvot", "vla", "hla", "localizer", "localiser", "scout",
+                             "survey", "longaxis"})  # whole words of SeriesDescription / ProtocolName
 
 
 @dataclass
@@ -132,7 +133,8 @@ def _geometry(path: Path, ds: object, name: str) -> tuple[np.ndarray, np.ndarray
 
 def _check_not_long_axis(name: str, ds: object, folder: Path) -> None:
     text = " ".join(str(getattr(ds, tag, "") or "") for tag in ("SeriesDescription", "ProtocolName")).lower()
-    hit = next((w for w in LONG_AXIS_WORDS if w in text), None)
+    text = text.replace("-", "").replace("long axis", "longaxis")  # "4-CH", "long axis" -> one word
+    hit = next((w for w in re.split(r"[^a-z0-9]+", text) if w in LONG_AXIS_WORDS), None)
     if hit:
         raise InputError(f"{folder}: {name}: looks like a long-axis or localiser view ({hit!r} in its description), "
                          "not a short-axis stack; remove it from the folder")
