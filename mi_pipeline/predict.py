@@ -267,7 +267,7 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
         nib.save(img, str(tmp) + ".nii.gz")
         Path(str(tmp) + ".nii.gz").replace(tmp)
     report = build_report(subject_id, cine_path, subject, raw, pred, models, cfg)
-    # issue 16: RV-anchored AHA segments, DICOM SEG, matplotlib figures, schema check (clinical_io)
+    # issue 16: RV-anchored AHA segments, DICOM SEG, schema version; then the matplotlib figures (clinical_io)
     report = clinical_io.finish_report(report, subject, raw, pred, seg, folder)
     atomic_write_text(folder / "report.json", json.dumps(report, indent=1) + "\n")
     clinical_io.write_figures(folder, report, subject, fields, pred,
