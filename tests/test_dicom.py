@@ -206,8 +206,8 @@ def test_phantom_command_writes_the_dicom_layout(tmp_path) -> None:
     from mi_pipeline import phantom
     from mi_pipeline.data import adapters
 
-    assert phantom.main(["--out", str(tmp_path), "--subjects", "1", "--size", "48", "--slices", "3", "--frames", "4",
+    assert phantom.main(["--out", str(tmp_path), "--subjects", "1", "--size", "64", "--slices", "3", "--frames", "4",
                          "--dicom", "series-per-slice"]) == 0
     assert adapters.list_subjects("dicom", tmp_path) == ["phantom_001"]
     raw = adapters.load_subject("dicom", tmp_path, "phantom_001")
-    assert raw.cine.shape == (48, 48, 3, 4) and raw.lge_label is not None and raw.cine_label is not None
+    assert raw.cine.shape == (64, 64, 3, 4) and raw.lge_label is not None and raw.cine_label is not None
