@@ -138,8 +138,10 @@ def bullseye_figure(subject: str, extents_percent: dict[int, float | None], *, a
         value = extents_percent.get(seg)
         infarcted = value is not None and value >= INFARCTED_PERCENT
         colour = cmap(norm(value)) if value is not None else "#d9d9d9"
-        ax.add_patch(Wedge((0, 0), r1, a0, a1, width=r1 - r0, facecolor=colour,
-                           edgecolor="black", linewidth=2.6 if infarcted else 0.8))
+        ax.add_patch(Wedge((0, 0), r1, a0, a1, width=r1 - r0, facecolor=colour, edgecolor="black", linewidth=0.8))
+        if infarcted:  # outline drawn above every fill, so neighbours cannot hide it
+            ax.add_patch(Wedge((0, 0), r1, a0, a1, width=r1 - r0, facecolor="none", edgecolor="black",
+                               linewidth=2.6, zorder=3))
         mid, rad = np.radians((a0 + a1) / 2), (r0 + r1) / 2
         label = f"{seg}\n{value:.0f} %" if value is not None else f"{seg}\nn/a"
         dark = value is not None and value > 55
