@@ -60,7 +60,8 @@ class DataConfig:
     """Where the data is and how step 1 prepares it."""
 
     # phantom | generic | manifest (CSV/YAML of paths) | acdc | mnms (cine + ED/ES masks: motion only) | emidec (LGE side)
-    format: Literal["phantom", "generic", "manifest", "acdc", "mnms", "emidec"] = "phantom"
+    # | dicom (<subject>/cine/, lge/ DICOM series + lge_label.nii.gz)
+    format: Literal["phantom", "generic", "manifest", "acdc", "mnms", "emidec", "dicom"] = "phantom"
     root: str = ""  # dataset folder (manifest: the manifest file); empty with format=phantom means <run>/data/phantom
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
     spacing_mm: float = 1.6  # in-plane spacing after resampling

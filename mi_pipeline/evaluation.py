@@ -158,6 +158,7 @@ def eval_segmentation(models: Models, subjects: list[Subject]) -> dict[str, Any]
     out["infarct_size_mae"] = out.pop("infarct_size_error")
     out["infarct_size_mae_sd"] = out.pop("infarct_size_error_sd")
     out["segment_auc"] = metrics.roc_auc(seg_scores, seg_labels)
+    out["segment_roc"] = {"labels": [bool(v) for v in seg_labels], "scores": [float(v) for v in seg_scores]}
     out["segments_scored"] = len(seg_labels)
     out["segments_infarcted"] = int(sum(seg_labels))
     out["subjects_with_infarct"] = sum(r["has_infarct"] for r in rows)

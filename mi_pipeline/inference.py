@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from mi_pipeline import config as config_mod
-from mi_pipeline import metrics, qc
+from mi_pipeline import clinical_io, metrics
 from mi_pipeline.config import Config
 from mi_pipeline.data.cache import Subject
 from mi_pipeline.data.generic import RawSubject
@@ -107,6 +107,9 @@ def find_cines(path: Path) -> list[tuple[str, Path]]:
         raise InputError(f"{path}: not found")
     if path.is_file():
         return [(_subject_name(path), path)]
+    dicom_found = clinical_io.find_dicom_cines(path)  # DICOM series folders
+    if dicom_found:
+        return dicom_found
     found: list[tuple[str, Path]] = []
     for entry in sorted(path.iterdir()):
         if entry.name.startswith("."):
@@ -135,7 +138,11 @@ def _subject_name(cine: Path) -> str:
 
 def read_cine(path: Path, subject_id: str, ed: int | None = None) -> RawSubject:
     """A cine-only RawSubject from a 4D NIfTI (validated as in training); ``ed`` None = from the images."""
-    cine, affine = load_image(path, ndim=4, what="cine (X x Y x slices x frames)", min_frames=2)
+    stack = clinical_io.read_dicom_cine(path) if Path(path).is_dir() else None  # a DICOM series folder
+    if stack is not None:
+        cine, affine = stack.array, stack.affine
+    else:
+        cine, affine = load_image(path, ndim=4, what="cine (X x Y x slices x frames)", min_frames=2)
     ed_method = "given"
     if ed is None:
         sp = np.linalg.norm(affine[:3, :3], axis=0)
@@ -146,6 +153,7 @@ def read_cine(path: Path, subject_id: str, ed: int | None = None) -> RawSubject:
                      lge_affine=None, lge_label=None, ed=ed)  # type: ignore[arg-type]
     raw.cine_path = path  # type: ignore[attr-defined]
     raw.ed_method = ed_method  # type: ignore[attr-defined]
+    raw.dicom_stack = stack  # type: ignore[attr-defined]
     return raw
 
 
@@ -226,7 +234,9 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
         nib.save(img, str(tmp) + ".nii.gz")
         Path(str(tmp) + ".nii.gz").replace(tmp)
     report = build_report(subject_id, cine_path, subject, raw, pred, models, cfg)
+    # RV-anchored AHA segments, DICOM SEG, schema version; then the matplotlib figures (clinical_io)
+    report = clinical_io.finish_report(report, subject, raw, pred, seg, folder)
     atomic_write_text(folder / "report.json", json.dumps(report, indent=1) + "\n")
-    qc.write_qc(folder / "qc.png", subject.cine, subject.es, fields, pred,
-                _qc_slices(metrics.level_of_slices(pred > 0), pred))
+    clinical_io.write_figures(folder, report, subject, fields, pred,
+                              _qc_slices(metrics.level_of_slices(pred > 0), pred))
     return report

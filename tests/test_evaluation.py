@@ -67,3 +67,11 @@ def test_errors_are_one_line(run: Path, tmp_path: Path, capsys) -> None:
         assert "stage registration is not trained" in capsys.readouterr().err
     finally:
         (run / "reg.bak").rename(run / "checkpoints" / "registration" / "best_model.pth")
+
+
+def test_figures_are_written(run: Path, tmp_path: Path, capsys) -> None:
+    assert run_main(evaluate.main, ["--run-dir", str(run), "--figures", str(tmp_path / "fig")]) == 0
+    names = sorted(p.name for p in (tmp_path / "fig").iterdir())
+    assert names == ["bland_altman.png", "segment_roc.png", "summary.png"]  # nothing else (no temp files)
+    for name in names:
+        assert (tmp_path / "fig" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from mi_pipeline import inference, qc
+from mi_pipeline import inference
 from mi_pipeline.cli import predict
 from mi_pipeline.cli.common import run_main
 from mi_pipeline.config import PhantomConfig, load_config, stage_hash, to_dict
@@ -66,8 +66,12 @@ def test_predict_writes_three_files_in_cine_geometry(setup, capsys) -> None:
     import yaml
 
     assert report["frames"]["ed"] == yaml.safe_load((cine.parent / "info.yaml").read_text())["ed"]  # found from images
-    picture = qc.read_png((folder / "qc.png").read_bytes())
-    assert picture.ndim == 3 and picture.shape[1] > picture.shape[0] > 0
+    for name in ("qc.png", "bullseye.png"):  # matplotlib figures (texts checked in test_figures.py)
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["schema_version"] == 1 and report["aha_anchor"]["method"] in ("rv_images", "fixed")
+    if report["aha_anchor"]["method"] == "fixed":  # untrained model: no usable myocardium, so the fallback, said aloud
+        assert any("fixed angle" in w for w in report["warnings"])
+        assert "warning: s0:" in capsys.readouterr().err
 
 
 def test_predict_folder_and_stored_config(setup) -> None:
@@ -112,11 +116,3 @@ def test_predict_bad_input_is_one_line_exit_2(setup, case, capsys, tmp_path) -> 
     assert run_main(predict.main, argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
-
-
-def test_png_writer_roundtrip() -> None:
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, size=(7, 5, 3), dtype=np.uint8)
-    data = qc.png_bytes(rgb)
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    assert np.array_equal(qc.read_png(data), rgb)

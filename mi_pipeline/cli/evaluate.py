@@ -19,6 +19,7 @@ from mi_pipeline.cli.common import (
 from mi_pipeline.config import load_config
 from mi_pipeline.data import cache
 from mi_pipeline.evaluation import evaluate, format_table, run_config
+from mi_pipeline.figures import write_evaluation_figures
 from mi_pipeline.fsio import atomic_write_text
 from mi_pipeline.stages.graph import MODEL_STAGES
 
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="score only this stage (repeatable); an untrained stage named here is an error")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON result to this file")
+    p.add_argument("--figures", type=Path, default=None,
+                   help="write summary.png, bland_altman.png and segment_roc.png to this folder")
     args = p.parse_args(argv)
     run_dir = args.run_dir.resolve()
     if args.config is not None or args.overrides:
@@ -46,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(result, indent=1, default=float)
     if args.out is not None:
         atomic_write_text(args.out, text + "\n")
+    if args.figures is not None:
+        for path in write_evaluation_figures(result, args.figures):
+            log(f"evaluate: wrote {path}")
     print(text if args.json else format_table(result))
     return 0
 

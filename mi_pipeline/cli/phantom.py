@@ -1,7 +1,8 @@
 """``python -m mi_pipeline.phantom --out DIR``: write the synthetic dataset in the generic layout.
 
 For trying the pipeline, or a site's tooling, without real data. Same generator as
-``data.format: phantom``; the same arguments give the same voxel arrays.
+``data.format: phantom``; the same arguments give the same voxel arrays. ``--dicom`` writes the
+DICOM dataset layout instead (``data.format: dicom``: cine and LGE as DICOM series, labels as NIfTI).
 """
 
 from __future__ import annotations
@@ -26,7 +27,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=d.size, help=f"in-plane matrix (default {d.size})")
     p.add_argument("--slices", type=int, default=d.slices, help=f"short-axis slices (default {d.slices})")
     p.add_argument("--frames", type=int, default=d.frames, help=f"frames per cycle (default {d.frames})")
+    p.add_argument("--dicom", choices=("series", "series-per-slice"), default=None,
+                   help="write cine and LGE as DICOM (data.format: dicom): one series per stack, or one per slice")
     return p
+
+
+def _write_dicom(out: Path, params: PhantomConfig, per_slice_series: bool) -> list[str]:
+    from mi_pipeline.data.dicom_export import write_subject_dicom
+    from mi_pipeline.data.phantom import generate_subject, subject_id
+
+    for index in range(params.subjects):
+        write_subject_dicom(generate_subject(params, index), out / subject_id(index), per_slice_series=per_slice_series)
+    return [subject_id(i) for i in range(params.subjects)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     start = time.monotonic()
     try:
-        ids = generate_dataset(args.out, params)
+        if args.dicom:
+            ids = _write_dicom(args.out, params, per_slice_series=args.dicom == "series-per-slice")
+        else:
+            ids = generate_dataset(args.out, params)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -31,7 +31,8 @@ from mi_pipeline.stages.registry import inference_stages
 
 def main(argv: list[str] | None = None) -> int:
     p = command_parser("predict", __doc__)
-    p.add_argument("--cine", required=True, type=Path, help="4D cine NIfTI, or a folder of them")
+    p.add_argument("--cine", "--dicom", dest="cine", required=True, type=Path,
+                   help="4D cine NIfTI, a folder of them, or a folder of DICOM series (one subject per folder)")
     p.add_argument("--out", required=True, type=Path, help="output folder (DIR/<subject>/...)")
     src = p.add_mutually_exclusive_group()
     add_run_dir_option(src, default=None)

@@ -8,7 +8,7 @@ Layout under the run root::
 
 All arrays live on the *cropped, resampled cine grid* of the subject. Label codes everywhere:
 0 background, 1 LV cavity, 2 myocardium, 3 infarct (the generic layout's 4 = no-reflow is folded
-into 3 when the cache is written).
+into 3 when the cache is written), 5 right ventricle (ACDC, M&Ms labels; anchors the AHA segments).
 """
 
 from __future__ import annotations

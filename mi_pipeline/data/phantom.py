@@ -328,8 +328,50 @@ def _acquire(img: np.ndarray, x: np.ndarray, y: np.ndarray, extent: float, sigma
     return np.clip(np.round(noisy * INTENSITY_SCALE), 0, 32767).astype(np.int16)
 
 
-def generate_subject(params: PhantomConfig, index: int) -> PhantomSubject:
-    """Render subject ``index`` of the dataset defined by ``params`` (pure function of both)."""
+def _rv_insertion_truth(heart: _Heart, rot: np.ndarray, sp: float) -> list[list[float] | None]:
+    """Per slice, the RAS unit direction from the LV centre to the anterior RV insertion point (at ED).
+
+    Found on the closed-form geometry: the insertion points are the ends of the arc of angles where the
+    RV (its outer wall included) touches the LV 2 mm outside the epicardium; the anterior one is the end
+    further toward anterior+superior (RAS +y +z), as ``aha`` decides on images.
+    """
+    phi = np.radians(np.arange(0.0, 360.0, 0.5))
+    radii = np.arange(0.0, 80.0, 0.1)
+    out: list[list[float] | None] = []
+    anterior = np.array([0.0, 1.0, 1.0]) / np.sqrt(2.0)
+    for k in range(heart.slices):
+        s = k / max(heart.slices - 1, 1)
+        cx, cy = heart.cx + heart.tilt[0] * s, heart.cy + heart.tilt[1] * s
+        x = (cx + radii[None, :] * np.cos(phi)[:, None]).astype(np.float32)
+        y = (cy + radii[None, :] * np.sin(phi)[:, None]).astype(np.float32)
+        f = heart.fields(heart.geometry(x, y, np.full_like(x, float(k))), 0.0, 0.05)
+        lv = f["label"] >= 2
+        epi = radii[np.where(lv.any(axis=1), lv.shape[1] - 1 - np.argmax(lv[:, ::-1], axis=1), 0)]
+        probe = np.minimum(np.searchsorted(radii, epi + 2.0), len(radii) - 1)
+        flags = f["rvo"][np.arange(len(phi)), probe] > 0.5
+        if flags.all() or not flags.any():
+            out.append(None)
+            continue
+        start = int(np.argmin(flags))
+        rolled = np.roll(flags, -start)
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], rolled.astype(int), [0]])))
+        runs = list(zip(edges[::2], edges[1::2]))
+        a0, a1 = max(runs, key=lambda r: r[1] - r[0])
+        ends = [phi[(a0 + start) % len(phi)], phi[(a1 - 1 + start) % len(phi)] + np.radians(0.5)]
+        dirs = [rot @ np.array([np.cos(e), np.sin(e), 0.0]) for e in ends]
+        dirs = [d / np.linalg.norm(d) for d in dirs]
+        best = max(dirs, key=lambda d: float(d @ anterior))
+        out.append([round(float(v), 5) for v in best])
+    return out
+
+
+def generate_subject(params: PhantomConfig, index: int, inplane_rotation_deg: float = 0.0) -> PhantomSubject:
+    """Render subject ``index`` of the dataset defined by ``params`` (pure function of both).
+
+    ``inplane_rotation_deg`` rotates the cine's image grid in-plane about its centre while the heart
+    stays where it is in patient (world) coordinates: what a scanner that orients its short-axis
+    planes differently would record. The LGE is unchanged. 0 gives the dataset's own bytes.
+    """
     d = _draw(params, index)
     heart: _Heart = d["heart"]
     body: _Body = d["body"]
@@ -338,6 +380,13 @@ def generate_subject(params: PhantomConfig, index: int) -> PhantomSubject:
 
     # ---- cine -----------------------------------------------------------------------------
     i, j, k = np.meshgrid(np.arange(n), np.arange(n), np.arange(z), indexing="ij")
+    grid_rot = np.eye(4)
+    if inplane_rotation_deg:
+        ca, sa, c0 = math.cos(math.radians(inplane_rotation_deg)), math.sin(math.radians(inplane_rotation_deg)), (n - 1) / 2
+        grid_rot[:2, :2] = [[ca, -sa], [sa, ca]]
+        grid_rot[:2, 3] = [c0 - ca * c0 + sa * c0, c0 - sa * c0 - ca * c0]
+        i, j = (grid_rot[0, 0] * i + grid_rot[0, 1] * j + grid_rot[0, 3],
+                grid_rot[1, 0] * i + grid_rot[1, 1] * j + grid_rot[1, 3])
     x, y, kf = (i * sp).astype(np.float32), (j * sp).astype(np.float32), k.astype(np.float32)
     body_f = body.fields(x, y, kf * th, sp)
     geom = heart.geometry(x, y, kf)
@@ -353,6 +402,7 @@ def generate_subject(params: PhantomConfig, index: int) -> PhantomSubject:
     affine = np.eye(4)
     affine[:3, :3] = d["rot"] @ np.diag([sp, sp, th])
     affine[:3, 3] = d["origin"]
+    cine_affine = affine @ grid_rot  # = affine unless the grid is rotated
 
     # ---- LGE: its grid -> world -> undo breath-hold -> cine physical frame -> elastic -> heart --
     n_l, sp_l = d["n_l"], d["sp_l"]
@@ -391,12 +441,13 @@ def generate_subject(params: PhantomConfig, index: int) -> PhantomSubject:
             "infarct_slices": list(heart.inf_k) if heart.infarct else None,
             "thickening_normal": round(float(heart.tf), 3),
             "thickening_infarct": round(float(heart.inf_tf), 3) if heart.infarct else None,
+            "rv_insertion_anterior_ras": _rv_insertion_truth(heart, d["rot"], sp),
             "breath_hold": {**d["bh"],
                             "matrix": [[round(float(v), 6) for v in row] for row in breath_hold_matrix(d["bh"])]},
         },
     }
     return PhantomSubject(
-        id=subject_id(index), cine=cine_i16, cine_affine=affine, cine_label=cine_label,
+        id=subject_id(index), cine=cine_i16, cine_affine=cine_affine, cine_label=cine_label,
         lge=lge_i16, lge_affine=affine_l, lge_label=lge_label, frame_ms=1000.0 / frames, info=info,
     )
 

@@ -61,7 +61,7 @@ def lv_center_heuristic(cine: np.ndarray, spacing: tuple[float, float]) -> tuple
 def _label_center(raw: RawSubject) -> tuple[float, float] | None:
     """LV centre from labels (cine labels at ED, else LGE labels mapped through world space)."""
     if raw.cine_label is not None:
-        mask = raw.cine_label[..., raw.ed] > 0
+        mask = np.isin(raw.cine_label[..., raw.ed], (1, 2, 3, 4))  # the LV only (5 = RV)
         if mask.any():
             ci, cj, _ = ndimage.center_of_mass(mask)
             return float(ci), float(cj)

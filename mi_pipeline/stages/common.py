@@ -105,6 +105,7 @@ def warp(image: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
 
 def warp_labels(labels: torch.Tensor, ddf: torch.Tensor, num_classes: int = NUM_LABEL_CODES) -> torch.Tensor:
     """Warp an integer label map (B, H, W): one-hot, bilinear, argmax (no holes, no label mixing)."""
+    num_classes = max(num_classes, int(labels.max()) + 1) if labels.numel() else num_classes  # RV code 5 (ACDC, M&Ms)
     onehot = nn.functional.one_hot(labels.long(), num_classes).permute(0, 3, 1, 2).to(ddf.dtype)
     return warp(onehot, ddf).argmax(dim=1)
 

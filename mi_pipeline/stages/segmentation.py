@@ -32,7 +32,7 @@ from mi_pipeline.metrics import dice
 from mi_pipeline.stages import common, motion, registration
 
 NUM_CLASSES = 3  # 0 background (incl. LV cavity), 1 remote myocardium, 2 infarct
-CLASS_OF_CODE = torch.tensor([0, 0, 1, 2], dtype=torch.long)  # cache label code -> class
+CLASS_OF_CODE = torch.tensor([0, 0, 1, 2, 2, 0], dtype=torch.long)  # cache label code -> class (5 = RV -> background)
 MOTION_SCALE = 0.25  # displacement pixels -> network input units
 VAL_BATCH = 32
 

@@ -54,7 +54,7 @@ def _acdc(root: Path, hearts) -> None:
         for t in (ed, es):
             lab = h.cine_label[..., t]
             acdc = np.select([lab == 1, np.isin(lab, (2, 3))], [3, 2], 0).astype(np.uint8)
-            acdc[:3, :3] = 1  # an "RV" corner: must become background
+            acdc[:3, :3] = 1  # an "RV" corner: must stay the RV (code 5)
             _save(acdc, h.cine_affine, folder / f"{sid}_frame{t + 1:02d}_gt.nii.gz")
 
 
@@ -69,7 +69,7 @@ def test_acdc_layout_maps_labels_and_frames(tmp_path: Path, hearts) -> None:
     ed_lab = raw.cine_label[..., raw.ed]
     assert np.array_equal(ed_lab == 1, h.cine_label[..., h.info["ed"]] == 1)  # LV 3 -> cavity 1
     assert np.array_equal(np.isin(ed_lab, (2,)), np.isin(h.cine_label[..., h.info["ed"]], (2, 3)))
-    assert not (ed_lab[:3, :3] == 1).any()  # RV -> background
+    assert (ed_lab[:3, :3] == 5).all()  # RV kept as its own code (anchors the AHA segments)
     subject = preprocess_subject(raw, load_config(None, CFG_SET).data)
     assert subject.lge is None and subject.cine_label is not None and subject.cine.shape[:2] == (4, 4)
     es_myo = np.isin(subject.cine_label[:, subject.es], (2, 3))
@@ -120,7 +120,7 @@ def test_mnms_layout_reverse_codes(tmp_path: Path, hearts) -> None:
     raw = adapters.load_subject("mnms", tmp_path, sid)
     assert (raw.ed, raw.es) == (ed, es)  # ED = larger cavity
     assert np.array_equal(raw.cine_label[..., ed] == 1, h.cine_label[..., ed] == 1)
-    assert not (raw.cine_label[-3:, -3:, :, ed] > 0).any()
+    assert (raw.cine_label[-3:, -3:, :, ed] == 5).all()  # RV kept as its own code
     (tmp_path / "info.csv").write_text(f"External code,VendorName,ED,ES\n{sid},Siemens,{es},{ed}\n")
     raw = adapters.load_subject("mnms", tmp_path, sid)  # the CSV wins
     assert (raw.ed, raw.es) == (es, ed)

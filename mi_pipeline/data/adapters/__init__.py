@@ -11,6 +11,7 @@ manifest   a CSV or YAML file listing per subject the paths (inside root)   as l
 acdc       ``patientXXX/patientXXX_4d.nii.gz``, ``Info.cfg``, ``_frameNN_gt``  cine, ED/ES masks
 mnms       M&Ms-1 ``<ID>/<ID>_sa.nii.gz``, ``<ID>_sa_gt.nii.gz``              cine, ED/ES masks
 emidec     ``Case_*/Images/Case_*.nii.gz``, ``Case_*/Contours/Case_*.nii.gz``  LGE, LGE labels
+dicom      ``<subject>/cine/``, ``lge/`` (DICOM series), ``lge_label.nii.gz``   cine, LGE, LGE labels
 =========  ===============================================================  =====================
 
 Cine-only data (ACDC, M&Ms) serves the motion stage (training and evaluation on the real ED/ES
@@ -27,7 +28,7 @@ from pathlib import Path
 from mi_pipeline.data.generic import RawSubject
 from mi_pipeline.errors import ConfigError
 
-FORMATS = ("phantom", "generic", "manifest", "acdc", "mnms", "emidec")
+FORMATS = ("phantom", "generic", "manifest", "acdc", "mnms", "emidec", "dicom")
 
 
 def _module(fmt: str):
@@ -41,6 +42,8 @@ def _module(fmt: str):
         from mi_pipeline.data.adapters import mnms as mod
     elif fmt == "emidec":
         from mi_pipeline.data.adapters import emidec as mod
+    elif fmt == "dicom":
+        from mi_pipeline.data.adapters import dicom_layout as mod
     else:
         raise ConfigError(f"data.format: unknown format {fmt!r} (known: {', '.join(FORMATS)})")
     return mod

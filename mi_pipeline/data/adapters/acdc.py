@@ -5,7 +5,8 @@
                       patient001_frame01_gt.nii.gz   labels at ED: 1 RV, 2 MYO, 3 LV cavity
                       patient001_frame12_gt.nii.gz   labels at ES
 
-Labels are mapped to our codes (LV cavity 1, myocardium 2, RV -> background). ACDC has no LGE, so
+Labels are mapped to our codes (LV cavity 1, myocardium 2, RV 5: kept so AHA segments can be anchored
+to the RV insertion points). ACDC has no LGE, so
 only the motion stage can use it; the frames between ED and ES carry the nearest annotated frame's
 labels (the scores use ED and ES only).
 """
@@ -24,7 +25,7 @@ from mi_pipeline.data.generic import RawSubject, inside_root
 from mi_pipeline.data.nifti import load_image
 from mi_pipeline.errors import InputError
 
-LABELS = {0: 0, 1: 0, 2: 2, 3: 1}  # ACDC 1 RV, 2 MYO, 3 LV -> ours
+LABELS = {0: 0, 1: 5, 2: 2, 3: 1}  # ACDC 1 RV, 2 MYO, 3 LV -> ours (RV kept as 5: anchors the AHA segments)
 
 
 def list_subjects(root: Path) -> list[str]:

@@ -25,7 +25,7 @@ from mi_pipeline.data.generic import RawSubject, inside_root
 from mi_pipeline.data.nifti import load_image
 from mi_pipeline.errors import InputError
 
-LABELS = {0: 0, 1: 1, 2: 2, 3: 0}  # M&Ms 1 LV, 2 MYO, 3 RV -> ours
+LABELS = {0: 0, 1: 1, 2: 2, 3: 5}  # M&Ms 1 LV, 2 MYO, 3 RV -> ours (RV kept as 5: anchors the AHA segments)
 
 
 def list_subjects(root: Path) -> list[str]:

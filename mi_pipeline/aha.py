@@ -1,0 +1,251 @@
+"""AHA 16-segment model anchored to the anterior RV insertion point, as a reader places it.
+
+Why: ``metrics.aha_segment_map`` starts its sectors at a fixed angle of the crop grid, which is only
+right when every scanner orients its short-axis planes like the phantom does. A reader instead starts
+at the anterior right-ventricular insertion point: segment 1 (anterior) ends there and segment 2
+(anteroseptal) begins, the septum running from it toward the RV. This module finds that point per
+slice, from the images (the RV blood pool is bright in cine) or from RV labels when a dataset has
+them, and numbers the segments from it, so the numbers follow the anatomy, not the grid.
+
+Angles are in the convention of ``metrics``: degrees counter-clockwise from the +column direction as
+the slice is displayed (row 0 on top), around the slice's myocardial centroid. Arrays are (Z, H, W)
+on a crop grid whose ``affine`` maps (row, col, slice) voxels to RAS millimetres.
+
+In the images the RV shows as the arc of bright blood just outside the LV (3.5-8 mm beyond the
+epicardium); its ends are moved outward by one RV free-wall thickness (3 mm), because a reader puts the
+insertion point where the RV *wall* meets the LV (without that, the phantom's truth is missed by a
+systematic ~7 degrees toward the septum; with it, ~2).
+
+Which of the RV's two insertion points is anterior comes from patient coordinates: the anterior one
+lies further toward anterior+superior (RAS +y +z). Which way the septum runs from it (counter-
+clockwise or clockwise in the image) follows from where the RV is, so mirrored acquisitions work too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from mi_pipeline import metrics
+
+ANGLES = np.arange(0.0, 360.0, 1.0)
+BAND_MM = (3.5, 8.0)  # where the RV blood pool is looked for, outside the LV epicardium
+MIN_ARC_DEG, MAX_ARC_DEG = 40.0, 250.0
+ANTERIOR_RAS = np.array([0.0, 1.0, 1.0]) / np.sqrt(2.0)
+SEPTUM_SPAN_DEG = 120.0  # two 60-degree segments (2 and 3) between the insertion points
+RV_WALL_MM = 3.0  # normal RV free wall 2-5 mm: the insertion point lies one wall beyond the end of the bright blood
+
+
+@dataclass
+class Anchor:
+    """Where segment numbering starts on each slice.
+
+    ``method``: ``rv_images`` | ``rv_labels`` | ``fixed``; ``angles_deg[k]`` the anterior insertion
+    angle of slice k (None without myocardium); ``found[k]`` whether it was found on that slice itself
+    (else borrowed from the others); ``direction`` +1 when the septum runs counter-clockwise from it.
+    """
+
+    method: str
+    angles_deg: list[float | None]
+    found: list[bool]
+    direction: int = 1
+    warning: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"method": self.method,
+                "anterior_insertion_deg": [None if a is None else round(float(a), 1) for a in self.angles_deg],
+                "found_on_slice": list(self.found), "septum_direction": "counter-clockwise" if self.direction > 0
+                else "clockwise", "warning": self.warning}
+
+
+def _centroid(mask: np.ndarray) -> tuple[float, float]:
+    rr, cc = np.nonzero(mask)
+    return float(rr.mean()), float(cc.mean())
+
+
+def _ray_points(center: tuple[float, float], radii_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of shape (angles, radii) along rays from ``center``."""
+    phi = np.radians(ANGLES)[:, None]
+    return center[0] - radii_px[None, :] * np.sin(phi), center[1] + radii_px[None, :] * np.cos(phi)
+
+
+def _epicardium_px(myo: np.ndarray, center: tuple[float, float]) -> np.ndarray:
+    """Outermost myocardial radius (pixels) along each angle."""
+    radii = np.arange(0.0, max(myo.shape) / 2, 0.5)
+    rows, cols = _ray_points(center, radii)
+    inside = ndimage.map_coordinates(myo.astype(np.float32), [rows, cols], order=0, mode="constant") > 0.5
+    last = np.where(inside.any(axis=1), inside.shape[1] - 1 - np.argmax(inside[:, ::-1], axis=1), 0)
+    return radii[last]
+
+
+def _band_radius_mm(myo: np.ndarray, spacing_mm: float) -> float:
+    """Mean radius (mm) of the middle of the search band, for turning a wall thickness into an angle."""
+    return float(_epicardium_px(myo, _centroid(myo)).mean()) * spacing_mm + sum(BAND_MM) / 2
+
+
+def _band_profile(values: np.ndarray, myo: np.ndarray, spacing_mm: float, order: int) -> np.ndarray:
+    """Mean of ``values`` in the band BAND_MM outside the epicardium, per angle."""
+    center = _centroid(myo)
+    epi = _epicardium_px(myo, center)
+    offsets = np.linspace(BAND_MM[0], BAND_MM[1], 10) / spacing_mm
+    radii = epi[:, None] + offsets[None, :]
+    phi = np.radians(ANGLES)[:, None]
+    rows, cols = center[0] - radii * np.sin(phi), center[1] + radii * np.cos(phi)
+    samples = ndimage.map_coordinates(values.astype(np.float32), [rows, cols], order=order, mode="constant", cval=0.0)
+    return samples.mean(axis=1)
+
+
+def _longest_run(flags: np.ndarray) -> tuple[int, int] | None:
+    """(first, length) of the longest circular run of True; None when all or nothing is True."""
+    if flags.all() or not flags.any():
+        return None
+    start = int(np.argmin(flags))  # a False: unroll the circle from there
+    rolled = np.roll(flags, -start)
+    best, cur_start, cur_len, best_len = None, 0, 0, 0
+    for i, f in enumerate(rolled):
+        if f:
+            if cur_len == 0:
+                cur_start = i
+            cur_len += 1
+            if cur_len > best_len:
+                best_len, best = cur_len, cur_start
+        else:
+            cur_len = 0
+    return ((best + start) % len(flags), best_len) if best is not None else None
+
+
+def _world_dir(affine: np.ndarray, angle_deg: float) -> np.ndarray:
+    """RAS direction of an in-plane angle on the crop grid (rows = axis 0, cols = axis 1)."""
+    phi = np.radians(angle_deg)
+    u0 = affine[:3, 0] / np.linalg.norm(affine[:3, 0])
+    u1 = affine[:3, 1] / np.linalg.norm(affine[:3, 1])
+    return -np.sin(phi) * u0 + np.cos(phi) * u1
+
+
+def angle_of_world_dir(affine: np.ndarray, direction: np.ndarray) -> float:
+    """In-plane angle (this module's convention) of a RAS direction projected onto the slice plane."""
+    u0 = affine[:3, 0] / np.linalg.norm(affine[:3, 0])
+    u1 = affine[:3, 1] / np.linalg.norm(affine[:3, 1])
+    return float(np.degrees(np.arctan2(-(direction @ u0), direction @ u1)) % 360.0)
+
+
+def _insertion_from_flags(flags: np.ndarray, affine: np.ndarray) -> tuple[float, int] | None:
+    """(anterior insertion angle, septum direction) from per-angle 'RV here' flags, or None."""
+    run = _longest_run(flags)
+    if run is None:
+        return None
+    first, length = run
+    if not MIN_ARC_DEG <= length <= MAX_ARC_DEG:
+        return None
+    a = float(ANGLES[first])  # the run goes counter-clockwise from a to b
+    b = float(ANGLES[(first + length - 1) % len(ANGLES)]) + 1.0
+    if _world_dir(affine, a) @ ANTERIOR_RAS >= _world_dir(affine, b) @ ANTERIOR_RAS:
+        return a % 360.0, 1
+    return b % 360.0, -1
+
+
+def _finish(method: str, per_slice: list[tuple[float, int] | None], has_myo: list[bool]) -> Anchor:
+    found = [p is not None for p in per_slice]
+    if not any(found):
+        return fixed_anchor(has_myo, f"no RV insertion point found ({method}); segments use the fixed angle "
+                                     f"{metrics.AHA_START_DEG:g} deg of the crop grid and may be misnumbered")
+    votes = [p[1] for p in per_slice if p is not None]
+    direction = 1 if votes.count(1) >= votes.count(-1) else -1
+    vec = np.array([[np.cos(np.radians(p[0])), np.sin(np.radians(p[0]))] for p in per_slice if p is not None])
+    mean = float(np.degrees(np.arctan2(vec[:, 1].mean(), vec[:, 0].mean())) % 360.0)
+    angles: list[float | None] = []
+    for p, myo in zip(per_slice, has_myo):
+        angles.append(None if not myo else (p[0] if p is not None else mean))
+    anchor = Anchor(method=method, angles_deg=angles, found=[f and m for f, m in zip(found, has_myo)],
+                    direction=direction)
+    missing = [k for k, (f, m) in enumerate(zip(found, has_myo)) if m and not f]
+    if missing:
+        anchor.notes.append(f"slices {missing}: no insertion point of their own; the mean of the others is used")
+    return anchor
+
+
+def fixed_anchor(has_myo: list[bool], warning: str) -> Anchor:
+    return Anchor(method="fixed", angles_deg=[metrics.AHA_START_DEG if m else None for m in has_myo],
+                  found=[False] * len(has_myo), direction=1, warning=warning)
+
+
+def anchor_from_images(cine_ed: np.ndarray, myo: np.ndarray, affine: np.ndarray, spacing_mm: float) -> Anchor:
+    """Anterior RV insertion per slice from the ED cine: the arc just outside the LV where blood is bright.
+
+    ``cine_ed`` (Z, H, W) intensities (bright blood); ``myo`` (Z, H, W) myocardium (infarct included).
+    The threshold sits halfway between the slice's myocardium and its LV blood pool.
+    """
+    per_slice: list[tuple[float, int] | None] = []
+    has_myo = [bool(m.any()) for m in myo]
+    for k in range(myo.shape[0]):
+        if not has_myo[k]:
+            per_slice.append(None)
+            continue
+        cavity = ndimage.binary_fill_holes(myo[k]) & ~myo[k]
+        if cavity.sum() < 4:
+            per_slice.append(None)
+            continue
+        blood, muscle = float(np.median(cine_ed[k][cavity])), float(np.median(cine_ed[k][myo[k]]))
+        if blood <= muscle:
+            per_slice.append(None)
+            continue
+        profile = _band_profile(cine_ed[k], myo[k], spacing_mm, order=1)
+        flags = profile > muscle + 0.5 * (blood - muscle)
+        flags = ndimage.binary_closing(np.concatenate([flags, flags, flags]), iterations=3)[len(flags):2 * len(flags)]
+        found = _insertion_from_flags(flags, affine)
+        if found is not None:  # the bright arc is the RV blood; the wall attaches one wall thickness further out
+            wall_deg = float(np.degrees(RV_WALL_MM / _band_radius_mm(myo[k], spacing_mm)))
+            found = ((found[0] - found[1] * wall_deg) % 360.0, found[1])
+        per_slice.append(found)
+    return _finish("rv_images", per_slice, has_myo)
+
+
+def anchor_from_labels(rv: np.ndarray, myo: np.ndarray, affine: np.ndarray, spacing_mm: float) -> Anchor:
+    """Anterior RV insertion per slice from an RV label mask (ACDC, M&Ms) on the same grid."""
+    per_slice: list[tuple[float, int] | None] = []
+    has_myo = [bool(m.any()) for m in myo]
+    for k in range(myo.shape[0]):
+        if not has_myo[k] or not rv[k].any():
+            per_slice.append(None)
+            continue
+        profile = _band_profile(rv[k].astype(np.float32), myo[k], spacing_mm, order=0)
+        per_slice.append(_insertion_from_flags(profile > 0.3, affine))
+    return _finish("rv_labels", per_slice, has_myo)
+
+
+def segment_map(reference_myo: np.ndarray, anchor: Anchor) -> np.ndarray:
+    """AHA segment id (1..16, 0 = none) per pixel, numbered from each slice's anterior insertion point.
+
+    Basal/mid: 1 anterior, 2 anteroseptal, 3 inferoseptal, 4 inferior, 5 inferolateral, 6 anterolateral
+    (+6 for mid), 60 degrees each, segment 2 starting at the insertion point and running toward the
+    septum. Apical: 13 anterior, 14 septal, 15 inferior, 16 lateral, 90 degrees each, the septal one
+    centred on the septum (SEPTUM_SPAN_DEG / 2 from the insertion point). A ``fixed`` anchor gives
+    exactly ``metrics.aha_segment_map``.
+    """
+    if anchor.method == "fixed":
+        return metrics.aha_segment_map(reference_myo)
+    ref = np.asarray(reference_myo, bool)
+    z, h, w = ref.shape
+    out = np.zeros((z, h, w), dtype=np.int16)
+    levels = metrics.level_of_slices(ref)
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float64)
+    for k, level in enumerate(levels):
+        if level is None or anchor.angles_deg[k] is None:
+            continue
+        cr, cc = _centroid(ref[k])
+        angle = np.degrees(np.arctan2(-(rows - cr), cols - cc))
+        rho = (anchor.direction * (angle - float(anchor.angles_deg[k]))) % 360.0
+        if level == "apical":
+            out[k] = 13 + ((np.floor((rho - (SEPTUM_SPAN_DEG / 2 - 45.0)) % 360.0 / 90.0).astype(np.int16) + 1) % 4)
+        else:
+            first = 1 if level == "basal" else 7
+            out[k] = first + ((np.floor(rho / 60.0).astype(np.int16) + 1) % 6)
+    return out
+
+
+def angle_error_deg(a: float, b: float) -> float:
+    d = abs((a - b) % 360.0)
+    return min(d, 360.0 - d)

@@ -1,0 +1,146 @@
+"""What ``predict`` adds for clinical use (issue 16), kept out of the command so it can move freely.
+
+``predict`` calls four functions here: ``find_dicom_cines`` / ``read_dicom_cine`` (DICOM series
+folders as input), ``finish_report`` (RV-anchored AHA segments, the input's description, the DICOM
+SEG when the input was DICOM, the report's schema version) and ``write_figures`` (the matplotlib QC
+figure and the bull's-eye). Each is a library function with no command-line concerns.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mi_pipeline import aha, metrics
+from mi_pipeline.data import dicom
+from mi_pipeline.data.cache import Subject
+from mi_pipeline.errors import InputError
+
+REPORT_SCHEMA = Path(__file__).resolve().parent / "schemas" / "report.schema.json"
+SCHEMA_VERSION = 1
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@lru_cache(maxsize=1)
+def report_schema() -> dict[str, Any]:
+    """The JSON Schema of ``report.json`` shipped in the package."""
+    return json.loads(REPORT_SCHEMA.read_text(encoding="utf-8"))
+
+
+def _name(folder: Path) -> str:
+    name = folder.name if folder.name.lower() not in ("cine", "dicom", "sa") else folder.parent.name
+    return _SAFE.sub("_", name).strip("._-") or "subject"
+
+
+def find_dicom_cines(path: Path) -> list[tuple[str, Path]]:
+    """(subject, DICOM folder) pairs: ``path`` itself when it holds DICOM files, else its sub-folders that do
+    (or their ``cine/`` folder, the DICOM dataset layout). Empty when there is no DICOM (NIfTI input)."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    if dicom.holds_dicom(path):
+        return [(_name(path), path)]
+    found: list[tuple[str, Path]] = []
+    nifti = False
+    for entry in sorted(path.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and entry.name.endswith((".nii.gz", ".nii")):
+            nifti = True
+        elif entry.is_dir():
+            if dicom.holds_dicom(entry):
+                found.append((_name(entry), entry))
+            elif dicom.holds_dicom(entry / "cine"):
+                found.append((_name(entry / "cine"), entry / "cine"))
+            elif (entry / "cine.nii.gz").is_file():
+                nifti = True
+    if found and nifti:
+        raise InputError(f"{path}: holds both NIfTI cines and DICOM folders; give predict one kind per folder")
+    return found
+
+
+def read_dicom_cine(folder: Path) -> dicom.DicomStack:
+    """The cine stack of a DICOM folder (one series, or one series per slice)."""
+    return dicom.read_stack(folder, what="cine", min_phases=2)
+
+
+def anchor_for(subject: Subject, myo: np.ndarray) -> aha.Anchor:
+    """RV-insertion anchor: from RV labels when the subject has them (code 5 in the cache), else from the
+    ED cine; the fixed crop-grid angle only when neither finds one (with a warning)."""
+    spacing = float(subject.spacing[0])
+    if subject.cine_label is not None and (subject.cine_label[:, 0] == RV_LABEL).any():
+        anchor = aha.anchor_from_labels(subject.cine_label[:, 0] == RV_LABEL, myo, subject.affine, spacing)
+        if anchor.method != "fixed":
+            return anchor
+    return aha.anchor_from_images(subject.cine[:, 0], myo, subject.affine, spacing)
+
+
+RV_LABEL = 5  # cache code of the right ventricle (ACDC, M&Ms labels)
+
+
+def aha_section(myo: np.ndarray, inf: np.ndarray, anchor: aha.Anchor) -> dict[str, Any]:
+    segments = aha.segment_map(myo, anchor)
+    extents = metrics.segment_extents(segments, myo, inf)
+    level_of = {s: name for name, n, first in metrics.AHA_LEVELS for s in range(first, first + n)}
+    return {str(s): {"level": level_of[s], "extent_percent": (round(100 * e, 2) if e is not None else None),
+                     "infarcted": (e is not None and e >= metrics.INFARCT_SEGMENT_THRESHOLD)}
+            for s, e in extents.items()}
+
+
+def finish_report(report: dict[str, Any], subject: Subject, raw: Any, pred: np.ndarray, seg_xyz: np.ndarray,
+                  folder: Path) -> dict[str, Any]:
+    """``build_report``'s dict completed to schema version 1; writes the DICOM SEG for DICOM input."""
+    myo, inf = pred > 0, pred == 2
+    anchor = anchor_for(subject, myo)
+    warnings_list: list[str] = list(report.get("warnings", []))
+    if anchor.warning:
+        warnings_list.append(anchor.warning)
+        print(f"warning: {report['subject']}: {anchor.warning}", file=sys.stderr)
+    warnings_list += anchor.notes
+    report["aha_segments"] = aha_section(myo, inf, anchor)
+    report["aha_anchor"] = anchor.to_json()
+    report["aha_note"] = ("segments: 6/6/4 sectors at basal/mid/apical thirds of the slices with myocardium; "
+                          + ("numbered from the anterior RV insertion point (segment 2 starts there, toward the "
+                             "septum)" if anchor.method != "fixed" else
+                             "FIXED orientation on the crop grid, not anchored to the RV (see warnings)")
+                          + "; segment 17 (apical cap) is not assessed from a short-axis stack")
+    stack = getattr(raw, "dicom_stack", None)
+    outputs: dict[str, Any] = {"segmentation_nifti": "infarct_seg.nii.gz", "qc_figure": "qc.png",
+                               "bullseye_figure": "bullseye.png"}
+    if stack is not None:
+        from mi_pipeline.dicom_seg import write_seg
+
+        paths = write_seg(stack, seg_xyz, int(raw.ed), folder)
+        outputs["dicom_seg"] = [p.name for p in paths]
+        report["input"] = {"format": "dicom", "series_instance_uids": list(stack.series),
+                           "series_description": stack.description, "shape": list(stack.array.shape)}
+    else:
+        report["input"] = {"format": "nifti", "shape": [int(v) for v in raw.cine.shape]}
+    report["outputs"] = outputs
+    report["warnings"] = warnings_list
+    return {"schema_version": SCHEMA_VERSION, **report}
+
+
+def write_figures(folder: Path, report: dict[str, Any], subject: Subject, fields: np.ndarray | None,
+                  pred: np.ndarray, slices: list[int]) -> None:
+    """``qc.png`` and ``bullseye.png`` beside the report (matplotlib, written atomically)."""
+    from mi_pipeline import figures
+
+    levels = metrics.level_of_slices(pred > 0)
+    fig = figures.qc_figure(report["subject"], subject.cine, subject.es, fields, pred, slices, levels,
+                            infarct_percent=report["infarct_percent"], ed_frame=report["frames"]["ed"],
+                            es_frame=report["frames"]["es"], spacing_mm=float(subject.spacing[0]))
+    figures.save_figure(fig, folder / "qc.png")
+    extents = {int(s): v["extent_percent"] for s, v in report["aha_segments"].items()}
+    anchor = report["aha_anchor"]
+    label = {"rv_images": "anterior RV insertion point, found in the cine",
+             "rv_labels": "anterior RV insertion point, from RV labels",
+             "fixed": "FIXED crop-grid angle (RV insertion not found; numbering may be wrong)"}[anchor["method"]]
+    fig = figures.bullseye_figure(report["subject"], extents, anchor=label, infarct_percent=report["infarct_percent"])
+    figures.save_figure(fig, folder / "bullseye.png")
