@@ -25,7 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mi_pipeline import aha, metrics  # noqa: E402
+from mi_pipeline import metrics
+from mi_pipeline.clinical import aha  # noqa: E402
 from mi_pipeline.config import DataConfig, PhantomConfig  # noqa: E402
 from mi_pipeline.data.generic import RawSubject  # noqa: E402
 from mi_pipeline.data.phantom import generate_subject  # noqa: E402

@@ -23,8 +23,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mi_pipeline import aha, predict  # noqa: E402
-from mi_pipeline.cli import run_main  # noqa: E402
+from mi_pipeline import inference  # noqa: E402
+from mi_pipeline.cli import predict  # noqa: E402
+from mi_pipeline.cli.common import run_main  # noqa: E402
+from mi_pipeline.clinical import aha  # noqa: E402
 from mi_pipeline.config import PhantomConfig  # noqa: E402
 from mi_pipeline.data.dicom_export import write_series  # noqa: E402
 from mi_pipeline.data.phantom import generate_subject, write_subject  # noqa: E402
@@ -82,10 +84,10 @@ def _angle_score(run_dir: Path, nifti_dir: Path, anchor: dict, truth: dict) -> t
     """
     from mi_pipeline.data.preprocess import preprocess_subject
 
-    cfg = predict.stored_config(run_dir / "checkpoints")
+    cfg = inference.stored_config(run_dir / "checkpoints")
     if anchor["method"] == "fixed":
         return 0, sum(1 for t in truth["rv_insertion_anterior_ras"] if t is not None)
-    raw = predict.read_cine(nifti_dir / "cine.nii.gz", nifti_dir.name,
+    raw = inference.read_cine(nifti_dir / "cine.nii.gz", nifti_dir.name,
                             ed=yaml.safe_load((nifti_dir / "info.yaml").read_text())["ed"])  # the crop grid ignores ed
     sub = preprocess_subject(raw, cfg.data)
     within = total = 0

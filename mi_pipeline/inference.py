@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from mi_pipeline import config as config_mod
-from mi_pipeline import clinical_io, metrics
+from mi_pipeline import metrics
+from mi_pipeline.clinical import io as clinical_io
 from mi_pipeline.config import Config
 from mi_pipeline.data.cache import Subject
 from mi_pipeline.data.generic import RawSubject

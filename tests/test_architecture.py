@@ -22,7 +22,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (1, ("mi_pipeline.config",)),
     (2, ("mi_pipeline.engine", "mi_pipeline.engine.", "mi_pipeline.data", "mi_pipeline.data.", "mi_pipeline.metrics",
          "mi_pipeline.layout")),
-    (3, ("mi_pipeline.stages.", "mi_pipeline.qc")),
+    (3, ("mi_pipeline.stages.", "mi_pipeline.clinical", "mi_pipeline.clinical.")),
     (4, ("mi_pipeline.inference", "mi_pipeline.evaluation")),
     (5, ("mi_pipeline.orchestration", "mi_pipeline.orchestration.")),
     (6, ("mi_pipeline.cli.", "mi_pipeline.__main__", "mi_pipeline.submit", "mi_pipeline.train", "mi_pipeline.status",

@@ -30,7 +30,7 @@ from benchmarks.peers.tools import STAGE, TOOLS, TRAIN
 from mi_pipeline.config import load_config
 from mi_pipeline.engine.determinism import setup_determinism
 from mi_pipeline.engine.trainer import Interrupted
-from mi_pipeline.stages import make_task
+from mi_pipeline.stages.registry import make_task
 
 EXIT_REQUEUED = 75
 

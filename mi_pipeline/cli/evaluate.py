@@ -16,10 +16,10 @@ from mi_pipeline.cli.common import (
     exit_process,
     run_main,
 )
+from mi_pipeline.clinical.figures import write_evaluation_figures
 from mi_pipeline.config import load_config
 from mi_pipeline.data import cache
 from mi_pipeline.evaluation import evaluate, format_table, run_config
-from mi_pipeline.figures import write_evaluation_figures
 from mi_pipeline.fsio import atomic_write_text
 from mi_pipeline.stages.graph import MODEL_STAGES
 

@@ -252,3 +252,26 @@ def test_demo_config_runs_on_a_small_cpu_cluster_without_resource_overrides(slur
                         str(run_dir), "--executor", "slurm", "--mode", "fresh", "--yes", *short, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert wait_all_done(run_dir, timeout=900)["state"] == "all_completed"
+
+
+@pytest.mark.slow
+def test_skip_mode_job_requeued_twice_by_slurm_continues_and_never_restarts(reference: Path, slurm_cluster,
+                                                                             tmp_path: Path) -> None:
+    """Under --mode skip every untrained stage is a planned restart; SLURM's own requeues (here
+    ``scontrol requeue``, a SIGTERM path) rerun the job's original arguments: it must continue (case 1)."""
+    run_dir = tmp_path / "skip_requeue"
+    assert submit(run_dir, "--mode", "skip", slow=True).returncode == 0
+    motion_job = job_ids(run_dir)["motion"]
+    last = run_dir / "checkpoints" / "motion" / "last.pth"
+    for reached in (1, 3):
+        wait_for(lambda r=reached: checkpoint_epoch(last) >= r, 300, f"motion epoch {reached}")
+        subprocess.run(["scontrol", "requeue", motion_job], check=True)
+        slurm_cluster.wait_until_requeued(motion_job, timeout=120)
+    report = wait_all_done(run_dir)
+    text = (run_dir / "logs" / "motion" / "train.log").read_text()
+    assert text.count("planned restart") == 1 and text.count("was already carried out") == 2, text
+    assert "starting from scratch" not in text.split("was already carried out", 1)[1]
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "logs" / "motion" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, len(epochs) + 1)), f"epochs went back: {epochs}"
+    assert report["stages"]["motion"]["job_id"] == motion_job and report["stages"]["motion"]["attempts"] == 3
+    assert_same_weights(model_weights(last), model_weights(reference / "checkpoints" / "motion" / "last.pth"))

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from mi_pipeline import aha, metrics
+from mi_pipeline import metrics
+from mi_pipeline.clinical import aha
 from mi_pipeline.data import dicom
 from mi_pipeline.data.cache import Subject
 from mi_pipeline.errors import InputError
@@ -114,7 +115,7 @@ def finish_report(report: dict[str, Any], subject: Subject, raw: Any, pred: np.n
     outputs: dict[str, Any] = {"segmentation_nifti": "infarct_seg.nii.gz", "qc_figure": "qc.png",
                                "bullseye_figure": "bullseye.png"}
     if stack is not None:
-        from mi_pipeline.dicom_seg import write_seg
+        from mi_pipeline.clinical.dicom_seg import write_seg
 
         paths = write_seg(stack, seg_xyz, int(raw.ed), folder)
         outputs["dicom_seg"] = [p.name for p in paths]
@@ -130,7 +131,7 @@ def finish_report(report: dict[str, Any], subject: Subject, raw: Any, pred: np.n
 def write_figures(folder: Path, report: dict[str, Any], subject: Subject, fields: np.ndarray | None,
                   pred: np.ndarray, slices: list[int]) -> None:
     """``qc.png`` and ``bullseye.png`` beside the report (matplotlib, written atomically)."""
-    from mi_pipeline import figures
+    from mi_pipeline.clinical import figures
 
     levels = metrics.level_of_slices(pred > 0)
     fig = figures.qc_figure(report["subject"], subject.cine, subject.es, fields, pred, slices, levels,

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mi_pipeline import aha, metrics
+from mi_pipeline import metrics
+from mi_pipeline.clinical import aha
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import aha_rotation  # noqa: E402
 
 
@@ -83,7 +84,7 @@ def test_no_rv_falls_back_to_fixed_with_a_warning() -> None:
 
 
 def test_rv_label_code_in_the_cache_is_used_first() -> None:
-    from mi_pipeline.clinical_io import RV_LABEL, anchor_for
+    from mi_pipeline.clinical.io import RV_LABEL, anchor_for
     from mi_pipeline.data.cache import Subject
 
     myo, rv = _ring_and_rv(150.0)

@@ -9,7 +9,7 @@ import json
 import jsonschema
 import pytest
 
-from mi_pipeline.clinical_io import REPORT_SCHEMA, SCHEMA_VERSION, report_schema
+from mi_pipeline.clinical.io import REPORT_SCHEMA, SCHEMA_VERSION, report_schema
 
 
 def _minimal() -> dict:

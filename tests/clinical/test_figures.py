@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mi_pipeline import figures
+from mi_pipeline.clinical import figures
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -15,13 +15,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mi_pipeline import predict
-from mi_pipeline.cli import run_main
+from mi_pipeline.cli import predict
+from mi_pipeline.cli.common import run_main
 from mi_pipeline.config import PhantomConfig, load_config
 from mi_pipeline.data.dicom import read_stack
 from mi_pipeline.data.dicom_export import write_series
 from mi_pipeline.data.phantom import generate_subject, write_subject
-from tests.test_predict import TINY, save_untrained
+from tests.test_inference import TINY, save_untrained
 
 LAYOUTS = ("one_series", "series_per_slice")
 
@@ -68,7 +68,7 @@ def test_predict_on_dicom_equals_nifti_and_writes_a_seg(data, layout, capsys) ->
     import highdicom as hd
     import jsonschema
 
-    from mi_pipeline.clinical_io import report_schema
+    from mi_pipeline.clinical.io import report_schema
 
     tmp, subject = data
     run = ["--run-dir", str(tmp / "run")]
