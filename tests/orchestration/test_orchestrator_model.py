@@ -12,7 +12,8 @@ The key scenarios also run for real on the live cluster (tests/slurm).
 Invariants: a stage's trained epochs never go backwards except on fresh or a planned/explicit
 restart; nothing is recorded done that did not finish; no stage starts against an unfinished
 upstream; every job the record names exists; after fresh nothing of the old run survives.
-``MI_PIPELINE_SOAK=N`` runs N sequences of 40 steps (e.g. 2000) instead of 150 of 25.
+``MI_PIPELINE_SOAK=1`` (the suite's soak switch) runs 2000 sequences of 40 steps instead of 150 of 25;
+``MI_PIPELINE_ORCH_SEQUENCES=N`` runs N.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ from mi_pipeline.stages.graph import MODEL_STAGES, STAGES, UPSTREAM
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 OVERRIDES = ("motion.epochs=3", "registration.epochs=2", "segmentation.epochs=2")
-SOAK = int(os.environ.get("MI_PIPELINE_SOAK", "0") or 0)
+SEQUENCES = int(os.environ.get("MI_PIPELINE_ORCH_SEQUENCES")
+                or (2000 if os.environ.get("MI_PIPELINE_SOAK") == "1" else 150))
+SOAK = SEQUENCES > 150
 LIVE = ("PENDING", "RUNNING", "COMPLETING")
 
 
@@ -328,8 +331,8 @@ def simulated_cluster(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_orchestrator_state_machine_simulation(simulated_cluster) -> None:
-    """150 random sequences (MI_PIPELINE_SOAK=N: N longer ones) against the simulated cluster."""
-    machine = settings(max_examples=SOAK or 150, stateful_step_count=40 if SOAK else 25, deadline=None,
+    """150 random sequences of 25 steps (more under the soak switches) against the simulated cluster."""
+    machine = settings(max_examples=SEQUENCES, stateful_step_count=40 if SOAK else 25, deadline=None,
                        suppress_health_check=list(HealthCheck), derandomize=not SOAK)
     OrchestratorMachine.TestCase.settings = machine
     OrchestratorMachine.TestCase().runTest()
