@@ -5,6 +5,9 @@ tests spend their time in child processes (the CLI, SLURM jobs) or waiting on th
 workers keep both cores busy. Each test file is one group, so a module-scoped fixture (a finished
 run that several tests copy) is built once; ``tests/faults`` and ``tests/slurm`` are one group each
 because their session fixtures (reference runs, the prepared run) are shared across their files.
+
+The fast tier a developer runs while working is ``pytest -m "not slow"``: everything in ``SLOW_DIRS``
+and every test marked ``slow`` (end-to-end trainings, multi-process runs) is left to the full run.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 SHARED_FIXTURE_DIRS = ("faults", "slurm")
+SLOW_DIRS = ("faults", "slurm", "benchmarks")  # kill -9 campaigns, the live cluster, benchmark runs
 
 
 def xdist_group(path: Path) -> str:
@@ -28,3 +32,5 @@ def xdist_group(path: Path) -> str:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(pytest.mark.xdist_group(xdist_group(Path(item.path))))
+        if Path(item.path).resolve().relative_to(TESTS).parts[0] in SLOW_DIRS:
+            item.add_marker(pytest.mark.slow)  # the fast tier (-m "not slow") leaves whole folders out

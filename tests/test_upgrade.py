@@ -45,6 +45,7 @@ def test_stage_job_pickled_by_the_old_version_unpickles_and_trains(tmp_path: Pat
     assert (run / "checkpoints" / "registration" / "best_model.pth").is_file()
 
 
+@pytest.mark.slow
 def test_run_made_by_the_old_version_resumes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(FIXTURES / "run_v0.1.0", run)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 import sys
 
@@ -19,6 +21,7 @@ print(inductor.deterministic)
 """
 
 
+@pytest.mark.slow
 def test_deterministic_mode_without_importing_inductor_until_compiling() -> None:
     out = subprocess.run([sys.executable, "-c", PROBE], env=env(), capture_output=True, text=True, timeout=120,
                          check=True).stdout.split("\n")

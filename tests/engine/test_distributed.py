@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import signal
@@ -34,6 +36,7 @@ def last(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / "toy" / "last.pth"
 
 
+@pytest.mark.slow
 def test_two_rank_run_writes_once_and_resumes_exactly_after_a_signal(tmp_path: Path) -> None:
     reference = tmp_path / "reference"
     proc = start_ddp(reference)

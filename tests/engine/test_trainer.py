@@ -44,6 +44,7 @@ def last(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / "toy" / "last.pth"
 
 
+@pytest.mark.slow
 def test_kill9_between_epochs_resumes_bit_exact(tmp_path: Path, uninterrupted: Path) -> None:
     proc = start_toy(tmp_path, sleep_s=0.02)
     wait_for(lambda: checkpoint_epoch(last(tmp_path)) >= 2, 60, "epoch 2 checkpoint", proc)
@@ -61,6 +62,7 @@ def test_kill9_between_epochs_resumes_bit_exact(tmp_path: Path, uninterrupted: P
     assert not list((tmp_path / "checkpoints" / "toy").glob("*.tmp")), "temp files left behind"
 
 
+@pytest.mark.slow
 def test_sigusr2_mid_epoch_saves_position_and_resumes_bit_exact(tmp_path: Path, uninterrupted: Path) -> None:
     proc = start_toy(tmp_path, sleep_s=0.05)
     wait_for(lambda: checkpoint_epoch(last(tmp_path)) >= 1, 60, "epoch 1 checkpoint", proc)
@@ -77,6 +79,7 @@ def test_sigusr2_mid_epoch_saves_position_and_resumes_bit_exact(tmp_path: Path, 
     assert_same_weights(model_weights(last(tmp_path)), model_weights(last(uninterrupted)))
 
 
+@pytest.mark.slow
 def test_changed_config_is_refused_then_forced_never_silently_restarted(tmp_path: Path) -> None:
     finish(start_toy(tmp_path, epochs=2))
     proc = start_toy(tmp_path, epochs=2, config_hash="otherhash")
@@ -85,6 +88,7 @@ def test_changed_config_is_refused_then_forced_never_silently_restarted(tmp_path
     assert "config hash" in err and "--force" in err
 
 
+@pytest.mark.slow
 def test_finished_run_is_not_retrained(tmp_path: Path) -> None:
     finish(start_toy(tmp_path, epochs=2))
     before = last(tmp_path).stat().st_mtime_ns
