@@ -150,11 +150,8 @@ def read_cine(path: Path, subject_id: str, ed: int | None = None) -> RawSubject:
         ed, ed_method = estimate_ed(cine, (float(sp[0]), float(sp[1]))), "image (end of diastasis before ES)"
     if not 0 <= ed < cine.shape[3]:
         raise InputError(f"{path}: --ed {ed} out of range for a cine with {cine.shape[3]} frames")
-    raw = RawSubject(id=subject_id, folder=path.parent, cine=cine, cine_affine=affine, lge=None,  # type: ignore[arg-type]
-                     lge_affine=None, lge_label=None, ed=ed)  # type: ignore[arg-type]
-    raw.cine_path = path  # type: ignore[attr-defined]
-    raw.ed_method = ed_method  # type: ignore[attr-defined]
-    raw.dicom_stack = stack  # type: ignore[attr-defined]
+    raw = RawSubject(id=subject_id, folder=path.parent, cine=cine, cine_affine=affine, lge=None, lge_affine=None,
+                     lge_label=None, ed=ed, cine_path=path, ed_method=ed_method, dicom_stack=stack)
     return raw
 
 
@@ -195,7 +192,7 @@ def build_report(subject_id: str, cine_path: Path, subject: Subject, raw: RawSub
         "infarct_percent": round(metrics.infarct_percent(myo, inf), 2),
         "myocardium_ml": round(float(myo.sum()) * voxel_ml, 2),
         "infarct_ml": round(float(inf.sum()) * voxel_ml, 2),
-        "frames": {"ed": int(raw.ed), "ed_method": getattr(raw, "ed_method", "given"), "es": int(round(es_source)) % nt, "es_exact": round(float(es_source), 3),
+        "frames": {"ed": int(raw.ed), "ed_method": raw.ed_method, "es": int(round(es_source)) % nt, "es_exact": round(float(es_source), 3),
                    "source_frames": int(nt), "kept_frames": int(n_out), "es_index_kept": int(subject.es),
                    "es_method": "info" if raw.es is not None else "image (least bright blood pool)"},
         "per_slice": per_slice,

@@ -111,7 +111,7 @@ def finish_report(report: dict[str, Any], subject: Subject, raw: Any, pred: np.n
                              "septum)" if anchor.method != "fixed" else
                              "FIXED orientation on the crop grid, not anchored to the RV (see warnings)")
                           + "; segment 17 (apical cap) is not assessed from a short-axis stack")
-    stack = getattr(raw, "dicom_stack", None)
+    stack = raw.dicom_stack
     outputs: dict[str, Any] = {"segmentation_nifti": "infarct_seg.nii.gz", "qc_figure": "qc.png",
                                "bullseye_figure": "bullseye.png"}
     if stack is not None:

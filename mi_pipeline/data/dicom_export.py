@@ -11,10 +11,14 @@ from __future__ import annotations
 import datetime
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mi_pipeline.fsio import atomic_path
+
+if TYPE_CHECKING:
+    from mi_pipeline.data.phantom import PhantomSubject
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
@@ -98,7 +102,7 @@ def write_series(array: np.ndarray, affine: np.ndarray, folder: str | os.PathLik
     return series_uids
 
 
-def write_subject_dicom(subject: object, directory: str | os.PathLike[str], *, per_slice_series: bool = False) -> None:
+def write_subject_dicom(subject: PhantomSubject, directory: str | os.PathLike[str], *, per_slice_series: bool = False) -> None:
     """A phantom subject in the DICOM dataset layout (``data.format: dicom``): ``cine/`` and ``lge/`` as DICOM
     series of one study, labels and ``info.yaml`` as the generic layout writes them."""
     import yaml
@@ -106,20 +110,20 @@ def write_subject_dicom(subject: object, directory: str | os.PathLike[str], *, p
     from mi_pipeline.data.phantom import _nifti
 
     directory = Path(directory)
-    study, frame_ref = _uid(f"study-{subject.id}"), _uid(f"for-{subject.id}")  # type: ignore[attr-defined]
+    study, frame_ref = _uid(f"study-{subject.id}"), _uid(f"for-{subject.id}")
     s = subject
-    write_series(s.cine, s.cine_affine, directory / "cine", patient_id=s.id, study_uid=study,  # type: ignore[attr-defined]
-                 frame_of_reference_uid=frame_ref, description="cine SA", series_number=1, frame_ms=s.frame_ms,  # type: ignore[attr-defined]
+    write_series(s.cine, s.cine_affine, directory / "cine", patient_id=s.id, study_uid=study,
+                 frame_of_reference_uid=frame_ref, description="cine SA", series_number=1, frame_ms=s.frame_ms,
                  slope=0.5, intercept=-100.0, per_slice_series=per_slice_series)
-    write_series(s.lge, s.lge_affine, directory / "lge", patient_id=s.id, study_uid=study,  # type: ignore[attr-defined]
+    write_series(s.lge, s.lge_affine, directory / "lge", patient_id=s.id, study_uid=study,
                  frame_of_reference_uid=frame_ref, description="LGE SA", series_number=100)
-    zc = tuple(float(v) for v in np.linalg.norm(s.cine_affine[:3, :3], axis=0))  # type: ignore[attr-defined]
-    zl = tuple(float(v) for v in np.linalg.norm(s.lge_affine[:3, :3], axis=0))  # type: ignore[attr-defined]
-    for name, data, affine, zooms in (("lge_label.nii.gz", s.lge_label, s.lge_affine, zl),  # type: ignore[attr-defined]
-                                      ("cine_label.nii.gz", s.cine_label, s.cine_affine, zc + (s.frame_ms,))):  # type: ignore[attr-defined]
+    zc = tuple(float(v) for v in np.linalg.norm(s.cine_affine[:3, :3], axis=0))
+    zl = tuple(float(v) for v in np.linalg.norm(s.lge_affine[:3, :3], axis=0))
+    for name, data, affine, zooms in (("lge_label.nii.gz", s.lge_label, s.lge_affine, zl),
+                                      ("cine_label.nii.gz", s.cine_label, s.cine_affine, zc + (s.frame_ms,))):
         with atomic_path(directory / name) as tmp:
             target = Path(str(tmp) + ".nii.gz")
             _nifti(data, affine, zooms).to_filename(str(target))
             target.replace(tmp)
     with atomic_path(directory / "info.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(s.info, sort_keys=False))  # type: ignore[attr-defined]
+        tmp.write_text(yaml.safe_dump(s.info, sort_keys=False))

@@ -29,19 +29,29 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 @dataclass
 class RawSubject:
-    """One subject as read from disk, validated; arrays in NIfTI voxel order."""
+    """One subject as read from disk, validated; arrays in NIfTI voxel order.
+
+    Cine-only data (ACDC, M&Ms, a cine given to ``predict``) has no LGE: ``lge``, ``lge_affine`` and
+    ``lge_label`` are None. The ``*_path`` fields name the files error messages should point at when
+    they are not the generic layout's ``<folder>/cine.nii.gz`` / ``lge.nii.gz``.
+    """
 
     id: str
     folder: Path
     cine: np.ndarray  # float32 (X, Y, Z, T)
     cine_affine: np.ndarray
-    lge: np.ndarray  # float32 (X', Y', Z')
-    lge_affine: np.ndarray
-    lge_label: np.ndarray  # uint8 (X', Y', Z'), 0..4
+    lge: np.ndarray | None  # float32 (X', Y', Z')
+    lge_affine: np.ndarray | None
+    lge_label: np.ndarray | None  # uint8 (X', Y', Z'), 0..4
     ed: int = 0
     es: int | None = None
     cine_label: np.ndarray | None = None  # uint8 (X, Y, Z, T)
     truth: dict[str, Any] = field(default_factory=dict)
+    cine_path: Path | None = None
+    lge_path: Path | None = None
+    lge_label_path: Path | None = None
+    ed_method: str = "given"  # or how ED was found from the images (predict)
+    dicom_stack: Any = None  # data.dicom.DicomStack when the cine was read from DICOM (predict's SEG output)
 
 
 def list_subjects(root: str | Path) -> list[str]:

@@ -162,7 +162,7 @@ def normalise(x: np.ndarray, valid: np.ndarray, path: Path) -> np.ndarray:
 def preprocess_subject(raw: RawSubject, cfg: DataConfig, center: tuple[float, float] | None = None) -> Subject:
     """Resample, crop, normalise; see the module docstring. ``center`` overrides the crop centre."""
     nx, ny, nz, nt = raw.cine.shape
-    cine_path = getattr(raw, "cine_path", None) or raw.folder / "cine.nii.gz"
+    cine_path = raw.cine_path or raw.folder / "cine.nii.gz"
     src_sp = np.linalg.norm(raw.cine_affine[:3, :3], axis=0)
     if center is None:
         center = _label_center(raw) or lv_center_heuristic(raw.cine, (float(src_sp[0]), float(src_sp[1])))
@@ -188,8 +188,8 @@ def preprocess_subject(raw: RawSubject, cfg: DataConfig, center: tuple[float, fl
 
     lge = lge_label = None
     if raw.lge is not None:  # cine-only subjects (ACDC, M&Ms, predict) have no LGE
-        lge_path = getattr(raw, "lge_path", None) or raw.folder / "lge.nii.gz"
-        label_path = getattr(raw, "lge_label_path", None) or raw.folder / "lge_label.nii.gz"
+        lge_path = raw.lge_path or raw.folder / "lge.nii.gz"
+        label_path = raw.lge_label_path or raw.folder / "lge_label.nii.gz"
         lge, lge_valid = sample(raw.lge.astype(np.float32), raw.lge_affine, dst, shape, order=1)
         if not lge_valid.any():
             raise InputError(f"{lge_path}: field of view does not overlap the crop around the LV")

@@ -71,8 +71,8 @@ def load_subject(root: Path, subject: str) -> RawSubject:
             raise InputError(f"{path}: missing (ACDC labels of frame {t + 1})")
         codes = load_codes(path, shape=cine.shape[:3], affine=affine, allowed=3, image_name=cine_path.name)
         labelled[t] = remap(codes, LABELS, path)
-    raw = RawSubject(id=subject, folder=folder, cine=cine, cine_affine=affine, lge=None, lge_affine=None,  # type: ignore[arg-type]
-                     lge_label=None, ed=ed, es=es, cine_label=fill_frames(labelled, nt),  # type: ignore[arg-type]
+    raw = RawSubject(id=subject, folder=folder, cine=cine, cine_affine=affine, lge=None, lge_affine=None,
+                     lge_label=None, ed=ed, es=es, cine_label=fill_frames(labelled, nt),
                      truth={"group": info.get("Group")})
-    raw.cine_path = cine_path  # type: ignore[attr-defined]
+    raw.cine_path = cine_path
     return raw

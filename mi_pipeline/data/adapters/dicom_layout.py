@@ -80,5 +80,5 @@ def load_subject(root: Path, subject: str) -> RawSubject:
     check_overlap(lge_dir, lge_img.shape, lge.affine, cine.array.shape[:3], cine.affine)
     raw = RawSubject(id=subject, folder=folder, cine=cine.array, cine_affine=cine.affine, lge=lge_img,
                      lge_affine=lge.affine, lge_label=lge_label, ed=ed, es=es, cine_label=cine_label, truth=truth)
-    raw.cine_path, raw.lge_path, raw.lge_label_path = cine_dir, lge_dir, label_path  # type: ignore[attr-defined]
+    raw.cine_path, raw.lge_path, raw.lge_label_path = cine_dir, lge_dir, label_path
     return raw

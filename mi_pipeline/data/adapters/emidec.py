@@ -49,5 +49,5 @@ def load_subject(root: Path, subject: str) -> RawSubject:
     check_overlap(image_path, lge.shape, lge_affine, cine.shape[:3], cine_affine)
     raw = RawSubject(id=subject, folder=folder, cine=cine, cine_affine=cine_affine, lge=lge, lge_affine=lge_affine,
                      lge_label=labels)
-    raw.cine_path, raw.lge_path, raw.lge_label_path = cine_path, image_path, label_path  # type: ignore[attr-defined]
+    raw.cine_path, raw.lge_path, raw.lge_label_path = cine_path, image_path, label_path
     return raw

@@ -119,9 +119,9 @@ def load_subject(root: Path, subject: str) -> RawSubject:
     es = _frame(row.get("es"), manifest, subject, "es", nt)
     if es is not None and es == ed:
         raise InputError(f"{manifest}: {subject}: es equals ed ({ed})")
-    raw = RawSubject(id=subject, folder=path["cine"].parent, cine=cine, cine_affine=cine_affine, lge=lge,  # type: ignore[arg-type]
-                     lge_affine=lge_affine, lge_label=lge_label, ed=ed, es=es, cine_label=cine_label)  # type: ignore[arg-type]
-    raw.cine_path = path["cine"]  # type: ignore[attr-defined]
+    raw = RawSubject(id=subject, folder=path["cine"].parent, cine=cine, cine_affine=cine_affine, lge=lge,
+                     lge_affine=lge_affine, lge_label=lge_label, ed=ed, es=es, cine_label=cine_label)
+    raw.cine_path = path["cine"]
     if "lge" in path:
-        raw.lge_path, raw.lge_label_path = path["lge"], path["lge_label"]  # type: ignore[attr-defined]
+        raw.lge_path, raw.lge_label_path = path["lge"], path["lge_label"]
     return raw

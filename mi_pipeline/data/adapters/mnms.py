@@ -67,7 +67,7 @@ def load_subject(root: Path, subject: str) -> RawSubject:
         ed = max(annotated, key=lambda t: cavity[t])
         es = min(annotated, key=lambda t: cavity[t])
     labelled = {t: remap(codes[..., t], LABELS, gt_path) for t in (ed, es)}
-    raw = RawSubject(id=subject, folder=folder, cine=cine, cine_affine=affine, lge=None, lge_affine=None,  # type: ignore[arg-type]
-                     lge_label=None, ed=ed, es=es, cine_label=fill_frames(labelled, nt))  # type: ignore[arg-type]
-    raw.cine_path = cine_path  # type: ignore[attr-defined]
+    raw = RawSubject(id=subject, folder=folder, cine=cine, cine_affine=affine, lge=None, lge_affine=None,
+                     lge_label=None, ed=ed, es=es, cine_label=fill_frames(labelled, nt))
+    raw.cine_path = cine_path
     return raw
