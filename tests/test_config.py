@@ -40,7 +40,7 @@ def test_config_is_frozen() -> None:
         ("motoin:\n  epochs: 3\n", "unknown key motoin"),
         ("motion:\n  epochs: three\n", "motion.epochs must be an integer"),
         ("motion:\n  epochs: -1\n", "epochs must be > 0"),
-        ("data:\n  format: dicom\n", "data.format must be one of"),
+        ("data:\n  format: nrrd\n", "data.format must be one of"),
         ("data:\n  phantom:\n    subjects: 2.5\n", "data.phantom.subjects must be an integer"),
         ("segmentation:\n  channels: 16\n", "segmentation.channels must be a list"),
         ("motion: [1, 2]\n", "motion must be a mapping"),

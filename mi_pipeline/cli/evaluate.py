@@ -16,7 +16,6 @@ from mi_pipeline.cli.common import (
     exit_process,
     run_main,
 )
-from mi_pipeline.clinical.figures import write_evaluation_figures
 from mi_pipeline.config import load_config
 from mi_pipeline.data import cache
 from mi_pipeline.evaluation import evaluate, format_table, run_config
@@ -50,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         atomic_write_text(args.out, text + "\n")
     if args.figures is not None:
+        from mi_pipeline.clinical.figures import write_evaluation_figures  # matplotlib only when asked
+
         for path in write_evaluation_figures(result, args.figures):
             log(f"evaluate: wrote {path}")
     print(text if args.json else format_table(result))
