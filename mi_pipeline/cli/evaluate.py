@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         atomic_write_text(args.out, text + "\n")
     if args.figures is not None:
-        from mi_pipeline.clinical.figures import write_evaluation_figures  # matplotlib only when asked
+        from mi_pipeline.clinical.figures import (
+            write_evaluation_figures,  # matplotlib only when asked
+        )
 
         for path in write_evaluation_figures(result, args.figures):
             log(f"evaluate: wrote {path}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from mi_pipeline.cli.common import (
     add_run_dir_option,
@@ -19,11 +20,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = command_parser("status", __doc__)
     add_run_dir_option(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--plot", action="store_true",
+                        help="also write logs/<stage>/curves.png (training curves from metrics.jsonl)")
     args = parser.parse_args(argv)
     if not args.run_dir.is_dir():
         raise UserError(f"{args.run_dir}: no such run directory (give the run root with --run-dir)")
     report = collect(RunLayout(args.run_dir.resolve()))
     print(json.dumps(report, indent=1) if args.json else render(report))
+    if args.plot:
+        from mi_pipeline.orchestration.curves import (
+            plot_run,  # matplotlib only when asked
+        )
+
+        for path in plot_run(RunLayout(args.run_dir.resolve())):
+            print(f"curves: {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from mi_pipeline.engine.tracking import TensorBoardRun
 from mi_pipeline.fsio import atomic_write_text
 
 
@@ -30,6 +31,7 @@ class StageLog:
         self.prefix = prefix
         self.train_log = self.dir / "train.log"
         self.metrics_path = self.dir / "metrics.jsonl"
+        self.tensorboard = TensorBoardRun(self.dir / "tensorboard")
 
     def info(self, message: str) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{self.stage}{self.prefix}] {message}"
@@ -59,11 +61,21 @@ class StageLog:
         return records
 
     def keep_metrics_through(self, epoch: int) -> None:
-        """On resume: drop records of epochs the checkpoint does not contain (they will be redone)."""
+        """On resume: drop records of epochs the checkpoint does not contain (they will be redone), and
+        make the TensorBoard run exactly the kept epochs again (engine/tracking.py)."""
         records = self.read_metrics()
         kept = [r for r in records if isinstance(r.get("epoch"), int) and r["epoch"] <= epoch]
         if len(kept) != len(records) or self.metrics_path.exists():
             atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        if self.files:
+            self.tensorboard.restart_from(kept)
+            if self.tensorboard.unavailable:
+                self.info(self.tensorboard.unavailable)
+
+    def epoch_committed(self, record: dict[str, Any]) -> None:
+        """An epoch whose last.pth is on disk: it can never be redone, so it goes to TensorBoard now."""
+        if self.files:
+            self.tensorboard.add(_finite(record))
 
     def progress(self, total: int, initial: int, desc: str) -> "BatchProgress":
         return BatchProgress(self, total, initial, desc)

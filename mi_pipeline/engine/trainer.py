@@ -281,12 +281,14 @@ class _Saver:
         improved = _is_better(metrics.get(task.metric_name), state.best_metric, task.higher_is_better)
         if improved:
             state.best_metric, state.best_epoch = metrics[task.metric_name], state.epoch
-        ctx.log.epoch_metrics({"epoch": state.epoch, "step": state.step, "best": improved, **metrics})
+        record = {"epoch": state.epoch, "step": state.step, "best": improved, **metrics}
+        ctx.log.epoch_metrics(record)
         done = dataclasses.replace(state, epoch_losses=[])
         line = _epoch_line(done, self.epochs, task.metric_name, metrics, improved)
 
         def committed() -> None:
             ctx.log.info(line)
+            ctx.log.epoch_committed(record)
             ctx.on_epoch(done, metrics)
 
         best = [(ctx.ckpt_dir / ckpt.BEST, self.best_payload(task, state, metrics), None)] if improved else []

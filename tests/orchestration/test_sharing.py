@@ -55,3 +55,19 @@ def test_status_and_dry_run_work_on_a_read_only_run_directory(tmp_path: Path) ->
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Traceback" not in out.stderr and "state: step1_data_prepared" in out.stdout
     assert "plan (mode resume" in out.stdout
+
+
+def test_status_plot_draws_each_stage_curves_with_baselines_beside_them(tmp_path: Path) -> None:
+    from mi_pipeline.orchestration.curves import _panels
+
+    run = tmp_path / "run"
+    shutil.copytree(REPO / "tests" / "fixtures" / "run_v0.1.0", run)
+    out = run_module("mi_pipeline.status", "--run-dir", str(run), "--plot")
+    assert out.returncode == 0, out.stderr
+    png = run / "logs" / "motion" / "curves.png"
+    assert f"curves: {png}" in out.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (run / "logs" / "registration" / "curves.png").exists(), "no curves for a stage never trained"
+    panels = _panels([{"epoch": 1, "train_loss": 1.0, "myo_dice": 0.5, "myo_dice_identity": 0.4, "lr": 0.1,
+                       "seconds": 3.0, "best": True}])
+    assert ["myo_dice", "myo_dice_identity"] in panels and ["lr"] in panels
+    assert all("seconds" not in p and "best" not in p for p in panels)
