@@ -83,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     undecided = [s for s in steps if s.decide]
     if undecided and not args.dry_run:
         first = undecided[0]
-        raise UserError(f"{first.stage} finished under another config ({first.reason.split(': ', 1)[-1]}): pass "
-                        f"--force to keep the trained model(s) under the new config, or --retrain-from {first.stage} "
-                        f"to retrain it and its dependants (old files kept aside)")
+        raise UserError(f"{first.stage} needs a decision ({first.reason}): pass --force to keep the trained "
+                        f"model(s) as they are, or --retrain-from {first.stage} to retrain it and its dependants "
+                        f"(old files kept aside)")
     if args.dry_run:
         return 0
     command = StageCommand(config=args.config.resolve() if args.config else None, overrides=tuple(args.overrides),

@@ -81,8 +81,17 @@ def _decide(mode: str, stage: str, layout: RunLayout, progress: Progress, data_r
 
 
 def _config_check(stage: str, step: Step, cfg: Config, layout: RunLayout, force: bool) -> Step:
-    """A finished stage against the current config: unchanged, more epochs, or a change to decide on."""
+    """A finished stage against the current config: unchanged, more epochs, or a change to decide on.
+
+    Also a finished stage whose ``last.pth`` exists but cannot be read: nothing says whether its
+    training ended, so its dependants must not simply build on it -- the user decides.
+    """
     health = inspect_stage(layout, stage)
+    if health.last_problem is not None:
+        if force:
+            return Step(stage, False, "last.pth is unreadable; best_model.pth kept as trained (--force)")
+        return Step(stage, False, f"last.pth is unreadable ({health.last_problem.split(': ', 1)[-1][:80]}), so "
+                                  f"nothing says its training finished", decide=True)
     if health.best_config is None or health.best_config_hash == stage_hash(cfg, stage):
         return step
     changes = config_changes(health.best_config, cfg, stage)
