@@ -137,12 +137,25 @@ class RegistrationConfig(OptimConfig):
     # noisy, and a weakly held per-pixel residual fits that noise (phantom, unseen subjects: weight 1
     # lowers the myocardium Dice below the network's own; 100 is best of 1-1000; affine parts are free)
     refine_smooth_weight: float = 100.0
+    # registration QA and per-subject fallback (stages/registration_qa.py): identity, rigid (exhaustive
+    # search within these ranges), affine or deformable, whichever has the best edge alignment after a
+    # penalty of qa_margin per level of flexibility; deformable is ineligible above qa_max_folding_percent
+    qa_max_shift_mm: float = 12.0
+    qa_max_rotation_deg: float = 10.0
+    qa_margin: float = 0.01
+    qa_max_folding_percent: float = 0.5
+    # a subject's registered target supervises segmentation only when the chosen and the runner-up
+    # candidate agree on the myocardium at least this well (Dice); 0 = every target supervises
+    qa_min_agreement: float = 0.7
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _positive(self, "channels", "affine_lr", "levels", "refine_lr")
         _non_negative(self, "smooth_weight", "mask_dice_weight", "affine_weight", "augment_shift_px", "refine_steps",
-                      "refine_smooth_weight")
+                      "refine_smooth_weight", "qa_max_shift_mm", "qa_max_rotation_deg", "qa_margin",
+                      "qa_max_folding_percent", "qa_min_agreement")
+        if self.qa_min_agreement > 1:
+            raise ValueError("qa_min_agreement is a Dice, between 0 and 1")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -30,7 +30,7 @@ from mi_pipeline.data.cache import load_split
 from mi_pipeline.engine.task import Batch, TrainTask
 from mi_pipeline.errors import ConfigError
 from mi_pipeline.metrics import dice
-from mi_pipeline.stages import common
+from mi_pipeline.stages import common, registration_qa
 
 VAL_BATCH = 32
 
@@ -115,6 +115,40 @@ def labels_in_cine(cfg: Config, model: nn.Module, lge: torch.Tensor, lge_label: 
     r = cfg.registration
     return lge_labels_in_cine(model, lge, lge_label, cine_ed, refine_steps=r.refine_steps, refine_lr=r.refine_lr,
                               smooth_weight=r.refine_smooth_weight)
+
+
+def register_subject(cfg: Config, model: nn.Module, lge: torch.Tensor, lge_label: torch.Tensor,
+                     cine_ed: torch.Tensor, spacing_mm: float,
+                     subject: str = "") -> tuple[torch.Tensor, registration_qa.PairQA]:
+    """One subject's LGE labels carried into cine space by the QA's choice of identity / rigid / affine /
+    deformable (``registration_qa``); (Z, H, W) uint8 on the CPU and the choice record."""
+    r = cfg.registration
+    device = next(model.parameters()).device
+
+    def network(moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        totals, affines = [], []
+        for part in common.batched(moving.shape[0], VAL_BATCH):
+            total, affine, _ = model(moving[part], fixed[part])
+            totals.append(total)
+            affines.append(affine)
+        return torch.cat(totals), torch.cat(affines)
+
+    def refine(moving: torch.Tensor, fixed: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
+        return refine_ddf(moving, fixed, ddf, r.refine_steps, r.refine_lr, r.refine_smooth_weight)
+
+    return registration_qa.register_pair(cfg, network, refine, lge.to(device), lge_label.to(device),
+                                         cine_ed.to(device), spacing_mm, subject)
+
+
+def register_subjects(cfg: Config, model: nn.Module, subjects: list) -> tuple[torch.Tensor, list]:
+    """``register_subject`` for every cached subject, stacked along slices (what segmentation trains on)."""
+    labels, records = [], []
+    for s in subjects:
+        lab, qa = register_subject(cfg, model, torch.from_numpy(s.lge.copy()), torch.from_numpy(s.lge_label.copy()),
+                                   torch.from_numpy(s.cine[:, 0].copy()), float(s.spacing[0]), s.id)
+        labels.append(lab)
+        records.append(qa)
+    return torch.cat(labels), records
 
 
 def _augment_pairs(moving: torch.Tensor, fixed: torch.Tensor, labels: tuple[torch.Tensor, torch.Tensor] | None,

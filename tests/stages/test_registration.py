@@ -89,6 +89,7 @@ def test_refinement_improves_a_shifted_pair():
     """Test-time refinement (registration.refine_steps) recovers a shift the (untrained) net misses."""
     import numpy as np
 
+    from mi_pipeline.metrics import dice
     from mi_pipeline.stages import common
     from mi_pipeline.stages.registration import refine_ddf
 
@@ -111,8 +112,8 @@ def test_refinement_improves_a_shifted_pair():
     assert torch.equal(refine_ddf(moving, fixed, zero, steps=0, lr=0.1, smooth_weight=1.0), zero)
     myo_fixed = common.myo(torch.from_numpy(fixed_lab)[None].long())
     moving_labels = torch.from_numpy(moving_lab)[None].long()
-    before = common.dice(common.myo(moving_labels), myo_fixed)
-    after = common.dice(common.myo(common.warp_labels(moving_labels, refined)), myo_fixed)
+    before = dice(common.myo(moving_labels), myo_fixed)
+    after = dice(common.myo(common.warp_labels(moving_labels, refined)), myo_fixed)
     assert after > before + 0.08
 
 
