@@ -138,3 +138,18 @@ def test_refinement_uses_its_own_smoothness(monkeypatch, tiny_overrides):
     assert seen == {"steps": 3, "smooth_weight": 7.0}
     with pytest.raises(ConfigError, match="refine_smooth_weight"):
         load_config(None, tiny_overrides + ["registration.refine_smooth_weight=-1"])
+
+
+def test_without_cine_labels_validation_names_its_label_free_figure(tiny_cfg, tmp_path, write_cache):
+    """No cine labels: no 'myo_dice' (it would not be a Dice); edge alignment decides, beside its
+    no-registration value, and a network that does not beat no registration is warned about."""
+    write_cache(tmp_path, labels=False)
+    task = _task(tiny_cfg, tmp_path)
+    assert task.metric_name == "edge_alignment"
+    torch.manual_seed(0)
+    with torch.no_grad():
+        metrics = task.validate(task.build_model().eval(), CPU)
+    assert "myo_dice" not in metrics and metrics["labels_available"] == 0.0
+    assert {"mi", "mi_identity", "edge_alignment", "edge_alignment_identity"} <= set(metrics)
+    assert metrics["edge_alignment"] == pytest.approx(metrics["edge_alignment_identity"], abs=1e-6)
+    assert "does not beat no registration" in task.baseline_warning(metrics)
