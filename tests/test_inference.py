@@ -120,3 +120,18 @@ def test_png_writer_roundtrip() -> None:
     data = qc.png_bytes(rgb)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert np.array_equal(qc.read_png(data), rgb)
+
+
+def test_report_carries_confidence(setup) -> None:
+    """Issue 14: no LGE at predict time, so the report says how sure the segmentation is and whether
+    its myocardium looks like what training saw (untrained weights here: flagged implausible)."""
+    tmp, _ = setup
+    out = tmp / "out_confidence"
+    assert run_main(predict.main, ["--cine", str(tmp / "data" / "s1" / "cine.nii.gz"), "--out", str(out),
+                                   "--run-dir", str(tmp / "run")]) == 0
+    confidence = json.loads((out / "s1" / "report.json").read_text())["confidence"]
+    assert {"mean_entropy_myocardium", "disagreement_percent_myocardium",
+            "infarct_percent_range"} <= set(confidence["uncertainty"])
+    verdict = confidence["plausibility"]
+    assert verdict["reference"].startswith("physiological defaults") and isinstance(verdict["implausible"], bool)
+    assert verdict["implausible"] == bool(verdict["reasons"])

@@ -32,7 +32,7 @@ from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.task import Batch, TrainTask
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.metrics import dice
-from mi_pipeline.stages import common, motion, registration, registration_qa
+from mi_pipeline.stages import common, motion, registration, registration_qa, seg_confidence
 
 NUM_CLASSES = 3  # 0 background (incl. LV cavity), 1 remote myocardium, 2 infarct
 CLASS_OF_CODE = torch.tensor([0, 0, 1, 2], dtype=torch.long)  # cache label code -> class
@@ -125,8 +125,13 @@ class SegmentationTask(TrainTask):
             self.metric_name = "infarct_dice" + self.suffix
         self.val_owner = common.slice_owner(val)
         self.val_subjects = len(val)
+        # what predict's plausibility flag compares with: the shape of the targets training sees
+        rows = seg_confidence.shape_figures(self.train_y.numpy(), cfg.data.spacing_mm)
+        self.target_shape = {"ranges": seg_confidence.reference_ranges(rows), "slices": len(rows)}
         if int(os.environ.get("RANK", "0")) == 0:  # one writer under data parallel
             fsio.atomic_write_text(self.qa_path, json.dumps(self.registration_qa, indent=1) + "\n")
+            fsio.atomic_write_text(self.qa_path.with_name(seg_confidence.SHAPE_FILE),
+                                   json.dumps(self.target_shape, indent=1) + "\n")
 
     @property
     def qa_path(self) -> Path:
