@@ -81,7 +81,10 @@ class PhantomConfig:
         for name in ("slices_range", "frames_range", "spacing_range_mm", "fov_range_mm", "slice_thickness_range_mm",
                      "lge_spacing_range_mm", "breath_hold_shift_mm", "breath_hold_rotation_deg", "lge_remote_signal",
                      "lge_fat_signal", "noise_range"):
-            lo, hi = getattr(self, name)
+            pair = getattr(self, name)
+            if len(pair) != 2:
+                raise ValueError(f"{name} must be [low, high] (two numbers), got {list(pair)}")
+            lo, hi = pair
             if not 0 <= lo <= hi:
                 raise ValueError(f"{name} must be [low, high] with 0 <= low <= high, got [{lo}, {hi}]")
         if self.slices_range[0] < 1 or self.frames_range[0] < 4 or self.spacing_range_mm[0] <= 0:
