@@ -40,8 +40,7 @@ from mi_pipeline.data.preprocess import estimate_ed, preprocess_subject, sample
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.errors import ConfigError, InputError
 from mi_pipeline.fsio import atomic_path, atomic_write_text
-from mi_pipeline.stages import common, motion, registry, segmentation
-from mi_pipeline.stages import seg_confidence  # issue 14: confidence in report.json
+from mi_pipeline.stages import common, motion, registry, seg_confidence, segmentation
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

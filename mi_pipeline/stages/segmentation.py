@@ -32,7 +32,13 @@ from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.task import Batch, TrainTask
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.metrics import dice
-from mi_pipeline.stages import common, motion, registration, registration_qa, seg_confidence
+from mi_pipeline.stages import (
+    common,
+    motion,
+    registration,
+    registration_qa,
+    seg_confidence,
+)
 
 NUM_CLASSES = 3  # 0 background (incl. LV cavity), 1 remote myocardium, 2 infarct
 CLASS_OF_CODE = torch.tensor([0, 0, 1, 2], dtype=torch.long)  # cache label code -> class
