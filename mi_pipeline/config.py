@@ -37,7 +37,17 @@ AMP_FROM_BOOL: dict[bool, str] = {False: "off", True: "fp16"}
 
 @dataclass(frozen=True, kw_only=True)
 class PhantomConfig:
-    """The built-in synthetic dataset (used when ``data.format`` is ``phantom``)."""
+    """The built-in synthetic dataset (used when ``data.format`` is ``phantom``).
+
+    A randomisation engine: with ``vary: true`` every subject draws its own grid (slices, frames,
+    in-plane spacing, field of view, slice thickness, LGE spacing) from the ``*_range`` fields; with
+    ``vary: false`` (default: the demo and the tests) the fixed ``size``/``slices``/``frames``/
+    ``spacing_mm``/``slice_thickness_mm`` are used. Breath-hold motion, LGE nulling, noise and heart
+    position are always drawn from their ranges. Ranges are [low, high] (uniform); a breath-hold
+    shift/rotation range is the magnitude, in a random direction/sign. An independent phantom
+    (3-4 slices of 8 mm, 18-25 frames, 1.5 mm cine / 1.25 mm LGE, shifts up to 6 mm, rotations up to
+    9 deg, remote myocardium nulled) falls inside the ranges configs/phantom.yaml trains with.
+    """
 
     subjects: int = 12
     seed: int = 0
@@ -46,6 +56,21 @@ class PhantomConfig:
     frames: int = 16  # frames per cardiac cycle
     spacing_mm: float = 1.6  # in-plane
     slice_thickness_mm: float = 8.0
+    cine_labels: bool = True  # false: write no cine_label.nii.gz (only LGE labels, as a site's data)
+    vary: bool = False  # per-subject grids from the ranges below
+    slices_range: tuple[int, int] = (3, 14)
+    frames_range: tuple[int, int] = (12, 35)
+    spacing_range_mm: tuple[float, float] = (1.25, 1.9)  # cine in-plane
+    fov_range_mm: tuple[float, float] = (140.0, 190.0)  # cine in-plane field of view (cropped around the chest)
+    slice_thickness_range_mm: tuple[float, float] = (6.0, 10.0)
+    lge_spacing_range_mm: tuple[float, float] = (1.1, 1.9)  # LGE in-plane, its own grid
+    heart_offset_mm: float = 8.0  # heart centre off the FOV centre, up to this, each in-plane axis
+    breath_hold_shift_mm: tuple[float, float] = (0.0, 6.0)  # in-plane LGE-vs-cine shift magnitude
+    breath_hold_rotation_deg: tuple[float, float] = (0.0, 5.0)  # in-plane LGE-vs-cine rotation magnitude
+    lge_slice_offset: float = 0.375  # through-plane LGE stack offset, up to this fraction of a slice
+    lge_remote_signal: tuple[float, float] = (0.03, 0.08)  # nulled remote myocardium (scar ~0.9-1, blood ~0.5-0.65)
+    lge_fat_signal: tuple[float, float] = (0.45, 0.6)  # (epicardial) fat in LGE
+    noise_range: tuple[float, float] = (0.015, 0.04)  # Rician sigma, relative to bright blood ~1
 
     def __post_init__(self) -> None:
         _positive(self, "subjects", "size", "slices", "frames", "spacing_mm", "slice_thickness_mm")
@@ -53,6 +78,21 @@ class PhantomConfig:
             raise ValueError("frames must be >= 4 (a cardiac cycle needs ED, ES and frames between)")
         if self.size * self.spacing_mm < 90:
             raise ValueError("size * spacing_mm must be >= 90 mm (the field of view must hold the heart)")
+        for name in ("slices_range", "frames_range", "spacing_range_mm", "fov_range_mm", "slice_thickness_range_mm",
+                     "lge_spacing_range_mm", "breath_hold_shift_mm", "breath_hold_rotation_deg", "lge_remote_signal",
+                     "lge_fat_signal", "noise_range"):
+            pair = getattr(self, name)
+            if len(pair) != 2:
+                raise ValueError(f"{name} must be [low, high] (two numbers), got {list(pair)}")
+            lo, hi = pair
+            if not 0 <= lo <= hi:
+                raise ValueError(f"{name} must be [low, high] with 0 <= low <= high, got [{lo}, {hi}]")
+        if self.slices_range[0] < 1 or self.frames_range[0] < 4 or self.spacing_range_mm[0] <= 0:
+            raise ValueError("slices_range starts at >= 1, frames_range at >= 4, spacing_range_mm above 0")
+        if self.vary and self.fov_range_mm[0] < 90:
+            raise ValueError("fov_range_mm must start at >= 90 mm (the field of view must hold the heart)")
+        if not 0 <= self.lge_slice_offset <= 1:
+            raise ValueError("lge_slice_offset is a fraction of a slice, between 0 and 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,12 +178,25 @@ class RegistrationConfig(OptimConfig):
     # noisy, and a weakly held per-pixel residual fits that noise (phantom, unseen subjects: weight 1
     # lowers the myocardium Dice below the network's own; 100 is best of 1-1000; affine parts are free)
     refine_smooth_weight: float = 100.0
+    # registration QA and per-subject fallback (stages/registration_qa.py): identity, rigid (exhaustive
+    # search within these ranges), affine or deformable, whichever has the best edge alignment after a
+    # penalty of qa_margin per level of flexibility; deformable is ineligible above qa_max_folding_percent
+    qa_max_shift_mm: float = 12.0
+    qa_max_rotation_deg: float = 10.0
+    qa_margin: float = 0.01
+    qa_max_folding_percent: float = 0.5
+    # a subject's registered target supervises segmentation only when the chosen and the runner-up
+    # candidate agree on the myocardium at least this well (Dice); 0 = every target supervises
+    qa_min_agreement: float = 0.7
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _positive(self, "channels", "affine_lr", "levels", "refine_lr")
         _non_negative(self, "smooth_weight", "mask_dice_weight", "affine_weight", "augment_shift_px", "refine_steps",
-                      "refine_smooth_weight")
+                      "refine_smooth_weight", "qa_max_shift_mm", "qa_max_rotation_deg", "qa_margin",
+                      "qa_max_folding_percent", "qa_min_agreement")
+        if self.qa_min_agreement > 1:
+            raise ValueError("qa_min_agreement is a Dice, between 0 and 1")
 
 
 @dataclass(frozen=True, kw_only=True)

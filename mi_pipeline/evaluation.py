@@ -40,7 +40,7 @@ from mi_pipeline.inference import (
     segment_subject,
     stored_config,
 )
-from mi_pipeline.stages import common, motion, registration, registry
+from mi_pipeline.stages import common, motion, registration, registration_qa, registry
 from mi_pipeline.stages.graph import MODEL_STAGES
 
 # --- subjects -------------------------------------------------------------------------------------
@@ -108,17 +108,23 @@ def eval_registration(cfg: Config, model: torch.nn.Module, subjects: list[Subjec
             continue
         if s.cine_label is None:
             continue
-        warped = registration.labels_in_cine(cfg, model, _t(s.lge), _t(s.lge_label).long(), _t(s.cine[:, 0]))
+        # issue 14: the QA's per-subject choice (identity / rigid / affine / deformable), as segmentation uses it
+        warped, qa = registration.register_subject(cfg, model, _t(s.lge), _t(s.lge_label).long(), _t(s.cine[:, 0]),
+                                                   float(s.spacing[0]), s.id)
         truth = common.myo(_t(s.cine_label[:, 0]).long()).numpy()
         rows.append({
             "subject": s.id,
             "myo_dice_after": metrics.dice(common.myo(warped).numpy(), truth),
             "myo_dice_before": metrics.dice(common.myo(_t(s.lge_label).long()).numpy(), truth),
+            "chosen": qa.chosen, "edge_alignment_gain": qa.gain_over_identity, "qa_confident": qa.confident,
         })
     if not rows:
         return {"skipped": "needs LGE images with LGE labels and cine labels (true myocardium in cine space); "
                            "this data has none (e.g. ACDC / M&Ms have no LGE)"}
-    return _summarise(rows, ("myo_dice_before", "myo_dice_after"))
+    out = _summarise(rows, ("myo_dice_before", "myo_dice_after", "edge_alignment_gain"))
+    out["chosen"] = {c: sum(r["chosen"] == c for r in rows) for c in registration_qa.CANDIDATES}
+    out["worse_than_unregistered"] = sum(r["myo_dice_after"] < r["myo_dice_before"] - 0.01 for r in rows)
+    return out
 
 
 def eval_segmentation(models: Models, subjects: list[Subject]) -> dict[str, Any]:
@@ -127,8 +133,8 @@ def eval_segmentation(models: Models, subjects: list[Subject]) -> dict[str, Any]
         if s.cine_label is not None:
             truth, reference = s.cine_label[:, 0], "cine labels"
         elif models.registration is not None and s.lge is not None and s.lge_label is not None:
-            truth = registration.labels_in_cine(models.cfg, models.registration, _t(s.lge),
-                                                _t(s.lge_label).long(), _t(s.cine[:, 0])).numpy()
+            truth = registration.register_subject(models.cfg, models.registration, _t(s.lge), _t(s.lge_label).long(),
+                                                  _t(s.cine[:, 0]), float(s.spacing[0]), s.id)[0].numpy()
             reference = "registered LGE labels"
         else:
             continue
@@ -265,6 +271,10 @@ def format_table(result: dict[str, Any]) -> str:
         else:
             b = sec.get(base) if base else None
         lines.append(f"{stage:13} {label:42} {ours:>18} {fmt(b) if base else '':>10}  {base_name}")
+    chosen = (result.get("registration") or {}).get("chosen")
+    if chosen:  # issue 14: what the registration QA kept per subject
+        lines.append(f"{'registration':13} QA kept per subject: " + ", ".join(f"{c} {n}" for c, n in chosen.items())
+                     + f"; worse than unregistered (Dice -0.01): {result['registration']['worse_than_unregistered']}")
     if result.get("not_trained"):
         lines.append(f"not trained (not scored): {', '.join(result['not_trained'])}")
     return "\n".join(dict.fromkeys(lines))

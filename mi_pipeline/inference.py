@@ -41,7 +41,7 @@ from mi_pipeline.data.preprocess import estimate_ed, preprocess_subject, sample
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.errors import ConfigError, InputError
 from mi_pipeline.fsio import atomic_path, atomic_write_text
-from mi_pipeline.stages import common, motion, registry, segmentation
+from mi_pipeline.stages import common, motion, registry, seg_confidence, segmentation
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -206,6 +206,23 @@ def build_report(subject_id: str, cine_path: Path, subject: Subject, raw: RawSub
     }
 
 
+def segmentation_confidence(models: Models, subject: Subject, pred: np.ndarray) -> dict[str, Any]:
+    """Issue 14: TTA uncertainty and a plausibility flag for ``pred`` (see ``stages/seg_confidence``)."""
+    cine = torch.from_numpy(np.ascontiguousarray(subject.cine))
+    fields = (motion.motion_fields(models.motion, cine)
+              if models.motion is not None and models.cfg.segmentation.motion_features else None)
+    x = segmentation.segmentation_inputs(cine, fields)
+    _, uncertainty = seg_confidence.tta_predict(models.segmentation, x, cine.shape[1])
+    shape_file = Path(models.checkpoints["segmentation"]["path"]).parents[2] / "logs" / "segmentation" / \
+        seg_confidence.SHAPE_FILE
+    ranges, source = seg_confidence.DEFAULT_RANGES, "physiological defaults (no training targets' shape record)"
+    if shape_file.is_file():
+        ranges = {k: tuple(v) for k, v in json.loads(shape_file.read_text())["ranges"].items()}
+        source = f"training targets ({shape_file})"
+    rows = seg_confidence.shape_figures(pred, float(subject.spacing[0]))
+    return {"uncertainty": uncertainty, "plausibility": seg_confidence.plausibility(rows, ranges, source)}
+
+
 def _qc_slices(levels: list[str | None], pred: np.ndarray) -> list[int]:
     chosen = []
     for name in ("basal", "mid", "apical"):
@@ -232,6 +249,7 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
         nib.save(img, str(tmp) + ".nii.gz")
         Path(str(tmp) + ".nii.gz").replace(tmp)
     report = build_report(subject_id, cine_path, subject, raw, pred, models, cfg)
+    report["confidence"] = segmentation_confidence(models, subject, pred)
     # RV-anchored AHA segments, DICOM SEG, schema version; then the matplotlib figures (clinical_io)
     report = clinical_io.finish_report(report, subject, raw, pred, seg, folder)
     atomic_write_text(folder / "report.json", json.dumps(report, indent=1) + "\n")

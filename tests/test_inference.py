@@ -116,3 +116,18 @@ def test_predict_bad_input_is_one_line_exit_2(setup, case, capsys, tmp_path) -> 
     assert run_main(predict.main, argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+
+
+def test_report_carries_confidence(setup) -> None:
+    """Issue 14: no LGE at predict time, so the report says how sure the segmentation is and whether
+    its myocardium looks like what training saw (untrained weights here: flagged implausible)."""
+    tmp, _ = setup
+    out = tmp / "out_confidence"
+    assert run_main(predict.main, ["--cine", str(tmp / "data" / "s1" / "cine.nii.gz"), "--out", str(out),
+                                   "--run-dir", str(tmp / "run")]) == 0
+    confidence = json.loads((out / "s1" / "report.json").read_text())["confidence"]
+    assert {"mean_entropy_myocardium", "disagreement_percent_myocardium",
+            "infarct_percent_range"} <= set(confidence["uncertainty"])
+    verdict = confidence["plausibility"]
+    assert verdict["reference"].startswith("physiological defaults") and isinstance(verdict["implausible"], bool)
+    assert verdict["implausible"] == bool(verdict["reasons"])

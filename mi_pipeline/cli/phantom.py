@@ -29,6 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=d.frames, help=f"frames per cycle (default {d.frames})")
     p.add_argument("--dicom", choices=("series", "series-per-slice"), default=None,
                    help="write cine and LGE as DICOM (data.format: dicom): one series per stack, or one per slice")
+    p.add_argument("--no-cine-labels", action="store_true",
+                   help="write no cine_label.nii.gz (LGE labels only, as a site's data arrives)")
+    p.add_argument("--vary", action="store_true",
+                   help="each subject its own grid (slices, frames, spacing, FOV, LGE grid) from the config ranges")
     return p
 
 
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         params = PhantomConfig(subjects=args.subjects, seed=args.seed, size=args.size, slices=args.slices,
-                               frames=args.frames)
+                               frames=args.frames, cine_labels=not args.no_cine_labels, vary=args.vary)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -121,6 +121,8 @@ def write_subject_dicom(subject: PhantomSubject, directory: str | os.PathLike[st
     zl = tuple(float(v) for v in np.linalg.norm(s.lge_affine[:3, :3], axis=0))
     for name, data, affine, zooms in (("lge_label.nii.gz", s.lge_label, s.lge_affine, zl),
                                       ("cine_label.nii.gz", s.cine_label, s.cine_affine, zc + (s.frame_ms,))):
+        if data is None:  # a phantom written without cine labels (cine_labels: false)
+            continue
         with atomic_path(directory / name) as tmp:
             target = Path(str(tmp) + ".nii.gz")
             _nifti(data, affine, zooms).to_filename(str(target))

@@ -9,9 +9,12 @@ Model, per subject (all draws from ``numpy.random.default_rng([seed, index])``):
 * short-axis stack base -> apex; the LV is a ring whose ED endocardial radius and wall thickness
   shrink toward the apex; a slightly elliptic cavity; an RV crescent on the patient's right;
 * a cardiac cycle: contraction ``c(t)`` rises smoothly from 0 at ED to 1 at ES (~35-40 % of the
-  cycle), falls during rapid filling and stays 0 during diastasis. Wall thickness grows by the
-  fractional thickening ``tf`` times ``c`` and the endocardium moves inward so the myocardial area
-  of every angular sector is conserved; an optional apex-vs-base twist;
+  cycle), falls during rapid filling and stays 0 during diastasis. Physiological numbers (DESIGN.md
+  section 6): ED wall 7-10 mm at the base, x0.8 toward the apex (~5.5-10 mm), ED endocardial radius
+  21-27 mm; the wall thickens by ``tf`` (40-80 %, more toward the apex) times ``c`` and mostly
+  inward: the epicardium moves in by only 2-4 mm (scaled by how much the sector thickens), the
+  endocardium follows, so ED and ES myocardium overlap (mid-slice ED-vs-ES Dice ~0.5); an optional
+  apex-vs-base twist;
 * an infarct sector (angle, extent 40-120 deg, transmurality 0.3-1, a range of slices) whose scar
   layer barely thickens (tf < 0.08) while the viable outer layer still thickens, tethered to 70 %
   of normal: a transmural infarct is akinetic, a subendocardial one hypokinetic, as in patients
@@ -19,9 +22,14 @@ Model, per subject (all draws from ``numpy.random.default_rng([seed, index])``):
   border zone outside it; optionally remodelled thinner; about one subject in three has none;
 * cine contrast (bright blood, grey myocardium, textured body) and LGE contrast (nulled remote
   myocardium, bright scar, bright-ish blood) with Rician noise and a smooth bias field each;
-* the LGE is the heart in diastasis (``c = 0``, the ED shape) at another breath-hold: a rigid
-  world transform about the heart centre plus a small smooth in-plane elastic change, sampled on
-  the LGE's own grid (own spacing, matrix, origin and a slightly different plane).
+* the LGE is the heart in diastasis (``c = 0``, the ED shape) at another breath-hold: an in-plane
+  shift and rotation (``breath_hold_shift_mm`` / ``breath_hold_rotation_deg``), a through-plane
+  offset up to ``lge_slice_offset`` of a slice and a small out-of-plane tilt about the heart centre,
+  plus a small smooth in-plane elastic change, sampled on the LGE's own grid (own spacing, matrix,
+  origin and a slightly different plane); LGE nulling, fat signal and noise from their ranges;
+* ``vary: true``: each subject its own grid (slices, frames, spacing, FOV, slice thickness, LGE
+  spacing) from the ``*_range`` fields of ``PhantomConfig`` (ranges documented there);
+  ``cine_labels: false`` writes no ``cine_label.nii.gz``.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import yaml
 
 from mi_pipeline.config import PhantomConfig
 
-GENERATOR_VERSION = 2  # 2: infarct thickening falls with transmurality
+GENERATOR_VERSION = 3  # 2: infarct thickening falls with transmurality; 3: physiological wall and motion, ranges
 MARKER = ".phantom.json"
 VIABLE_TETHERING = 0.7  # thickening of viable myocardium over a scar, as a share of remote
 INTENSITY_SCALE = 1000.0  # stored as int16 counts, like scanner magnitude images
@@ -79,6 +87,14 @@ def _rotation(rx: float, ry: float, rz: float) -> np.ndarray:
     return mz @ my @ mx
 
 
+def _axis_rotation(axis: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotation by ``degrees`` about the unit vector ``axis`` (Rodrigues)."""
+    a = axis / np.linalg.norm(axis)
+    k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    t = math.radians(degrees)
+    return np.eye(3) + math.sin(t) * k + (1 - math.cos(t)) * (k @ k)
+
+
 def _wrap(angle: np.ndarray) -> np.ndarray:
     return (angle + np.pi) % (2 * np.pi) - np.pi
 
@@ -105,6 +121,7 @@ class _Heart:
     ell: float
     ell_angle: float
     tf: float  # normal fractional systolic thickening at the base
+    epi_in: float  # normal inward epicardial motion ED -> ES at the base (mm)
     twist: float  # radians, apex minus base at ES
     infarct: bool
     inf_angle: float
@@ -147,9 +164,12 @@ class _Heart:
         tf_remote = self.tf * (1 + 0.25 * s)
         tf_sector = self.inf_tf * self.inf_trans + VIABLE_TETHERING * tf_remote * (1 - self.inf_trans)
         tf = tf_remote * (1 - g) + tf_sector * g
+        # thickening is mostly inward: the epicardium moves in by epi_in (2-4 mm normal, scaled by how
+        # much this sector thickens), the wall thickens by tf, the endocardium follows. Myocardial area
+        # in a slice grows in systole (long-axis shortening brings tissue into the plane).
         w = w_ed * (1 + tf * c)
-        area = 2 * ri_ed * w_ed + w_ed**2  # (area / angle) * 2, conserved per sector
-        ri = np.maximum((area - w**2) / (2 * w), 1.0)
+        re = ri_ed + w_ed - self.epi_in * shape * (tf / tf_remote) * c
+        ri = np.maximum(re - w, 1.5)
         re = ri + w
         ri_inf = ri + self.inf_trans * w
 
@@ -215,6 +235,12 @@ def _draw(params: PhantomConfig, index: int) -> dict[str, Any]:
     rng = np.random.default_rng([params.seed, index])
     u = rng.uniform
     n, sp, th, z, frames = params.size, params.spacing_mm, params.slice_thickness_mm, params.slices, params.frames
+    if params.vary:  # this subject's own grid
+        sp = round(u(*params.spacing_range_mm), 3)
+        n = int(round(u(*params.fov_range_mm) / sp))
+        th = round(u(*params.slice_thickness_range_mm), 2)
+        z = int(rng.integers(params.slices_range[0], params.slices_range[1] + 1))
+        frames = int(rng.integers(params.frames_range[0], params.frames_range[1] + 1))
     fov_c = (n - 1) / 2 * sp
 
     # cine plane: scanner-like flips plus a slight obliquity (slice axis stays voxel axis 2)
@@ -231,14 +257,15 @@ def _draw(params: PhantomConfig, index: int) -> dict[str, Any]:
     last = first + length - 1
     heart = _Heart(
         slices=z,
-        cx=fov_c + u(-8, 8),
-        cy=fov_c + u(-8, 8),
+        cx=fov_c + u(-params.heart_offset_mm, params.heart_offset_mm),
+        cy=fov_c + u(-params.heart_offset_mm, params.heart_offset_mm),
         tilt=(u(-4, 4), u(-4, 4)),
-        r0=u(20, 25),
-        w0=u(5.0, 7.0),
+        r0=u(21, 27),  # ED endocardial radius at the base (mm)
+        w0=u(7.0, 10.0),  # ED wall at the base; x0.8 toward the apex: ~5.5-10 mm
         ell=u(0.0, 0.08),
         ell_angle=u(0, np.pi),  # python floats keep the float32 arrays float32
-        tf=u(0.45, 0.7),
+        tf=u(0.4, 0.8),  # fractional systolic thickening (more toward the apex)
+        epi_in=u(2.0, 4.0),
         twist=float(np.radians(u(-8, 8))),
         infarct=infarct,
         inf_angle=u(-np.pi, np.pi),
@@ -262,7 +289,7 @@ def _draw(params: PhantomConfig, index: int) -> dict[str, Any]:
     es_offset = min(max(es_offset, 1), frames - 1)
 
     # LGE: own grid (spacing, matrix, origin, slightly different plane), same stack of slices
-    sp_l = round(sp * u(0.85, 1.15), 2)
+    sp_l = round(u(*params.lge_spacing_range_mm), 3) if params.vary else round(sp * u(0.85, 1.15), 2)
     n_l = int(round(n * sp / sp_l))
     rot_l = _rotation(u(-3, 3), u(-3, 3), u(-3, 3)) @ rot
     zoom_c = np.diag([sp, sp, th])
@@ -271,9 +298,19 @@ def _draw(params: PhantomConfig, index: int) -> dict[str, Any]:
     origin_l = centre_c - rot_l @ zoom_l @ np.array([(n_l - 1) / 2, (n_l - 1) / 2, (z - 1) / 2])
     origin_l = origin_l + rot_l @ np.array([u(-5, 5), u(-5, 5), 0.0])
     heart_world = origin + rot @ np.array([heart.cx, heart.cy, (z - 1) / 2 * th])
+    # breath-hold: in-plane shift and rotation (magnitudes from the ranges, random direction/sign) in
+    # the cine plane, a through-plane offset up to lge_slice_offset of a slice, a little out-of-plane tilt
+    shift = u(*params.breath_hold_shift_mm)
+    direction = u(0, 2 * np.pi)
+    spin = u(*params.breath_hold_rotation_deg) * (1.0 if u() < 0.5 else -1.0)
+    through = u(-params.lge_slice_offset, params.lge_slice_offset) * th
+    move = rot @ np.array([shift * math.cos(direction), shift * math.sin(direction), through])
+    tilt_axis = rot @ np.array([u(-2, 2), u(-2, 2), 0.0])
     bh = {
-        "rotation_deg": [round(u(-2, 2), 3), round(u(-2, 2), 3), round(u(-5, 5), 3)],
-        "translation_mm": [round(u(-6, 6), 3), round(u(-6, 6), 3), round(u(-3, 3), 3)],
+        "rotation_deg": [round(float(tilt_axis[0]), 3), round(float(tilt_axis[1]), 3), 0.0],
+        "in_plane_rotation_deg": round(float(spin), 3),
+        "plane_normal": [round(float(v), 6) for v in rot[:, 2]],
+        "translation_mm": [round(float(v), 3) for v in move],
         "center_mm": [round(float(v), 3) for v in heart_world],
     }
     elastic = {
@@ -286,9 +323,10 @@ def _draw(params: PhantomConfig, index: int) -> dict[str, Any]:
         "rot_l": rot_l, "origin_l": origin_l, "sp_l": sp_l, "n_l": n_l, "bh": bh, "elastic": elastic,
         "cine_contrast": {"blood": u(0.85, 1.0), "myo": u(0.25, 0.35), "tissue": u(0.2, 0.3), "fat": u(0.6, 0.8),
                           "lung": u(0.03, 0.06)},
-        "lge_contrast": {"blood": u(0.5, 0.65), "myo": u(0.03, 0.08), "scar": u(0.9, 1.0), "tissue": u(0.18, 0.28),
-                         "fat": u(0.45, 0.6), "lung": u(0.02, 0.04)},
-        "noise": (u(0.015, 0.04), u(0.015, 0.04)),
+        "lge_contrast": {"blood": u(0.5, 0.65), "myo": u(*params.lge_remote_signal), "scar": u(0.9, 1.0),
+                         "tissue": u(0.18, 0.28), "fat": u(*params.lge_fat_signal), "lung": u(0.02, 0.04)},
+        "noise": (u(*params.noise_range), u(*params.noise_range)),
+        "grid": {"n": n, "sp": sp, "th": th, "z": z, "frames": frames},
         "bias": (u(-0.15, 0.15, size=3), u(-0.15, 0.15, size=3)),
     }
 
@@ -298,6 +336,8 @@ def breath_hold_matrix(bh: dict[str, Any]) -> np.ndarray:
     centre = np.asarray(bh["center_mm"], dtype=np.float64)
     m = np.eye(4)
     m[:3, :3] = _rotation(*bh["rotation_deg"])
+    if "in_plane_rotation_deg" in bh:  # about the cine slice normal
+        m[:3, :3] = _axis_rotation(np.asarray(bh["plane_normal"]), bh["in_plane_rotation_deg"]) @ m[:3, :3]
     m[:3, 3] = centre + np.asarray(bh["translation_mm"]) - m[:3, :3] @ centre
     return m
 
@@ -375,7 +415,8 @@ def generate_subject(params: PhantomConfig, index: int, inplane_rotation_deg: fl
     d = _draw(params, index)
     heart: _Heart = d["heart"]
     body: _Body = d["body"]
-    n, sp, th, z, frames = params.size, params.spacing_mm, params.slice_thickness_mm, params.slices, params.frames
+    g = d["grid"]
+    n, sp, th, z, frames = g["n"], g["sp"], g["th"], g["z"], g["frames"]
     noise_rng = np.random.default_rng([params.seed, index, 1])
 
     # ---- cine -----------------------------------------------------------------------------
@@ -440,6 +481,8 @@ def generate_subject(params: PhantomConfig, index: int, inplane_rotation_deg: fl
             "infarct_transmurality": round(float(heart.inf_trans), 3) if heart.infarct else None,
             "infarct_slices": list(heart.inf_k) if heart.infarct else None,
             "thickening_normal": round(float(heart.tf), 3),
+            "ed_wall_base_mm": round(float(heart.w0), 3),
+            "epicardial_motion_base_mm": round(float(heart.epi_in), 3),
             "thickening_infarct": round(float(heart.inf_tf), 3) if heart.infarct else None,
             "rv_insertion_anterior_ras": _rv_insertion_truth(heart, d["rot"], sp),
             "breath_hold": {**d["bh"],
@@ -466,13 +509,16 @@ def _nifti(data: np.ndarray, affine: np.ndarray, zooms: tuple[float, ...]) -> ni
     return img
 
 
-def write_subject(subject: PhantomSubject, directory: Path) -> None:
-    """Write one subject in the generic layout (plus the phantom's cine_label.nii.gz)."""
+def write_subject(subject: PhantomSubject, directory: Path, cine_labels: bool = True) -> None:
+    """Write one subject in the generic layout (plus the phantom's cine_label.nii.gz unless ``cine_labels``
+    is false: a site's data has labels on the LGE only)."""
     directory.mkdir(parents=True, exist_ok=True)
     zc = tuple(float(v) for v in np.linalg.norm(subject.cine_affine[:3, :3], axis=0))
     zl = tuple(float(v) for v in np.linalg.norm(subject.lge_affine[:3, :3], axis=0))
     nib.save(_nifti(subject.cine, subject.cine_affine, zc + (subject.frame_ms,)), directory / "cine.nii.gz")
-    nib.save(_nifti(subject.cine_label, subject.cine_affine, zc + (subject.frame_ms,)), directory / "cine_label.nii.gz")
+    if cine_labels:
+        nib.save(_nifti(subject.cine_label, subject.cine_affine, zc + (subject.frame_ms,)),
+                 directory / "cine_label.nii.gz")
     nib.save(_nifti(subject.lge, subject.lge_affine, zl), directory / "lge.nii.gz")
     nib.save(_nifti(subject.lge_label, subject.lge_affine, zl), directory / "lge_label.nii.gz")
     (directory / "info.yaml").write_text(yaml.safe_dump(subject.info, sort_keys=False))
@@ -496,7 +542,7 @@ def generate_dataset(out: Path, params: PhantomConfig, log: Callable[[str], None
         target = out / subject.id
         if target.exists():
             shutil.rmtree(target)
-        write_subject(subject, target)
+        write_subject(subject, target, cine_labels=params.cine_labels)
         ids.append(subject.id)
         if log:
             log(f"phantom: wrote {target}")

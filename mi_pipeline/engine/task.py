@@ -52,6 +52,14 @@ class TrainTask(abc.ABC):
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Scalar training loss and any named parts of it worth logging."""
 
+    def notes(self) -> list[str]:
+        """Lines worth a place in the stage log once ``setup`` has run (e.g. how the targets were made)."""
+        return []
+
+    def baseline_warning(self, metrics: dict[str, float]) -> str | None:
+        """A loud line when this epoch's model does not beat the stage's trivial baseline, else None."""
+        return None
+
     @abc.abstractmethod
     def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Metrics on the validation subjects; must contain ``metric_name``."""

@@ -100,6 +100,9 @@ def fit(task: TrainTask, optim: OptimConfig, ctx: FitContext) -> TrainState:
     log, world = ctx.log, ctx.world
     perf = resolve_performance(ctx.performance, optim)
     task.setup(ctx.device)
+    if world.is_main:
+        for note in task.notes():
+            log.info(note)
     for note in performance.apply_process_switches(perf, ctx.device):
         log.info(note)
     performance.amp_dtype(perf, ctx.device)  # an unusable amp mode fails here, before any work
@@ -286,9 +289,13 @@ class _Saver:
         done = dataclasses.replace(state, epoch_losses=[])
         line = _epoch_line(done, self.epochs, task.metric_name, metrics, improved)
 
+        warning = task.baseline_warning(metrics)
+
         def committed() -> None:
             ctx.log.info(line)
             ctx.log.epoch_committed(record)
+            if warning:
+                ctx.log.info(f"WARNING: {warning}")
             ctx.on_epoch(done, metrics)
 
         best = [(ctx.ckpt_dir / ckpt.BEST, self.best_payload(task, state, metrics), None)] if improved else []

@@ -7,8 +7,10 @@ loss = LNCC (or MSE) + smooth_weight x diffusion (or bending) regulariser.
 Validation (``myo_dice``): the ED myocardium warped to ES vs the true ES myocardium, averaged over
 the validation slices that show myocardium, with the identity baseline (``myo_dice_identity``) and
 the % of myocardial pixels whose Jacobian determinant is <= 0 (``folding_percent``, all frames).
-Without cine labels (real data) ``myo_dice`` falls back to ``-val_loss`` (still higher = better,
-never NaN) and ``labels_available`` is 0.
+The label-free figure is always logged beside its identity value: ``lncc`` / ``lncc_identity``
+(``neg_mse`` with MSE similarity) of the warped ED frame vs every frame t. Without cine labels
+(real data) there is no ``myo_dice``: that figure decides best_model.pth, ``labels_available`` is 0,
+and the log warns in one line whenever the model does not beat the identity.
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ class MotionTask(TrainTask):
         self.val_es = common.es_per_slice(val)
         self.val_labels = (common.stack_slices(val, "cine_label", where="motion validation").long()
                            if common.all_have(val, "cine_label") else None)
+        if self.val_labels is None:  # no cine labels: no Dice; the image similarity decides, named as such
+            self.metric_name = self.similarity_name
 
     def build_model(self) -> nn.Module:
         return build_model(self.cfg)
@@ -130,18 +134,23 @@ class MotionTask(TrainTask):
         if self.val_labels is not None:
             myo_masks = common.myo(self.val_labels)  # (N, T, H, W)
             masks = myo_masks[:, 1:].reshape(-1, h, w)
-        loss_sum, folded, counted = 0.0, 0, 0
+        loss_sum, sim_sum, sim_identity, folded, counted = 0.0, 0.0, 0.0, 0, 0
         for part in common.batched(moving.shape[0], VAL_BATCH):
-            total, _, _, ddf = self._losses(model, moving[part].to(device), fixed[part].to(device))
+            m, f = moving[part].to(device), fixed[part].to(device)
+            total, sim, _, ddf = self._losses(model, m, f)
             loss_sum += float(total) * (part.stop - part.start)
+            sim_sum += float(sim) * (part.stop - part.start)
+            sim_identity += float(self.similarity(m, f)) * (part.stop - part.start)
             fold = common.jacobian_determinant(ddf).cpu() <= 0
             region = masks[part] if masks is not None else torch.ones_like(fold)
             folded += int((fold & region).sum())
             counted += int(region.sum())
         val_loss = loss_sum / moving.shape[0]
-        metrics = {"val_loss": val_loss, "folding_percent": 100.0 * folded / counted if counted else 0.0}
+        sim_name = self.similarity_name
+        metrics = {"val_loss": val_loss, "folding_percent": 100.0 * folded / counted if counted else 0.0,
+                   sim_name: -sim_sum / moving.shape[0], f"{sim_name}_identity": -sim_identity / moving.shape[0]}
         if myo_masks is None:
-            metrics.update({"myo_dice": -val_loss, "labels_available": 0.0})
+            metrics["labels_available"] = 0.0
             return metrics
         # ED myocardium warped to ES vs the true ES myocardium
         idx = torch.arange(n)
@@ -160,3 +169,15 @@ class MotionTask(TrainTask):
         metrics.update({"myo_dice": common.mean(after), "myo_dice_identity": common.mean(before),
                         "labels_available": 1.0})
         return metrics
+
+    @property
+    def similarity_name(self) -> str:
+        """The label-free figure: LNCC (higher = better) or negative MSE, of warped ED vs frame t."""
+        return "lncc" if self.cfg.motion.similarity == "lncc" else f"neg_{self.cfg.motion.similarity}"
+
+    def baseline_warning(self, metrics: dict[str, float]) -> str | None:
+        key = "myo_dice" if "myo_dice" in metrics else self.similarity_name
+        base = "myo_dice_identity" if key == "myo_dice" else f"{key}_identity"
+        if metrics[key] <= metrics[base]:
+            return f"motion model does not beat the identity (no motion): {key} {metrics[key]:.4f} <= {metrics[base]:.4f}"
+        return None

@@ -16,6 +16,8 @@ If no validation subject has an infarct, ``infarct_dice`` is ``1 - infarct_fp_pe
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import torch
@@ -23,13 +25,20 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 from torch import nn
 
+from mi_pipeline import fsio
 from mi_pipeline.config import Config
 from mi_pipeline.data.cache import Subject, load_split
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.task import Batch, TrainTask
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.metrics import dice
-from mi_pipeline.stages import common, motion, registration
+from mi_pipeline.stages import (
+    common,
+    motion,
+    registration,
+    registration_qa,
+    seg_confidence,
+)
 
 NUM_CLASSES = 3  # 0 background (incl. LV cavity), 1 remote myocardium, 2 infarct
 CLASS_OF_CODE = torch.tensor([0, 0, 1, 2, 2, 0], dtype=torch.long)  # cache label code -> class (5 = RV -> background)
@@ -83,6 +92,7 @@ class SegmentationTask(TrainTask):
         s = cfg.segmentation
         self.criterion = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=s.dice_weight, lambda_ce=s.ce_weight)
         self._fingerprints: dict[str, str] | None = None
+        self.suffix = ""  # "_vs_registered" when validation has no cine labels (setup decides)
 
     def _upstream_paths(self) -> dict[str, Path]:
         layout = RunLayout(self.run_dir)
@@ -105,24 +115,61 @@ class SegmentationTask(TrainTask):
         reg_model, _ = common.load_frozen(registration.build_model(cfg), paths["registration"], "registration", device)
         motion_model = (common.load_frozen(motion.build_model(cfg), paths["motion"], "motion", device)[0]
                         if "motion" in paths else None)
-        self.train_x, self.train_y = self._prepare(train, motion_model, reg_model)
-        self.val_x, registered = self._prepare(val, motion_model, reg_model)
+        self.train_x, self.train_y, train_qa = self._prepare(train, motion_model, reg_model)
+        self.val_x, registered, val_qa = self._prepare(val, motion_model, reg_model)
+        self._supervise(train, train_qa)
+        self.registration_qa = {"train": [q.as_dict() for q in train_qa], "val": [q.as_dict() for q in val_qa],
+                                "summary_train": registration_qa.summary(train_qa),
+                                "summary_val": registration_qa.summary(val_qa),
+                                "supervising_subjects": self.supervising}
         self.labels_available = common.all_have(val, "cine_label")
         if self.labels_available:
             self.val_truth = to_classes(common.stack_slices(val, "cine_label", where="segmentation")[:, 0])
-        else:
+        else:  # honest names: these are overlaps with registered LGE labels, not with the truth
             self.val_truth = registered
+            self.suffix = "_vs_registered"
+            self.metric_name = "infarct_dice" + self.suffix
         self.val_owner = common.slice_owner(val)
         self.val_subjects = len(val)
+        # what predict's plausibility flag compares with: the shape of the targets training sees
+        rows = seg_confidence.shape_figures(self.train_y.numpy(), cfg.data.spacing_mm)
+        self.target_shape = {"ranges": seg_confidence.reference_ranges(rows), "slices": len(rows)}
+        if int(os.environ.get("RANK", "0")) == 0:  # one writer under data parallel
+            fsio.atomic_write_text(self.qa_path, json.dumps(self.registration_qa, indent=1) + "\n")
+            fsio.atomic_write_text(self.qa_path.with_name(seg_confidence.SHAPE_FILE),
+                                   json.dumps(self.target_shape, indent=1) + "\n")
+
+    @property
+    def qa_path(self) -> Path:
+        """Where the registration QA behind this run's training targets is recorded."""
+        return RunLayout(self.run_dir).log_dir(self.name) / "registration_qa.json"
+
+    def notes(self) -> list[str]:
+        t, v = self.registration_qa["summary_train"], self.registration_qa["summary_val"]
+        chosen = ", ".join(f"{c} {n}" for c, n in t["chosen"].items())
+        return [f"registration QA (training targets): {chosen}; {len(self.supervising)}/{t['subjects']} "
+                f"subjects confident enough to supervise; validation targets: "
+                + ", ".join(f"{c} {n}" for c, n in v["chosen"].items()) + f"; details in {self.qa_path}"]
 
     def _prepare(self, subjects: list[Subject], motion_model: nn.Module | None,
-                 reg_model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+                 reg_model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, list[registration_qa.PairQA]]:
         cine = common.stack_slices(subjects, "cine", where="segmentation")
-        lge = common.stack_slices(subjects, "lge", where="segmentation")
-        lge_label = common.stack_slices(subjects, "lge_label", where="segmentation").long()
-        targets = to_classes(registration.labels_in_cine(self.cfg, reg_model, lge, lge_label, cine[:, 0]))
+        common.stack_slices(subjects, "lge_label", where="segmentation")  # one clear error when missing
+        registered, qa = registration.register_subjects(self.cfg, reg_model, subjects)
         fields = motion.motion_fields(motion_model, cine) if motion_model is not None else None
-        return segmentation_inputs(cine, fields), targets
+        return segmentation_inputs(cine, fields), to_classes(registered), qa
+
+    def _supervise(self, subjects: list[Subject], qa: list[registration_qa.PairQA]) -> None:
+        """Keep only the training slices of subjects whose registration the QA is confident about, so a
+        misregistered target cannot teach a shifted myocardium. If no subject is confident, all supervise
+        (and ``registration_qa.json`` says so) rather than training on nothing."""
+        confident = [q.confident for q in qa]
+        if not any(confident):
+            confident = [True] * len(qa)
+        owner = common.slice_owner(subjects)
+        keep = torch.tensor(confident, dtype=torch.bool)[owner]
+        self.train_x, self.train_y = self.train_x[keep], self.train_y[keep]
+        self.supervising = [q.subject for q, c in zip(qa, confident) if c]
 
     def upstream(self) -> dict[str, str]:
         if self._fingerprints is None:
@@ -174,6 +221,18 @@ class SegmentationTask(TrainTask):
         if infarct:
             metrics["infarct_dice"] = common.mean(infarct)
             metrics["infarct_size_error"] = common.mean(size_err)
+            metrics["infarct_dice_no_infarct_baseline"] = 0.0
         else:
             metrics["infarct_dice"] = 1.0 - metrics["infarct_fp_percent"] / 100.0
+            metrics["infarct_dice_no_infarct_baseline"] = 1.0
+        if self.suffix:
+            metrics = {(k + self.suffix if k != "labels_available" else k): v for k, v in metrics.items()}
         return metrics
+
+    def baseline_warning(self, metrics: dict[str, float]) -> str | None:
+        ours = metrics.get("infarct_dice" + self.suffix)
+        base = metrics.get("infarct_dice_no_infarct_baseline" + self.suffix)
+        if ours is not None and base is not None and ours <= base:
+            return (f"segmentation does not beat its trivial baseline (predict no infarct): infarct_dice{self.suffix} "
+                    f"{ours:.3f} <= {base:.3f}")
+        return None

@@ -115,12 +115,35 @@ def test_wall_thickening_normal_vs_infarct(dataset: Path) -> None:
         else:
             seen_healthy = True
             assert not info["truth"]["infarct"]
-        # the cavity shrinks strongly, the myocardium keeps its area (within 10 %)
+        # the cavity shrinks clearly; the myocardial area grows a little (long-axis shortening brings
+        # tissue into the plane), it does not double
         ed_all, es_all = label[..., info["ed"]], label[..., info["es"]]
-        assert (es_all == 1).sum() < 0.6 * (ed_all == 1).sum()
+        assert (es_all == 1).sum() < 0.75 * (ed_all == 1).sum()
         myo_ed, myo_es = np.isin(ed_all, (2, 3)).sum(), np.isin(es_all, (2, 3)).sum()
-        assert abs(myo_es / myo_ed - 1) < 0.1
+        assert 0.95 < myo_es / myo_ed < 1.5
     assert seen_infarct and seen_healthy
+
+
+def test_physiological_wall_and_motion() -> None:
+    """Mid slice, 12 subjects at 1.6 mm (issue 14): ED wall ~5-10 mm, the epicardium moves in only
+    ~1-4 mm, so ED and ES myocardium overlap about as in a normal heart (Dice ~0.5, never ~0)."""
+    params = PhantomConfig(subjects=12, seed=0, size=96, slices=8, frames=16)
+    dices, walls, epis = [], [], []
+    for i in range(params.subjects):
+        s = generate_subject(params, i)
+        k = s.cine_label.shape[2] // 2
+        ed, es = s.cine_label[:, :, k, s.info["ed"]], s.cine_label[:, :, k, s.info["es"]]
+        a, b = np.isin(ed, (2, 3)), np.isin(es, (2, 3))
+        dices.append(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+        def radius(area_px: float) -> float:
+            return math.sqrt(area_px * 1.6**2 / math.pi)
+
+        walls.append(radius((ed > 0).sum()) - radius((ed == 1).sum()))
+        epis.append(radius((ed > 0).sum()) - radius((es > 0).sum()))
+    assert 0.4 <= float(np.mean(dices)) <= 0.7 and min(dices) > 0.3
+    assert 5.0 <= min(walls) and max(walls) <= 10.5
+    assert 1.0 <= min(epis) and max(epis) <= 4.5 and 1.5 <= float(np.mean(epis)) <= 4.0
 
 
 def test_infarct_thickening_falls_with_transmurality() -> None:
@@ -182,4 +205,33 @@ def test_lge_labels_follow_the_recorded_breath_hold(dataset: Path) -> None:
 
         with_truth = agreement(np.asarray(info["truth"]["breath_hold"]["matrix"]))
         assert with_truth > 0.75, folder.name  # small elastic change and slice sampling remain
-        assert with_truth >= agreement(np.eye(4)), folder.name
+        moved = float(np.linalg.norm(info["truth"]["breath_hold"]["translation_mm"]))
+        # a breath-hold of a millimetre or two is within the elastic change and slice sampling
+        assert with_truth >= agreement(np.eye(4)) - (0.01 if moved < 2.0 else 0.0), folder.name
+
+
+def test_without_cine_labels_and_with_varied_grids(tmp_path: Path) -> None:
+    """``cine_labels: false`` writes a site-like dataset (LGE labels only); ``vary`` draws each
+    subject's grid from the documented ranges, LGE on its own grid."""
+    from mi_pipeline.data.phantom import generate_dataset
+
+    params = PhantomConfig(subjects=3, seed=1, vary=True, cine_labels=False, slices_range=(3, 5),
+                           frames_range=(12, 20), fov_range_mm=(120.0, 130.0), breath_hold_shift_mm=(5.0, 10.0),
+                           breath_hold_rotation_deg=(5.0, 10.0))
+    generate_dataset(tmp_path, params)
+    shapes = set()
+    for folder in _subjects(tmp_path):
+        assert not (folder / "cine_label.nii.gz").exists()
+        assert (folder / "lge_label.nii.gz").is_file()
+        cine, affine = _load(folder, "cine.nii.gz")
+        lge, affine_l = _load(folder, "lge.nii.gz")
+        sp = np.linalg.norm(affine[:3, :3], axis=0)
+        assert 3 <= cine.shape[2] <= 5 and 12 <= cine.shape[3] <= 20
+        assert 1.25 <= sp[0] <= 1.9 and 120 <= cine.shape[0] * sp[0] <= 131
+        assert 1.1 <= np.linalg.norm(affine_l[:3, :3], axis=0)[0] <= 1.9
+        bh = yaml.safe_load((folder / "info.yaml").read_text())["truth"]["breath_hold"]
+        assert 5.0 <= abs(bh["in_plane_rotation_deg"]) <= 10.0
+        # in-plane shift 5-10 mm plus a through-plane offset up to 0.375 of a slice (<= 10 mm thick)
+        assert 5.0 <= float(np.linalg.norm(bh["translation_mm"])) <= math.hypot(10.0, 3.75) + 1e-3
+        shapes.add(cine.shape)
+    assert len(shapes) > 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mi_pipeline.stages.motion import MotionTask, build_model, motion_fields
@@ -69,11 +70,16 @@ def test_determinism(tiny_cfg, synthetic_run):
         assert torch.equal(state, torch.get_rng_state())  # validation draws nothing from the global RNG
 
 
-def test_without_cine_labels_the_metric_is_minus_val_loss(tiny_cfg, tmp_path, write_cache):
+def test_without_cine_labels_the_figure_is_named_for_what_it_is(tiny_cfg, tmp_path, write_cache):
+    """No cine labels: no 'myo_dice'; LNCC decides best, beside its identity value, and an untrained
+    (identity) model gets the loud warning."""
     write_cache(tmp_path, labels=False)
     task = _task(tiny_cfg, tmp_path)
     torch.manual_seed(0)
     with torch.no_grad():
         metrics = task.validate(task.build_model().eval(), CPU)
     assert metrics["labels_available"] == 0.0
-    assert metrics["myo_dice"] == -metrics["val_loss"]
+    assert "myo_dice" not in metrics and task.metric_name == "lncc"
+    assert metrics["lncc"] == pytest.approx(metrics["lncc_identity"], abs=1e-6)
+    assert "does not beat the identity" in task.baseline_warning(metrics)
+    assert task.baseline_warning({**metrics, "lncc": metrics["lncc_identity"] + 0.1}) is None

@@ -93,7 +93,7 @@ def test_refinement_improves_a_shifted_pair():
     """Test-time refinement (registration.refine_steps) recovers a shift the (untrained) net misses."""
     import numpy as np
 
-    from mi_pipeline import metrics
+    from mi_pipeline.metrics import dice
     from mi_pipeline.stages import common
     from mi_pipeline.stages.registration import refine_ddf
 
@@ -116,8 +116,8 @@ def test_refinement_improves_a_shifted_pair():
     assert torch.equal(refine_ddf(moving, fixed, zero, steps=0, lr=0.1, smooth_weight=1.0), zero)
     myo_fixed = common.myo(torch.from_numpy(fixed_lab)[None].long())
     moving_labels = torch.from_numpy(moving_lab)[None].long()
-    before = metrics.dice(common.myo(moving_labels), myo_fixed)
-    after = metrics.dice(common.myo(common.warp_labels(moving_labels, refined)), myo_fixed)
+    before = dice(common.myo(moving_labels), myo_fixed)
+    after = dice(common.myo(common.warp_labels(moving_labels, refined)), myo_fixed)
     assert after > before + 0.08
 
 
@@ -142,3 +142,18 @@ def test_refinement_uses_its_own_smoothness(monkeypatch, tiny_overrides):
     assert seen == {"steps": 3, "smooth_weight": 7.0}
     with pytest.raises(ConfigError, match="refine_smooth_weight"):
         load_config(None, tiny_overrides + ["registration.refine_smooth_weight=-1"])
+
+
+def test_without_cine_labels_validation_names_its_label_free_figure(tiny_cfg, tmp_path, write_cache):
+    """No cine labels: no 'myo_dice' (it would not be a Dice); edge alignment decides, beside its
+    no-registration value, and a network that does not beat no registration is warned about."""
+    write_cache(tmp_path, labels=False)
+    task = _task(tiny_cfg, tmp_path)
+    assert task.metric_name == "edge_alignment"
+    torch.manual_seed(0)
+    with torch.no_grad():
+        metrics = task.validate(task.build_model().eval(), CPU)
+    assert "myo_dice" not in metrics and metrics["labels_available"] == 0.0
+    assert {"mi", "mi_identity", "edge_alignment", "edge_alignment_identity"} <= set(metrics)
+    assert metrics["edge_alignment"] == pytest.approx(metrics["edge_alignment_identity"], abs=1e-6)
+    assert "does not beat no registration" in task.baseline_warning(metrics)

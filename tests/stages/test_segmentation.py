@@ -61,13 +61,14 @@ def test_setup_batch_loss_validate(tiny_cfg, upstream_run):
                             for s in ("motion", "registration")}
 
 
-def test_targets_are_registered_lge_labels(tiny_cfg, synthetic_run, tiny_overrides):
+def test_targets_are_registered_lge_labels(tiny_cfg, synthetic_run, tiny_overrides, write_cache):
     # an identity registration model: targets are the LGE labels as they are, mapped to classes
     torch.manual_seed(0)
     model = registration.build_model(tiny_cfg)
     ckpt.save_checkpoint(synthetic_run / "checkpoints" / "registration" / "best_model.pth",
                          {"model": model.state_dict(), "stage": "registration", "epoch": 1, "config_hash": "x"})
     cfg = load_config(None, tiny_overrides + ["segmentation.motion_features=false"])
+    write_cache(synthetic_run, shift=0.0)  # cine and LGE aligned: the QA keeps identity
     task = _task(cfg, synthetic_run)
     lge_label = torch.cat([torch.from_numpy(s.lge_label) for s in load_split(synthetic_run, "train")])
     assert torch.equal(task.train_y, to_classes(lge_label))

@@ -1,0 +1,120 @@
+"""How much to trust a segmentation made from the cine alone (``predict``: no LGE, so no registration QA).
+
+* **Test-time augmentation** (``tta_predict``): the network sees the input as it is and flipped along
+  H, W and both (motion-field channels flipped as vectors, as in training); the softmax outputs are
+  flipped back and averaged. Reported: the mean predictive entropy over the predicted myocardium
+  (nats; 0 = certain, ln 3 = 1.10 = uniform), the share of myocardial pixels where the four passes
+  disagree, and the spread (min..max) of the infarct % over the four passes.
+* **Plausibility** (``shape_figures`` + ``plausibility``): per slice with myocardium, its area (mm^2)
+  and mean wall thickness (mm; ring radii from the areas of myocardium + enclosed cavity and of the
+  cavity), and whether it is one closed ring. The reference ranges are the 1st..99th percentiles of
+  the same figures over the segmentation stage's training targets (``SHAPE_FILE`` beside its log),
+  widened by 25 %; without that file, physiological defaults (``DEFAULT_RANGES``). ``implausible``
+  is true when any slice falls outside, or no slice shows a closed ring.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+
+from mi_pipeline.stages import common
+
+SHAPE_FILE = "target_shape.json"
+DEFAULT_RANGES = {"area_mm2": (150.0, 6000.0), "thickness_mm": (2.5, 16.0)}
+FLIPS = ((False, False), (True, False), (False, True), (True, True))
+
+
+def _flip_input(x: torch.Tensor, frames: int, fh: bool, fw: bool) -> torch.Tensor:
+    """Flip a batch (N, C, H, W): image channels spatially, motion-field pairs as vectors."""
+    images = common.flip_image(x[:, :frames], fh, fw)
+    if x.shape[1] == frames:
+        return images
+    n, _, h, w = x.shape
+    fields = common.flip_field(x[:, frames:].reshape(n, -1, 2, h, w), fh, fw).reshape(n, -1, h, w)
+    return torch.cat([images, fields], dim=1)
+
+
+def tta_predict(model: nn.Module, x: torch.Tensor, frames: int, batch: int = 32) -> tuple[np.ndarray, dict[str, Any]]:
+    """Classes (N, H, W) uint8 from the flip-averaged softmax, and the uncertainty figures."""
+    device = next(model.parameters()).device
+    probs, members = [], []
+    with torch.no_grad():
+        for fh, fw in FLIPS:
+            out = []
+            for part in common.batched(x.shape[0], batch):
+                logits = model(_flip_input(x[part], frames, fh, fw).to(device)).float()
+                out.append(common.flip_image(torch.softmax(logits, dim=1), fh, fw).cpu())
+            p = torch.cat(out)
+            probs.append(p)
+            members.append(p.argmax(dim=1))
+    mean = torch.stack(probs).mean(dim=0)
+    pred = mean.argmax(dim=1)
+    myo = pred > 0
+    entropy = -(mean * mean.clamp_min(1e-8).log()).sum(dim=1)
+    stacked = torch.stack(members)
+    disagree = (stacked != stacked[0:1]).any(dim=0)
+    pcts = []
+    for m in members:
+        n_myo = int((m > 0).sum())
+        pcts.append(100.0 * int((m == 2).sum()) / n_myo if n_myo else 0.0)
+    n_myo = int(myo.sum())
+    figures = {
+        "method": "test-time augmentation: identity + 3 flips, softmax averaged",
+        "mean_entropy_myocardium": round(float(entropy[myo].mean()) if n_myo else 0.0, 4),
+        "disagreement_percent_myocardium": round(100.0 * float(disagree[myo].float().mean()) if n_myo else 0.0, 2),
+        "infarct_percent_range": [round(min(pcts), 2), round(max(pcts), 2)],
+    }
+    return pred.numpy().astype(np.uint8), figures
+
+
+def shape_figures(pred: np.ndarray, spacing_mm: float) -> list[dict[str, Any]]:
+    """Per slice with myocardium (classes 1|2 of ``pred`` (Z, H, W)): area, thickness, closed ring."""
+    px = spacing_mm ** 2
+    rows = []
+    for k in range(pred.shape[0]):
+        myo = pred[k] > 0
+        if not myo.any():
+            continue
+        filled = ndimage.binary_fill_holes(myo)
+        cavity = filled & ~myo
+        _, components = ndimage.label(myo)
+        r_epi, r_endo = math.sqrt(filled.sum() * px / math.pi), math.sqrt(cavity.sum() * px / math.pi)
+        rows.append({"slice": k, "area_mm2": round(float(myo.sum() * px), 1),
+                     "thickness_mm": round(r_epi - r_endo, 2),
+                     "closed_ring": bool(cavity.any() and components == 1)})
+    return rows
+
+
+def reference_ranges(rows: list[dict[str, Any]], widen: float = 0.25) -> dict[str, tuple[float, float]]:
+    """1st..99th percentiles of the training targets' figures, widened by ``widen`` of their span each side."""
+    out = {}
+    for key in DEFAULT_RANGES:
+        values = np.asarray([r[key] for r in rows if r["closed_ring"]], dtype=np.float64)
+        if values.size < 5:
+            out[key] = DEFAULT_RANGES[key]
+            continue
+        lo, hi = np.percentile(values, [1, 99])
+        span = max(hi - lo, 1e-6)
+        out[key] = (round(float(lo - widen * span), 2), round(float(hi + widen * span), 2))
+    return out
+
+
+def plausibility(rows: list[dict[str, Any]], ranges: dict[str, tuple[float, float]], source: str) -> dict[str, Any]:
+    """Whether the predicted myocardium looks like what training saw; the reasons when not."""
+    reasons = []
+    if not rows:
+        reasons.append("no myocardium predicted on any slice")
+    elif not any(r["closed_ring"] for r in rows):
+        reasons.append("no slice shows a closed myocardial ring")
+    for r in rows:
+        for key, (lo, hi) in ranges.items():
+            if not lo <= r[key] <= hi:
+                reasons.append(f"slice {r['slice']}: {key} {r[key]} outside {lo}..{hi}")
+    return {"implausible": bool(reasons), "reasons": reasons[:10], "reference": source,
+            "ranges": {k: list(v) for k, v in ranges.items()}, "per_slice": rows}

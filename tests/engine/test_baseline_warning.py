@@ -1,0 +1,41 @@
+"""A task's notes and its baseline warning reach train.log (issue 14): loud, one line, after the epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mi_pipeline.config import OptimConfig, PerformanceConfig
+from mi_pipeline.engine.runlog import StageLog
+from mi_pipeline.engine.trainer import FitContext, fit
+from tests.engine.toy_task import ToyTask
+
+
+class _NoBetterThanBaseline(ToyTask):
+    def notes(self) -> list[str]:
+        return ["targets: 3 of 4 subjects supervise"]
+
+    def baseline_warning(self, metrics: dict[str, float]) -> str | None:
+        return "toy model does not beat its baseline" if metrics["epoch_hint"] < 1.5 else None
+
+    def validate(self, model, device):
+        self.calls = getattr(self, "calls", 0) + 1
+        return {**super().validate(model, device), "epoch_hint": float(self.calls)}
+
+
+def test_notes_and_warning_lines_land_in_the_log(tmp_path: Path) -> None:
+    ctx = FitContext(ckpt_dir=tmp_path / "checkpoints" / "toy", log=StageLog(tmp_path / "logs" / "toy", "toy"), seed=7,
+                     config_hash="toyhash", config={}, device=torch.device("cpu"),
+                     performance=PerformanceConfig(async_checkpoint=False))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit(_NoBetterThanBaseline(), OptimConfig(epochs=2, batch_size=8, lr=1e-2), ctx)
+    finally:
+        torch.set_num_threads(threads)
+    lines = (tmp_path / "logs/toy/train.log").read_text().splitlines()
+    assert any("targets: 3 of 4 subjects supervise" in line for line in lines)
+    warnings = [i for i, line in enumerate(lines) if "WARNING: toy model does not beat its baseline" in line]
+    epoch1 = next(i for i, line in enumerate(lines) if "epoch 1/2" in line)
+    assert warnings == [epoch1 + 1]  # right after epoch 1's line, not after epoch 2's

@@ -1,0 +1,41 @@
+"""Predict's confidence (issue 14): TTA uncertainty figures and the plausibility flag."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mi_pipeline.stages import seg_confidence
+from mi_pipeline.stages.segmentation import build_model
+
+
+def _ring(r_in: float, r_out: float, size: int = 32) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size]
+    r = np.hypot(yy - 15.5, xx - 15.5)
+    return ((r >= r_in) & (r < r_out)).astype(np.uint8)
+
+
+def test_tta_figures(tiny_cfg):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg).eval()
+    x = torch.rand(3, tiny_cfg.data.frames * 3, 32, 32)
+    pred, figures = seg_confidence.tta_predict(model, x, tiny_cfg.data.frames)
+    assert pred.shape == (3, 32, 32) and pred.dtype == np.uint8
+    assert 0.0 <= figures["disagreement_percent_myocardium"] <= 100.0
+    assert 0.0 <= figures["mean_entropy_myocardium"] <= np.log(3) + 1e-6
+    lo, hi = figures["infarct_percent_range"]
+    assert 0.0 <= lo <= hi <= 100.0
+
+
+def test_a_ring_is_plausible_a_blob_or_a_giant_is_not():
+    training = np.stack([_ring(5 + 0.3 * k, 10 + 0.3 * k) for k in range(8)])
+    ranges = seg_confidence.reference_ranges(seg_confidence.shape_figures(training, 1.6))
+    ring = seg_confidence.shape_figures(_ring(6, 11)[None], 1.6)
+    assert ring[0]["closed_ring"] and 6.0 <= ring[0]["thickness_mm"] <= 10.0
+    assert not seg_confidence.plausibility(ring, ranges, "test")["implausible"]
+    blob = seg_confidence.shape_figures(_ring(0, 6)[None], 1.6)
+    verdict = seg_confidence.plausibility(blob, ranges, "test")
+    assert verdict["implausible"] and "closed myocardial ring" in verdict["reasons"][0]
+    thick = seg_confidence.shape_figures(_ring(3, 15)[None], 1.6)
+    assert seg_confidence.plausibility(thick, ranges, "test")["implausible"]
+    assert seg_confidence.plausibility([], ranges, "test")["reasons"] == ["no myocardium predicted on any slice"]
