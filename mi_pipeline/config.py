@@ -533,6 +533,30 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+# Keys added after 0.1.0 count in a stage's hash only when set to something other than their default,
+# so a run started before they existed still resumes (its checkpoints' hashes still match).
+HASHED_WHEN_CHANGED: tuple[str, ...] = (
+    "data.phantom.cine_labels", "data.phantom.vary", "data.phantom.slices_range", "data.phantom.frames_range",
+    "data.phantom.spacing_range_mm", "data.phantom.fov_range_mm", "data.phantom.slice_thickness_range_mm",
+    "data.phantom.lge_spacing_range_mm", "data.phantom.heart_offset_mm", "data.phantom.breath_hold_shift_mm",
+    "data.phantom.breath_hold_rotation_deg", "data.phantom.lge_slice_offset", "data.phantom.lge_remote_signal",
+    "data.phantom.lge_fat_signal", "data.phantom.noise_range", "registration.qa_max_shift_mm",
+    "registration.qa_max_rotation_deg", "registration.qa_margin", "registration.qa_max_folding_percent",
+    "registration.qa_min_agreement",
+)
+
+
+def _drop_new_defaults(relevant: dict[str, Any]) -> None:
+    defaults = to_dict(Config())
+    for dotted in HASHED_WHEN_CHANGED:
+        *path, key = dotted.split(".")
+        here, default = relevant, defaults
+        for part in path:
+            here, default = here.get(part, {}), default[part]
+        if key in here and here[key] == default[key]:
+            del here[key]
+
+
 def stage_hash(cfg: Config, stage: str) -> str:
     """Stable fingerprint of everything ``stage``'s result depends on (its sections, seed, threads).
 
@@ -550,6 +574,7 @@ def stage_hash(cfg: Config, stage: str) -> str:
         if "amp" in relevant[section]:
             amp = cfg.performance_for(section).amp
             relevant[section] = {**relevant[section], "amp": {"off": False, "fp16": True}.get(amp, amp)}
+    _drop_new_defaults(relevant)
     perf = cfg.performance
     numeric = {name: True for name in ("channels_last", "compile") if getattr(perf, name)}
     if numeric and stage in MODEL_STAGES:

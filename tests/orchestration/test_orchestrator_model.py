@@ -168,10 +168,15 @@ class RunModel:
         raise Interrupted(state)
 
     def _finished(self, stage: str) -> bool:
+        """False only on evidence: a readable last.pth that says unfinished, or no model at all. (A
+        last.pth the user corrupted after the stage finished is no such evidence.)"""
+        last = self.layout.last(stage)
+        if not last.exists():
+            return self.layout.best(stage).exists()
         try:
-            payload = ckpt.load_checkpoint(self.layout.last(stage), ("state",))
+            payload = ckpt.load_checkpoint(last, ("state",))
         except Exception:
-            return self.layout.best(stage).exists() and not self.layout.last(stage).exists()
+            return True
         return bool(payload.get("finished"))
 
     # --- actions -------------------------------------------------------------------------------------
