@@ -218,17 +218,19 @@ class SlurmConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ContainerConfig:
-    """Run every SLURM stage job inside an Apptainer/Singularity image (see mi_pipeline/container.py).
+    """Run every SLURM stage job inside an Apptainer/Singularity or podman image (see mi_pipeline/container.py).
 
     With ``image`` empty (the default) jobs run with the submitter's own Python. The run root, the
     config file's folder and ``data.root`` are bound automatically; ``binds`` adds more.
     """
 
-    image: str = ""  # path of the .sif on a filesystem the compute nodes see; empty = no container
-    runtime: Literal["apptainer", "singularity"] = "apptainer"
+    # apptainer/singularity: path of the .sif on a filesystem the compute nodes see;
+    # podman: an image name in the nodes' podman storage (localhost/mi_pipeline:0.1.0-cpu); empty = no container
+    image: str = ""
+    runtime: Literal["apptainer", "singularity", "podman"] = "apptainer"
     binds: tuple[str, ...] = ()  # extra bind mounts "src[:dest[:ro|rw]]", src an absolute path
-    nv: bool = True  # --nv: the node's NVIDIA driver and GPUs inside the container
-    extra_args: tuple[str, ...] = ()  # more "<runtime> exec" options, e.g. "--nvccli" or "--env=A=b"
+    nv: bool = True  # GPUs inside the container: --nv (apptainer), --device=nvidia.com/gpu=all (podman, CDI)
+    extra_args: tuple[str, ...] = ()  # more "<runtime> exec" / "podman run" options, e.g. "--env=A=b"
 
     def __post_init__(self) -> None:
         from mi_pipeline.container import validate_container_config  # one place for the rules

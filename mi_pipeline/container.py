@@ -11,11 +11,22 @@ and cloudpickle (installed with the package), the run root (progress record, che
 submitit's job folder), the config file's folder and ``data.root`` bound at the same paths, SLURM_*
 variables (so no ``--cleanenv``), and ``--nv`` for the GPUs. What it needs from the site: ``scontrol``
 on the PATH inside the image for submitit's requeue on USR2 (see docs/CLUSTER.md).
+
+``runtime: podman`` (:func:`podman_command`) starts each job as ``podman run --rm ... --entrypoint
+python IMAGE``, IMAGE an image name in the node's podman storage. podman passes no host environment
+by itself, so SLURM_*, SUBMITIT_* and MI_PIPELINE_* are passed by name; its signal proxy (on by
+default in the foreground) hands srun's USR2 to python, which is the container's first process.
+The image's user (uid 1000) is mapped to the submitting user (:func:`podman_user_args`), so files in
+the bound run root belong to that user on the host and SLURM sees that user when the job requeues.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
+import shutil
+import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,9 +47,11 @@ def validate_container_config(c: "ContainerConfig") -> None:
                         *((f"extra_args[{i}]", a) for i, a in enumerate(c.extra_args))):
         if any(ch in value for ch in "\n\r\0"):
             raise ValueError(f"{name} must be one line, got {value!r}")
-    if c.image.startswith("-"):
+    if c.runtime == "podman":
+        _validate_podman(c)
+    elif c.image.startswith("-"):
         raise ValueError(f"image must be a path to a .sif file, got {c.image!r}")
-    if "://" in c.image:
+    elif "://" in c.image:
         raise ValueError(f"image must be a local .sif file (build one first: apptainer build mi_pipeline.sif "
                          f"apptainer.def), got {c.image!r}")
     for i, spec in enumerate(c.binds):
@@ -51,6 +64,24 @@ def validate_container_config(c: "ContainerConfig") -> None:
             raise ValueError(f"extra_args[{i}] {arg!r} would drop the SLURM_* environment the job needs")
     if (c.binds or c.extra_args) and not c.image:
         raise ValueError("binds / extra_args are set but image is empty (no container would be used)")
+
+
+#: podman image names: [registry[:port]/]path[:tag][@sha256:digest], lowercase path (podman's own rule).
+PODMAN_IMAGE = re.compile(r"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
+                          r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?")
+#: ``podman run`` options that would cut the job off from srun: no signals (USR2) or output would reach it.
+PODMAN_FORBIDDEN_ARGS = ("-d", "--detach", "--sig-proxy")
+#: The Dockerfile's unprivileged user (``useradd --uid 1000``), mapped to the submitting user.
+IMAGE_UID = 1000
+
+
+def _validate_podman(c: "ContainerConfig") -> None:
+    if c.image and not PODMAN_IMAGE.fullmatch(c.image):
+        raise ValueError(f"image must be a podman image name such as localhost/mi_pipeline:0.1.0-cpu "
+                         f"(runtime is podman), got {c.image!r}")
+    for i, arg in enumerate(c.extra_args):
+        if arg.split("=", 1)[0] in PODMAN_FORBIDDEN_ARGS:
+            raise ValueError(f"extra_args[{i}] {arg!r} would stop srun's signals (USR2) and output reaching the job")
 
 
 def _check_bind(spec: str, name: str) -> None:
@@ -76,10 +107,24 @@ def python_command(cfg: "Config", run_dir: Path, extra_paths: Iterable[Path | st
     c = cfg.container
     if not c.image:
         return None
+    if c.runtime == "podman":
+        return podman_command(cfg, run_dir, extra_paths)
     image = Path(c.image).expanduser().absolute()
     if not image.is_file():
         raise ConfigError(f"container.image: {image}: no such file (build it with 'apptainer build "
                           f"mi_pipeline.sif apptainer.def'; it must be on a filesystem the compute nodes see)")
+    argv = [c.runtime, "exec"]
+    if c.nv:
+        argv.append("--nv")
+    for bind in automatic_binds(cfg, run_dir, extra_paths):
+        argv += ["-B", bind]
+    argv += [*c.extra_args, str(image), "python"]
+    return shlex.join(argv)
+
+
+def automatic_binds(cfg: "Config", run_dir: Path, extra_paths: Iterable[Path | str] = ()) -> list[str]:
+    """Bind specs for a job: run root, job folder, data.root, ``extra_paths`` (each at its own path), then ``binds``."""
+    c = cfg.container
     run_dir = Path(run_dir).absolute()
     wanted: list[Path] = [run_dir, run_dir / cfg.slurm.job_dir]
     if cfg.data.root:
@@ -98,11 +143,59 @@ def python_command(cfg: "Config", run_dir: Path, extra_paths: Iterable[Path | st
         covered.append(path)
         binds.append(str(path))
     binds += [b for b in c.binds if b not in binds]
+    return binds
 
-    argv = [c.runtime, "exec"]
+
+def podman_user_args(host_uid: int | None = None, host_gid: int | None = None) -> list[str]:
+    """``podman run`` options that make the image's user (uid/gid 1000) the host user ``host_uid``.
+
+    Rootful podman (host_uid 0, as on this project's CI): an explicit user namespace in which
+    container uid 1000 is host ``host_uid`` and every other container uid (root included) is an
+    unused host uid from 100000 up. Rootless podman: ``--userns=keep-id:uid=1000,gid=1000``.
+    Either way what the job writes into bound folders belongs to the submitting user on the host.
+    """
+    uid = os.getuid() if host_uid is None else host_uid
+    gid = os.getgid() if host_gid is None else host_gid
+    if uid != 0:
+        return [f"--userns=keep-id:uid={IMAGE_UID},gid={IMAGE_UID}"]
+    args: list[str] = []
+    for flag, host in (("--uidmap", uid), ("--gidmap", gid)):
+        args += [f"{flag}=0:100000:{IMAGE_UID}", f"{flag}={IMAGE_UID}:{host}:1",
+                 f"{flag}={IMAGE_UID + 1}:{100000 + IMAGE_UID + 1}:{65536 - IMAGE_UID - 1}"]
+    return args
+
+
+def check_podman_image(image: str) -> None:
+    """Raise ConfigError unless podman runs here and has ``image`` in its storage."""
+    podman = shutil.which("podman")
+    if podman is None:
+        raise ConfigError("container.runtime: podman is not on the PATH (apt-get install podman runc)")
+    try:
+        found = subprocess.run([podman, "image", "exists", image], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ConfigError(f"container.image: could not ask podman for {image!r}: {exc}") from None
+    if found.returncode == 1:
+        raise ConfigError(f"container.image: podman has no image {image!r} (build it with "
+                          f"tests/containers/build_image.sh or podman build; podman images lists what there is)")
+    if found.returncode != 0:
+        raise ConfigError(f"container.image: podman image exists {image!r} failed: "
+                          f"{(found.stderr.strip().splitlines() or ['?'])[-1]}")
+
+
+def podman_command(cfg: "Config", run_dir: Path, extra_paths: Iterable[Path | str] = ()) -> str:
+    """The ``slurm_python`` for ``runtime: podman``: ``podman run --rm ... --entrypoint python IMAGE``.
+
+    The same folders as for apptainer are bound (``-v src:src``), the working directory is the run
+    root, and the host network is used (the SLURM client, when bound in, talks to slurmctld).
+    """
+    c = cfg.container
+    check_podman_image(c.image)
+    argv = ["podman", "run", "--rm", "--network=host", *podman_user_args(),
+            "--env=SLURM_*", "--env=SUBMITIT_*", "--env=MI_PIPELINE_*"]
     if c.nv:
-        argv.append("--nv")
-    for bind in binds:
-        argv += ["-B", bind]
-    argv += [*c.extra_args, str(image), "python"]
+        argv.append("--device=nvidia.com/gpu=all")
+    for bind in automatic_binds(cfg, run_dir, extra_paths):
+        src, _, rest = bind.partition(":")
+        argv.append(f"--volume={src}:{rest or src}")
+    argv += [f"--workdir={Path(run_dir).absolute()}", *c.extra_args, "--entrypoint=python", c.image]
     return shlex.join(argv)

@@ -73,11 +73,11 @@ def test_unbindable_path_is_refused(image: Path) -> None:
     ('container.extra_args=["nv"]', "starting with '-'"),
     ("container.image=docker://pytorch/pytorch", "local .sif"),
     ("container.image=--nv", "path to a .sif"),
-    ("container.runtime=docker", "apptainer | singularity"),
+    ("container.runtime=docker", "apptainer | singularity | podman"),
     ("container.nv=yes please", "true or false"),
 ])
 def test_bad_values_are_config_errors_naming_the_key(override: str, message: str) -> None:
-    overrides = [override] if "image" in override else ["container.image=/x/img.sif", override]
+    overrides = [override] if "image=" in override else ["container.image=/x/img.sif", override]
     with pytest.raises(ConfigError, match="container") as info:
         cfg_with(*overrides)
     assert message in str(info.value)
@@ -104,3 +104,69 @@ def test_site_config_example_in_the_cluster_docs_is_valid(tmp_path: Path) -> Non
     cfg = load_config(config)
     assert cfg.slurm.for_stage("data")["gpus_per_node"] == 0 and cfg.slurm.for_stage("segmentation")["time_min"] == 1440
     assert cfg.container.image.endswith(".sif") and cfg.container.nv
+
+
+# --------------------------------------------------------------------------------------------
+# runtime: podman (the command only; tests/containers/test_image.py runs it for real)
+# --------------------------------------------------------------------------------------------
+
+PODMAN = ["container.runtime=podman", "container.image=localhost/mi_pipeline:0.1.0-cpu", "container.nv=false"]
+
+
+@pytest.fixture
+def podman_has_every_image(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    asked: list[str] = []
+    monkeypatch.setattr("mi_pipeline.container.check_podman_image", asked.append)
+    return asked
+
+
+def test_podman_command_runs_the_image_python_with_binds_env_and_user_map(podman_has_every_image, tmp_path) -> None:
+    cfg = cfg_with(*PODMAN, "data.root=/data/cmr", 'container.binds=["/usr/bin/scontrol", "/scratch/ref:/ref:ro"]')
+    command = python_command(cfg, tmp_path / "run1", [REPO / "tests" / "configs"])
+    assert podman_has_every_image == ["localhost/mi_pipeline:0.1.0-cpu"], "the image is checked before submitting"
+    argv = shlex.split(command)
+    assert argv[:3] == ["podman", "run", "--rm"]
+    assert argv[-2:] == ["--entrypoint=python", "localhost/mi_pipeline:0.1.0-cpu"], "submitit appends -u -m ..."
+    volumes = [a.split("=", 1)[1] for a in argv if a.startswith("--volume=")]
+    run1 = str(tmp_path / "run1")
+    assert volumes == [f"{run1}:{run1}", "/data/cmr:/data/cmr", f"{REPO}/tests/configs:{REPO}/tests/configs",
+                       "/usr/bin/scontrol:/usr/bin/scontrol", "/scratch/ref:/ref:ro"]
+    assert {"--env=SLURM_*", "--env=SUBMITIT_*", "--network=host", f"--workdir={run1}"} <= set(argv)
+    assert "'--env=SLURM_*'" in command, "quoted: the sbatch script's shell must not expand it"
+    assert not any(a.startswith("--device") for a in argv), "nv=false: no GPU device"
+    assert not any(a.startswith(("-d", "--detach", "--sig-proxy")) for a in argv), "srun's USR2 must reach python"
+
+
+def test_podman_nv_asks_for_every_gpu_through_cdi(podman_has_every_image, tmp_path) -> None:
+    cfg = cfg_with(*PODMAN[:2], "container.nv=true")
+    assert "--device=nvidia.com/gpu=all" in shlex.split(python_command(cfg, tmp_path))
+
+
+def test_podman_user_map_makes_the_image_user_the_host_user() -> None:
+    from mi_pipeline.container import podman_user_args
+
+    rootful = podman_user_args(0, 0)
+    assert "--uidmap=1000:0:1" in rootful and "--gidmap=1000:0:1" in rootful
+    for flag in ("--uidmap", "--gidmap"):  # container ids 0..65535, each mapped once, none but 1000 to host 0
+        ranges = sorted(tuple(map(int, a.split("=")[1].split(":"))) for a in rootful if a.startswith(flag))
+        assert sum(n for _, _, n in ranges) == 65536
+        assert all(start == prev_start + prev_n for (prev_start, _, prev_n), (start, _, _) in zip(ranges, ranges[1:]))
+        assert [host for _, host, _ in ranges if host < 100000] == [0]
+    assert podman_user_args(1234, 1234) == ["--userns=keep-id:uid=1000,gid=1000"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("container.image=/images/mi_pipeline.sif", "podman image name"),
+    ("container.image=Mi_Pipeline:latest", "podman image name"),
+    ("container.image=docker://mi_pipeline", "podman image name"),
+    ("container.image=--privileged", "podman image name"),
+    ('container.extra_args=["--detach"]', "USR2"),
+    ('container.extra_args=["--sig-proxy=false"]', "USR2"),
+])
+def test_bad_podman_values_are_config_errors_naming_the_key(override: str, message: str) -> None:
+    overrides = ["container.runtime=podman", override]
+    if "image=" not in override:
+        overrides.insert(1, "container.image=localhost/mi_pipeline:0.1.0-cpu")
+    with pytest.raises(ConfigError, match="container") as info:
+        cfg_with(*overrides)
+    assert message in str(info.value) and "\n" not in str(info.value)
