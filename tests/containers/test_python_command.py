@@ -120,7 +120,7 @@ def podman_has_every_image(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return asked
 
 
-def test_podman_command_runs_the_image_python_with_binds_env_and_user_map(podman_has_every_image, tmp_path) -> None:
+def test_podman_command_runs_the_image_python_with_binds_env_and_user(podman_has_every_image, tmp_path) -> None:
     cfg = cfg_with(*PODMAN, "data.root=/data/cmr", 'container.binds=["/usr/bin/scontrol", "/scratch/ref:/ref:ro"]')
     command = python_command(cfg, tmp_path / "run1", [REPO / "tests" / "configs"])
     assert podman_has_every_image == ["localhost/mi_pipeline:0.1.0-cpu"], "the image is checked before submitting"
@@ -132,6 +132,8 @@ def test_podman_command_runs_the_image_python_with_binds_env_and_user_map(podman
     assert volumes == [f"{run1}:{run1}", "/data/cmr:/data/cmr", f"{REPO}/tests/configs:{REPO}/tests/configs",
                        "/usr/bin/scontrol:/usr/bin/scontrol", "/scratch/ref:/ref:ro"]
     assert {"--env=SLURM_*", "--env=SUBMITIT_*", "--network=host", f"--workdir={run1}"} <= set(argv)
+    from mi_pipeline.container import podman_user_args
+    assert podman_user_args()[0] in argv[:argv.index("--entrypoint=python")], "the job runs as the submitter"
     assert "'--env=SLURM_*'" in command, "quoted: the sbatch script's shell must not expand it"
     assert not any(a.startswith("--device") for a in argv), "nv=false: no GPU device"
     assert not any(a.startswith(("-d", "--detach", "--sig-proxy")) for a in argv), "srun's USR2 must reach python"
@@ -142,17 +144,11 @@ def test_podman_nv_asks_for_every_gpu_through_cdi(podman_has_every_image, tmp_pa
     assert "--device=nvidia.com/gpu=all" in shlex.split(python_command(cfg, tmp_path))
 
 
-def test_podman_user_map_makes_the_image_user_the_host_user() -> None:
+def test_podman_jobs_run_as_the_submitting_user() -> None:
     from mi_pipeline.container import podman_user_args
 
-    rootful = podman_user_args(0, 0)
-    assert "--uidmap=1000:0:1" in rootful and "--gidmap=1000:0:1" in rootful
-    for flag in ("--uidmap", "--gidmap"):  # container ids 0..65535, each mapped once, none but 1000 to host 0
-        ranges = sorted(tuple(map(int, a.split("=")[1].split(":"))) for a in rootful if a.startswith(flag))
-        assert sum(n for _, _, n in ranges) == 65536
-        assert all(start == prev_start + prev_n for (prev_start, _, prev_n), (start, _, _) in zip(ranges, ranges[1:]))
-        assert [host for _, host, _ in ranges if host < 100000] == [0]
-    assert podman_user_args(1234, 1234) == ["--userns=keep-id:uid=1000,gid=1000"]
+    assert podman_user_args(0, 0) == ["--user=0:0"], "rootful podman: ids inside are host ids"
+    assert podman_user_args(1234, 1234) == ["--userns=keep-id:uid=1000,gid=1000"], "rootless: image user = submitter"
 
 
 @pytest.mark.parametrize("override, message", [
@@ -170,3 +166,24 @@ def test_bad_podman_values_are_config_errors_naming_the_key(override: str, messa
     with pytest.raises(ConfigError, match="container") as info:
         cfg_with(*overrides)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("image, message", [
+    ("localhost/no-such-image:1", "container.image: podman has no image 'localhost/no-such-image:1'"),
+    ("Not_An_Image", "podman image name"),
+])
+def test_submit_with_a_bad_podman_image_stops_with_one_line_naming_the_key(tmp_path: Path, image: str,
+                                                                           message: str) -> None:
+    """Through the real CLI and the real podman (no image needed): nothing is submitted."""
+    from tests.containers.conftest import require_tool
+    from tests.helpers import run_module
+
+    require_tool("podman")
+    result = run_module("mi_pipeline.submit", "--config", str(TINY), "--run-dir", str(tmp_path / "run"),
+                        "--executor", "slurm", "--mode", "resume", "--set", "container.runtime=podman",
+                        "--set", f"container.image={image}", "--set", "container.nv=false", timeout=120,
+                        extra_env={"CONTAINERS_CONF": str(REPO / "tests" / "containers" / "containers.conf")})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "container" in lines[0], result.stderr
+    assert "submitted job" not in result.stdout
