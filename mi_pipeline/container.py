@@ -16,8 +16,8 @@ on the PATH inside the image for submitit's requeue on USR2 (see docs/CLUSTER.md
 python IMAGE``, IMAGE an image name in the node's podman storage. podman passes no host environment
 by itself, so SLURM_*, SUBMITIT_* and MI_PIPELINE_* are passed by name; its signal proxy (on by
 default in the foreground) hands srun's USR2 to python, which is the container's first process.
-The image's user (uid 1000) is mapped to the submitting user (:func:`podman_user_args`), so files in
-the bound run root belong to that user on the host and SLURM sees that user when the job requeues.
+The job runs as the submitting user (:func:`podman_user_args`), so files in the bound run root
+belong to that user on the host and SLURM sees that user when the job requeues.
 """
 
 from __future__ import annotations
@@ -147,22 +147,19 @@ def automatic_binds(cfg: "Config", run_dir: Path, extra_paths: Iterable[Path | s
 
 
 def podman_user_args(host_uid: int | None = None, host_gid: int | None = None) -> list[str]:
-    """``podman run`` options that make the image's user (uid/gid 1000) the host user ``host_uid``.
+    """``podman run`` options that make a job's files and SLURM requests the submitting user's.
 
-    Rootful podman (host_uid 0, as on this project's CI): an explicit user namespace in which
-    container uid 1000 is host ``host_uid`` and every other container uid (root included) is an
-    unused host uid from 100000 up. Rootless podman: ``--userns=keep-id:uid=1000,gid=1000``.
-    Either way what the job writes into bound folders belongs to the submitting user on the host.
+    Rootless podman (``host_uid`` not 0): ``--userns=keep-id:uid=1000,gid=1000``, the image's user
+    ``mi`` is the submitting user. Rootful podman (``host_uid`` 0, this project's CI): no user
+    namespace, so ids inside are ids on the host, and ``--user=0:0`` runs the job as the submitter,
+    root -- the only user whose ``scontrol requeue`` SLURM accepts for root's job. (Mapping the image
+    user onto root with ``--uidmap`` fails on the CI machines' overlay storage: EACCES at mount.)
     """
     uid = os.getuid() if host_uid is None else host_uid
     gid = os.getgid() if host_gid is None else host_gid
     if uid != 0:
         return [f"--userns=keep-id:uid={IMAGE_UID},gid={IMAGE_UID}"]
-    args: list[str] = []
-    for flag, host in (("--uidmap", uid), ("--gidmap", gid)):
-        args += [f"{flag}=0:100000:{IMAGE_UID}", f"{flag}={IMAGE_UID}:{host}:1",
-                 f"{flag}={IMAGE_UID + 1}:{100000 + IMAGE_UID + 1}:{65536 - IMAGE_UID - 1}"]
-    return args
+    return [f"--user={uid}:{gid}"]
 
 
 def check_podman_image(image: str) -> None:
