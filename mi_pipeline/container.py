@@ -71,7 +71,7 @@ PODMAN_IMAGE = re.compile(r"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a
                           r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?")
 #: ``podman run`` options that would cut the job off from srun: no signals (USR2) or output would reach it.
 PODMAN_FORBIDDEN_ARGS = ("-d", "--detach", "--sig-proxy")
-#: The Dockerfile's unprivileged user (``useradd --uid 1000``), mapped to the submitting user.
+#: The Dockerfile's unprivileged user (``useradd --uid 1000``); rootless podman maps it to the submitter.
 IMAGE_UID = 1000
 
 
@@ -139,7 +139,7 @@ def automatic_binds(cfg: "Config", run_dir: Path, extra_paths: Iterable[Path | s
             continue
         if ":" in str(path) or "," in str(path):
             raise ConfigError(f"container: cannot bind {path}: ':' and ',' in a path cannot be expressed in "
-                              f"'{c.runtime} exec -B' (rename the folder)")
+                              f"a {c.runtime} bind mount (rename the folder)")
         covered.append(path)
         binds.append(str(path))
     binds += [b for b in c.binds if b not in binds]
