@@ -31,6 +31,8 @@ from tests.containers.image import DIGEST_SNIPPET, REPO, package_digest, podman,
 from tests.helpers import assert_same_weights, model_weights, run_module
 
 pytestmark = [pytest.mark.image, pytest.mark.slow]
+# Every run here uses --network=none: the pipeline needs no network, and the tests then need no
+# container networking set up on the machine (the cluster jobs use --network=host).
 
 IMAGE_UID = 1000  # the Dockerfile's `useradd --uid 1000 mi`
 
@@ -44,18 +46,18 @@ def image() -> str:
 
 def test_image_holds_this_checkouts_package(image: str) -> None:
     """Otherwise every other test here would test stale code: rebuild (build_image.sh) when this fails."""
-    inside = podman("run", "--rm", "--entrypoint=python", image, "-c", DIGEST_SNIPPET)
+    inside = podman("run", "--rm", "--network=none", "--entrypoint=python", image, "-c", DIGEST_SNIPPET)
     assert inside.returncode == 0, inside.stderr
     assert inside.stdout.strip() == package_digest(REPO / "mi_pipeline"), \
         "the image's mi_pipeline differs from this checkout: run tests/containers/build_image.sh"
 
 
 def test_help_runs_as_the_images_non_root_user(image: str) -> None:
-    who = podman("run", "--rm", "--entrypoint=id", image)
+    who = podman("run", "--rm", "--network=none", "--entrypoint=id", image)
     assert who.returncode == 0 and who.stdout.startswith("uid=1000(mi) gid=1000(mi)"), who.stdout + who.stderr
-    result = podman("run", "--rm", image, "--help")  # python -m mi_pipeline --help: usage on stderr
+    result = podman("run", "--rm", "--network=none", image, "--help")  # python -m mi_pipeline --help: usage on stderr
     assert result.returncode == 0 and "usage: python -m mi_pipeline {submit," in result.stderr, result.stderr
-    result = podman("run", "--rm", image, "submit", "--help")
+    result = podman("run", "--rm", "--network=none", image, "submit", "--help")
     assert result.returncode == 0 and "--mode" in result.stdout, result.stdout + result.stderr
 
 
@@ -74,7 +76,7 @@ DEMO_ARGS = ["submit", "--mode", "fresh", "--yes", "--executor", "local", *DEMO_
 
 def run_demo_in_image(image: str, run_dir: Path) -> float:
     started = time.monotonic()
-    result = podman("run", "--rm", f"--volume={run_dir}:/work", image, *DEMO_ARGS,
+    result = podman("run", "--rm", "--network=none", f"--volume={run_dir}:/work", image, *DEMO_ARGS,
                     "--config", "/opt/mi_pipeline/configs/demo.yaml", timeout=3000)
     wall = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
