@@ -11,12 +11,13 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-VERSION = "0.1.0"
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 IMAGE = os.environ.get("MI_IMAGE", f"localhost/mi_pipeline:{VERSION}-cpu")
 REQUIRE_ENV = "MI_PIPELINE_REQUIRE_IMAGE"
 BUILD_HINT = "run: bash tests/containers/build_image.sh (needs apt-get install podman runc debootstrap)"
