@@ -13,8 +13,12 @@
 #
 # Base image pinned to an exact tag; torch comes from it. Pin it by digest too where your site
 # requires (docker buildx imagetools inspect pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime).
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# BASE_IMAGE replaces it: any image with `python` and `pip` on the PATH and torch installed, e.g. the
+# CPU base tests/containers/build_image.sh makes (debootstrapped Debian 12 + CPU torch) for CI.
+ARG BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+FROM ${BASE_IMAGE}
 
+ARG BASE_IMAGE
 ARG MI_PIPELINE_VERSION=0.1.0
 ARG SOURCE_URL=""
 ARG REVISION=""
@@ -24,7 +28,7 @@ LABEL org.opencontainers.image.title="mi_pipeline" \
       org.opencontainers.image.source="${SOURCE_URL}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="docker.io/pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
 
 # PYTHONNOUSERSITE: Apptainer binds $HOME, so without it packages in the user's ~/.local would
 # shadow the image's own.

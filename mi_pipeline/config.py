@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -273,17 +274,19 @@ class SlurmConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ContainerConfig:
-    """Run every SLURM stage job inside an Apptainer/Singularity image (see mi_pipeline/orchestration/container.py).
+    """Run every SLURM stage job inside an Apptainer/Singularity or podman image (see mi_pipeline/orchestration/container.py).
 
     With ``image`` empty (the default) jobs run with the submitter's own Python. The run root, the
     config file's folder and ``data.root`` are bound automatically; ``binds`` adds more.
     """
 
-    image: str = ""  # path of the .sif on a filesystem the compute nodes see; empty = no container
-    runtime: Literal["apptainer", "singularity"] = "apptainer"
+    # apptainer/singularity: path of the .sif on a filesystem the compute nodes see;
+    # podman: an image name in the nodes' podman storage (localhost/mi_pipeline:0.1.0-cpu); empty = no container
+    image: str = ""
+    runtime: Literal["apptainer", "singularity", "podman"] = "apptainer"
     binds: tuple[str, ...] = ()  # extra bind mounts "src[:dest[:ro|rw]]", src an absolute path
-    nv: bool = True  # --nv: the node's NVIDIA driver and GPUs inside the container
-    extra_args: tuple[str, ...] = ()  # more "<runtime> exec" options, e.g. "--nvccli" or "--env=A=b"
+    nv: bool = True  # GPUs inside the container: --nv (apptainer), --device=nvidia.com/gpu=all (podman, CDI)
+    extra_args: tuple[str, ...] = ()  # more "<runtime> exec" / "podman run" options, e.g. "--env=A=b"
 
     def __post_init__(self) -> None:
         _check_container(self)
@@ -355,9 +358,11 @@ def _check_container(c: ContainerConfig) -> None:
                         *((f"extra_args[{i}]", a) for i, a in enumerate(c.extra_args))):
         if any(ch in value for ch in "\n\r\0"):
             raise ValueError(f"{name} must be one line, got {value!r}")
-    if c.image.startswith("-"):
+    if c.runtime == "podman":
+        _check_podman(c)
+    elif c.image.startswith("-"):
         raise ValueError(f"image must be a path to a .sif file, got {c.image!r}")
-    if "://" in c.image:
+    elif "://" in c.image:
         raise ValueError(f"image must be a local .sif file (build one first: apptainer build mi_pipeline.sif "
                          f"apptainer.def), got {c.image!r}")
     for i, spec in enumerate(c.binds):
@@ -370,6 +375,22 @@ def _check_container(c: ContainerConfig) -> None:
             raise ValueError(f"extra_args[{i}] {arg!r} would drop the SLURM_* environment the job needs")
     if (c.binds or c.extra_args) and not c.image:
         raise ValueError("binds / extra_args are set but image is empty (no container would be used)")
+
+
+#: podman image names: [registry[:port]/]path[:tag][@sha256:digest], lowercase path (podman's own rule).
+PODMAN_IMAGE = re.compile(r"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
+                          r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?")
+#: ``podman run`` options that would cut the job off from srun: no signals (USR2) or output would reach it.
+PODMAN_FORBIDDEN_ARGS = ("-d", "--detach", "--sig-proxy")
+
+
+def _check_podman(c: ContainerConfig) -> None:
+    if c.image and not PODMAN_IMAGE.fullmatch(c.image):
+        raise ValueError(f"image must be a podman image name such as localhost/mi_pipeline:0.1.0-cpu "
+                         f"(runtime is podman), got {c.image!r}")
+    for i, arg in enumerate(c.extra_args):
+        if arg.split("=", 1)[0] in PODMAN_FORBIDDEN_ARGS:
+            raise ValueError(f"extra_args[{i}] {arg!r} would stop srun's signals (USR2) and output reaching the job")
 
 
 def _check_bind(spec: str, name: str) -> None:

@@ -59,12 +59,18 @@ def instructions(name: str) -> list[str]:
 
 def test_hadolint_finds_nothing() -> None:
     hadolint = require_tool("hadolint")
-    result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
+    cpu_base = REPO / "tests" / "containers" / "cpu-base.Containerfile"  # build_image.sh's CPU base
+    result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE), str(cpu_base)], capture_output=True, text=True)
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
 def test_base_image_is_a_pinned_cuda_pytorch() -> None:
-    (base,) = instructions("FROM")
+    """FROM takes BASE_IMAGE (build_image.sh passes a CPU base); its default is what users get."""
+    (from_,) = instructions("FROM")
+    assert from_ == "${BASE_IMAGE}", from_
+    defaults = [a.partition("=")[2] for a in instructions("ARG") if a.startswith("BASE_IMAGE=")]
+    assert len(defaults) == 1, "one default for BASE_IMAGE, declared before FROM"
+    (base,) = defaults
     image, _, tag = base.partition(":")
     assert image == "pytorch/pytorch"
     assert re.fullmatch(r"\d+\.\d+\.\d+-cuda\d+\.\d+-cudnn\d+-runtime", tag), f"not an exact tag: {base}"
