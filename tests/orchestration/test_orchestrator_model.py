@@ -227,6 +227,8 @@ class RunModel:
             except Exception:
                 payload = None
             epoch = payload["state"]["epoch"] if payload else None
+            if epoch is None and stage in self.restarted:
+                self.seen_epoch[stage] = 0  # the user removed or destroyed the progress: counting starts again
             if epoch is not None:
                 if epoch < self.seen_epoch[stage] and stage not in self.restarted:
                     self.violations.append(f"{stage} went back from epoch {self.seen_epoch[stage]} to {epoch}")
