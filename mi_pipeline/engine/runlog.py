@@ -72,6 +72,10 @@ class StageLog:
             if self.tensorboard.unavailable:
                 self.info(self.tensorboard.unavailable)
 
+    def close(self) -> None:
+        """Stop the TensorBoard writer's thread (the loop's end: before the process group goes away)."""
+        self.tensorboard.close()
+
     def epoch_committed(self, record: dict[str, Any]) -> None:
         """An epoch whose last.pth is on disk: it can never be redone, so it goes to TensorBoard now."""
         if self.files:

@@ -119,6 +119,7 @@ def fit(task: TrainTask, optim: OptimConfig, ctx: FitContext) -> TrainState:
         log.info(f"data parallel: rank {world.rank} of {world.size}")
     if state.epoch >= optim.epochs:
         log.info(f"already trained: {state.epoch}/{optim.epochs} epochs, best {task.metric_name}={state.best_metric}")
+        log.close()
         return state
     if perf != PerformanceConfig():
         log.info(performance.describe(perf, ctx.device))
@@ -144,6 +145,7 @@ def fit(task: TrainTask, optim: OptimConfig, ctx: FitContext) -> TrainState:
         writer.flush()
     finally:
         writer.close()
+        log.close()
     return state
 
 

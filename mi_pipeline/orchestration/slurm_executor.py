@@ -134,12 +134,13 @@ def run_slurm(steps: list[Step], command: StageCommand, progress: ProgressFile, 
     live = job_states([records[s.stage].job_id or "" for s in steps if records[s.stage].executor == "slurm"])
     to_submit = [s for s in steps if s.run and not (records[s.stage].executor == "slurm"
                                                     and live.get(records[s.stage].job_id or "") in ACTIVE_STATES)]
+    # Inside the image when a container is configured; the image, then the resources, are checked
+    # before anything is submitted.
+    slurm_python = python_command(cfg, command.run_dir, [command.config.parent] if command.config else [])
     check_resources(cfg, [s.stage for s in to_submit], cluster_partitions())
     job_of: dict[str, str] = {}
     submitted: list[str] = []
     folder = command.run_dir / cfg.slurm.job_dir / "%j"
-    # Inside the image when a container is configured; checked before anything is submitted.
-    slurm_python = python_command(cfg, command.run_dir, [command.config.parent] if command.config else [])
     for step in steps:
         if not step.run:
             continue

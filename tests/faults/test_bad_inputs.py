@@ -203,7 +203,7 @@ CASES: dict[str, Case] = {
                         strict_one_line=True),
     "unknown_stage_section": Case(nothing, ("unknown key segmentaton",), args=("--set", "segmentaton.epochs=2"),
                                   strict_one_line=True),
-    "unknown_format": Case(nothing, ("data.format", "must be one of"), args=("--set", "data.format=dicom"),
+    "unknown_format": Case(nothing, ("data.format", "must be one of"), args=("--set", "data.format=nrrd"),
                            strict_one_line=True),
     "bad_config_file": Case(nothing, ("bad.yaml", "epochs must be > 0"), args=("--config", "{bad_config}"),
                             strict_one_line=True),
