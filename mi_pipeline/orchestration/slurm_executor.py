@@ -217,18 +217,27 @@ def slurm_parameters(cfg: Config, stage: str, run_dir: Path, deps: list[str]) ->
 
 
 def wait_until_gone(job_ids: list[str], timeout_s: float, poll_s: float = 2.0) -> list[str]:
-    """Wait until none of ``job_ids`` is pending or running any more; the ids still live at the timeout.
+    """Wait until none of ``job_ids`` is still in the queue; the ids still there at the timeout.
 
     ``scancel`` returns at once, while a cancelled stage is still saving its position on SIGTERM:
-    whatever must not see those writes (mode fresh deleting the run) waits here first.
+    whatever must not see those writes (mode fresh deleting the run) waits here first. sacct already
+    calls such a job CANCELLED while its processes run; squeue lists it (COMPLETING) until they end.
     """
     deadline = time.monotonic() + timeout_s
     while True:
-        states = job_states(job_ids)
-        live = [j for j in job_ids if states.get(j) in ACTIVE_STATES]
+        live = [j for j in job_ids if j in queued_jobs()]
         if not live or time.monotonic() >= deadline:
             return live
         time.sleep(poll_s)
+
+
+def queued_jobs() -> set[str]:
+    """Ids of every job squeue still lists (pending, running or completing)."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    return {line.strip() for line in out.splitlines() if line.strip()}
 
 
 def cancel_jobs(progress: ProgressFile, why: str, job_dir: Path | None = None) -> list[str]:

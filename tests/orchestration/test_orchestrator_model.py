@@ -327,6 +327,9 @@ def simulated_cluster(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(slurm_executor.subprocess, "run",
                         lambda argv, **kw: SimExecutor.scheduler.scancel(argv[1:]) if argv[0] == "scancel" else None)
     monkeypatch.setattr(slurm_executor.time, "sleep", lambda s: None)
+    monkeypatch.setattr(slurm_executor, "queued_jobs",  # each poll lets time pass, as in SimExecutor.states
+                        lambda: {j for j, state in SimExecutor.scheduler.states(list(SimExecutor.scheduler.jobs)).items()
+                                 if state in LIVE})
     monkeypatch.setattr(slurm_resources, "cluster_partitions", lambda: None)
     monkeypatch.setattr(stage_runner, "fit", lambda task, optim, ctx: SimExecutor.scheduler.run.fit(task, optim, ctx))
     monkeypatch.setattr(stage_runner, "setup_determinism", lambda *a, **k: None)
