@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -67,3 +68,22 @@ def child_pids(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             children.append(int(stat.parent.name))
     return children
+
+
+def run_status(run_dir: Path) -> dict:
+    """``python -m mi_pipeline.status --json`` of a run, parsed."""
+    result = run_module("mi_pipeline.status", "--run-dir", str(run_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def wait_all_done(run_dir: Path, timeout: float = 400) -> dict:
+    """Wait until the run is all_completed (a failed stage ends the wait with its report)."""
+    def finished() -> bool:
+        report = run_status(run_dir)
+        if any(i["status"] == "failed" for i in report["stages"].values()):
+            raise AssertionError(f"a stage failed: {json.dumps(report, indent=1)}")
+        return report["state"] == "all_completed"
+
+    wait_for(finished, timeout, "all stages done")
+    return run_status(run_dir)

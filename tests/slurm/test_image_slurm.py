@@ -12,7 +12,6 @@ config run on the host.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -32,6 +31,8 @@ from tests.helpers import (
     checkpoint_epoch,
     model_weights,
     run_module,
+    run_status,
+    wait_all_done,
     wait_for,
 )
 
@@ -44,21 +45,7 @@ JOB_ENV = {"MI_PIPELINE_TEST_SLOW_WRITE_S": "0.6", "CONTAINERS_CONF": CONTAINERS
 TRAINED = ("motion", "registration", "segmentation")
 
 
-def status(run_dir: Path) -> dict:
-    result = run_module("mi_pipeline.status", "--run-dir", str(run_dir), "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def wait_all_done(run_dir: Path, timeout: float = 600) -> dict:
-    def finished() -> bool:
-        report = status(run_dir)
-        if any(i["status"] == "failed" for i in report["stages"].values()):
-            raise AssertionError(f"a stage failed: {json.dumps(report, indent=1)}")
-        return report["state"] == "all_completed"
-
-    wait_for(finished, timeout, "all stages done")
-    return status(run_dir)
+status = run_status
 
 
 def test_stage_jobs_run_in_the_image_and_usr2_requeues_inside_it(slurm_cluster, tmp_path: Path) -> None:
@@ -94,7 +81,7 @@ def test_stage_jobs_run_in_the_image_and_usr2_requeues_inside_it(slurm_cluster, 
     slurm_cluster.wait_until_requeued(motion_job, timeout=120)
     log = run_dir / "logs" / "motion" / "train.log"
     wait_for(lambda: "resuming from last.pth" in log.read_text(), 300, "motion to resume")
-    report = wait_all_done(run_dir)
+    report = wait_all_done(run_dir, timeout=600)
     wall = time.monotonic() - started
 
     motion = report["stages"]["motion"]

@@ -18,6 +18,8 @@ from tests.helpers import (
     checkpoint_epoch,
     model_weights,
     run_module,
+    run_status,
+    wait_all_done,
     wait_for,
 )
 
@@ -38,25 +40,11 @@ def submit(run_dir: Path, *args: str, slow: bool = False) -> subprocess.Complete
                       "slurm", *SLURM_SETTINGS, *args, timeout=120, extra_env=SLOW if slow else None)
 
 
-def status(run_dir: Path) -> dict:
-    result = run_module("mi_pipeline.status", "--run-dir", str(run_dir), "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+status = run_status
 
 
 def job_ids(run_dir: Path) -> dict[str, str]:
     return {s: i["job_id"] for s, i in status(run_dir)["stages"].items() if i["job_id"]}
-
-
-def wait_all_done(run_dir: Path, timeout: float = 400) -> dict:
-    def finished() -> bool:
-        report = status(run_dir)
-        if any(i["status"] == "failed" for i in report["stages"].values()):
-            raise AssertionError(f"a stage failed: {json.dumps(report, indent=1)}")
-        return report["state"] == "all_completed"
-
-    wait_for(finished, timeout, "all stages done")
-    return status(run_dir)
 
 
 @pytest.fixture(scope="module")
