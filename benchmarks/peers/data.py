@@ -21,11 +21,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from benchmarks.perf.probe import WrappedTask
 from mi_pipeline.engine.task import Batch, TrainTask
 from mi_pipeline.engine.trainer import batch_seed, epoch_order
 
 
-class StampedTask(TrainTask):
+class StampedTask(WrappedTask):
     """The real task; notes (wall, cpu) at every loss call and around every validation.
 
     ``freeze_after=N``: the loss call of step N+1 writes ``marker`` and waits until ``release()``
@@ -34,10 +35,8 @@ class StampedTask(TrainTask):
 
     def __init__(self, task: TrainTask, freeze_after: int | None = None, marker: Path | None = None,
                  release: Callable[[], bool] = lambda: False, trace: Path | None = None) -> None:
-        self.task = task
-        self.name, self.metric_name, self.higher_is_better = task.name, task.metric_name, task.higher_is_better
+        super().__init__(task)
         self.freeze_after, self.marker, self.release, self.trace = freeze_after, marker, release, trace
-        self.ready = False
         self.losses: list[tuple[float, float]] = []
         self.validations: list[tuple[float, float, float, float]] = []  # wall, cpu at start; wall, cpu at end
         self.threads: list[int] = []
@@ -57,23 +56,6 @@ class StampedTask(TrainTask):
                 sink.append((start, end - start, time.process_time() - cpu) if sink is self.saves else (start, end - start))
 
         return wrapper
-
-    def setup(self, device: torch.device) -> None:
-        if not self.ready:  # once: the worker sets up before any tool runs, and fit() calls it again
-            self.task.setup(device)
-            self.ready = True
-
-    def build_model(self) -> nn.Module:
-        return self.task.build_model()
-
-    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
-        return self.task.param_groups(model, lr)
-
-    def num_train_samples(self) -> int:
-        return self.task.num_train_samples()
-
-    def make_batch(self, indices: list[int], generator: torch.Generator, device: torch.device) -> Batch:
-        return self.task.make_batch(indices, generator, device)
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         if self.freeze_after is not None and len(self.losses) == self.freeze_after:

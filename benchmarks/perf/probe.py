@@ -51,23 +51,14 @@ class QuietLog(StageLog):
             return BatchProgress(self, total, initial, desc)
 
 
-class ProbedTask(TrainTask):
-    """The real task plus timestamps; ``setup`` runs once however many times ``fit`` is called."""
+class WrappedTask(TrainTask):
+    """A stage's real task behind a subclass that only watches it: every call is forwarded, and
+    ``setup`` runs once however many times the loop under test calls it."""
 
     def __init__(self, task: TrainTask) -> None:
         self.task = task
         self.name, self.metric_name, self.higher_is_better = task.name, task.metric_name, task.higher_is_better
         self._ready = False
-        self.reset()
-
-    def reset(self) -> None:
-        self.builds: list[Stamp] = []
-        self.losses: list[Stamp] = []
-        self.validations: list[tuple[Stamp, Stamp]] = []
-
-    def stop_after(self, steps: int) -> Callable[[], bool]:
-        """A ``stop_requested`` for ``fit``: stop (saving the position) once ``steps`` steps ran."""
-        return lambda: len(self.losses) >= steps
 
     def setup(self, device: torch.device) -> None:
         if not self._ready:
@@ -82,6 +73,32 @@ class ProbedTask(TrainTask):
 
     def num_train_samples(self) -> int:
         return self.task.num_train_samples()
+
+    def make_batch(self, indices: list[int], generator: torch.Generator, device: torch.device) -> Batch:
+        return self.task.make_batch(indices, generator, device)
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.task.loss(model, batch)
+
+    def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        return self.task.validate(model, device)
+
+
+class ProbedTask(WrappedTask):
+    """The real task plus timestamps of its batch, loss and validation calls."""
+
+    def __init__(self, task: TrainTask) -> None:
+        super().__init__(task)
+        self.reset()
+
+    def reset(self) -> None:
+        self.builds: list[Stamp] = []
+        self.losses: list[Stamp] = []
+        self.validations: list[tuple[Stamp, Stamp]] = []
+
+    def stop_after(self, steps: int) -> Callable[[], bool]:
+        """A ``stop_requested`` for ``fit``: stop (saving the position) once ``steps`` steps ran."""
+        return lambda: len(self.losses) >= steps
 
     def make_batch(self, indices: list[int], generator: torch.Generator, device: torch.device) -> Batch:
         self.builds.append(stamp())
