@@ -87,3 +87,17 @@ def wait_all_done(run_dir: Path, timeout: float = 400) -> dict:
 
     wait_for(finished, timeout, "all stages done")
     return run_status(run_dir)
+
+
+def wait_folds_done(run_dir: Path, timeout: float = 400) -> dict:
+    """Wait until every fold of a k-fold run is all_completed (a failed stage ends the wait with its report)."""
+    def finished() -> bool:
+        report = run_status(run_dir)
+        folds = report.get("folds") or {}
+        for fold in folds.values():
+            if any(i["status"] == "failed" for i in fold["stages"].values()):
+                raise AssertionError(f"a fold's stage failed: {json.dumps(report, indent=1)}")
+        return bool(folds) and all(f["state"] == "all_completed" for f in folds.values())
+
+    wait_for(finished, timeout, "all folds done")
+    return run_status(run_dir)
