@@ -103,3 +103,20 @@ def test_resume_after_scancel_of_two_folds_resubmits_those_two_only(slurm_cluste
     for k in ("0", "2"):
         assert sorted(after[k].values()) == sorted(submitted[k]) and not set(after[k].values()) & set(before[k].values())
     wait_folds_done(run_dir, timeout=600)
+
+
+def test_a_refused_fold_job_cancels_every_job_of_the_command(slurm_cluster, tmp_path: Path) -> None:
+    run_dir = tmp_path / "cv_refused"
+    result = submit(run_dir, "--mode", "fresh", "--yes", "--folds", str(K),
+                    "--set", "slurm.segmentation.constraint=nosuchfeature")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "sbatch refused the segmentation job" in result.stderr and "cancelled the jobs" in result.stderr
+    submitted = re.findall(r"submitted job (\d+)", result.stdout)
+    assert len(submitted) == 3, result.stdout  # data, fold 0's motion and registration, then the refusal
+    for job in submitted:
+        assert slurm_cluster.wait_for(job, timeout=60).state == "CANCELLED"
+    report = run_status(run_dir)
+    assert report["stages"]["data"]["status"] == "not_started", "the top record forgets the cancelled data job"
+    fold0 = report["folds"]["0"]["stages"]
+    assert fold0["motion"]["status"] == fold0["registration"]["status"] == "not_started"
+    assert fold0["segmentation"]["status"] == "failed" and "sbatch refused" in fold0["segmentation"]["error"]
