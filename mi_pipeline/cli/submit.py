@@ -6,6 +6,7 @@ so a batch job never blocks on input.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from mi_pipeline.cli.common import (
@@ -19,6 +20,7 @@ from mi_pipeline.cli.common import (
 from mi_pipeline.data.prepare import data_is_prepared
 from mi_pipeline.errors import UserError
 from mi_pipeline.layout import RunLayout
+from mi_pipeline.config import Config
 from mi_pipeline.data.folds import check_settings, folds_path, read_folds
 from mi_pipeline.orchestration.fold_setup import (
     check_fold,
@@ -148,7 +150,7 @@ def _ask_mode(layout: RunLayout, progress: Progress) -> str | None:
         print("please enter 1, 2, 3 or 4")
 
 
-def load_fold_config(args, layout: RunLayout):  # noqa: ANN001, ANN201 (argparse namespace -> Config)
+def load_fold_config(args: argparse.Namespace, layout: RunLayout) -> Config:
     """The config, with ``--folds`` applied; a run that has a split file stays a k-fold run.
 
     ``submit --mode resume`` after a bad night must not quietly train a single split at the top
@@ -165,7 +167,7 @@ def load_fold_config(args, layout: RunLayout):  # noqa: ANN001, ANN201 (argparse
     return cfg
 
 
-def submit_folds(args, cfg, layout: RunLayout, progress: Progress, mode: str) -> int:  # noqa: ANN001
+def submit_folds(args: argparse.Namespace, cfg: Config, layout: RunLayout, progress: Progress, mode: str) -> int:
     """``submit`` on a k-fold run: fresh clears the top and every fold, then the folds are planned together."""
     check_fold(args.fold, cfg.cv.folds, f"cv.folds={cfg.cv.folds}")
     check_settings(layout.root, cfg.cv.folds, cfg.data.split_seed)  # before anything is deleted or planned

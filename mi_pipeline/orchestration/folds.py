@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from mi_pipeline.config import Config
+from mi_pipeline.data.prepare import data_is_prepared
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.fold_setup import SHARED_DATA, fold_layouts, prepare_folds, progress_file
 from mi_pipeline.orchestration.local_executor import StageCommand, run_local
@@ -50,8 +51,6 @@ def plan_folds(mode: str, cfg: Config, top: RunLayout, top_progress: Progress, d
     for k, fold in enumerate(fold_layouts(cfg, top)):
         if only is not None and k != only:
             continue
-        from mi_pipeline.data.prepare import data_is_prepared
-
         fold_ready = not data.run and data_is_prepared(cfg, fold.root)
         steps = make_plan(mode, fold, progress_file(fold).read(), data_ready=fold_ready, cfg=cfg,
                           retrain_from=retrain_from, force=force)
@@ -95,9 +94,7 @@ def _submit_folds(plan: FoldsPlan, command: StageCommand, cfg: Config, top: RunL
 
     batch = SubmitBatch()
     jobs = run_slurm([plan.data], command, top_progress, cfg, batch=batch)
-    upstream = {"data": jobs["data"]} if "data" in jobs else {}
-    if not plan.data.run and not upstream:
-        prepare_folds(cfg, top)  # the data is there: make the fold folders now, no data job will
+    upstream = {"data": jobs["data"]} if "data" in jobs else {}  # no data job: submit made the folds already
     for k, steps in plan.folds.items():
         fold = top.fold(k)
         fold.root.mkdir(parents=True, exist_ok=True)
