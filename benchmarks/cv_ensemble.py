@@ -16,7 +16,8 @@ folder) from the cine alone, as ``predict`` runs:
   disagreement over the predicted myocardium, as report.json gives it) and the ensemble's
   infarct size error for that subject.
 
-``--reduced`` trains a smaller phantom for fewer epochs (``REDUCED``) and scores 8 subjects, for a
+``--reduced`` trains a smaller phantom for fewer epochs (``REDUCED``) and scores 8 subjects unless
+``--test-subjects`` says otherwise, for a
 machine that cannot afford the full run; the printout says so. Not part of the test suite.
 """
 
@@ -80,13 +81,13 @@ def main() -> int:
     p.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "cv_ensemble")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--test-seed", type=int, default=9101)
-    p.add_argument("--test-subjects", type=int, default=12)
-    p.add_argument("--reduced", action="store_true", help="smaller phantom, fewer epochs (see REDUCED), 8 test subjects")
+    p.add_argument("--test-subjects", type=int, default=None, help="unseen subjects to score (default 12; 8 reduced)")
+    p.add_argument("--reduced", action="store_true", help="smaller phantom, fewer epochs (see REDUCED)")
     p.add_argument("--skip-train", action="store_true", help="score the run as it is")
     p.add_argument("--json", type=Path, default=None, help="write the per-subject results here")
     args = p.parse_args()
     overrides = [*(REDUCED if args.reduced else []), f"cv.folds={args.folds}"]
-    n_test = 8 if args.reduced else args.test_subjects
+    n_test = args.test_subjects or (8 if args.reduced else 12)
     cfg = load_config(args.config, overrides)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     wall0 = time.monotonic()

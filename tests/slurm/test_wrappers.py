@@ -206,8 +206,12 @@ def test_the_wrappers_take_a_fold(slurm_cluster, tmp_path: Path) -> None:
     """k-fold (issue 15): the chain without --fold is the shared data job; with --fold k, fold k's models."""
     from tests.helpers import run_status, wait_folds_done
 
+    import yaml
+
+    raw = yaml.safe_load(TINY.read_text())
+    raw["cv"], raw["motion"]["epochs"] = {"folds": 2}, 2  # as short as a chain gets
     config = tmp_path / "cv.yaml"
-    config.write_text(TINY.read_text() + "cv:\n  folds: 2\n")
+    config.write_text(yaml.safe_dump(raw))
     run_dir = tmp_path / "run"
 
     def chain(*fold: str) -> subprocess.CompletedProcess[str]:
