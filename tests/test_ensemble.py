@@ -111,3 +111,39 @@ def test_predict_kfold_errors_are_one_line(kfold_run, tmp_path, case, capsys) ->
     assert run_main(predict.main, args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and expected in err and "\n" not in err
+
+
+def test_evaluate_on_a_kfold_run_scores_held_out_folds_pooled_and_the_ensemble(tmp_path: Path, capsys) -> None:
+    from mi_pipeline.cli import evaluate
+    from mi_pipeline.data import cache
+    from mi_pipeline.data.prepare import prepare_data
+    from mi_pipeline.layout import RunLayout
+    from mi_pipeline.orchestration.fold_setup import prepare_folds
+
+    cfg = load_config(TINY, ["cv.folds=2"])
+    prepare_data(cfg, tmp_path, log=lambda m: None)  # the real step 1 on the tiny phantom (5 subjects)
+    folds = prepare_folds(cfg, RunLayout(tmp_path))
+    for k, fold in enumerate(folds):
+        save_untrained(cfg, fold.root / "checkpoints", seed=k)
+    assert run_main(evaluate.main, ["--run-dir", str(tmp_path), "--config", str(TINY), "--set", "cv.folds=2",
+                                    "--stage", "segmentation", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    cv = result["cross_validation"]
+    for k, fold in enumerate(folds):  # every fold on its own held-out subjects, and only those
+        assert cv["folds"][str(k)]["subjects"] == cache.read_split(fold.root, "val")
+    pooled = cv["pooled"]
+    assert sorted(pooled["subjects"]) == sorted(s for f in cv["folds"].values() for s in f["subjects"])
+    errors = [e for f in cv["folds"].values() for e in f["segmentation"]["per_subject"]["infarct_size_error"]]
+    assert pooled["segmentation"]["n_subjects"] == len(errors) == 4
+    assert pooled["segmentation"]["infarct_size_mae"] == pytest.approx(float(np.mean(errors)))
+    ens = result["ensemble"]
+    assert ens["subjects"] == cache.read_split(tmp_path, "test"), "the ensemble is scored on the test split"
+    rows = ens["segmentation"]["per_subject"]
+    assert len(rows["ensemble_uncertainty"]) == len(ens["subjects"]) and rows["ensemble_uncertainty"][0] > 0
+    assert ens["segmentation"]["uncertainty_error_spearman"] is None, "one test subject: no rank correlation"
+    assert run_main(evaluate.main, ["--run-dir", str(tmp_path), "--config", str(TINY), "--set", "cv.folds=2",
+                                    "--stage", "segmentation"]) == 0
+    table = capsys.readouterr().out
+    for part in ("--- fold 0 (held-out val) ---", "--- fold 1 (held-out val) ---", "--- pooled over folds ---",
+                 "--- ensemble of the folds ---", "fold disagreement vs infarct size error, Spearman rho: -"):
+        assert part in table, table
