@@ -222,3 +222,25 @@ def test_status_shows_the_folds_as_a_table(tmp_path: Path) -> None:
     assert "step1_data_prepared" in row1 and "1/12" in row1
     assert "motion" not in text.split("folds: 2")[0], "the top of a k-fold run lists only its data stage"
     assert json.dumps(report)  # status --json
+
+
+@pytest.mark.slow
+def test_a_local_kfold_run_completes_then_resume_has_nothing_to_do(tmp_path: Path) -> None:
+    from tests.helpers import run_module
+
+    short = ["--set", "motion.epochs=1", "--set", "registration.epochs=1", "--set", "segmentation.epochs=1"]
+    argv = ["--config", str(TINY), "--run-dir", str(tmp_path), "--executor", "local", *short]
+    result = run_module("mi_pipeline.submit", *argv, "--mode", "fresh", "--yes", "--folds", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "folds finished: 0 all_completed, 1 all_completed" in result.stdout
+    for k in (0, 1):
+        assert (tmp_path / "folds" / str(k) / ".training_progress").read_text().splitlines()[0] == "all_completed"
+        for stage in ("motion", "registration", "segmentation"):
+            assert (tmp_path / "folds" / str(k) / "checkpoints" / stage / "best_model.pth").is_file()
+            assert (tmp_path / "folds" / str(k) / "logs" / stage / "train.log").is_file()
+    assert not (tmp_path / "checkpoints").exists(), "no model trains at the top of a k-fold run"
+    again = run_module("mi_pipeline.submit", *argv, "--mode", "resume", "--dry-run")  # no --folds: the file says 2
+    assert again.returncode == 0 and "2-fold run" in again.stdout, again.stdout + again.stderr
+    plan = [line for line in again.stdout.splitlines() if line.startswith("  ")]
+    verbs = [line.split()[2] if line.split()[0] == "fold" else line.split()[1] for line in plan]
+    assert verbs == ["skip"] * 7, plan  # the data step, then 3 stages x 2 folds
