@@ -11,17 +11,17 @@ import sys
 
 from mi_pipeline.cli.common import (
     add_run_options,
-    confirm_delete,
     command_parser,
+    confirm_delete,
     exit_process,
     load_run_config,
     run_main,
 )
+from mi_pipeline.config import Config
+from mi_pipeline.data.folds import check_settings, folds_path, read_folds
 from mi_pipeline.data.prepare import data_is_prepared
 from mi_pipeline.errors import UserError
 from mi_pipeline.layout import RunLayout
-from mi_pipeline.config import Config
-from mi_pipeline.data.folds import check_settings, folds_path, read_folds
 from mi_pipeline.orchestration.fold_setup import (
     check_fold,
     existing_folds,
