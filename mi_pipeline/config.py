@@ -319,6 +319,21 @@ class PerformanceConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CvConfig:
+    """k-fold cross-validation (issue 15): ``folds`` 0 trains one split as before; K >= 2 trains K folds.
+
+    Not part of any stage hash: a fold's identity is its folder (``folds/<k>/``) and the split file
+    ``data/splits/folds.json``, which is written once and checked, never silently changed.
+    """
+
+    folds: int = 0
+
+    def __post_init__(self) -> None:
+        if self.folds == 1 or self.folds < 0:
+            raise ValueError(f"folds must be 0 (one split, no cross-validation) or >= 2, got {self.folds}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """A whole run. ``seed`` and ``threads`` are part of what makes CPU runs bit-exact."""
 
@@ -333,6 +348,7 @@ class Config:
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     container: ContainerConfig = field(default_factory=ContainerConfig)
     performance: PerformanceConfig = field(default_factory=PerformanceConfig)
+    cv: CvConfig = field(default_factory=CvConfig)
 
     def __post_init__(self) -> None:
         _positive(self, "threads")

@@ -28,13 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from mi_pipeline import metrics
+from mi_pipeline import ensemble, metrics
 from mi_pipeline.config import Config
 from mi_pipeline.data import cache
 from mi_pipeline.data.cache import Subject
 from mi_pipeline.errors import CheckpointError, InputError
 from mi_pipeline.inference import (
     Models,
+    fold_probabilities,
     inference_device,
     load_models,
     segment_subject,
@@ -138,7 +139,8 @@ def eval_segmentation(models: Models, subjects: list[Subject]) -> dict[str, Any]
             reference = "registered LGE labels"
         else:
             continue
-        pred, _ = segment_subject(models, s)
+        agreement = ensemble.agree(fold_probabilities(models, s)) if models.folds else None
+        pred = agreement.label if agreement is not None else segment_subject(models, s)[0]
         t_myo, t_inf = np.isin(truth, (2, 3)), truth == 3
         p_myo, p_inf = pred > 0, pred == 2
         true_pct, pred_pct = metrics.infarct_percent(t_myo, t_inf), metrics.infarct_percent(p_myo, p_inf)
@@ -156,11 +158,16 @@ def eval_segmentation(models: Models, subjects: list[Subject]) -> dict[str, Any]
             "fp_infarct_percent": None if has else pred_pct,
             "segments_infarcted": int(sum(labels)), "segments": len(labels),
         })
+        if agreement is not None:  # issue 15: does the folds' disagreement say where the ensemble errs?
+            rows[-1]["ensemble_uncertainty"] = agreement.mean_uncertainty(p_myo)
     if not rows:
         return {"skipped": "no truth for these subjects (needs cine labels, or LGE + labels and a trained "
                            "registration model)"}
     out = _summarise(rows, ("infarct_dice", "myo_dice", "hd95_mm", "infarct_size_error", "fp_infarct_percent",
                             "infarct_percent_true", "infarct_percent_pred"))
+    if models.folds:
+        out["uncertainty_error_spearman"] = metrics.spearman([r["ensemble_uncertainty"] for r in rows],
+                                                             [r["infarct_size_error"] for r in rows])
     out["infarct_size_mae"] = out.pop("infarct_size_error")
     out["infarct_size_mae_sd"] = out.pop("infarct_size_error_sd")
     out["segment_auc"] = metrics.roc_auc(seg_scores, seg_labels)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from mi_pipeline import config as config_mod
-from mi_pipeline import metrics
+from mi_pipeline import ensemble, metrics
 from mi_pipeline.clinical import io as clinical_io
 from mi_pipeline.config import Config
 from mi_pipeline.data.cache import Subject
@@ -39,8 +39,9 @@ from mi_pipeline.data.generic import RawSubject
 from mi_pipeline.data.nifti import load_image
 from mi_pipeline.data.preprocess import estimate_ed, preprocess_subject, sample
 from mi_pipeline.engine import checkpoint as ckpt
-from mi_pipeline.errors import ConfigError, InputError
+from mi_pipeline.errors import CheckpointError, ConfigError, InputError
 from mi_pipeline.fsio import atomic_path, atomic_write_text
+from mi_pipeline.layout import RunLayout
 from mi_pipeline.stages import common, motion, registry, seg_confidence, segmentation
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -56,6 +57,9 @@ class Models:
     registration: nn.Module | None = None
     segmentation: nn.Module | None = None
     checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # A k-fold ensemble (issue 15): its members, one per fold. The fields above are then fold 0's,
+    # used where one model must answer (the TTA confidence, the QC figure's motion).
+    folds: list["Models"] = field(default_factory=list)
 
 
 def stored_config(ckpt_root: Path, stage: str = "segmentation") -> Config:
@@ -78,13 +82,55 @@ def load_models(cfg: Config, ckpt_root: Path, stages: tuple[str, ...], device: t
     return models
 
 
+def fold_checkpoints(run_dir: Path, stages: tuple[str, ...] = ("segmentation",)) -> list[Path]:
+    """The ``checkpoints`` folders of a k-fold run's folds ([] for a run without folds).
+
+    Every fold must have its models: an ensemble of the folds that happen to be finished would
+    quietly be another model than the one the user cross-validated.
+    """
+    roots = [root / "checkpoints" for root in RunLayout(Path(run_dir)).fold_roots()]
+    missing = [(root, stage) for root in roots for stage in stages if not registry.best_path(root, stage).is_file()]
+    if missing:
+        root, stage = missing[0]
+        folds = sorted({int(r.parent.name) for r, _ in missing})
+        raise CheckpointError(f"{registry.best_path(root, stage)}: missing; fold(s) {', '.join(map(str, folds))} are "
+                              f"not trained, so there is no {len(roots)}-fold ensemble yet: finish them "
+                              f"(submit --mode resume) or choose one fold with --fold k")
+    return roots
+
+
+def load_ensemble(cfg: Config, fold_ckpt_roots: list[Path], stages: tuple[str, ...], device: torch.device) -> Models:
+    """Every fold's models as one ensemble (see ``Models.folds``)."""
+    members = [load_models(cfg, root, stages, device) for root in fold_ckpt_roots]
+    first = members[0]
+    return Models(cfg=cfg, motion=first.motion, registration=first.registration, segmentation=first.segmentation,
+                  checkpoints=first.checkpoints, folds=members)
+
+
 def inference_device(cfg: Config) -> torch.device:
     """CUDA when the config allows it and one is visible, else CPU (inference never needs a GPU)."""
     return torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
 
 
 def segment_subject(models: Models, subject: Subject) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predicted classes (Z, H, W) uint8 on the crop grid and the ED->frame fields (Z, T, 2, H, W) or None."""
+    """Predicted classes (Z, H, W) uint8 on the crop grid and the ED->frame fields (Z, T, 2, H, W) or None.
+
+    For an ensemble, the argmax of the folds' mean probability (fields: fold 0's).
+    """
+    if models.folds:
+        probs = fold_probabilities(models, subject)
+        return ensemble.agree(probs).label, _fields(models, subject)
+    logits, fields = _forward(models, subject)
+    return logits.argmax(dim=1).numpy().astype(np.uint8), fields
+
+
+def segment_probabilities(models: Models, subject: Subject) -> tuple[np.ndarray, np.ndarray | None]:
+    """One model set's softmax (Z, C, H, W) float32 on the crop grid, and its motion fields (or None)."""
+    logits, fields = _forward(models, subject)
+    return torch.softmax(logits, dim=1).numpy().astype(np.float32), fields
+
+
+def _forward(models: Models, subject: Subject) -> tuple[torch.Tensor, np.ndarray | None]:
     cine = torch.from_numpy(np.ascontiguousarray(subject.cine))
     fields = motion.motion_fields(models.motion, cine) if models.motion is not None else None
     model = models.segmentation
@@ -93,9 +139,19 @@ def segment_subject(models: Models, subject: Subject) -> tuple[np.ndarray, np.nd
     out = []
     with torch.no_grad():
         for part in common.batched(x.shape[0], segmentation.VAL_BATCH):
-            out.append(model(x[part].to(device)).argmax(dim=1).cpu())
-    pred = torch.cat(out).numpy().astype(np.uint8)
-    return pred, (fields.numpy() if fields is not None else None)
+            out.append(model(x[part].to(device)).float().cpu())
+    return torch.cat(out), (fields.numpy() if fields is not None else None)
+
+
+def fold_probabilities(models: Models, subject: Subject) -> np.ndarray:
+    """Each fold's softmax for one subject, (K, Z, C, H, W)."""
+    return np.stack([segment_probabilities(member, subject)[0] for member in models.folds])
+
+
+def _fields(models: Models, subject: Subject) -> np.ndarray | None:
+    if models.motion is None:
+        return None
+    return motion.motion_fields(models.motion, torch.from_numpy(np.ascontiguousarray(subject.cine))).numpy()
 
 
 # --- input ------------------------------------------------------------------------------------------
@@ -156,10 +212,21 @@ def read_cine(path: Path, subject_id: str, ed: int | None = None) -> RawSubject:
 
 
 def to_cine_grid(pred: np.ndarray, crop_affine: np.ndarray, cine_affine: np.ndarray,
-                 shape: tuple[int, int, int]) -> np.ndarray:
-    """Crop-grid classes (Z, H, W) -> the cine's own (X, Y, Z) grid, nearest neighbour, 0 outside."""
-    values, _ = sample(np.ascontiguousarray(pred.transpose(1, 2, 0)), crop_affine, cine_affine, shape, order=0)
-    return values.astype(np.uint8)
+                 shape: tuple[int, int, int], order: int = 0) -> np.ndarray:
+    """Crop-grid values (Z, H, W) -> the cine's own (X, Y, Z) grid, 0 outside; classes (uint8) nearest
+    neighbour, a float map (``order`` 1) linearly."""
+    values, _ = sample(np.ascontiguousarray(pred.transpose(1, 2, 0)), crop_affine, cine_affine, shape, order=order)
+    return values.astype(pred.dtype)
+
+
+def save_nifti(values: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """An image on the cine's grid, written atomically with the cine's affine as qform and sform."""
+    img = nib.Nifti1Image(values, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp) + ".nii.gz")
+        Path(str(tmp) + ".nii.gz").replace(tmp)
 
 
 # --- report -----------------------------------------------------------------------------------------
@@ -238,20 +305,22 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
     subject = preprocess_subject(raw, cfg.data)
     if subject.cine.shape[-1] % 16 or subject.cine.shape[-2] % 16:
         raise ConfigError(f"data.crop {cfg.data.crop} must be a multiple of 16")
-    pred, fields = segment_subject(models, subject)
+    agreement = ensemble.agree(fold_probabilities(models, subject)) if models.folds else None
+    pred, fields = (agreement.label, _fields(models, subject)) if agreement else segment_subject(models, subject)
     seg = to_cine_grid(pred, subject.affine, raw.cine_affine, raw.cine.shape[:3])
     folder = out_dir / subject_id
     folder.mkdir(parents=True, exist_ok=True)
-    img = nib.Nifti1Image(seg, raw.cine_affine)
-    img.set_qform(raw.cine_affine, code=1)
-    img.set_sform(raw.cine_affine, code=1)
-    with atomic_path(folder / "infarct_seg.nii.gz") as tmp:
-        nib.save(img, str(tmp) + ".nii.gz")
-        Path(str(tmp) + ".nii.gz").replace(tmp)
+    save_nifti(seg, raw.cine_affine, folder / "infarct_seg.nii.gz")
     report = build_report(subject_id, cine_path, subject, raw, pred, models, cfg)
     report["confidence"] = segmentation_confidence(models, subject, pred)
     # RV-anchored AHA segments, DICOM SEG, schema version; then the matplotlib figures (clinical_io)
     report = clinical_io.finish_report(report, subject, raw, pred, seg, folder)
+    if agreement is not None:  # issue 15: the folds' interval and disagreement map beside the segmentation
+        save_nifti(to_cine_grid(agreement.uncertainty, subject.affine, raw.cine_affine, raw.cine.shape[:3], order=1),
+                   raw.cine_affine, folder / ensemble.UNCERTAINTY_FILE)
+        report["ensemble"] = {**agreement.summary(), "checkpoints": [m.checkpoints for m in models.folds]}
+        report["confidence"]["uncertainty"]["method"] += " (fold 0's models; the folds' disagreement is in ensemble)"
+        report["outputs"]["uncertainty_nifti"] = ensemble.UNCERTAINTY_FILE
     atomic_write_text(folder / "report.json", json.dumps(report, indent=1) + "\n")
     clinical_io.write_figures(folder, report, subject, fields, pred,
                               _qc_slices(metrics.level_of_slices(pred > 0), pred))

@@ -5,6 +5,17 @@
     <run root>/logs/<stage>/train.log, metrics.jsonl
     <run root>/data/splits/, data/cache/
 
+With k-fold cross-validation (``cv.folds`` K >= 2) each fold is a run of its own under the top:
+
+    <run root>/data/splits/folds.json        the fold split, written once
+    <run root>/folds/<k>/.training_progress  the fold's record (seed state names)
+    <run root>/folds/<k>/checkpoints/, logs/ as above
+    <run root>/folds/<k>/data/splits/        the fold's train / val / test lists
+    <run root>/folds/<k>/data/cache          -> ../../../data/cache (the one shared cache)
+
+so ``RunLayout(root).fold(k)`` is a ``RunLayout`` like any other and every command, stage and
+rule that works on a run works on a fold unchanged.
+
 Paths only: what the files *say* is read by ``orchestration/health.py`` (checkpoints) and
 ``orchestration/progress.py`` (the record); stages use it to find their upstream models.
 """
@@ -18,6 +29,7 @@ from mi_pipeline.engine.checkpoint import BEST, LAST
 from mi_pipeline.stages.graph import MODEL_STAGES
 
 PROGRESS_FILE = ".training_progress"
+FOLDS_DIR = "folds"
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,33 @@ class RunLayout:
 
     def train_log(self, stage: str) -> Path:
         return self.log_dir(stage) / "train.log"
+
+    @property
+    def folds_dir(self) -> Path:
+        return self.root / FOLDS_DIR
+
+    def fold(self, k: int) -> "RunLayout":
+        """Fold ``k``'s run directory (``folds/<k>``): the seed layout, sharing the top's data cache."""
+        return RunLayout(self.folds_dir / str(k))
+
+    def fold_roots(self) -> list[Path]:
+        """The fold folders that exist, in fold order."""
+        if not self.folds_dir.is_dir():
+            return []
+        return sorted((p for p in self.folds_dir.iterdir() if p.is_dir() and p.name.isdigit()),
+                      key=lambda p: int(p.name))
+
+    @property
+    def fold_index(self) -> int | None:
+        """k when this layout is ``<top>/folds/<k>``, else None."""
+        if self.root.parent.name == FOLDS_DIR and self.root.name.isdigit():
+            return int(self.root.name)
+        return None
+
+    @property
+    def top(self) -> "RunLayout":
+        """The run that holds this fold (itself for a run without folds)."""
+        return RunLayout(self.root.parent.parent) if self.fold_index is not None else self
 
     def fresh_targets(self) -> list[Path]:
         """What mode *fresh* deletes: exactly the seed guide's list."""

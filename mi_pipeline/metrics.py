@@ -167,3 +167,15 @@ def summary(values: Sequence[float | None]) -> dict[str, float | int | None]:
     if not kept:
         return {"mean": None, "sd": None, "n": 0}
     return {"mean": float(np.mean(kept)), "sd": float(np.std(kept)), "n": len(kept)}
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman rank correlation (ties share ranks); None with fewer than 3 pairs or a constant side."""
+    if len(a) != len(b) or len(a) < 3:
+        return None
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(spearmanr(x, y).statistic)

@@ -4,8 +4,13 @@
 #   data --> motion ------+
 #        \-> registration +--> segmentation
 #
-#   slurm/submit_chain.sh CONFIG RUN_DIR [extra sbatch options...]
+#   slurm/submit_chain.sh [--fold K] CONFIG RUN_DIR [extra sbatch options...]
 #   slurm/submit_chain.sh run.yaml /scratch/me/run1 --partition=gpu --gres=gpu:1 --time=12:00:00
+#
+# k-fold cross-validation (cv.folds in CONFIG): without --fold the chain is the shared data stage
+# alone; with --fold K it is fold K's motion -> registration -> segmentation, in RUN_DIR/folds/K,
+# waiting on the data job while it is queued. Submit the data, then every fold:
+#   slurm/submit_chain.sh cv.yaml RUN; for k in 0 1 2 3 4; do slurm/submit_chain.sh --fold $k cv.yaml RUN; done
 #
 # Extra options are passed to every sbatch call (GPUs, partition, account, time; a job for data
 # does not need a GPU, but one set of options keeps this script simple). Each job runs
@@ -26,9 +31,15 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 CONFIG RUN_DIR [extra sbatch options...]" >&2
+    echo "usage: $0 [--fold K] CONFIG RUN_DIR [extra sbatch options...]" >&2
     exit 2
 }
+FOLD=""
+if [[ "${1:-}" == --fold ]]; then
+    [[ "${2:-}" =~ ^[0-9]+$ ]] || usage
+    FOLD=$2
+    shift 2
+fi
 (($# >= 2)) || usage
 CONFIG=$1
 RUN_DIR=$2
@@ -48,6 +59,11 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CONFIG=$(realpath "$CONFIG")
 mkdir -p "$RUN_DIR/logs/slurm"
 RUN_DIR=$(realpath "$RUN_DIR")
+# where this chain's record and job output live: the run, or one fold of it (a run of its own)
+CHAIN_DIR=$RUN_DIR${FOLD:+/folds/$FOLD}
+FOLD_ARGS=()
+if [[ -n "$FOLD" ]]; then FOLD_ARGS=(--fold "$FOLD"); fi
+mkdir -p "$CHAIN_DIR/logs/slurm" # sbatch fails a job whose --output folder is missing
 
 if [[ -n "${MI_CONTAINER:-}" ]]; then
     PYTHON_CMD=("${MI_RUNTIME:-apptainer}" exec -B "$RUN_DIR" -B "$(dirname "$CONFIG")" "$MI_CONTAINER" python)
@@ -63,7 +79,7 @@ if ! "${PYTHON_CMD[@]}" -c "import mi_pipeline" 2>/dev/null; then
     echo "error: '${PYTHON_CMD[*]}' cannot import mi_pipeline: set MI_PYTHON to an interpreter that has it, or MI_CONTAINER to the image; nothing submitted" >&2
     exit 1
 fi
-if ! plan=$(chain plan "$CONFIG" "$RUN_DIR"); then
+if ! plan=$(chain plan "$CONFIG" "$RUN_DIR" "${FOLD_ARGS[@]}"); then
     echo "error: cannot plan the run (see above); nothing submitted" >&2
     exit 1
 fi
@@ -102,8 +118,8 @@ submit() {
     fi
     out=$(RESTART_TOKEN=$token sbatch --parsable --hold \
         --job-name="mi-$stage" \
-        --output="$RUN_DIR/logs/slurm/%x-%j.out" \
-        "${dep_opts[@]}" "${EXTRA[@]}" "$SCRIPT_DIR/run_stage.sbatch" "$stage" "$CONFIG" "$RUN_DIR") || return 1
+        --output="$CHAIN_DIR/logs/slurm/%x-%j.out" \
+        "${dep_opts[@]}" "${EXTRA[@]}" "$SCRIPT_DIR/run_stage.sbatch" "$stage" "$CONFIG" "$RUN_DIR" ${FOLD:+"$FOLD"}) || return 1
     out=${out%%;*} # --parsable prints "jobid[;cluster]"
     [[ "$out" =~ ^[0-9]+$ ]] || return 1
     echo "$out"
@@ -118,7 +134,7 @@ abandon() {
         echo "cancelled the jobs this call had submitted: ${held[*]}" >&2
         held=()
     fi
-    chain record "$RUN_DIR" "$stage" status=failed \
+    chain record "$CHAIN_DIR" "$stage" status=failed \
         "error=sbatch refused the $stage job (see the submit_chain.sh output); nothing of this submission was kept" ||
         echo "warning: could not record the failure in the progress record" >&2
     echo "error: sbatch refused the $stage job (see above); nothing submitted" >&2
@@ -149,7 +165,7 @@ while read -r action stage rest; do
 done <<<"$plan"
 
 if ((${#submitted[@]})); then
-    chain record-jobs "$RUN_DIR" "submitted by slurm/submit_chain.sh" "${submitted[@]}" ||
+    chain record-jobs "$CHAIN_DIR" "submitted by slurm/submit_chain.sh" "${submitted[@]}" ||
         echo "warning: could not record ${submitted[*]} in the progress record" >&2
 fi
 release_held

@@ -87,3 +87,24 @@ def wait_all_done(run_dir: Path, timeout: float = 400) -> dict:
 
     wait_for(finished, timeout, "all stages done")
     return run_status(run_dir)
+
+
+def wait_folds_done(run_dir: Path, timeout: float = 400, poll_s: float = 2.0) -> dict:
+    """Wait until every fold of a k-fold run is all_completed (a failed stage ends the wait with its report).
+
+    Polls every ``poll_s``: each poll is a ``status`` process importing the package, and on 2 cores a
+    tight loop of them slows the very jobs it waits for.
+    """
+    def finished() -> bool:
+        report = run_status(run_dir)
+        folds = report.get("folds") or {}
+        for fold in folds.values():
+            if any(i["status"] == "failed" for i in fold["stages"].values()):
+                raise AssertionError(f"a fold's stage failed: {json.dumps(report, indent=1)}")
+        done = bool(folds) and all(f["state"] == "all_completed" for f in folds.values())
+        if not done:
+            time.sleep(poll_s)
+        return done
+
+    wait_for(finished, timeout, "all folds done")
+    return run_status(run_dir)

@@ -26,8 +26,8 @@ from mi_pipeline.stages import registry
 TINY = Path(__file__).parent / "configs" / "tiny.yaml"
 
 
-def save_untrained(cfg, root: Path, stages=("motion", "registration", "segmentation")) -> None:
-    torch.manual_seed(0)
+def save_untrained(cfg, root: Path, stages=("motion", "registration", "segmentation"), seed: int = 0) -> None:
+    torch.manual_seed(seed)
     for stage in stages:
         model = registry.stage(stage).build_model(cfg)
         ckpt.save_checkpoint(root / stage / ckpt.BEST, {

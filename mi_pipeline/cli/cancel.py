@@ -1,4 +1,4 @@
-"""Cancel the run's pending and running SLURM jobs, and record it."""
+"""Cancel the run's pending and running SLURM jobs, and record it (on a k-fold run: every fold, or --fold k)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from mi_pipeline.cli.common import (
     exit_process,
     run_main,
 )
+from mi_pipeline.layout import RunLayout
+from mi_pipeline.orchestration.fold_setup import check_fold, existing_folds
 from mi_pipeline.orchestration.progress import ProgressFile
 from mi_pipeline.orchestration.slurm_executor import cancel_jobs
 
@@ -15,9 +17,14 @@ from mi_pipeline.orchestration.slurm_executor import cancel_jobs
 def main(argv: list[str] | None = None) -> int:
     parser = command_parser("cancel", __doc__)
     add_run_dir_option(parser)
+    parser.add_argument("--fold", type=int, default=None, metavar="k", help="k-fold run: cancel fold k's jobs only")
     args = parser.parse_args(argv)
-    root = args.run_dir.resolve()
-    cancelled = cancel_jobs(ProgressFile(root), "cancel command", root / "logs" / "slurm")
+    top = RunLayout(args.run_dir.resolve())
+    folds = existing_folds(top)
+    check_fold(args.fold, len(folds), str(top.root))
+    targets = [top.fold(args.fold)] if args.fold is not None else [top, *folds]
+    cancelled = [job for layout in targets
+                 for job in cancel_jobs(ProgressFile(layout.root), "cancel command", layout.root / "logs" / "slurm")]
     print(f"cancelled: {' '.join(cancelled)}" if cancelled else "no pending or running jobs for this run")
     return 0
 

@@ -1,6 +1,6 @@
 """What the slurm/ sbatch wrappers ask: the plan, recording job ids and states, requeue decisions.
 
-    python -m mi_pipeline chain plan CONFIG RUN_DIR
+    python -m mi_pipeline chain plan CONFIG RUN_DIR [--fold k]    (a k-fold run: fold k's chain)
     python -m mi_pipeline chain record-jobs RUN_DIR NOTE STAGE=JOB_ID...
     python -m mi_pipeline chain record RUN_DIR STAGE KEY=VALUE...      (an empty value means none)
     python -m mi_pipeline chain may-requeue CONFIG RUN_DIR STAGE       (exit 0: requeue; 1: do not)
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("plan")
     p.add_argument("config", type=Path)
     p.add_argument("run_dir", type=Path)
+    p.add_argument("--fold", type=int, default=None)
     p = sub.add_parser("record-jobs")
     p.add_argument("run_dir", type=Path)
     p.add_argument("note")
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     root = args.run_dir.resolve()
     if args.command == "plan":
-        print("\n".join(chain.plan_lines(load_config(args.config), root)))
+        print("\n".join(chain.plan_lines(load_config(args.config), root, args.fold)))
     elif args.command == "record-jobs":
         chain.record_jobs(root, args.note, {k: v for k, v in _pairs(args.jobs).items() if v})
     elif args.command == "record":

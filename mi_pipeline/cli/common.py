@@ -48,6 +48,22 @@ def add_run_dir_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     parser.add_argument("--run-dir", type=Path, default=default, help=help_text)
 
 
+def confirm_delete(paths: list[Path], assume_yes: bool) -> bool:
+    """Mode fresh: list what would be deleted, then ask (the seed's warning); True to go ahead."""
+    targets = [p for p in paths if p.exists()]
+    print("mode fresh will delete:" if targets else "mode fresh: nothing to delete")
+    for path in targets:
+        print(f"  {path}")
+    if not targets or assume_yes:
+        return True
+    if not sys.stdin.isatty():
+        raise UserError("mode fresh deletes the paths listed above: pass --yes to confirm when not on a terminal")
+    try:
+        return input("请确认 (confirm) [y/N]: ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
 def load_run_config(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
 

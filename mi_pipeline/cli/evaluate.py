@@ -1,7 +1,8 @@
 """Score every trained stage on held-out subjects, beside trivial baselines (DESIGN.md §7).
 
 ``python -m mi_pipeline.evaluate --run-dir RUN [--split test | --data-root DIR --format F] [--json]``;
-what each figure means is in ``mi_pipeline/evaluation.py``.
+what each figure means is in ``mi_pipeline/evaluation.py``. On a k-fold run: every fold on its held-out
+subjects, the pooled figures, and the folds' ensemble on the split (``mi_pipeline/cv_evaluation.py``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from mi_pipeline.cli.common import (
     run_main,
 )
 from mi_pipeline.config import load_config
+from mi_pipeline.cv_evaluation import evaluate_cv, format_cv_table
 from mi_pipeline.data import cache
 from mi_pipeline.evaluation import evaluate, format_table, run_config
 from mi_pipeline.fsio import atomic_write_text
+from mi_pipeline.layout import RunLayout
+from mi_pipeline.orchestration.fold_setup import check_fold
 from mi_pipeline.stages.graph import MODEL_STAGES
 
 
@@ -32,19 +36,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", default=None, help="adapter for --data-root (default: data.format; phantom = generic)")
     p.add_argument("--stage", action="append", choices=MODEL_STAGES, default=None,
                    help="score only this stage (repeatable); an untrained stage named here is an error")
+    p.add_argument("--fold", type=int, default=None, metavar="k",
+                   help="k-fold run: score fold k alone, as a run of its own (default: cross-validated, all folds)")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON result to this file")
     p.add_argument("--figures", type=Path, default=None,
                    help="write summary.png, bland_altman.png and segment_roc.png to this folder")
     args = p.parse_args(argv)
     run_dir = args.run_dir.resolve()
+    folds = RunLayout(run_dir).fold_roots()
+    check_fold(args.fold, len(folds), str(run_dir))
+    if args.fold is not None:
+        run_dir, folds = RunLayout(run_dir).fold(args.fold).root, []
     if args.config is not None or args.overrides:
         cfg = load_config(args.config, args.overrides)
     else:
-        cfg = run_config(run_dir / "checkpoints")
+        cfg = run_config((folds[0] if folds else run_dir) / "checkpoints")
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    result = evaluate(cfg, run_dir, split=args.split, data_root=args.data_root, fmt=args.format,
-                      stages=tuple(args.stage) if args.stage else None, log=log)
+    stages = tuple(args.stage) if args.stage else None
+    if folds:
+        result = evaluate_cv(cfg, run_dir, split=args.split, stages=stages, data_root=args.data_root,
+                             fmt=args.format, log=log)
+    else:
+        result = evaluate(cfg, run_dir, split=args.split, data_root=args.data_root, fmt=args.format, stages=stages,
+                          log=log)
     text = json.dumps(result, indent=1, default=float)
     if args.out is not None:
         atomic_write_text(args.out, text + "\n")
@@ -55,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for path in write_evaluation_figures(result, args.figures):
             log(f"evaluate: wrote {path}")
-    print(text if args.json else format_table(result))
+    print(text if args.json else format_cv_table(result) if folds else format_table(result))
     return 0
 
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from mi_pipeline.config import Config
+from mi_pipeline.errors import UserError
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.progress import ProgressFile, now
 from mi_pipeline.stages.graph import UPSTREAM
@@ -26,7 +27,7 @@ def _progress_file(root: Path) -> ProgressFile:
     return ProgressFile(root, inspect_disk=on_disk)
 
 
-def plan_lines(cfg: Config, root: Path) -> list[str]:
+def plan_lines(cfg: Config, root: Path, fold: int | None = None) -> list[str]:
     """One line per stage, in pipeline order, for the shell to act on:
 
     ``skip STAGE reason`` | ``keep STAGE JOB_ID STATE`` (its live job stays the stage's job) |
@@ -34,15 +35,47 @@ def plan_lines(cfg: Config, root: Path) -> list[str]:
 
     A planned restart is recorded here with its token (``local_executor.plan_restart``); the job
     passes the token on, so a requeued job continues instead of restarting again.
+
+    A k-fold run (``cv.folds``): without ``fold`` the chain is the shared data stage alone (the
+    models train in the folds); with ``fold`` it is that fold's model stages, waiting on the data
+    job when it is still queued (a ``keep data`` line), never submitting data themselves.
     """
     from mi_pipeline.data.prepare import data_is_prepared
-    from mi_pipeline.orchestration.local_executor import plan_restart
     from mi_pipeline.orchestration.plan import make_plan
+
+    top = RunLayout(root)
+    if fold is not None or cfg.cv.folds:
+        from mi_pipeline.orchestration.fold_setup import check_fold
+
+        check_fold(fold, cfg.cv.folds, f"{root} (cv.folds={cfg.cv.folds})")
+    top_file = _progress_file(root)
+    top_steps = make_plan("resume", top, top_file.read(), data_ready=data_is_prepared(cfg, root))
+    if fold is None:
+        if not cfg.cv.folds:
+            return _lines(top_steps, top_file)
+        return _lines(top_steps[:1], top_file) + [
+            f"skip {s.stage} k-fold run: models train in folds/<k> (submit_chain.sh --fold k)" for s in top_steps[1:]]
+    data_lines = _lines(top_steps[:1], top_file)
+    if data_lines[0].startswith("run "):
+        raise UserError(f"fold {fold} needs the shared data stage, which is not prepared and not queued: submit it "
+                        f"first (slurm/submit_chain.sh CONFIG {root}), then the folds")
+    if data_lines[0].startswith("skip "):
+        from mi_pipeline.orchestration.fold_setup import prepare_folds
+
+        prepare_folds(cfg, top)
+        data_lines = ["skip data shared data stage (run top)"]
+    layout = top.fold(fold)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    fold_file = _progress_file(layout.root)
+    steps = make_plan("resume", layout, fold_file.read(), data_ready=data_is_prepared(cfg, layout.root))
+    return data_lines + _lines(steps[1:], fold_file)
+
+
+def _lines(steps: list, progress_file: ProgressFile) -> list[str]:
+    from mi_pipeline.orchestration.local_executor import plan_restart
     from mi_pipeline.orchestration.slurm_executor import ACTIVE_STATES, job_states
 
-    progress_file = _progress_file(root)
     progress = progress_file.read()
-    steps = make_plan("resume", RunLayout(root), progress, data_ready=data_is_prepared(cfg, root))
     recorded = {s.stage: progress.stages[s.stage].job_id for s in steps
                 if s.run and progress.stages[s.stage].executor == "slurm" and progress.stages[s.stage].job_id}
     states = job_states(list(recorded.values()))  # type: ignore[arg-type]

@@ -79,5 +79,6 @@ def execute(steps: list[Step], command: StageCommand, progress_file: ProgressFil
     if executor == "slurm":
         from mi_pipeline.orchestration.slurm_executor import run_slurm
 
-        return run_slurm(steps, command, progress_file, cfg)
+        run_slurm(steps, command, progress_file, cfg)
+        return 0
     return run_local(steps, command, progress_file)

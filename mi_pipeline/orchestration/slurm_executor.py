@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -117,29 +117,47 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
-def run_slurm(steps: list[Step], command: StageCommand, progress: ProgressFile, cfg: Config) -> int:
+@dataclass
+class SubmitBatch:
+    """The jobs one command submitted, across several ``run_slurm`` calls (a K-fold run's folds).
+
+    Submission is all or nothing for the whole command: a refusal cancels every job in the batch and
+    resets the records that named them.
+    """
+
+    submitted: list[str] = field(default_factory=list)
+    records: list[ProgressFile] = field(default_factory=list)
+
+
+def run_slurm(steps: list[Step], command: StageCommand, progress: ProgressFile, cfg: Config, *,
+              batch: SubmitBatch | None = None, upstream_jobs: dict[str, str] | None = None) -> dict[str, str]:
     """Submit every planned stage not already in flight; print what was submitted and what was kept.
 
     All or nothing: requests are checked against the cluster's partitions first, and when sbatch
-    refuses a stage the jobs this call already submitted are cancelled and the record says why.
+    refuses a stage the jobs this call (or ``batch``) already submitted are cancelled and the record
+    says why. ``upstream_jobs`` are jobs of stages planned elsewhere (a K-fold run's shared data job)
+    that these stages wait on. Returns stage -> job id of the jobs the stages now wait on or run as.
     """
     import submitit
 
+    from mi_pipeline.layout import RunLayout
     from mi_pipeline.orchestration.slurm_resources import (
         check_resources,
         cluster_partitions,
     )
 
+    batch = batch if batch is not None else SubmitBatch()
     records = progress.read().stages
     live = job_states([records[s.stage].job_id or "" for s in steps if records[s.stage].executor == "slurm"])
     to_submit = [s for s in steps if s.run and not (records[s.stage].executor == "slurm"
                                                     and live.get(records[s.stage].job_id or "") in ACTIVE_STATES)]
     # Inside the image when a container is configured; the image, then the resources, are checked
-    # before anything is submitted.
-    slurm_python = python_command(cfg, command.run_dir, [command.config.parent] if command.config else [])
+    # before anything is submitted. A fold binds the whole run (its data/cache links to the top's).
+    slurm_python = python_command(cfg, RunLayout(command.run_dir).top.root,
+                                  [command.config.parent] if command.config else [])
     check_resources(cfg, [s.stage for s in to_submit], cluster_partitions())
-    job_of: dict[str, str] = {}
-    submitted: list[str] = []
+    job_of: dict[str, str] = dict(upstream_jobs or {})
+    batch.records.append(progress)
     folder = command.run_dir / cfg.slurm.job_dir / "%j"
     for step in steps:
         if not step.run:
@@ -157,15 +175,15 @@ def run_slurm(steps: list[Step], command: StageCommand, progress: ProgressFile, 
             with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's refusal too: say it once
                 job = executor.submit(StageJob(step.stage, command, restart_token=plan_restart(step, progress)))
         except (subprocess.SubprocessError, OSError, submitit.core.utils.FailedJobError) as exc:
-            _abandon(step.stage, submitted, progress, _sbatch_reason(exc))
+            _abandon(step.stage, batch, progress, _sbatch_reason(exc))
         job_of[step.stage] = job.job_id
-        submitted.append(job.job_id)
+        batch.submitted.append(job.job_id)
         progress.update_stage(step.stage, status="pending", executor="slurm", job_id=job.job_id, error=None,
                               note=f"submitted{' after ' + ','.join(deps) if deps else ''}")
         print(f"  {step.stage}: submitted job {job.job_id}" + (f" (afterok:{':'.join(deps)})" if deps else ""))
-    print(f"jobs: {' '.join(f'{s}={j}' for s, j in job_of.items()) or 'none'}; "
-          f"follow with: python -m mi_pipeline.status --run-dir {command.run_dir}")
-    return 0
+    print(f"jobs: {' '.join(f'{s}={j}' for s, j in job_of.items() if s not in (upstream_jobs or {})) or 'none'}; "
+          f"follow with: python -m mi_pipeline.status --run-dir {RunLayout(command.run_dir).top.root}")
+    return job_of
 
 
 def _sbatch_reason(exc: BaseException) -> str:
@@ -175,15 +193,16 @@ def _sbatch_reason(exc: BaseException) -> str:
     return (lines[0] if lines else text.strip().splitlines()[-1] if text.strip() else type(exc).__name__)[:300]
 
 
-def _abandon(stage: str, submitted: list[str], progress: ProgressFile, reason: str) -> NoReturn:
-    """sbatch refused ``stage``: cancel what this call submitted, record why, stop with one line."""
+def _abandon(stage: str, batch: SubmitBatch, progress: ProgressFile, reason: str) -> NoReturn:
+    """sbatch refused ``stage``: cancel what this command submitted, record why, stop with one line."""
+    submitted = batch.submitted
     if submitted:
         subprocess.run(["scancel", *submitted], check=False, timeout=60)
-    records = progress.read().stages
-    for other, record in records.items():
-        if record.executor == "slurm" and record.job_id in submitted:
-            progress.update_stage(other, status="not_started", job_id=None,
-                                  note=f"job {record.job_id} cancelled: sbatch refused {stage}")
+    for touched in dict.fromkeys(batch.records):
+        for other, record in touched.read().stages.items():
+            if record.executor == "slurm" and record.job_id in submitted:
+                touched.update_stage(other, status="not_started", job_id=None,
+                                     note=f"job {record.job_id} cancelled: sbatch refused {stage}")
     progress.update_stage(stage, status="failed", error=f"sbatch refused the {stage} job: {reason}")
     cancelled = f"; cancelled the jobs this call had submitted ({' '.join(submitted)})" if submitted else ""
     raise UserError(f"sbatch refused the {stage} job: {reason}{cancelled}; fix the slurm section and submit again")
@@ -192,8 +211,12 @@ def _abandon(stage: str, submitted: list[str], progress: ProgressFile, reason: s
 def slurm_parameters(cfg: Config, stage: str, run_dir: Path, deps: list[str]) -> dict[str, Any]:
     """submitit parameters for one stage's job (submitit writes the sbatch script from these)."""
     res = cfg.slurm.for_stage(stage)
+    from mi_pipeline.layout import RunLayout
+
+    fold = RunLayout(run_dir).fold_index
+    label = run_dir.name if fold is None else f"{run_dir.parent.parent.name}_f{fold}"
     params: dict[str, Any] = {
-        "name": f"mi_{run_dir.name}_{stage}",
+        "name": f"mi_{label}_{stage}",
         "timeout_min": res["time_min"],
         "nodes": res["nodes"],
         "tasks_per_node": res["tasks_per_node"] or max(1, res["gpus_per_node"]),

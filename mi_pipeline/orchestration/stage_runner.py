@@ -86,6 +86,9 @@ def train_stage(stage: str, cfg: Config, layout: RunLayout, *, force: bool = Fal
     about to be requeued. Under torchrun / a multi-task SLURM job every rank calls this; rank 0
     alone writes the record, logs and checkpoints.
     """
+    if stage == "data" and layout.fold_index is not None:  # before the fold's record is touched
+        raise UserError(f"{layout.root}: the data stage of a k-fold run runs at the run top "
+                        f"({layout.top.root}), not in a fold")
     device = pick_device(cfg.device)
     world = init_world(device)
     device = device_for(world, device)
@@ -161,8 +164,17 @@ def _run_data(cfg: Config, layout: RunLayout, update: StageRecorder, log: StageL
     from mi_pipeline.data.prepare import prepare_data
 
     if world.is_main:  # one writer for the cache; other ranks wait for it
+        if cfg.cv.folds:  # a changed split seed or K stops here, before the cache and splits are rewritten
+            from mi_pipeline.data.folds import check_settings
+
+            check_settings(layout.root, cfg.cv.folds, cfg.data.split_seed)
         summary = prepare_data(cfg, layout.root, log=log.info)
         log.info(f"data prepared: {summary}")
+        if cfg.cv.folds:  # the split file and fold folders, before any fold job can start (issue 15)
+            from mi_pipeline.orchestration.fold_setup import prepare_folds
+
+            prepare_folds(cfg, layout)
+            log.info(f"data: {cfg.cv.folds} folds in {layout.folds_dir}")
     world.barrier()
     update(status="done", finished=now(), pid=None, error=None, note=None)
     return 0

@@ -25,7 +25,12 @@ def collect(layout: RunLayout) -> dict[str, Any]:
     slurm_ids = [r.job_id for r in progress.stages.values() if r.executor == "slurm" and r.job_id]
     states = _slurm_states(slurm_ids)
     stages = {stage: _stage_report(layout, stage, progress.stages[stage], states) for stage in STAGES}
-    return {"run_dir": str(layout.root), "state": progress.state, "stages": stages, "notes": progress.notes}
+    report: dict[str, Any] = {"run_dir": str(layout.root), "state": progress.state, "stages": stages,
+                              "notes": progress.notes}
+    folds = [RunLayout(root) for root in layout.fold_roots()]
+    if folds:  # a k-fold run (issue 15): each fold is a run of its own, reported the same way
+        report["folds"] = {str(fold.fold_index): collect(fold) for fold in folds}
+    return report
 
 
 def _slurm_states(job_ids: list[str]) -> dict[str, str]:
@@ -94,9 +99,43 @@ def _tail(path: Path, count: int) -> list[str]:
 
 
 def render(report: dict[str, Any]) -> str:
+    text = _render_run(report)
+    if report.get("folds"):
+        text += "\n" + render_folds(report["folds"])
+    return text
+
+
+FOLD_COLUMNS = ("motion", "registration", "segmentation")
+
+
+def render_folds(folds: dict[str, dict[str, Any]]) -> str:
+    """One row per fold: its seed state, then each model stage's status, epoch and job."""
+    def cell(info: dict[str, Any]) -> str:
+        text = info["status"]
+        if info.get("epochs"):
+            text += f" {info['epoch']}/{info['epochs']}"
+        if info.get("job_id") and info["status"] in ("pending", "running", "failed"):
+            text += f" job {info['job_id']}"
+        return text
+
+    rows = [("fold", "state", *FOLD_COLUMNS)]
+    rows += [(k, f["state"], *(cell(f["stages"][s]) for s in FOLD_COLUMNS)) for k, f in folds.items()]
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"folds: {len(folds)}"] + ["  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip()
+                                         for row in rows]
+    for k, fold in folds.items():
+        for stage, info in fold["stages"].items():
+            if info["status"] == "failed":
+                lines.append(f"  fold {k} {stage}: {info.get('error') or info.get('detail') or 'failed'}")
+    return "\n".join(lines)
+
+
+def _render_run(report: dict[str, Any]) -> str:
     lines = [f"run: {report['run_dir']}", f"state: {report['state']}"]
     lines += [f"note: {note}" for note in report["notes"]]
     for stage, info in report["stages"].items():
+        if report.get("folds") and stage != "data":
+            continue  # a k-fold run trains its models in the folds (the table below)
         mark = "✓" if info["status"] == "done" else "✗"
         parts = [f"{mark} {stage:13} {info['status']:11}"]
         if info.get("epochs"):

@@ -200,3 +200,41 @@ def test_a_refused_sbatch_cancels_what_this_call_submitted_and_says_so(slurm_clu
     record = ProgressFile(run_dir).read().stages
     assert record["motion"].status == "failed" and "sbatch refused" in record["motion"].error
     assert record["data"].job_id != data_job or record["data"].status != "pending", "no pending job that never runs"
+
+
+def test_the_wrappers_take_a_fold(slurm_cluster, tmp_path: Path) -> None:
+    """k-fold (issue 15): the chain without --fold is the shared data job; with --fold k, fold k's models."""
+    from tests.helpers import run_status, wait_folds_done
+
+    import yaml
+
+    raw = yaml.safe_load(TINY.read_text())
+    raw["cv"], raw["motion"]["epochs"] = {"folds": 2}, 2  # as short as a chain gets
+    config = tmp_path / "cv.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    run_dir = tmp_path / "run"
+
+    def chain(*fold: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", str(REPO / "slurm" / "submit_chain.sh"), *fold, str(config), str(run_dir),
+                               *SBATCH_OPTIONS], env=job_env(), capture_output=True, text=True, timeout=180)
+
+    top = chain()
+    assert top.returncode == 0, top.stdout + top.stderr
+    data_job = dict(line.split() for line in top.stdout.splitlines())["data"]
+    assert top.stdout.split() == ["data", data_job], "without --fold only the shared data stage is submitted"
+    printed = {}
+    for k in ("0", "1"):
+        result = chain("--fold", k)
+        assert result.returncode == 0, result.stdout + result.stderr
+        printed[k] = {s: j for s, j in (line.split() for line in result.stdout.splitlines()) if s != "data"}
+        assert set(printed[k]) == {"motion", "registration", "segmentation"}
+    report = wait_folds_done(run_dir)
+    data_end = slurm_cluster.wait_for(data_job, {"COMPLETED"}, timeout=60).end
+    for k, jobs in printed.items():
+        fold = report["folds"][k]
+        assert {s: fold["stages"][s]["job_id"] for s in jobs} == jobs, "the fold's record holds its chain's jobs"
+        assert slurm_cluster.wait_for(jobs["motion"], {"COMPLETED"}, timeout=60).start >= data_end
+        assert list((run_dir / "folds" / k / "logs" / "slurm").glob("mi-motion-*.out")), "job output in the fold"
+    assert run_status(run_dir)["stages"]["motion"]["status"] == "not_started", "no model trains at the top"
+    bad = chain("--fold", "2")
+    assert bad.returncode != 0 and "--fold 2: out of range" in bad.stderr
