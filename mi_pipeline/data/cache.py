@@ -58,6 +58,11 @@ def splits_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "data" / "splits"
 
 
+def excluded_path(run_dir: Path) -> Path:
+    """Subjects step 1 left out and why, beside the splits they are missing from."""
+    return splits_dir(run_dir) / "excluded.json"
+
+
 def save_subject(run_dir: Path, subject: Subject) -> Path:
     arrays = {
         "cine": subject.cine.astype(np.float32),
@@ -117,6 +122,21 @@ def read_manifest(run_dir: Path) -> dict | None:
 def write_splits(run_dir: Path, splits: dict[str, list[str]]) -> None:
     for name in SPLITS:
         atomic_write_text(splits_dir(run_dir) / f"{name}.txt", "".join(f"{s}\n" for s in splits.get(name, [])))
+
+
+def write_exclusions(run_dir: Path, excluded: dict[str, str]) -> None:
+    """Record ``{subject: reason}`` (empty when none) so a split's missing subjects are explained."""
+    rows = [{"subject": sid, "reason": reason} for sid, reason in sorted(excluded.items())]
+    atomic_write_text(excluded_path(run_dir), json.dumps({"excluded": rows}, indent=1) + "\n")
+
+
+def read_exclusions(run_dir: Path) -> dict[str, str]:
+    """``{subject: reason}`` from ``excluded.json``; empty for runs made before exclusions existed."""
+    try:
+        rows = json.loads(excluded_path(run_dir).read_text())["excluded"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {row["subject"]: row["reason"] for row in rows}
 
 
 def read_split(run_dir: Path, name: str) -> list[str]:
