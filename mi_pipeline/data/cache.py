@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import io
 import json
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,3 +151,43 @@ def read_split(run_dir: Path, name: str) -> list[str]:
 
 def load_split(run_dir: Path, name: str) -> list[Subject]:
     return [load_subject(run_dir, s) for s in read_split(run_dir, name)]
+
+
+class SubjectStore:
+    """Cached subjects read on demand, the most recently used kept in memory up to ``budget_mb``.
+
+    Why: a stage used to load its whole split at once, so its memory grew with the cohort. Through
+    a store it holds at most the budget (plus the one subject in use), whatever the cohort size; a
+    subject evicted is read again from its ``.npz`` when next needed (the OS page cache makes that cheap).
+    """
+
+    def __init__(self, run_dir: Path, ids: list[str], budget_mb: int) -> None:
+        self.run_dir = Path(run_dir)
+        self.ids = list(ids)
+        self.budget = budget_mb * 2**20
+        self._held: OrderedDict[str, tuple[Subject, int]] = OrderedDict()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def get(self, subject_id: str) -> Subject:
+        if subject_id in self._held:
+            self._held.move_to_end(subject_id)
+            return self._held[subject_id][0]
+        subject = load_subject(self.run_dir, subject_id)
+        size = subject_nbytes(subject)
+        while self._held and self._bytes + size > self.budget:
+            _, (_, freed) = self._held.popitem(last=False)
+            self._bytes -= freed
+        if size <= self.budget:
+            self._held[subject_id] = (subject, size)
+            self._bytes += size
+        return subject
+
+    def __iter__(self) -> Iterator[Subject]:
+        return (self.get(sid) for sid in self.ids)
+
+
+def subject_nbytes(subject: Subject) -> int:
+    return sum(a.nbytes for a in (subject.cine, subject.lge, subject.lge_label, subject.cine_label) if a is not None)

@@ -23,10 +23,11 @@ from monai.networks.nets import VoxelMorph, VoxelMorphUNet
 from torch import nn
 
 from mi_pipeline.config import Config
-from mi_pipeline.data.cache import load_split
+from mi_pipeline.data.cache import Subject, load_split
 from mi_pipeline.engine.task import Batch, TrainTask
 from mi_pipeline.metrics import dice
 from mi_pipeline.stages import common
+from mi_pipeline.stages.lazy import SplitSlices
 
 VAL_BATCH = 32
 
@@ -85,16 +86,18 @@ class MotionTask(TrainTask):
         self.smoothness = common.smoothness_loss(cfg.motion.smooth_loss)
 
     def setup(self, device: torch.device) -> None:
-        train = load_split(self.run_dir, "train")
-        val = load_split(self.run_dir, "val")
-        for subjects in (train, val):
-            common.check_frames(subjects, self.cfg.data.frames, where="motion")
-            common.check_size(subjects, size_multiple(self.cfg), where="motion")
-        self.train_cine = common.stack_slices(train, "cine", where="motion")  # (N, T, H, W)
-        t = self.train_cine.shape[1]
-        slices = torch.arange(self.train_cine.shape[0])
-        frames = torch.arange(1, t)
+        def check(subject: Subject) -> None:
+            common.check_frames([subject], self.cfg.data.frames, where="motion")
+            common.check_size([subject], size_multiple(self.cfg), where="motion")
+
+        # training slices are read per batch (memory bounded by data.cache_budget_mb, not the cohort)
+        self.train = SplitSlices(self.run_dir, "train", self.cfg.data.cache_budget_mb, check, where="motion")
+        slices = torch.arange(len(self.train))
+        frames = torch.arange(1, self.cfg.data.frames)
         self.pairs = torch.cartesian_prod(slices, frames)  # (N*(T-1), 2): (slice, t)
+        val = load_split(self.run_dir, "val")
+        for subject in val:
+            check(subject)
         self.val_cine = common.stack_slices(val, "cine", where="motion validation")
         self.val_es = common.es_per_slice(val)
         self.val_labels = (common.stack_slices(val, "cine_label", where="motion validation").long()
@@ -110,9 +113,11 @@ class MotionTask(TrainTask):
 
     def make_batch(self, indices: list[int], generator: torch.Generator, device: torch.device) -> Batch:
         sl, t = self.pairs[indices].unbind(1)
+        cine = self.train.rows("cine", sl)  # (B, T, H, W)
+        rows = torch.arange(cine.shape[0])
         return {
-            "moving": self.train_cine[sl, 0].unsqueeze(1).to(device),
-            "fixed": self.train_cine[sl, t].unsqueeze(1).to(device),
+            "moving": cine[rows, 0].unsqueeze(1).to(device),
+            "fixed": cine[rows, t].unsqueeze(1).to(device),
         }
 
     def _losses(self, model: nn.Module, moving: torch.Tensor, fixed: torch.Tensor):

@@ -29,11 +29,12 @@ from monai.networks.nets import GlobalNet, LocalNet
 from torch import nn
 
 from mi_pipeline.config import Config
-from mi_pipeline.data.cache import load_split
+from mi_pipeline.data.cache import Subject, load_split
 from mi_pipeline.engine.task import Batch, TrainTask
 from mi_pipeline.errors import ConfigError
 from mi_pipeline.metrics import dice
 from mi_pipeline.stages import common, registration_qa
+from mi_pipeline.stages.lazy import SplitSlices
 
 VAL_BATCH = 32
 
@@ -190,25 +191,24 @@ class RegistrationTask(TrainTask):
         self.mask_dice = DiceLoss(include_background=False)
 
     def setup(self, device: torch.device) -> None:
-        train = load_split(self.run_dir, "train")
-        val = load_split(self.run_dir, "val")
-        common.require_lge(train + val, "registration")
         multiple = 2 ** self.cfg.registration.levels
-        for subjects in (train, val):
-            common.check_size(subjects, multiple, where="registration")
-            for s in subjects:
-                if s.cine.shape[-1] != self.cfg.data.crop or s.cine.shape[-2] != self.cfg.data.crop:
-                    raise ConfigError(f"cached subject {s.id}: slices are {s.cine.shape[-2]}x{s.cine.shape[-1]}, "
-                                      f"data.crop is {self.cfg.data.crop}; run step 1 again")
-        self.train_fixed = common.stack_slices(train, "cine", where="registration")[:, 0]
-        self.train_moving = common.stack_slices(train, "lge", where="registration")
-        self.train_moving_label = self.train_fixed_label = None
-        if self.cfg.registration.mask_dice_weight > 0:
-            if not common.all_have(train, "cine_label"):
-                raise ConfigError("registration.mask_dice_weight > 0 needs cine labels for every training "
-                                  "subject; set it to 0 for data without them")
-            self.train_moving_label = common.stack_slices(train, "lge_label", where="registration").long()
-            self.train_fixed_label = common.stack_slices(train, "cine_label", where="registration")[:, 0].long()
+
+        def check(subject: Subject) -> None:
+            common.require_lge([subject], "registration")
+            common.check_size([subject], multiple, where="registration")
+            if subject.cine.shape[-1] != self.cfg.data.crop or subject.cine.shape[-2] != self.cfg.data.crop:
+                raise ConfigError(f"cached subject {subject.id}: slices are {subject.cine.shape[-2]}x"
+                                  f"{subject.cine.shape[-1]}, data.crop is {self.cfg.data.crop}; run step 1 again")
+
+        # training pairs are read per batch (memory bounded by data.cache_budget_mb, not the cohort)
+        self.train = SplitSlices(self.run_dir, "train", self.cfg.data.cache_budget_mb, check, where="registration")
+        self.with_labels = self.cfg.registration.mask_dice_weight > 0
+        if self.with_labels and not self.train.has("cine_label"):
+            raise ConfigError("registration.mask_dice_weight > 0 needs cine labels for every training "
+                              "subject; set it to 0 for data without them")
+        val = load_split(self.run_dir, "val")
+        for subject in val:
+            check(subject)
         self.val_fixed = common.stack_slices(val, "cine", where="registration validation")[:, 0]
         self.val_moving = common.stack_slices(val, "lge", where="registration validation")
         self.val_moving_label = common.stack_slices(val, "lge_label", where="registration validation").long()
@@ -227,15 +227,15 @@ class RegistrationTask(TrainTask):
         ]
 
     def num_train_samples(self) -> int:
-        return int(self.train_fixed.shape[0])
+        return len(self.train)
 
     def make_batch(self, indices: list[int], generator: torch.Generator, device: torch.device) -> Batch:
         r = self.cfg.registration
-        moving = self.train_moving[indices].unsqueeze(1)
-        fixed = self.train_fixed[indices].unsqueeze(1)
+        moving = self.train.rows("lge", indices).unsqueeze(1)
+        fixed = self.train.rows("cine", indices)[:, 0].unsqueeze(1)
         labels = None
-        if self.train_moving_label is not None:
-            labels = (self.train_moving_label[indices], self.train_fixed_label[indices])
+        if self.with_labels:
+            labels = (self.train.rows("lge_label", indices).long(), self.train.rows("cine_label", indices)[:, 0].long())
         if r.augment:
             moving, fixed, labels = _augment_pairs(moving, fixed, labels, r.augment_shift_px, generator)
         batch = {"moving": moving.to(device), "fixed": fixed.to(device)}

@@ -1,0 +1,58 @@
+"""One split's slices, read from the cache on demand: what a stage trains on without the cohort in RAM.
+
+A stage used to stack every subject of its split into one tensor at setup, so memory grew with the
+cohort. ``SplitSlices`` scans the split once (checking each subject, remembering how many slices it
+has), then builds each batch from the few subjects it touches through the cache's bounded
+``SubjectStore``. Batches are the same arrays in the same order as the stacked tensors gave, so
+training results do not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mi_pipeline.data.cache import Subject, SubjectStore, read_split
+from mi_pipeline.errors import InputError
+
+
+class SplitSlices:
+    """Slices of split ``name``, indexed 0..len-1 in subject order, then slice order (like ``stack_slices``)."""
+
+    def __init__(self, run_dir: Path, name: str, budget_mb: int, check: Callable[[Subject], None], *,
+                 where: str) -> None:
+        self.store = SubjectStore(run_dir, read_split(run_dir, name), budget_mb)
+        if not len(self.store):
+            raise InputError(f"{where}: the split is empty (no subjects)")
+        counts, self.fields = [], {"cine_label": True, "lge": True, "lge_label": True}
+        for subject in self.store:
+            check(subject)
+            counts.append(subject.cine.shape[0])
+            for field in self.fields:
+                self.fields[field] &= getattr(subject, field) is not None
+        self.counts = np.asarray(counts, dtype=np.int64)
+        self.owner = np.repeat(np.arange(len(counts)), counts)  # subject index of every slice
+        self.z = np.concatenate([np.arange(c) for c in counts])  # its slice within the subject
+        self.where = where
+
+    def __len__(self) -> int:
+        return int(self.owner.size)
+
+    def has(self, field: str) -> bool:
+        """Every subject of the split has ``field`` (e.g. ``cine_label``)."""
+        return self.fields[field]
+
+    def rows(self, field: str, indices: list[int] | torch.Tensor) -> torch.Tensor:
+        """``field`` of the given slices, stacked in that order: (len(indices), ...)."""
+        idx = indices.tolist() if isinstance(indices, torch.Tensor) else list(indices)
+        out = []
+        for i in idx:
+            subject = self.store.get(self.store.ids[self.owner[i]])
+            value = getattr(subject, field)
+            if value is None:
+                raise InputError(f"cached subject {subject.id}: no {field} in the cache, needed by {self.where}")
+            out.append(value[self.z[i]])
+        return torch.from_numpy(np.stack(out))
