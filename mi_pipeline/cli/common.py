@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from mi_pipeline.config import Config, load_config
-from mi_pipeline.errors import UserError
+from mi_pipeline.errors import InputError, UserError
 
 DEFAULT_CONFIG_HELP = "YAML config (default: built-in defaults)"
 
@@ -73,3 +73,13 @@ def exit_process(code: int) -> NoReturn:
     """
     gc.freeze()
     sys.exit(code)
+
+
+def parse_ed(value: str) -> int | None:
+    """``--ed``: a 0-based frame index, or None for 'auto' (found from the images)."""
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"--ed: expected a frame index or 'auto', got {value!r}") from None

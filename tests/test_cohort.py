@@ -1,0 +1,65 @@
+"""Cohort predict: shards, resume without computing twice, failed subjects in the table, the table itself."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from mi_pipeline import cohort
+from mi_pipeline.cli import predict
+from mi_pipeline.cli.common import run_main
+from mi_pipeline.config import PhantomConfig, load_config
+from mi_pipeline.data.phantom import generate_subject, write_subject
+from tests.test_inference import TINY, save_untrained
+
+
+@pytest.fixture(scope="module")
+def cines(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("cohort")
+    save_untrained(load_config(TINY), tmp / "run" / "checkpoints")
+    params = PhantomConfig(subjects=4, seed=5, size=64, slices=3, frames=8)
+    for i in range(4):
+        write_subject(generate_subject(params, i), tmp / "data" / f"c{i}")
+    (tmp / "data" / "c9").mkdir()
+    (tmp / "data" / "c9" / "cine.nii.gz").write_bytes(b"not a nifti")  # a broken cine: failed, not fatal
+    return tmp
+
+
+def events(out: Path) -> list[tuple[str, str]]:
+    lines = (out / cohort.STATE_DIR / "computed.log").read_text().splitlines()
+    return [(line.split()[1], line.split()[2]) for line in lines]
+
+
+def table(out: Path) -> list[dict[str, str]]:
+    with open(out / cohort.TABLE) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_cohort_resumes_without_computing_twice(cines: Path, capsys) -> None:
+    out = cines / "out"
+    base = ["--cohort", "--cine", str(cines / "data"), "--out", str(out), "--run-dir", str(cines / "run")]
+    assert run_main(predict.main, [*base, "--shard", "0/2"]) == 0  # one worker of two: c0, c2, c9
+    assert sorted(r["subject"] for r in table(out)) == ["c0", "c2", "c9"]
+    first = {sid: cohort.read_done(out, sid)["finished"] for sid in ("c0", "c2")}
+    assert run_main(predict.main, [*base, "--executor", "local", "--jobs", "2"]) == 0  # the rest, resumed
+    rows = table(out)
+    assert [r["subject"] for r in rows] == ["c0", "c1", "c2", "c3", "c9"]
+    assert {sid: cohort.read_done(out, sid)["finished"] for sid in ("c0", "c2")} == first  # not redone
+    done = [sid for event, sid in events(out) if event == "done"]
+    assert sorted(done) == ["c0", "c1", "c2", "c3", "c9"]  # each computed exactly once
+    ok = [r for r in rows if r["subject"] != "c9"]
+    assert all(0.0 <= float(r["infarct_percent"]) <= 100.0 and float(r["myocardium_ml"]) >= 0 for r in ok)
+    assert rows[-1]["flags"].startswith("failed: ") and "c9" in rows[-1]["flags"]
+    assert (out / "c1" / "report.json").is_file() and not list(out.glob(".cohort.csv.*.tmp"))
+    assert run_main(predict.main, base) == 0  # all done: nothing to compute
+    assert len([e for e in events(out) if e[0] == "start"]) == 5
+
+
+def test_shard_is_a_fixed_slice_of_the_whole_list() -> None:
+    subjects = [(f"s{i}", Path(f"/x/s{i}")) for i in (3, 0, 2, 1, 4)]
+    parts = [cohort.shard(subjects, i, 2) for i in range(2)]
+    assert [s for s, _ in parts[0]] == ["s0", "s2", "s4"] and [s for s, _ in parts[1]] == ["s1", "s3"]
+    with pytest.raises(Exception, match="--shard 2/2"):
+        cohort.shard(subjects, 2, 2)
