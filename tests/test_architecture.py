@@ -26,7 +26,8 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (4, ("mi_pipeline.inference", "mi_pipeline.evaluation", "mi_pipeline.cohort")),
     (5, ("mi_pipeline.orchestration", "mi_pipeline.orchestration.")),
     (6, ("mi_pipeline.cli.", "mi_pipeline.__main__", "mi_pipeline.submit", "mi_pipeline.train", "mi_pipeline.status",
-         "mi_pipeline.cancel", "mi_pipeline.evaluate", "mi_pipeline.predict", "mi_pipeline.phantom")),
+         "mi_pipeline.cancel", "mi_pipeline.evaluate", "mi_pipeline.predict", "mi_pipeline.phantom",
+         "mi_pipeline.clean")),
 ]
 COMMANDS = 6
 
