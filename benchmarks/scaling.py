@@ -69,7 +69,8 @@ def ensure_phantom(work: Path, subjects: int) -> dict[str, Any]:
     return {"root": root, "generated_s": result["wall_s"]}
 
 
-def measure_cohort(work: Path, subjects: int, *, threads: int, data_extra: str, label: str) -> dict[str, Any]:
+def measure_cohort(work: Path, subjects: int, *, threads: int, data_extra: str, label: str,
+                   stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
     """Run the four stages on a fresh run folder for ``subjects`` phantom subjects."""
     phantom = ensure_phantom(work, subjects)
     run_dir = work / f"run_{label}_{subjects}"
@@ -78,7 +79,7 @@ def measure_cohort(work: Path, subjects: int, *, threads: int, data_extra: str, 
     cfg_path.write_text(CONFIG.format(threads=threads, root=phantom["root"], subjects=subjects,
                                       data_extra=data_extra))
     row: dict[str, Any] = {"subjects": subjects, "label": label, "phantom_s": phantom["generated_s"], "stages": {}}
-    for stage in STAGES:
+    for stage in stages:
         argv = [sys.executable, "-m", "mi_pipeline.train", "--stage", stage, "--config", str(cfg_path),
                 "--run-dir", str(run_dir)]
         result = run_measured(argv, run_dir / f"{stage}.out")
@@ -113,12 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--set-data", action="append", default=[], metavar="KEY: VALUE",
                    help="extra line in the data section, e.g. 'workers: 2'")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                   help="stages to run, in order (default all; e.g. only data to compare data.workers)")
     p.add_argument("--json", type=Path, default=None, help="append the rows to this JSON file")
     p.add_argument("--markdown", type=Path, default=None)
     args = p.parse_args(argv)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     data_extra = "".join(f"  {line}\n" for line in args.set_data)
-    rows = [measure_cohort(args.work_dir, n, threads=args.threads, data_extra=data_extra, label=args.label)
+    rows = [measure_cohort(args.work_dir, n, threads=args.threads, data_extra=data_extra, label=args.label,
+                           stages=tuple(args.stages))
             for n in args.subjects]
     if args.json:
         old = json.loads(args.json.read_text()) if args.json.exists() else []
