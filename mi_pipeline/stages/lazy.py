@@ -27,15 +27,17 @@ class SplitSlices:
         self.store = SubjectStore(run_dir, read_split(run_dir, name), budget_mb)
         if not len(self.store):
             raise InputError(f"{where}: the split is empty (no subjects)")
-        counts, self.fields = [], {"cine_label": True, "lge": True, "lge_label": True}
+        counts, es, self.fields = [], [], {"cine_label": True, "lge": True, "lge_label": True}
         for subject in self.store:
             check(subject)
             counts.append(subject.cine.shape[0])
+            es.append(subject.es)
             for field in self.fields:
                 self.fields[field] &= getattr(subject, field) is not None
         self.counts = np.asarray(counts, dtype=np.int64)
         self.owner = np.repeat(np.arange(len(counts)), counts)  # subject index of every slice
         self.z = np.concatenate([np.arange(c) for c in counts])  # its slice within the subject
+        self.es = torch.from_numpy(np.repeat(np.asarray(es, dtype=np.int64), counts))  # ES frame of every slice
         self.where = where
 
     def __len__(self) -> int:

@@ -10,7 +10,6 @@ import torch
 
 from mi_pipeline.data import cache
 from mi_pipeline.data.rows import DiskRows
-from mi_pipeline.stages import common
 from mi_pipeline.stages.lazy import SplitSlices
 
 
@@ -39,7 +38,7 @@ def test_split_slices_match_the_stacked_split(tmp_path: Path) -> None:
     _write(tmp_path, 6)
     seen: list[str] = []
     slices = SplitSlices(tmp_path, "train", 1, lambda s: seen.append(s.id), where="test")
-    stacked = common.stack_slices(cache.load_split(tmp_path, "train"), "cine", where="test")
+    stacked = torch.from_numpy(np.concatenate([s.cine for s in cache.load_split(tmp_path, "train")]))
     assert len(slices) == stacked.shape[0] and len(seen) == 6
     order = [7, 0, 3, 3, len(slices) - 1]
     assert torch.equal(slices.rows("cine", order), stacked[order])
