@@ -104,6 +104,7 @@ def _clean_stale(data_dir: Path) -> None:
         remove_stale_temps(cache.cache_dir(data_dir.parent) / "manifest.json")
         for name in cache.SPLITS:
             remove_stale_temps(cache.splits_dir(data_dir.parent) / f"{name}.txt")
+        remove_stale_temps(cache.excluded_path(data_dir.parent))
 
 
 def prepare_data(cfg: Config, run_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
