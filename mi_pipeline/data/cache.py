@@ -157,19 +157,15 @@ class SubjectStore:
     """Cached subjects read on demand, the most recently used kept in memory up to ``budget_mb``.
 
     Why: a stage used to load its whole split at once, so its memory grew with the cohort. Through
-    a store it holds at most the budget (plus the one subject in use), whatever the cohort size; a
+    one store (shared by its splits) it holds at most the budget (plus the subjects in use), whatever the cohort size; a
     subject evicted is read again from its ``.npz`` when next needed (the OS page cache makes that cheap).
     """
 
-    def __init__(self, run_dir: Path, ids: list[str], budget_mb: int) -> None:
+    def __init__(self, run_dir: Path, budget_mb: int) -> None:
         self.run_dir = Path(run_dir)
-        self.ids = list(ids)
         self.budget = budget_mb * 2**20
         self._held: OrderedDict[str, tuple[Subject, int]] = OrderedDict()
         self._bytes = 0
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
     def get(self, subject_id: str) -> Subject:
         if subject_id in self._held:
@@ -185,8 +181,9 @@ class SubjectStore:
             self._bytes += size
         return subject
 
-    def __iter__(self) -> Iterator[Subject]:
-        return (self.get(sid) for sid in self.ids)
+    def each(self, ids: list[str]) -> Iterator[Subject]:
+        """``ids`` one after the other (holding at most the budget, not all of them)."""
+        return (self.get(sid) for sid in ids)
 
 
 def subject_nbytes(subject: Subject) -> int:

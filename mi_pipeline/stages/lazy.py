@@ -9,8 +9,7 @@ training results do not change.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -22,13 +21,13 @@ from mi_pipeline.errors import InputError
 class SplitSlices:
     """Slices of split ``name``, indexed 0..len-1 in subject order, then slice order (like ``stack_slices``)."""
 
-    def __init__(self, run_dir: Path, name: str, budget_mb: int, check: Callable[[Subject], None], *,
-                 where: str) -> None:
-        self.store = SubjectStore(run_dir, read_split(run_dir, name), budget_mb)
-        if not len(self.store):
+    def __init__(self, store: SubjectStore, name: str, check: Callable[[Subject], None], *, where: str) -> None:
+        self.store = store
+        self.ids = read_split(store.run_dir, name)
+        if not self.ids:
             raise InputError(f"{where}: the split is empty (no subjects)")
         counts, es, self.fields = [], [], {"cine_label": True, "lge": True, "lge_label": True}
-        for subject in self.store:
+        for subject in self.subjects():
             check(subject)
             counts.append(subject.cine.shape[0])
             es.append(subject.es)
@@ -43,6 +42,10 @@ class SplitSlices:
     def __len__(self) -> int:
         return int(self.owner.size)
 
+    def subjects(self) -> Iterator[Subject]:
+        """The split's subjects in order, read one after the other through the store."""
+        return self.store.each(self.ids)
+
     def has(self, field: str) -> bool:
         """Every subject of the split has ``field`` (e.g. ``cine_label``)."""
         return self.fields[field]
@@ -52,7 +55,7 @@ class SplitSlices:
         idx = indices.tolist() if isinstance(indices, torch.Tensor) else list(indices)
         out = []
         for i in idx:
-            subject = self.store.get(self.store.ids[self.owner[i]])
+            subject = self.store.get(self.ids[self.owner[i]])
             value = getattr(subject, field)
             if value is None:
                 raise InputError(f"cached subject {subject.id}: no {field} in the cache, needed by {self.where}")

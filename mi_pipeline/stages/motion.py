@@ -23,7 +23,7 @@ from monai.networks.nets import VoxelMorph, VoxelMorphUNet
 from torch import nn
 
 from mi_pipeline.config import Config
-from mi_pipeline.data.cache import Subject
+from mi_pipeline.data.cache import Subject, SubjectStore
 from mi_pipeline.engine.task import Batch, TrainTask
 from mi_pipeline.metrics import dice
 from mi_pipeline.stages import common
@@ -91,11 +91,12 @@ class MotionTask(TrainTask):
             common.check_size([subject], size_multiple(self.cfg), where="motion")
 
         # training slices are read per batch (memory bounded by data.cache_budget_mb, not the cohort)
-        self.train = SplitSlices(self.run_dir, "train", self.cfg.data.cache_budget_mb, check, where="motion")
+        store = SubjectStore(self.run_dir, self.cfg.data.cache_budget_mb)  # one budget for both splits
+        self.train = SplitSlices(store, "train", check, where="motion")
         slices = torch.arange(len(self.train))
         frames = torch.arange(1, self.cfg.data.frames)
         self.pairs = torch.cartesian_prod(slices, frames)  # (N*(T-1), 2): (slice, t)
-        self.val = SplitSlices(self.run_dir, "val", self.cfg.data.cache_budget_mb, check, where="motion validation")
+        self.val = SplitSlices(store, "val", check, where="motion validation")
         self.val_has_labels = self.val.has("cine_label")
         if not self.val_has_labels:  # no cine labels: no Dice; the image similarity decides, named as such
             self.metric_name = self.similarity_name

@@ -29,7 +29,7 @@ from monai.networks.nets import GlobalNet, LocalNet
 from torch import nn
 
 from mi_pipeline.config import Config
-from mi_pipeline.data.cache import Subject
+from mi_pipeline.data.cache import Subject, SubjectStore
 from mi_pipeline.engine.task import Batch, TrainTask
 from mi_pipeline.errors import ConfigError
 from mi_pipeline.metrics import dice
@@ -201,13 +201,13 @@ class RegistrationTask(TrainTask):
                                   f"{subject.cine.shape[-1]}, data.crop is {self.cfg.data.crop}; run step 1 again")
 
         # training pairs are read per batch (memory bounded by data.cache_budget_mb, not the cohort)
-        self.train = SplitSlices(self.run_dir, "train", self.cfg.data.cache_budget_mb, check, where="registration")
+        store = SubjectStore(self.run_dir, self.cfg.data.cache_budget_mb)  # one budget for both splits
+        self.train = SplitSlices(store, "train", check, where="registration")
         self.with_labels = self.cfg.registration.mask_dice_weight > 0
         if self.with_labels and not self.train.has("cine_label"):
             raise ConfigError("registration.mask_dice_weight > 0 needs cine labels for every training "
                               "subject; set it to 0 for data without them")
-        self.val = SplitSlices(self.run_dir, "val", self.cfg.data.cache_budget_mb, check,
-                               where="registration validation")
+        self.val = SplitSlices(store, "val", check, where="registration validation")
         self.val_has_labels = self.val.has("cine_label")
         if not self.val_has_labels:  # no cine labels: best is chosen by edge alignment, named as such
             self.metric_name = "edge_alignment"

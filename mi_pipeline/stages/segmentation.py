@@ -28,7 +28,7 @@ from torch import nn
 
 from mi_pipeline import fsio
 from mi_pipeline.config import Config
-from mi_pipeline.data.cache import Subject
+from mi_pipeline.data.cache import Subject, SubjectStore
 from mi_pipeline.data.rows import DiskRows
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.task import Batch, TrainTask
@@ -114,8 +114,9 @@ class SegmentationTask(TrainTask):
             common.check_size([subject], multiple, where="segmentation")
 
         # subjects are read one at a time; the inputs built from them wait on disk (data/rows.py)
-        train = SplitSlices(self.run_dir, "train", cfg.data.cache_budget_mb, check, where="segmentation")
-        val = SplitSlices(self.run_dir, "val", cfg.data.cache_budget_mb, check, where="segmentation")
+        store = SubjectStore(self.run_dir, cfg.data.cache_budget_mb)  # one budget for both splits
+        train = SplitSlices(store, "train", check, where="segmentation")
+        val = SplitSlices(store, "val", check, where="segmentation")
         paths = self._upstream_paths()
         self._fingerprints = {stage: ckpt.file_fingerprint(p) for stage, p in paths.items() if p.exists()}
         reg_model, _ = common.load_frozen(registration.build_model(cfg), paths["registration"], "registration", device)
@@ -131,13 +132,13 @@ class SegmentationTask(TrainTask):
         self.labels_available = val.has("cine_label")
         if self.labels_available:
             self.val_truth = torch.cat([to_classes(torch.from_numpy(s.cine_label[:, 0])).to(torch.uint8)
-                                        for s in val.store])
+                                        for s in val.subjects()])
         else:  # honest names: these are overlaps with registered LGE labels, not with the truth
             self.val_truth = registered
             self.suffix = "_vs_registered"
             self.metric_name = "infarct_dice" + self.suffix
         self.val_owner = torch.from_numpy(val.owner)
-        self.val_subjects = len(val.store)
+        self.val_subjects = len(val.ids)
         # what predict's plausibility flag compares with: the shape of the targets training sees
         rows = seg_confidence.shape_figures(self.train_y.numpy(), cfg.data.spacing_mm)
         self.target_shape = {"ranges": seg_confidence.reference_ranges(rows), "slices": len(rows)}
@@ -162,11 +163,11 @@ class SegmentationTask(TrainTask):
                  reg_model: nn.Module) -> tuple[DiskRows, torch.Tensor, list[registration_qa.PairQA]]:
         """Network inputs (on disk, one row per slice), registered targets (uint8 classes) and the QA,
         built one subject at a time so memory holds one subject's work, not the split's."""
-        first = slices.store.get(slices.store.ids[0]).cine
+        first = slices.store.get(slices.ids[0]).cine
         inputs = DiskRows(len(slices), (in_channels(self.cfg), *first.shape[-2:]), np.float32,
                           RunLayout(self.run_dir).ckpt_dir(self.name))
         targets, qa, start = [], [], 0
-        for subject in slices.store:
+        for subject in slices.subjects():
             registered, records = registration.register_subjects(self.cfg, reg_model, [subject])
             cine = torch.from_numpy(np.ascontiguousarray(subject.cine))
             fields = motion.motion_fields(motion_model, cine) if motion_model is not None else None

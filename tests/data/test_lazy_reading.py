@@ -25,7 +25,7 @@ def _write(run: Path, n: int, z: int = 2, size: int = 64) -> list[str]:
 
 def test_store_keeps_to_its_budget(tmp_path: Path) -> None:
     ids = _write(tmp_path, 10)  # ~130-200 kB per subject
-    store = cache.SubjectStore(tmp_path, ids, budget_mb=1)
+    store = cache.SubjectStore(tmp_path, budget_mb=1)
     for sid in ids + ids[::-1]:
         subject = store.get(sid)
         assert subject.id == sid
@@ -37,7 +37,7 @@ def test_store_keeps_to_its_budget(tmp_path: Path) -> None:
 def test_split_slices_match_the_stacked_split(tmp_path: Path) -> None:
     _write(tmp_path, 6)
     seen: list[str] = []
-    slices = SplitSlices(tmp_path, "train", 1, lambda s: seen.append(s.id), where="test")
+    slices = SplitSlices(cache.SubjectStore(tmp_path, 1), "train", lambda s: seen.append(s.id), where="test")
     stacked = torch.from_numpy(np.concatenate([s.cine for s in cache.load_split(tmp_path, "train")]))
     assert len(slices) == stacked.shape[0] and len(seen) == 6
     order = [7, 0, 3, 3, len(slices) - 1]
