@@ -92,8 +92,8 @@ def run_shard(subjects: list[tuple[str, Path]], out: Path, predict: Callable[[st
         if read_done(out, sid) is not None:
             counts["skipped"] += 1
             continue
-        lock = FileLock(str(state_dir(out) / "locks" / f"{sid}.lock"), timeout=0)
         (state_dir(out) / "locks").mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(state_dir(out) / "locks" / f"{sid}.lock"), timeout=0)
         try:
             with lock:
                 if read_done(out, sid) is not None:  # finished by another worker since we looked
