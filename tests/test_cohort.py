@@ -63,3 +63,24 @@ def test_shard_is_a_fixed_slice_of_the_whole_list() -> None:
     assert [s for s, _ in parts[0]] == ["s0", "s2", "s4"] and [s for s, _ in parts[1]] == ["s1", "s3"]
     with pytest.raises(Exception, match="--shard 2/2"):
         cohort.shard(subjects, 2, 2)
+
+
+def test_array_script_runs_each_shard_with_the_slurm_settings(tmp_path: Path) -> None:
+    from mi_pipeline.orchestration.cohort_jobs import array_script
+
+    worker = ["/usr/bin/python3", "-m", "mi_pipeline.predict", "--cohort", "--out", str(tmp_path / "o p")]
+    logs = tmp_path / "out" / ".cohort" / "logs"
+    cfg = load_config(None, ["slurm.partition=cpu", "slurm.cpus_per_task=2", "slurm.setup=[module load x]"])
+    script = array_script(worker, 4, cfg, logs, max_running=2)
+    assert "#SBATCH --array=0-3%2" in script and "#SBATCH --partition=cpu" in script
+    assert "#SBATCH --cpus-per-task=2" in script and f"#SBATCH --output={logs}/%A_%a.out" in script
+    assert "module load x\n" in script
+    assert script.rstrip().endswith(f"exec /usr/bin/python3 -m mi_pipeline.predict --cohort --out '{tmp_path / 'o p'}' "
+                                    '--shard "$SLURM_ARRAY_TASK_ID/4"')
+    image = tmp_path / "mi.sif"
+    image.write_bytes(b"")
+    boxed = array_script(worker, 4, load_config(None, [f"container.image={image}"]), logs, 0, (tmp_path / "cines",))
+    last = boxed.rstrip().splitlines()[-1]
+    assert last.startswith("exec apptainer exec") and f"-B {tmp_path / 'out'}" in last
+    assert f"-B {tmp_path / 'cines'}" in last and f"{image} python -m mi_pipeline.predict" in last
+    assert "/usr/bin/python3" not in last and "%" not in boxed.split("--array=")[1].split("\n")[0]

@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = cohort.write_table(out, subjects)
         print(f"{out / cohort.TABLE}: {rows} of {len(subjects)} subjects")
         return status
-    job = cohort_jobs.submit_array(worker, args.jobs, _config(args), cohort.state_dir(out), args.max_running)
+    binds = tuple(p.resolve() for p in (args.cine, _ckpt_root(args), *([args.config.parent] if args.config else [])))
+    job = cohort_jobs.submit_array(worker, args.jobs, _config(args), cohort.state_dir(out), args.max_running, binds)
     print(f"submitted array job {job} ({args.jobs} task(s)); each task updates {out / cohort.TABLE} when it ends; "
           f"logs in {cohort.state_dir(out) / 'logs'}")
     return 0

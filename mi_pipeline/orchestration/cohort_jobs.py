@@ -15,6 +15,7 @@ from pathlib import Path
 from mi_pipeline.config import Config
 from mi_pipeline.errors import UserError
 from mi_pipeline.fsio import atomic_write_text
+from mi_pipeline.orchestration.container import python_command
 
 
 def run_local(worker_argv: list[str], jobs: int) -> int:
@@ -23,9 +24,16 @@ def run_local(worker_argv: list[str], jobs: int) -> int:
     return max(child.wait() for child in children)
 
 
-def array_script(worker_argv: list[str], jobs: int, cfg: Config, log_dir: Path, max_running: int) -> str:
-    """The sbatch script of a ``jobs``-task array; task i runs shard i of ``jobs``."""
+def array_script(worker_argv: list[str], jobs: int, cfg: Config, log_dir: Path, max_running: int,
+                 binds: tuple[Path, ...] = ()) -> str:
+    """The sbatch script of a ``jobs``-task array; task i runs shard i of ``jobs``.
+
+    With ``container.image`` set, the worker's Python is the image's (``container.python_command``),
+    with the output folder and ``binds`` (cines, checkpoints, config folder) bound at their own paths.
+    """
     s = cfg.slurm
+    python = python_command(cfg, log_dir.parents[1], binds)
+    command = f"{python} {shlex.join(worker_argv[1:])}" if python else shlex.join(worker_argv)
     limit = f"%{max_running}" if max_running else ""
     lines = ["#!/bin/bash", "#SBATCH --job-name=mi-cohort", f"#SBATCH --array=0-{jobs - 1}{limit}",
              f"#SBATCH --output={log_dir}/%A_%a.out", f"#SBATCH --cpus-per-task={s.cpus_per_task}",
@@ -34,16 +42,17 @@ def array_script(worker_argv: list[str], jobs: int, cfg: Config, log_dir: Path, 
                                                              ("qos", s.qos), ("constraint", s.constraint)) if value]
     lines += [f"#SBATCH --{item}" for item in s.extra]
     lines += list(s.setup)
-    lines.append(f"exec {shlex.join(worker_argv)} --shard \"$SLURM_ARRAY_TASK_ID/{jobs}\"")
+    lines.append(f"exec {command} --shard \"$SLURM_ARRAY_TASK_ID/{jobs}\"")
     return "\n".join(lines) + "\n"
 
 
-def submit_array(worker_argv: list[str], jobs: int, cfg: Config, state_dir: Path, max_running: int = 0) -> str:
-    """Write the array's script into ``state_dir`` and submit it; the array's job id."""
+def submit_array(worker_argv: list[str], jobs: int, cfg: Config, state_dir: Path, max_running: int = 0,
+                 binds: tuple[Path, ...] = ()) -> str:
+    """Write the array's script into ``state_dir`` (``OUT/.cohort``) and submit it; the array's job id."""
     log_dir = state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     script = state_dir / "predict_array.sbatch"
-    atomic_write_text(script, array_script(worker_argv, jobs, cfg, log_dir, max_running))
+    atomic_write_text(script, array_script(worker_argv, jobs, cfg, log_dir, max_running, binds))
     try:
         done = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
