@@ -132,17 +132,17 @@ def prepare_data(cfg: Config, run_dir: Path, log: Callable[[str], None] = print)
             elif o.warning:
                 log(f"data: warning: {o.warning}")
         if bad and cfg.data.on_bad_subject == "stop":
-            first, *others = bad
-            more = f" (and {len(others)} more bad subject(s): {', '.join(others)}; listed above)" if others else ""
-            first = bad[first]
-            raise InputError(first + more + "; set data.on_bad_subject: exclude to go on without them")
+            names = list(bad)
+            more = (f" (and {len(names) - 1} more bad subject(s): {', '.join(names[1:])}; listed above)"
+                    if len(names) > 1 else "")
+            raise InputError(bad[names[0]] + more + "; set data.on_bad_subject: exclude to go on without them")
         for sid, error in bad.items():
             log(f"data: excluding {sid} (data.on_bad_subject: exclude)")
             excluded[sid] = error
         ids = [o.id for o in outcomes if not o.error]
         if not ids:
-            raise InputError(f"{root}: no usable subject left after exclusions (data/splits/excluded.json would list "
-                             f"all {len(found)})")
+            raise InputError(f"{root}: all {len(found)} subject(s) excluded (data.exclude, data.on_bad_subject); "
+                             f"nothing to prepare")
         new_cache, target = cache.cache_dir(staging), cache.cache_dir(run_dir)
         if target.exists():
             old = data_dir / f".cache.old-{uuid.uuid4().hex[:8]}"
