@@ -84,3 +84,22 @@ def test_array_script_runs_each_shard_with_the_slurm_settings(tmp_path: Path) ->
     assert last.startswith("exec apptainer exec") and f"-B {tmp_path / 'out'}" in last
     assert f"-B {tmp_path / 'cines'}" in last and f"{image} python -m mi_pipeline.predict" in last
     assert "/usr/bin/python3" not in last and "%" not in boxed.split("--array=")[1].split("\n")[0]
+
+
+def test_a_subject_held_by_another_worker_is_left_to_it(tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    out, calls = tmp_path / "out", []
+    subjects = [("a", tmp_path / "a.nii.gz"), ("b", tmp_path / "b.nii.gz")]
+
+    def fake_predict(sid: str, cine: Path) -> dict:
+        calls.append(sid)
+        return {"infarct_percent": 1.0, "myocardium_ml": 2.0, "infarct_ml": 0.02, "cine": str(cine)}
+
+    (out / cohort.STATE_DIR / "locks").mkdir(parents=True)
+    with FileLock(str(out / cohort.STATE_DIR / "locks" / "a.lock")):  # another worker is computing "a"
+        counts = cohort.run_shard(subjects, out, fake_predict)
+    assert calls == ["b"] and counts == {"computed": 1, "skipped": 0, "failed": 0, "busy": 1}
+    assert cohort.read_done(out, "a") is None and cohort.read_done(out, "b")["status"] == "ok"
+    assert cohort.run_shard(subjects, out, fake_predict)["computed"] == 1 and calls == ["b", "a"]
+    assert cohort.write_table(out, subjects) == 2
