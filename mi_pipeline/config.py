@@ -111,9 +111,15 @@ class DataConfig:
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     split_seed: int = 0
+    exclude: tuple[str, ...] = ()  # subject ids left out (recorded with the reason in data/splits/excluded.json)
+    on_bad_subject: Literal["stop", "exclude"] = "stop"  # exclude: go on without subjects that fail validation
+    workers: int = 1  # processes preparing subjects side by side (the cache is the same for any count)
+    cache_budget_mb: int = 256  # cached subjects a stage keeps in memory at once (least recently used go first)
 
     def __post_init__(self) -> None:
-        _positive(self, "spacing_mm", "crop", "frames")
+        _positive(self, "spacing_mm", "crop", "frames", "workers", "cache_budget_mb")
+        if len(set(self.exclude)) != len(self.exclude):
+            raise ValueError("exclude lists a subject more than once")
         if self.crop % 16:
             raise ValueError("crop must be a multiple of 16 (the networks downsample 4 times)")
         if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
@@ -579,8 +585,10 @@ HASHED_WHEN_CHANGED: tuple[str, ...] = (
     "data.phantom.breath_hold_rotation_deg", "data.phantom.lge_slice_offset", "data.phantom.lge_remote_signal",
     "data.phantom.lge_fat_signal", "data.phantom.noise_range", "registration.qa_max_shift_mm",
     "registration.qa_max_rotation_deg", "registration.qa_margin", "registration.qa_max_folding_percent",
-    "registration.qa_min_agreement",
+    "registration.qa_min_agreement", "data.exclude", "data.on_bad_subject",
 )
+NOT_HASHED: tuple[str, ...] = ("data.workers", "data.cache_budget_mb")
+"""Settings that change how fast or in how much memory a result is made, never the result itself."""
 
 
 def _drop_new_defaults(relevant: dict[str, Any]) -> None:
@@ -592,6 +600,12 @@ def _drop_new_defaults(relevant: dict[str, Any]) -> None:
             here, default = here.get(part, {}), default[part]
         if key in here and here[key] == default[key]:
             del here[key]
+    for dotted in NOT_HASHED:
+        *path, key = dotted.split(".")
+        here = relevant
+        for part in path:
+            here = here.get(part, {})
+        here.pop(key, None)
 
 
 def stage_hash(cfg: Config, stage: str) -> str:
@@ -631,7 +645,8 @@ def config_changes(stored: dict[str, Any], cfg: Config, stage: str) -> list[tupl
             changes.append((top, stored[top], current[top]))
     for section in config_sections(stage):
         old, new = _flatten(stored.get(section, {}), section), _flatten(current[section], section)
-        changes += [(key, old[key], value) for key, value in new.items() if key in old and old[key] != value]
+        changes += [(key, old[key], value) for key, value in new.items()
+                    if key in old and old[key] != value and key not in NOT_HASHED]
     return changes
 
 

@@ -23,10 +23,11 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (2, ("mi_pipeline.engine", "mi_pipeline.engine.", "mi_pipeline.data", "mi_pipeline.data.", "mi_pipeline.metrics",
          "mi_pipeline.layout", "mi_pipeline.ensemble")),
     (3, ("mi_pipeline.stages.", "mi_pipeline.clinical", "mi_pipeline.clinical.")),
-    (4, ("mi_pipeline.inference", "mi_pipeline.evaluation", "mi_pipeline.cv_evaluation")),
+    (4, ("mi_pipeline.inference", "mi_pipeline.evaluation", "mi_pipeline.cv_evaluation", "mi_pipeline.cohort")),
     (5, ("mi_pipeline.orchestration", "mi_pipeline.orchestration.")),
     (6, ("mi_pipeline.cli.", "mi_pipeline.__main__", "mi_pipeline.submit", "mi_pipeline.train", "mi_pipeline.status",
-         "mi_pipeline.cancel", "mi_pipeline.evaluate", "mi_pipeline.predict", "mi_pipeline.phantom")),
+         "mi_pipeline.cancel", "mi_pipeline.evaluate", "mi_pipeline.predict", "mi_pipeline.phantom",
+         "mi_pipeline.clean")),
 ]
 COMMANDS = 6
 

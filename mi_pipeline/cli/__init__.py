@@ -14,5 +14,6 @@ COMMANDS: dict[str, str] = {
     "evaluate": "score the trained stages on held-out subjects beside trivial baselines",
     "predict": "infarct segmentation and report from a cine alone",
     "phantom": "write the built-in synthetic dataset in the generic layout",
+    "clean": "list what a run no longer needs (set-aside checkpoints, temp files) with sizes; delete with --yes",
     "chain": "what the slurm/ sbatch wrappers ask: plan, record job ids, requeue decisions",
 }

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from mi_pipeline.config import Config, load_config
-from mi_pipeline.errors import UserError
+from mi_pipeline.errors import InputError, UserError
 
 DEFAULT_CONFIG_HELP = "YAML config (default: built-in defaults)"
 
@@ -89,3 +89,31 @@ def exit_process(code: int) -> NoReturn:
     """
     gc.freeze()
     sys.exit(code)
+
+
+def model_source(run_dir: Path | None, checkpoints: Path | None, fold: int | None = None) -> tuple[Path, list[Path]]:
+    """Where ``predict``'s models come from: the checkpoints folder whose stored config applies, and
+    the folds' checkpoints folders to ensemble ([] when one model predicts: ``--checkpoints``,
+    ``--fold k``, or a run without folds)."""
+    from mi_pipeline.inference import fold_checkpoints
+    from mi_pipeline.layout import RunLayout
+    from mi_pipeline.orchestration.fold_setup import check_fold
+
+    if checkpoints is not None:
+        return checkpoints, []
+    run = RunLayout(run_dir if run_dir is not None else Path("."))
+    if fold is not None:
+        check_fold(fold, len(run.fold_roots()), str(run.root))
+        return run.fold(fold).root / "checkpoints", []
+    folds = fold_checkpoints(run.root)
+    return (folds[0] if folds else run.root / "checkpoints"), folds
+
+
+def parse_ed(value: str) -> int | None:
+    """``--ed``: a 0-based frame index, or None for 'auto' (found from the images)."""
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"--ed: expected a frame index or 'auto', got {value!r}") from None

@@ -3,10 +3,13 @@
 ``python -m mi_pipeline.predict --cine FILE.nii.gz|FOLDER --out DIR [--run-dir RUN | --checkpoints DIR]``
 writes ``DIR/<subject>/infarct_seg.nii.gz``, ``report.json`` and ``qc.png`` (see ``mi_pipeline/inference.py``).
 On a k-fold run the folds' models are ensembled and ``infarct_uncertainty.nii.gz`` is written too.
+``--cohort``: a folder of many cines, resumable, as processes or a SLURM array, with ``DIR/cohort.csv``
+(``python -m mi_pipeline.predict --cohort --help``).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -16,15 +19,13 @@ from mi_pipeline.cli.common import (
     add_run_dir_option,
     command_parser,
     exit_process,
+    model_source,
+    parse_ed,
     run_main,
 )
 from mi_pipeline.config import load_config
-from mi_pipeline.errors import InputError
-from mi_pipeline.layout import RunLayout
-from mi_pipeline.orchestration.fold_setup import check_fold
 from mi_pipeline.inference import (
     find_cines,
-    fold_checkpoints,
     inference_device,
     load_ensemble,
     load_models,
@@ -35,6 +36,11 @@ from mi_pipeline.stages.registry import inference_stages
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--cohort" in argv:  # many cines, resumable (cli/cohort.py)
+        from mi_pipeline.cli import cohort
+
+        return cohort.main(argv)
     p = command_parser("predict", __doc__)
     p.add_argument("--cine", "--dicom", dest="cine", required=True, type=Path,
                    help="4D cine NIfTI, a folder of them, or a folder of DICOM series (one subject per folder)")
@@ -48,13 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ed", default="auto",
                    help="0-based ED frame of the cine(s), or 'auto' (default): found from the images")
     args = p.parse_args(argv)
-    ed = _parse_ed(args.ed)
-    run_dir = args.run_dir if args.run_dir is not None else Path(".")
-    folds = fold_checkpoints(run_dir) if args.checkpoints is None and args.fold is None else []
-    if args.fold is not None:
-        check_fold(args.fold, len(RunLayout(run_dir).fold_roots()), str(run_dir))
-    ckpt_root = (args.checkpoints if args.checkpoints is not None else folds[0] if folds
-                 else (RunLayout(run_dir).fold(args.fold).root if args.fold is not None else run_dir) / "checkpoints")
+    ed = parse_ed(args.ed)
+    ckpt_root, folds = model_source(args.run_dir, args.checkpoints, args.fold)
     cines = find_cines(args.cine)
     if args.config is not None or args.overrides:
         cfg = load_config(args.config, args.overrides)
@@ -71,15 +72,6 @@ def main(argv: list[str] | None = None) -> int:
               f"({report['infarct_ml']:.1f} ml), ED frame {report['frames']['ed']}, ES frame "
               f"{report['frames']['es']} -> {args.out / subject_id}")
     return 0
-
-
-def _parse_ed(value: str) -> int | None:
-    if value == "auto":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise InputError(f"--ed: expected a frame index or 'auto', got {value!r}") from None
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import io
 import json
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +58,11 @@ def cache_dir(run_dir: Path) -> Path:
 
 def splits_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "data" / "splits"
+
+
+def excluded_path(run_dir: Path) -> Path:
+    """Subjects step 1 left out and why, beside the splits they are missing from."""
+    return splits_dir(run_dir) / "excluded.json"
 
 
 def save_subject(run_dir: Path, subject: Subject) -> Path:
@@ -119,6 +126,21 @@ def write_splits(run_dir: Path, splits: dict[str, list[str]]) -> None:
         atomic_write_text(splits_dir(run_dir) / f"{name}.txt", "".join(f"{s}\n" for s in splits.get(name, [])))
 
 
+def write_exclusions(run_dir: Path, excluded: dict[str, str]) -> None:
+    """Record ``{subject: reason}`` (empty when none) so a split's missing subjects are explained."""
+    rows = [{"subject": sid, "reason": reason} for sid, reason in sorted(excluded.items())]
+    atomic_write_text(excluded_path(run_dir), json.dumps({"excluded": rows}, indent=1) + "\n")
+
+
+def read_exclusions(run_dir: Path) -> dict[str, str]:
+    """``{subject: reason}`` from ``excluded.json``; empty for runs made before exclusions existed."""
+    try:
+        rows = json.loads(excluded_path(run_dir).read_text())["excluded"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {row["subject"]: row["reason"] for row in rows}
+
+
 def read_split(run_dir: Path, name: str) -> list[str]:
     path = splits_dir(run_dir) / f"{name}.txt"
     try:
@@ -129,3 +151,40 @@ def read_split(run_dir: Path, name: str) -> list[str]:
 
 def load_split(run_dir: Path, name: str) -> list[Subject]:
     return [load_subject(run_dir, s) for s in read_split(run_dir, name)]
+
+
+class SubjectStore:
+    """Cached subjects read on demand, the most recently used kept in memory up to ``budget_mb``.
+
+    Why: a stage used to load its whole split at once, so its memory grew with the cohort. Through
+    one store (shared by its splits) it holds at most the budget (plus the subjects in use), whatever the cohort size; a
+    subject evicted is read again from its ``.npz`` when next needed (the OS page cache makes that cheap).
+    """
+
+    def __init__(self, run_dir: Path, budget_mb: int) -> None:
+        self.run_dir = Path(run_dir)
+        self.budget = budget_mb * 2**20
+        self._held: OrderedDict[str, tuple[Subject, int]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, subject_id: str) -> Subject:
+        if subject_id in self._held:
+            self._held.move_to_end(subject_id)
+            return self._held[subject_id][0]
+        subject = load_subject(self.run_dir, subject_id)
+        size = subject_nbytes(subject)
+        while self._held and self._bytes + size > self.budget:
+            _, (_, freed) = self._held.popitem(last=False)
+            self._bytes -= freed
+        if size <= self.budget:
+            self._held[subject_id] = (subject, size)
+            self._bytes += size
+        return subject
+
+    def each(self, ids: list[str]) -> Iterator[Subject]:
+        """``ids`` one after the other (holding at most the budget, not all of them)."""
+        return (self.get(sid) for sid in ids)
+
+
+def subject_nbytes(subject: Subject) -> int:
+    return sum(a.nbytes for a in (subject.cine, subject.lge, subject.lge_label, subject.cine_label) if a is not None)

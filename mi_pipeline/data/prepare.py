@@ -23,8 +23,8 @@ import numpy as np
 from mi_pipeline import config as config_mod
 from mi_pipeline.config import Config, PhantomConfig
 from mi_pipeline.data import adapters, cache, generic, phantom
-from mi_pipeline.data.preprocess import preprocess_subject
-from mi_pipeline.errors import ConfigError, InputError, UserError
+from mi_pipeline.data.parallel import prepare_subjects
+from mi_pipeline.errors import ConfigError, InputError
 from mi_pipeline.fsio import fsync_dir, remove_stale_temps
 
 
@@ -95,14 +95,6 @@ def make_splits(ids: list[str], val_fraction: float, test_fraction: float, seed:
     }
 
 
-def _touches_border(subject: cache.Subject) -> bool:
-    label = subject.cine_label[:, 0] if subject.cine_label is not None else subject.lge_label
-    if label is None:
-        return False
-    edge = np.concatenate([label[:, 0], label[:, -1], label[:, :, 0], label[:, :, -1]], axis=None)
-    return bool(np.isin(edge, (2, 3)).any())
-
-
 def _clean_stale(data_dir: Path) -> None:
     if data_dir.is_dir():
         for entry in data_dir.iterdir():
@@ -112,6 +104,7 @@ def _clean_stale(data_dir: Path) -> None:
         remove_stale_temps(cache.cache_dir(data_dir.parent) / "manifest.json")
         for name in cache.SPLITS:
             remove_stale_temps(cache.splits_dir(data_dir.parent) / f"{name}.txt")
+        remove_stale_temps(cache.excluded_path(data_dir.parent))
 
 
 def prepare_data(cfg: Config, run_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -121,35 +114,35 @@ def prepare_data(cfg: Config, run_dir: Path, log: Callable[[str], None] = print)
     root = dataset_root(cfg, run_dir)
     if cfg.data.format == "phantom":
         ensure_phantom(cfg.data.phantom, root, owned=not cfg.data.root, log=log)
-    ids = adapters.list_subjects(cfg.data.format, root)
-    log(f"data: {len(ids)} subject(s) in {root}")
+    found = adapters.list_subjects(cfg.data.format, root)
+    log(f"data: {len(found)} subject(s) in {root}")
+    excluded = _configured_exclusions(cfg, found, root)
+    todo = [sid for sid in found if sid not in excluded]
 
     data_dir = run_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     _clean_stale(data_dir)
     staging = data_dir / f".cache.tmp-{uuid.uuid4().hex[:8]}"  # staging/data/cache is the new cache
-    errors: list[str] = []
-    shapes: dict[str, list[int]] = {}
     try:
-        for sid in ids:
-            try:
-                raw = adapters.load_subject(cfg.data.format, root, sid)
-                if errors:  # keep validating the rest, but do no more work for a doomed run
-                    continue
-                subject = preprocess_subject(raw, cfg.data)
-            except UserError as exc:
-                errors.append(str(exc))
-                log(f"data: error: {exc}")
-                continue
-            if _touches_border(subject):
-                log(f"data: warning: {sid}: myocardium reaches the crop border; the heart does not fit in "
-                    f"data.crop x data.spacing_mm = {cfg.data.crop * cfg.data.spacing_mm:.0f} mm")
-            cache.save_subject(staging, subject)
-            shapes.setdefault("cine", list(subject.cine.shape))
-            shapes.setdefault("lge", list(subject.lge.shape) if subject.lge is not None else [])
-        if errors:
-            more = f" (and {len(errors) - 1} more problem(s), listed above)" if len(errors) > 1 else ""
-            raise InputError(errors[0] + more)
+        outcomes = prepare_subjects(cfg, root, todo, staging)
+        bad = {o.id: o.error for o in outcomes if o.error}
+        for o in outcomes:  # in subject order, whatever the worker count
+            if o.error:
+                log(f"data: error: {o.error}")
+            elif o.warning:
+                log(f"data: warning: {o.warning}")
+        if bad and cfg.data.on_bad_subject == "stop":
+            names = list(bad)
+            more = (f" (and {len(names) - 1} more bad subject(s): {', '.join(names[1:])}; listed above)"
+                    if len(names) > 1 else "")
+            raise InputError(bad[names[0]] + more + "; set data.on_bad_subject: exclude to go on without them")
+        for sid, error in bad.items():
+            log(f"data: excluding {sid} (data.on_bad_subject: exclude)")
+            excluded[sid] = error
+        ids = [o.id for o in outcomes if not o.error]
+        if not ids:
+            raise InputError(f"{root}: all {len(found)} subject(s) excluded (data.exclude, data.on_bad_subject); "
+                             f"nothing to prepare")
         new_cache, target = cache.cache_dir(staging), cache.cache_dir(run_dir)
         if target.exists():
             old = data_dir / f".cache.old-{uuid.uuid4().hex[:8]}"
@@ -164,19 +157,30 @@ def prepare_data(cfg: Config, run_dir: Path, log: Callable[[str], None] = print)
     if len(ids) < 2:
         log("data: warning: only one subject; it goes to train and there is no validation subject")
     cache.write_splits(run_dir, splits)
+    cache.write_exclusions(run_dir, excluded)
     cache.write_manifest(run_dir, ids, data_hash=config_mod.stage_hash(cfg, "data"))
     seconds = round(time.monotonic() - start, 2)
+    good = next(o for o in outcomes if not o.error)
     summary = {
         "subjects": len(ids),
+        "excluded": len(excluded),
         **{f"n_{name}": len(splits[name]) for name in cache.SPLITS},
-        "cine_shape": shapes.get("cine"),
-        "lge_shape": shapes.get("lge"),
+        "cine_shape": list(good.cine_shape),
+        "lge_shape": list(good.lge_shape),
         "root": str(root),
         "seconds": seconds,
     }
+    dropped = f"; {len(excluded)} excluded (data/splits/excluded.json)" if excluded else ""
     log(f"data: prepared {len(ids)} subject(s) (train {summary['n_train']}, val {summary['n_val']}, "
-        f"test {summary['n_test']}), cine (Z, T, H, W) = {tuple(summary['cine_shape'] or ())} in {seconds} s")
+        f"test {summary['n_test']}){dropped}, cine (Z, T, H, W) = {tuple(summary['cine_shape'])} in {seconds} s")
     return summary
+
+
+def _configured_exclusions(cfg: Config, found: list[str], root: Path) -> dict[str, str]:
+    unknown = sorted(set(cfg.data.exclude) - set(found))
+    if unknown:
+        raise ConfigError(f"data.exclude: {', '.join(unknown)} not among the subjects in {root}")
+    return {sid: "listed in data.exclude" for sid in cfg.data.exclude}
 
 
 def data_is_prepared(cfg: Config, run_dir: Path) -> bool:

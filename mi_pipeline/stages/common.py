@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from monai.losses import (
     BendingEnergyLoss,
@@ -35,32 +34,7 @@ INFARCT_CODE = 3
 NUM_LABEL_CODES = 4
 
 
-# --- data: subjects -> per-slice tensors ------------------------------------------------------
-
-
-def stack_slices(subjects: list[Subject], field: str, *, where: str) -> torch.Tensor:
-    """Concatenate one array of every subject along the slice axis: (sum Z, ...) tensor.
-
-    Raises InputError naming the subject when the field is missing (e.g. a cache without LGE).
-    """
-    arrays = []
-    for subject in subjects:
-        value = getattr(subject, field)
-        if value is None:
-            raise InputError(f"cached subject {subject.id}: no {field} in the cache, needed by {where}")
-        arrays.append(np.asarray(value))
-    if not arrays:
-        raise InputError(f"{where}: the split is empty (no subjects)")
-    return torch.from_numpy(np.concatenate(arrays, axis=0).copy())
-
-
-def slice_owner(subjects: list[Subject]) -> torch.Tensor:
-    """Index of the subject every stacked slice belongs to, (sum Z,) long."""
-    return torch.cat([torch.full((s.cine.shape[0],), i, dtype=torch.long) for i, s in enumerate(subjects)])
-
-
-def es_per_slice(subjects: list[Subject]) -> torch.Tensor:
-    return torch.cat([torch.full((s.cine.shape[0],), s.es, dtype=torch.long) for s in subjects])
+# --- data: checks on cached subjects (stages/lazy.py reads them) ---------------------------------
 
 
 def require_lge(subjects: list[Subject], stage: str) -> None:
@@ -70,10 +44,6 @@ def require_lge(subjects: list[Subject], stage: str) -> None:
         raise InputError(f"{stage} needs LGE images with LGE labels, but cached subject {missing[0]} has none "
                          f"({len(missing)} subject(s) without; data.format acdc / mnms give cine only): train "
                          f"only the motion stage on this data (python -m mi_pipeline.train --stage motion)")
-
-
-def all_have(subjects: list[Subject], field: str) -> bool:
-    return bool(subjects) and all(getattr(s, field) is not None for s in subjects)
 
 
 def check_frames(subjects: list[Subject], frames: int, *, where: str) -> None:

@@ -23,10 +23,11 @@ from monai.networks.nets import VoxelMorph, VoxelMorphUNet
 from torch import nn
 
 from mi_pipeline.config import Config
-from mi_pipeline.data.cache import load_split
+from mi_pipeline.data.cache import Subject, SubjectStore
 from mi_pipeline.engine.task import Batch, TrainTask
 from mi_pipeline.metrics import dice
 from mi_pipeline.stages import common
+from mi_pipeline.stages.lazy import SplitSlices
 
 VAL_BATCH = 32
 
@@ -85,21 +86,19 @@ class MotionTask(TrainTask):
         self.smoothness = common.smoothness_loss(cfg.motion.smooth_loss)
 
     def setup(self, device: torch.device) -> None:
-        train = load_split(self.run_dir, "train")
-        val = load_split(self.run_dir, "val")
-        for subjects in (train, val):
-            common.check_frames(subjects, self.cfg.data.frames, where="motion")
-            common.check_size(subjects, size_multiple(self.cfg), where="motion")
-        self.train_cine = common.stack_slices(train, "cine", where="motion")  # (N, T, H, W)
-        t = self.train_cine.shape[1]
-        slices = torch.arange(self.train_cine.shape[0])
-        frames = torch.arange(1, t)
+        def check(subject: Subject) -> None:
+            common.check_frames([subject], self.cfg.data.frames, where="motion")
+            common.check_size([subject], size_multiple(self.cfg), where="motion")
+
+        # training slices are read per batch (memory bounded by data.cache_budget_mb, not the cohort)
+        store = SubjectStore(self.run_dir, self.cfg.data.cache_budget_mb)  # one budget for both splits
+        self.train = SplitSlices(store, "train", check, where="motion")
+        slices = torch.arange(len(self.train))
+        frames = torch.arange(1, self.cfg.data.frames)
         self.pairs = torch.cartesian_prod(slices, frames)  # (N*(T-1), 2): (slice, t)
-        self.val_cine = common.stack_slices(val, "cine", where="motion validation")
-        self.val_es = common.es_per_slice(val)
-        self.val_labels = (common.stack_slices(val, "cine_label", where="motion validation").long()
-                           if common.all_have(val, "cine_label") else None)
-        if self.val_labels is None:  # no cine labels: no Dice; the image similarity decides, named as such
+        self.val = SplitSlices(store, "val", check, where="motion validation")
+        self.val_has_labels = self.val.has("cine_label")
+        if not self.val_has_labels:  # no cine labels: no Dice; the image similarity decides, named as such
             self.metric_name = self.similarity_name
 
     def build_model(self) -> nn.Module:
@@ -110,9 +109,11 @@ class MotionTask(TrainTask):
 
     def make_batch(self, indices: list[int], generator: torch.Generator, device: torch.device) -> Batch:
         sl, t = self.pairs[indices].unbind(1)
+        cine = self.train.rows("cine", sl)  # (B, T, H, W)
+        rows = torch.arange(cine.shape[0])
         return {
-            "moving": self.train_cine[sl, 0].unsqueeze(1).to(device),
-            "fixed": self.train_cine[sl, t].unsqueeze(1).to(device),
+            "moving": cine[rows, 0].unsqueeze(1).to(device),
+            "fixed": cine[rows, t].unsqueeze(1).to(device),
         }
 
     def _losses(self, model: nn.Module, moving: torch.Tensor, fixed: torch.Tensor):
@@ -126,46 +127,48 @@ class MotionTask(TrainTask):
         return total, {"similarity": sim.item(), "smoothness": smooth.item()}
 
     def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        n, t, h, w = self.val_cine.shape
+        """Validation in batches of VAL_BATCH pairs (then slices), each read from the cache on demand."""
+        n, t = len(self.val), self.cfg.data.frames
         # every (slice, frame >= 1) pair: validation loss and folding
-        moving = self.val_cine[:, :1].expand(n, t - 1, h, w).reshape(-1, 1, h, w)
-        fixed = self.val_cine[:, 1:].reshape(-1, 1, h, w)
-        masks = myo_masks = None
-        if self.val_labels is not None:
-            myo_masks = common.myo(self.val_labels)  # (N, T, H, W)
-            masks = myo_masks[:, 1:].reshape(-1, h, w)
         loss_sum, sim_sum, sim_identity, folded, counted = 0.0, 0.0, 0.0, 0, 0
-        for part in common.batched(moving.shape[0], VAL_BATCH):
-            m, f = moving[part].to(device), fixed[part].to(device)
+        for part in common.batched(n * (t - 1), VAL_BATCH):
+            pairs = torch.arange(part.start, part.stop)
+            sl, fr = pairs // (t - 1), pairs % (t - 1) + 1
+            first = int(sl[0])
+            cine = self.val.rows("cine", range(first, int(sl[-1]) + 1))
+            local = sl - first
+            m, f = cine[local, 0].unsqueeze(1).to(device), cine[local, fr].unsqueeze(1).to(device)
             total, sim, _, ddf = self._losses(model, m, f)
             loss_sum += float(total) * (part.stop - part.start)
             sim_sum += float(sim) * (part.stop - part.start)
             sim_identity += float(self.similarity(m, f)) * (part.stop - part.start)
             fold = common.jacobian_determinant(ddf).cpu() <= 0
-            region = masks[part] if masks is not None else torch.ones_like(fold)
+            region = (common.myo(self.val.rows("cine_label", range(first, int(sl[-1]) + 1)).long())[local, fr]
+                      if self.val_has_labels else torch.ones_like(fold))
             folded += int((fold & region).sum())
             counted += int(region.sum())
-        val_loss = loss_sum / moving.shape[0]
+        pairs_total = n * (t - 1)
         sim_name = self.similarity_name
-        metrics = {"val_loss": val_loss, "folding_percent": 100.0 * folded / counted if counted else 0.0,
-                   sim_name: -sim_sum / moving.shape[0], f"{sim_name}_identity": -sim_identity / moving.shape[0]}
-        if myo_masks is None:
+        metrics = {"val_loss": loss_sum / pairs_total, "folding_percent": 100.0 * folded / counted if counted else 0.0,
+                   sim_name: -sim_sum / pairs_total, f"{sim_name}_identity": -sim_identity / pairs_total}
+        if not self.val_has_labels:
             metrics["labels_available"] = 0.0
             return metrics
         # ED myocardium warped to ES vs the true ES myocardium
-        idx = torch.arange(n)
-        ed_img, es_img = self.val_cine[:, 0:1], self.val_cine[idx, self.val_es].unsqueeze(1)
-        ed_lab, es_myo = self.val_labels[:, 0], myo_masks[idx, self.val_es]
         after, before = [], []
         for part in common.batched(n, VAL_BATCH):
-            ddf = predict_ddf(model, ed_img[part].to(device), es_img[part].to(device))
-            warped = common.myo(common.warp_labels(ed_lab[part].to(device), ddf)).cpu()
+            cine, labels = self.val.rows("cine", range(part.start, part.stop)), \
+                self.val.rows("cine_label", range(part.start, part.stop)).long()
+            idx, es = torch.arange(cine.shape[0]), self.val.es[part]
+            myo_masks = common.myo(labels)
+            es_myo = myo_masks[idx, es]
+            ddf = predict_ddf(model, cine[:, 0:1].to(device), cine[idx, es].unsqueeze(1).to(device))
+            warped = common.myo(common.warp_labels(labels[:, 0].to(device), ddf)).cpu()
             for k in range(warped.shape[0]):
-                i = part.start + k
-                if not bool(myo_masks[i, 0].any()) and not bool(es_myo[i].any()):
+                if not bool(myo_masks[k, 0].any()) and not bool(es_myo[k].any()):
                     continue
-                after.append(dice(warped[k], es_myo[i]))
-                before.append(dice(myo_masks[i, 0], es_myo[i]))
+                after.append(dice(warped[k], es_myo[k]))
+                before.append(dice(myo_masks[k, 0], es_myo[k]))
         metrics.update({"myo_dice": common.mean(after), "myo_dice_identity": common.mean(before),
                         "labels_available": 1.0})
         return metrics

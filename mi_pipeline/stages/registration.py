@@ -29,11 +29,12 @@ from monai.networks.nets import GlobalNet, LocalNet
 from torch import nn
 
 from mi_pipeline.config import Config
-from mi_pipeline.data.cache import load_split
+from mi_pipeline.data.cache import Subject, SubjectStore
 from mi_pipeline.engine.task import Batch, TrainTask
 from mi_pipeline.errors import ConfigError
 from mi_pipeline.metrics import dice
 from mi_pipeline.stages import common, registration_qa
+from mi_pipeline.stages.lazy import SplitSlices
 
 VAL_BATCH = 32
 
@@ -190,31 +191,25 @@ class RegistrationTask(TrainTask):
         self.mask_dice = DiceLoss(include_background=False)
 
     def setup(self, device: torch.device) -> None:
-        train = load_split(self.run_dir, "train")
-        val = load_split(self.run_dir, "val")
-        common.require_lge(train + val, "registration")
         multiple = 2 ** self.cfg.registration.levels
-        for subjects in (train, val):
-            common.check_size(subjects, multiple, where="registration")
-            for s in subjects:
-                if s.cine.shape[-1] != self.cfg.data.crop or s.cine.shape[-2] != self.cfg.data.crop:
-                    raise ConfigError(f"cached subject {s.id}: slices are {s.cine.shape[-2]}x{s.cine.shape[-1]}, "
-                                      f"data.crop is {self.cfg.data.crop}; run step 1 again")
-        self.train_fixed = common.stack_slices(train, "cine", where="registration")[:, 0]
-        self.train_moving = common.stack_slices(train, "lge", where="registration")
-        self.train_moving_label = self.train_fixed_label = None
-        if self.cfg.registration.mask_dice_weight > 0:
-            if not common.all_have(train, "cine_label"):
-                raise ConfigError("registration.mask_dice_weight > 0 needs cine labels for every training "
-                                  "subject; set it to 0 for data without them")
-            self.train_moving_label = common.stack_slices(train, "lge_label", where="registration").long()
-            self.train_fixed_label = common.stack_slices(train, "cine_label", where="registration")[:, 0].long()
-        self.val_fixed = common.stack_slices(val, "cine", where="registration validation")[:, 0]
-        self.val_moving = common.stack_slices(val, "lge", where="registration validation")
-        self.val_moving_label = common.stack_slices(val, "lge_label", where="registration validation").long()
-        self.val_fixed_label = (common.stack_slices(val, "cine_label", where="registration validation")[:, 0].long()
-                                if common.all_have(val, "cine_label") else None)
-        if self.val_fixed_label is None:  # no cine labels: best is chosen by edge alignment, named as such
+
+        def check(subject: Subject) -> None:
+            common.require_lge([subject], "registration")
+            common.check_size([subject], multiple, where="registration")
+            if subject.cine.shape[-1] != self.cfg.data.crop or subject.cine.shape[-2] != self.cfg.data.crop:
+                raise ConfigError(f"cached subject {subject.id}: slices are {subject.cine.shape[-2]}x"
+                                  f"{subject.cine.shape[-1]}, data.crop is {self.cfg.data.crop}; run step 1 again")
+
+        # training pairs are read per batch (memory bounded by data.cache_budget_mb, not the cohort)
+        store = SubjectStore(self.run_dir, self.cfg.data.cache_budget_mb)  # one budget for both splits
+        self.train = SplitSlices(store, "train", check, where="registration")
+        self.with_labels = self.cfg.registration.mask_dice_weight > 0
+        if self.with_labels and not self.train.has("cine_label"):
+            raise ConfigError("registration.mask_dice_weight > 0 needs cine labels for every training "
+                              "subject; set it to 0 for data without them")
+        self.val = SplitSlices(store, "val", check, where="registration validation")
+        self.val_has_labels = self.val.has("cine_label")
+        if not self.val_has_labels:  # no cine labels: best is chosen by edge alignment, named as such
             self.metric_name = "edge_alignment"
 
     def build_model(self) -> nn.Module:
@@ -227,15 +222,15 @@ class RegistrationTask(TrainTask):
         ]
 
     def num_train_samples(self) -> int:
-        return int(self.train_fixed.shape[0])
+        return len(self.train)
 
     def make_batch(self, indices: list[int], generator: torch.Generator, device: torch.device) -> Batch:
         r = self.cfg.registration
-        moving = self.train_moving[indices].unsqueeze(1)
-        fixed = self.train_fixed[indices].unsqueeze(1)
+        moving = self.train.rows("lge", indices).unsqueeze(1)
+        fixed = self.train.rows("cine", indices)[:, 0].unsqueeze(1)
         labels = None
-        if self.train_moving_label is not None:
-            labels = (self.train_moving_label[indices], self.train_fixed_label[indices])
+        if self.with_labels:
+            labels = (self.train.rows("lge_label", indices).long(), self.train.rows("cine_label", indices)[:, 0].long())
         if r.augment:
             moving, fixed, labels = _augment_pairs(moving, fixed, labels, r.augment_shift_px, generator)
         batch = {"moving": moving.to(device), "fixed": fixed.to(device)}
@@ -265,12 +260,14 @@ class RegistrationTask(TrainTask):
         return loss, {k: v.item() for k, v in parts.items()}
 
     def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        n = self.val_fixed.shape[0]
+        """Validation in batches of VAL_BATCH slices, each read from the cache on demand."""
+        n = len(self.val)
         sim_sum, sim_identity, edge, edge_identity = 0.0, 0.0, 0.0, 0.0
-        folded, counted, warped_labels = 0, 0, []
+        folded, counted, after, before = 0, 0, [], []
         for part in common.batched(n, VAL_BATCH):
-            moving = self.val_moving[part].unsqueeze(1).to(device)
-            fixed = self.val_fixed[part].unsqueeze(1).to(device)
+            rows = range(part.start, part.stop)
+            moving = self.val.rows("lge", rows).unsqueeze(1).to(device)
+            fixed = self.val.rows("cine", rows)[:, 0].unsqueeze(1).to(device)
             _, parts, ddf = self._losses(model, {"moving": moving, "fixed": fixed})
             k = part.stop - part.start
             sim_sum += parts["similarity"].item() * k
@@ -279,23 +276,24 @@ class RegistrationTask(TrainTask):
             edge_identity += float(registration_qa.edge_alignment(moving, fixed).sum())
             folded += int((common.jacobian_determinant(ddf) <= 0).sum())
             counted += ddf.shape[0] * ddf.shape[-2] * ddf.shape[-1]
-            warped_labels.append(common.warp_labels(self.val_moving_label[part].to(device), ddf).cpu())
+            if self.val_has_labels:
+                moving_label = self.val.rows("lge_label", rows).long()
+                warped = common.myo(common.warp_labels(moving_label.to(device), ddf).cpu())
+                truth = common.myo(self.val.rows("cine_label", rows)[:, 0].long())
+                before_mask = common.myo(moving_label)
+                for i in range(k):
+                    if bool(truth[i].any()) or bool(before_mask[i].any()):
+                        after.append(dice(warped[i], truth[i]))
+                        before.append(dice(before_mask[i], truth[i]))
         val_loss = sim_sum / n
         # label-free figures beside the same figure for "no registration": MI (the training objective)
         # and edge alignment (registration_qa's criterion, which the network is not trained on)
         metrics = {"val_loss": val_loss, "folding_percent": 100.0 * folded / counted,
                    "mi": -val_loss, "mi_identity": -sim_identity / n,
                    "edge_alignment": edge / n, "edge_alignment_identity": edge_identity / n}
-        if self.val_fixed_label is None:
+        if not self.val_has_labels:
             metrics["labels_available"] = 0.0
             return metrics
-        warped = common.myo(torch.cat(warped_labels))
-        truth, before_mask = common.myo(self.val_fixed_label), common.myo(self.val_moving_label)
-        after, before = [], []
-        for i in range(n):
-            if bool(truth[i].any()) or bool(before_mask[i].any()):
-                after.append(dice(warped[i], truth[i]))
-                before.append(dice(before_mask[i], truth[i]))
         metrics.update({"myo_dice": common.mean(after), "myo_dice_before": common.mean(before),
                         "labels_available": 1.0})
         return metrics

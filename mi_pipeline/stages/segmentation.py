@@ -20,6 +20,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
@@ -27,7 +28,8 @@ from torch import nn
 
 from mi_pipeline import fsio
 from mi_pipeline.config import Config
-from mi_pipeline.data.cache import Subject, load_split
+from mi_pipeline.data.cache import Subject, SubjectStore
+from mi_pipeline.data.rows import DiskRows
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.task import Batch, TrainTask
 from mi_pipeline.layout import RunLayout
@@ -39,6 +41,7 @@ from mi_pipeline.stages import (
     registration_qa,
     seg_confidence,
 )
+from mi_pipeline.stages.lazy import SplitSlices
 
 NUM_CLASSES = 3  # 0 background (incl. LV cavity), 1 remote myocardium, 2 infarct
 CLASS_OF_CODE = torch.tensor([0, 0, 1, 2, 2, 0], dtype=torch.long)  # cache label code -> class (5 = RV -> background)
@@ -103,13 +106,17 @@ class SegmentationTask(TrainTask):
 
     def setup(self, device: torch.device) -> None:
         cfg = self.cfg
-        train = load_split(self.run_dir, "train")
-        val = load_split(self.run_dir, "val")
-        common.require_lge(train + val, "segmentation")
-        multiple = 2 ** (len(cfg.segmentation.channels) - 1)
-        for subjects in (train, val):
-            common.check_frames(subjects, cfg.data.frames, where="segmentation")
-            common.check_size(subjects, max(multiple, 2 ** cfg.registration.levels), where="segmentation")
+        multiple = max(2 ** (len(cfg.segmentation.channels) - 1), 2 ** cfg.registration.levels)
+
+        def check(subject: Subject) -> None:
+            common.require_lge([subject], "segmentation")
+            common.check_frames([subject], cfg.data.frames, where="segmentation")
+            common.check_size([subject], multiple, where="segmentation")
+
+        # subjects are read one at a time; the inputs built from them wait on disk (data/rows.py)
+        store = SubjectStore(self.run_dir, cfg.data.cache_budget_mb)  # one budget for both splits
+        train = SplitSlices(store, "train", check, where="segmentation")
+        val = SplitSlices(store, "val", check, where="segmentation")
         paths = self._upstream_paths()
         self._fingerprints = {stage: ckpt.file_fingerprint(p) for stage, p in paths.items() if p.exists()}
         reg_model, _ = common.load_frozen(registration.build_model(cfg), paths["registration"], "registration", device)
@@ -122,15 +129,16 @@ class SegmentationTask(TrainTask):
                                 "summary_train": registration_qa.summary(train_qa),
                                 "summary_val": registration_qa.summary(val_qa),
                                 "supervising_subjects": self.supervising}
-        self.labels_available = common.all_have(val, "cine_label")
+        self.labels_available = val.has("cine_label")
         if self.labels_available:
-            self.val_truth = to_classes(common.stack_slices(val, "cine_label", where="segmentation")[:, 0])
+            self.val_truth = torch.cat([to_classes(torch.from_numpy(s.cine_label[:, 0])).to(torch.uint8)
+                                        for s in val.subjects()])
         else:  # honest names: these are overlaps with registered LGE labels, not with the truth
             self.val_truth = registered
             self.suffix = "_vs_registered"
             self.metric_name = "infarct_dice" + self.suffix
-        self.val_owner = common.slice_owner(val)
-        self.val_subjects = len(val)
+        self.val_owner = torch.from_numpy(val.owner)
+        self.val_subjects = len(val.ids)
         # what predict's plausibility flag compares with: the shape of the targets training sees
         rows = seg_confidence.shape_figures(self.train_y.numpy(), cfg.data.spacing_mm)
         self.target_shape = {"ranges": seg_confidence.reference_ranges(rows), "slices": len(rows)}
@@ -151,24 +159,34 @@ class SegmentationTask(TrainTask):
                 f"subjects confident enough to supervise; validation targets: "
                 + ", ".join(f"{c} {n}" for c, n in v["chosen"].items()) + f"; details in {self.qa_path}"]
 
-    def _prepare(self, subjects: list[Subject], motion_model: nn.Module | None,
-                 reg_model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, list[registration_qa.PairQA]]:
-        cine = common.stack_slices(subjects, "cine", where="segmentation")
-        common.stack_slices(subjects, "lge_label", where="segmentation")  # one clear error when missing
-        registered, qa = registration.register_subjects(self.cfg, reg_model, subjects)
-        fields = motion.motion_fields(motion_model, cine) if motion_model is not None else None
-        return segmentation_inputs(cine, fields), to_classes(registered), qa
+    def _prepare(self, slices: SplitSlices, motion_model: nn.Module | None,
+                 reg_model: nn.Module) -> tuple[DiskRows, torch.Tensor, list[registration_qa.PairQA]]:
+        """Network inputs (on disk, one row per slice), registered targets (uint8 classes) and the QA,
+        built one subject at a time so memory holds one subject's work, not the split's."""
+        first = slices.store.get(slices.ids[0]).cine
+        inputs = DiskRows(len(slices), (in_channels(self.cfg), *first.shape[-2:]), np.float32,
+                          RunLayout(self.run_dir).ckpt_dir(self.name))
+        targets, qa, start = [], [], 0
+        for subject in slices.subjects():
+            registered, records = registration.register_subjects(self.cfg, reg_model, [subject])
+            cine = torch.from_numpy(np.ascontiguousarray(subject.cine))
+            fields = motion.motion_fields(motion_model, cine) if motion_model is not None else None
+            inputs.write(start, segmentation_inputs(cine, fields).numpy())
+            start += cine.shape[0]
+            targets.append(to_classes(registered).to(torch.uint8))
+            qa += records
+        return inputs, torch.cat(targets), qa
 
-    def _supervise(self, subjects: list[Subject], qa: list[registration_qa.PairQA]) -> None:
+    def _supervise(self, slices: SplitSlices, qa: list[registration_qa.PairQA]) -> None:
         """Keep only the training slices of subjects whose registration the QA is confident about, so a
         misregistered target cannot teach a shifted myocardium. If no subject is confident, all supervise
         (and ``registration_qa.json`` says so) rather than training on nothing."""
         confident = [q.confident for q in qa]
         if not any(confident):
             confident = [True] * len(qa)
-        owner = common.slice_owner(subjects)
-        keep = torch.tensor(confident, dtype=torch.bool)[owner]
-        self.train_x, self.train_y = self.train_x[keep], self.train_y[keep]
+        keep = torch.tensor(confident, dtype=torch.bool)[torch.from_numpy(slices.owner)]
+        self.train_rows = torch.nonzero(keep).squeeze(1)  # rows of train_x that supervise
+        self.train_y = self.train_y[keep]
         self.supervising = [q.subject for q, c in zip(qa, confident) if c]
 
     def upstream(self) -> dict[str, str]:
@@ -180,10 +198,10 @@ class SegmentationTask(TrainTask):
         return build_model(self.cfg)
 
     def num_train_samples(self) -> int:
-        return int(self.train_x.shape[0])
+        return int(self.train_rows.shape[0])
 
     def make_batch(self, indices: list[int], generator: torch.Generator, device: torch.device) -> Batch:
-        x, y = self.train_x[indices], self.train_y[indices]
+        x, y = self.train_x[self.train_rows[indices]], self.train_y[indices].long()
         if self.cfg.segmentation.augment:
             flips = (torch.rand(len(indices), 2, generator=generator) < 0.5).tolist()
             frames = self.cfg.data.frames

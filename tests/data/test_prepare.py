@@ -13,7 +13,7 @@ from mi_pipeline.config import Config, load_config
 from mi_pipeline.data import cache, generic
 from mi_pipeline.data import prepare as prep
 from mi_pipeline.data.preprocess import lv_center_heuristic, preprocess_subject
-from mi_pipeline.errors import InputError
+from mi_pipeline.errors import ConfigError, InputError
 
 TINY = ["data.phantom.subjects=5", "data.phantom.size=64", "data.phantom.slices=4", "data.phantom.frames=8",
         "data.crop=48", "data.frames=8"]
@@ -210,3 +210,64 @@ def test_orientation_flip_and_label_free_centre(prepared: tuple[Path, dict], tmp
     assert np.hypot((ci - ti) * spacing[0], (cj - tj) * spacing[1]) < 15.0
     unlabelled = preprocess_subject(raw, cfg.data, center=(ci, cj))
     assert np.isin(unlabelled.lge_label, (2, 3)).any()
+
+
+def _break_three(prepared_run: Path, dst: Path) -> tuple[Path, list[str]]:
+    """A generic copy of the tiny phantom with three subjects broken in three different ways."""
+    root = _generic_copy(prepared_run, dst)
+    lge = root / "phantom_001" / "lge.nii.gz"
+    lge.write_bytes(lge.read_bytes()[:200])  # truncated file
+    (root / "phantom_002" / "cine.nii.gz").unlink()  # missing file
+    label = root / "phantom_004" / "lge_label.nii.gz"
+    img = nib.load(label)
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), label)  # empty label
+    return root, ["phantom_001", "phantom_002", "phantom_004"]
+
+
+def test_three_bad_subjects_named_in_one_failure(prepared: tuple[Path, dict], tmp_path: Path) -> None:
+    root, bad = _break_three(prepared[0], tmp_path / "ds")
+    out = tmp_path / "run"
+    with pytest.raises(InputError) as info:
+        prep.prepare_data(_cfg("data.format=generic", f"data.root={root}"), out, log=lambda _m: None)
+    message = str(info.value)
+    assert all(sid in message for sid in bad) and "on_bad_subject" in message and "\n" not in message
+    assert not (out / "data" / "cache").exists() and not (out / "data" / "splits").exists()
+
+
+def test_bad_subjects_excluded_when_asked_and_recorded(prepared: tuple[Path, dict], tmp_path: Path) -> None:
+    root, bad = _break_three(prepared[0], tmp_path / "ds")
+    out = tmp_path / "run"
+    cfg = _cfg("data.format=generic", f"data.root={root}", "data.on_bad_subject=exclude", "data.exclude=[phantom_005]")
+    lines: list[str] = []
+    summary = prep.prepare_data(cfg, out, log=lines.append)
+    assert summary["subjects"] == 1 and summary["excluded"] == 4
+    kept = [s for name in cache.SPLITS for s in cache.read_split(out, name)]
+    assert kept == ["phantom_003"]
+    reasons = cache.read_exclusions(out)
+    assert sorted(reasons) == [*bad, "phantom_005"]
+    assert reasons["phantom_005"] == "listed in data.exclude"
+    assert all(sid in reasons[sid] or "lge_label" in reasons[sid] for sid in bad)  # each names its file
+    assert sorted(p.name for p in cache.cache_dir(out).glob("*.npz")) == ["phantom_003.npz"]
+    assert prep.data_is_prepared(cfg, out)
+    assert any("excluding phantom_002" in line for line in lines)
+
+
+def test_exclude_unknown_subject_is_one_line(prepared: tuple[Path, dict], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="data.exclude: nobody not among"):
+        prep.prepare_data(_cfg("data.exclude=[nobody]"), prepared[0], log=lambda _m: None)
+
+
+def test_cache_is_the_same_for_any_worker_count(prepared: tuple[Path, dict], tmp_path: Path) -> None:
+    run, _ = prepared
+    root = _generic_copy(run, tmp_path / "ds")
+    outs = {}
+    for workers in (1, 3):
+        out = tmp_path / f"run{workers}"
+        prep.prepare_data(_cfg("data.format=generic", f"data.root={root}", f"data.workers={workers}"), out,
+                          log=lambda _m: None)
+        outs[workers] = out
+    for path in sorted((outs[1] / "data").rglob("*")):
+        if path.is_file():
+            other = outs[3] / path.relative_to(outs[1])
+            assert other.read_bytes() == path.read_bytes(), path.name
+    assert len(list((outs[3] / "data" / "cache").glob("*.npz"))) == 5

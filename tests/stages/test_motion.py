@@ -33,8 +33,8 @@ def test_batch_loss_and_validation_shapes(tiny_cfg, synthetic_run):
     # the last conv starts at zero: an untrained model is the identity
     assert abs(metrics["myo_dice"] - metrics["myo_dice_identity"]) < 1e-9
     assert metrics["folding_percent"] == 0.0
-    fields = motion_fields(model, task.val_cine)
-    assert fields.shape == (task.val_cine.shape[0], 4, 2, 32, 32)
+    fields = motion_fields(model, task.val.rows("cine", range(len(task.val))))
+    assert fields.shape == (len(task.val), 4, 2, 32, 32)
 
 
 def test_a_few_steps_reduce_the_loss(tiny_cfg, synthetic_run):

@@ -43,8 +43,10 @@ def test_batch_loss_validation_and_param_groups(tiny_cfg, synthetic_run):
         metrics = task.validate(model.eval(), CPU)
     assert {"myo_dice", "myo_dice_before", "folding_percent", "val_loss"} <= set(metrics)
     assert abs(metrics["myo_dice"] - metrics["myo_dice_before"]) < 1e-9
-    warped = lge_labels_in_cine(model, task.val_moving, task.val_moving_label, task.val_fixed)
-    assert warped.shape == task.val_moving_label.shape and int(warped.max()) <= 3
+    rows = range(len(task.val))
+    moving_label = task.val.rows("lge_label", rows).long()
+    warped = lge_labels_in_cine(model, task.val.rows("lge", rows), moving_label, task.val.rows("cine", rows)[:, 0])
+    assert warped.shape == moving_label.shape and int(warped.max()) <= 3
 
 
 def test_a_few_steps_reduce_the_loss(tiny_cfg, synthetic_run):

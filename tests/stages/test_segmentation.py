@@ -71,7 +71,7 @@ def test_targets_are_registered_lge_labels(tiny_cfg, synthetic_run, tiny_overrid
     write_cache(synthetic_run, shift=0.0)  # cine and LGE aligned: the QA keeps identity
     task = _task(cfg, synthetic_run)
     lge_label = torch.cat([torch.from_numpy(s.lge_label) for s in load_split(synthetic_run, "train")])
-    assert torch.equal(task.train_y, to_classes(lge_label))
+    assert torch.equal(task.train_y.long(), to_classes(lge_label))
     assert task.train_x.shape[1] == 4
     assert set(task.upstream()) == {"registration"}
 
@@ -99,7 +99,7 @@ def test_determinism_and_flip_augmentation(tiny_cfg, upstream_run):
     flips = (torch.rand(4, 2, generator=torch.Generator().manual_seed(4)) < 0.5).tolist()
     for i, (fh, fw) in enumerate(flips):
         dims = [d for d, f in ((-2, fh), (-1, fw)) if f]
-        expected = task.train_y[i].flip(dims) if dims else task.train_y[i]
+        expected = task.train_y[i].long().flip(dims) if dims else task.train_y[i].long()
         assert torch.equal(a["label"][i, 0], expected)
     torch.manual_seed(9)
     m1 = build_model(tiny_cfg)

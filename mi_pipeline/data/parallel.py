@@ -1,0 +1,82 @@
+"""Step 1's per-subject work (read, validate, preprocess, write to staging), on one or many processes.
+
+Why its own module: a worker process imports only this and what it needs, and the result of a
+subject depends on nothing but (config, subject), so the cache is byte-for-byte the same for any
+``data.workers``. Outcomes come back in subject order; the arrays never travel between processes
+(each worker writes its subject's file into the staging folder itself).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mi_pipeline.config import Config
+from mi_pipeline.data import adapters, cache
+from mi_pipeline.data.preprocess import preprocess_subject
+from mi_pipeline.errors import UserError
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one subject: an error line, or its shapes (and a warning line, if any)."""
+
+    id: str
+    error: str | None = None
+    warning: str | None = None
+    cine_shape: tuple[int, ...] = ()
+    lge_shape: tuple[int, ...] = ()
+
+
+def prepare_subjects(cfg: Config, root: Path, ids: list[str], staging: Path) -> list[Outcome]:
+    """Prepare ``ids`` into ``staging`` with ``cfg.data.workers`` processes; outcomes in ``ids`` order.
+
+    Every subject is validated even after a failure, so one run names every bad subject. With one
+    worker and ``on_bad_subject: stop``, subjects after the first failure are only read (the run is
+    doomed, so no preprocessing is wasted on them).
+    """
+    workers = min(cfg.data.workers, max(len(ids), 1))
+    if workers == 1:
+        outcomes: list[Outcome] = []
+        for sid in ids:
+            doomed = cfg.data.on_bad_subject == "stop" and any(o.error for o in outcomes)
+            outcomes.append(prepare_one(cfg, root, sid, staging, validate_only=doomed))
+        return outcomes
+    # spawn: the parent may hold torch's thread pools, which do not survive a fork
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        chunk = max(1, len(ids) // (workers * 8))
+        return list(pool.map(_prepare_star, [(cfg, root, sid, staging) for sid in ids], chunksize=chunk))
+
+
+def _prepare_star(args: tuple[Config, Path, str, Path]) -> Outcome:
+    return prepare_one(*args)
+
+
+def prepare_one(cfg: Config, root: Path, sid: str, staging: Path, *, validate_only: bool = False) -> Outcome:
+    """Read, check and preprocess one subject, then write it into ``staging``'s cache."""
+    try:
+        raw = adapters.load_subject(cfg.data.format, root, sid)
+        if validate_only:
+            return Outcome(sid)
+        subject = preprocess_subject(raw, cfg.data)
+    except UserError as exc:
+        return Outcome(sid, error=str(exc))
+    warning = None
+    if _touches_border(subject):
+        warning = (f"{sid}: myocardium reaches the crop border; the heart does not fit in "
+                   f"data.crop x data.spacing_mm = {cfg.data.crop * cfg.data.spacing_mm:.0f} mm")
+    cache.save_subject(staging, subject)
+    return Outcome(sid, warning=warning, cine_shape=tuple(subject.cine.shape),
+                   lge_shape=tuple(subject.lge.shape) if subject.lge is not None else ())
+
+
+def _touches_border(subject: cache.Subject) -> bool:
+    label = subject.cine_label[:, 0] if subject.cine_label is not None else subject.lge_label
+    if label is None:
+        return False
+    edge = np.concatenate([label[:, 0], label[:, -1], label[:, :, 0], label[:, :, -1]], axis=None)
+    return bool(np.isin(edge, (2, 3)).any())
