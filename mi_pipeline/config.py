@@ -113,7 +113,7 @@ class DataConfig:
     split_seed: int = 0
     exclude: tuple[str, ...] = ()  # subject ids left out (recorded with the reason in data/splits/excluded.json)
     on_bad_subject: Literal["stop", "exclude"] = "stop"  # exclude: go on without subjects that fail validation
-    workers: int = 1  # processes preparing subjects side by side (the cache is the same for any count)
+    workers: int = 1  # processes preparing subjects side by side, at most the CPUs allotted (same cache for any count)
     cache_budget_mb: int = 256  # cached subjects a stage keeps in memory at once (least recently used go first)
 
     def __post_init__(self) -> None:

@@ -9,6 +9,7 @@ subject depends on nothing but (config, subject), so the cache is byte-for-byte 
 from __future__ import annotations
 
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +34,14 @@ class Outcome:
 
 
 def prepare_subjects(cfg: Config, root: Path, ids: list[str], staging: Path) -> list[Outcome]:
-    """Prepare ``ids`` into ``staging`` with ``cfg.data.workers`` processes; outcomes in ``ids`` order.
+    """Prepare ``ids`` into ``staging`` with up to ``cfg.data.workers`` processes; outcomes in ``ids`` order.
 
     Every subject is validated even after a failure, so one run names every bad subject. With one
     worker and ``on_bad_subject: stop``, subjects after the first failure are only read (the run is
     doomed, so no preprocessing is wasted on them).
     """
-    workers = min(cfg.data.workers, max(len(ids), 1))
+    # never more processes than CPUs this job may use (a SLURM allocation, a taskset): more only thrash
+    workers = min(cfg.data.workers, max(len(ids), 1), len(os.sched_getaffinity(0)))
     if workers == 1:
         outcomes: list[Outcome] = []
         for sid in ids:
