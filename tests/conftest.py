@@ -3,8 +3,10 @@
 The default run (``addopts`` in pyproject.toml) uses two workers with ``--dist loadgroup``. Most
 tests spend their time in child processes (the CLI, SLURM jobs) or waiting on the cluster, so two
 workers keep both cores busy. Each test file is one group, so a module-scoped fixture (a finished
-run that several tests copy) is built once; ``tests/faults`` and ``tests/slurm`` are one group each
-because their session fixtures (reference runs, the prepared run) are shared across their files.
+run that several tests copy) is built once; ``tests/faults`` is one group because its session
+fixtures (reference runs) are shared across its files, and ``tests/slurm`` (the cluster tier, ``-m
+slurm``) because its tests share the one small cluster: run side by side, their jobs would queue
+behind each other's and their timing checks would measure the queue.
 
 The fast tier a developer runs while working is ``pytest -m "not slow"``: everything in ``SLOW_DIRS``
 and every test marked ``slow`` (end-to-end trainings, multi-process runs) is left to the full run.

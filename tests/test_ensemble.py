@@ -93,6 +93,20 @@ def test_predict_one_fold_alone_has_no_ensemble(kfold_run) -> None:
     assert not (out / "s0" / ensemble.UNCERTAINTY_FILE).exists()
 
 
+def test_cohort_predict_on_a_kfold_run_uses_the_ensemble_too(kfold_run) -> None:
+    tmp, _ = kfold_run
+    out = tmp / "cohort"
+    alone = tmp / "alone"
+    assert run_main(predict.main, ["--cohort", "--cine", str(tmp / "data"), "--out", str(out),
+                                   "--run-dir", str(tmp / "run")]) == 0
+    assert run_main(predict.main, ["--cine", str(tmp / "data" / "s0" / "cine.nii.gz"), "--out", str(alone),
+                                   "--run-dir", str(tmp / "run")]) == 0
+    report = json.loads((out / "s0" / "report.json").read_text())
+    assert report["ensemble"]["folds"] == K and (out / "s0" / ensemble.UNCERTAINTY_FILE).is_file()
+    same = json.loads((alone / "s0" / "report.json").read_text())
+    assert report["infarct_percent"] == same["infarct_percent"], "cohort and single predict, same ensemble"
+
+
 @pytest.mark.parametrize("case", ["fold out of range", "a fold not trained"])
 def test_predict_kfold_errors_are_one_line(kfold_run, tmp_path, case, capsys) -> None:
     tmp, cfg = kfold_run
