@@ -49,17 +49,25 @@ def _old(path: Path, now: float, min_age_s: float) -> bool:
         return False
 
 
-def find_reclaimable(layout: RunLayout, min_age_s: float = 600.0) -> list[Reclaimable]:
-    """Everything under the run that no resume needs, sorted by path."""
-    now, found = time.time(), []
+def _set_aside(run: RunLayout) -> list[Reclaimable]:
+    """One run's (or fold's) set-aside ``last.pth`` copies and corrupted-record copy."""
+    found = []
     for stage in MODEL_STAGES:
         for why in SET_ASIDE:
-            path = layout.last(stage).with_name(f"{layout.last(stage).name}.{why}")
+            path = run.last(stage).with_name(f"{run.last(stage).name}.{why}")
             if path.is_file():
                 found.append(Reclaimable(path, _size(path), f"set aside by a {why} of {stage}; resume uses last.pth"))
-    corrupt = layout.root / f"{PROGRESS_FILE}.corrupt"
+    corrupt = run.root / f"{PROGRESS_FILE}.corrupt"
     if corrupt.is_file():
         found.append(Reclaimable(corrupt, _size(corrupt), "copy of a corrupted record that was rebuilt"))
+    return found
+
+
+def find_reclaimable(layout: RunLayout, min_age_s: float = 600.0) -> list[Reclaimable]:
+    """Everything under the run (and its folds) that no resume needs, sorted by path."""
+    now, found = time.time(), []
+    for run in [layout, *(RunLayout(root) for root in layout.fold_roots())]:  # a k-fold run: each fold too
+        found += _set_aside(run)
     data = layout.root / "data"
     staged = []
     if data.is_dir():

@@ -59,3 +59,23 @@ def test_clean_lists_then_deletes_and_the_run_still_resumes(tmp_path: Path, caps
     assert checkpoint_epoch(ckpt / "last.pth") == 2
     assert run_main(clean.main, ["--run-dir", str(run)]) == 0
     assert "nothing to reclaim" in capsys.readouterr().out
+
+
+def test_clean_finds_what_the_folds_of_a_kfold_run_set_aside(tmp_path: Path) -> None:
+    from mi_pipeline.layout import RunLayout
+    from mi_pipeline.orchestration.reclaim import find_reclaimable
+
+    top = RunLayout(tmp_path / "run")
+    kept = []
+    for k in range(2):
+        fold = top.fold(k)
+        fold.ckpt_dir("registration").mkdir(parents=True)
+        fold.last("registration").write_bytes(b"resume reads this")
+        stale = fold.last("registration").with_name("last.pth.stale")
+        stale.write_bytes(b"an old position")
+        kept.append(fold.last("registration"))
+        if k == 1:
+            (fold.root / ".training_progress.corrupt").write_text("broken")
+    found = {r.path.relative_to(top.root).as_posix() for r in find_reclaimable(top)}
+    assert found == {"folds/0/checkpoints/registration/last.pth.stale",
+                     "folds/1/checkpoints/registration/last.pth.stale", "folds/1/.training_progress.corrupt"}
