@@ -118,8 +118,8 @@ def segment_subject(models: Models, subject: Subject) -> tuple[np.ndarray, np.nd
     For an ensemble, the argmax of the folds' mean probability (fields: fold 0's).
     """
     if models.folds:
-        probs = fold_probabilities(models, subject)
-        return ensemble.agree(probs).label, _fields(models, subject)
+        agreement, fields = segment_ensemble(models, subject)
+        return agreement.label, fields
     logits, fields = _forward(models, subject)
     return logits.argmax(dim=1).numpy().astype(np.uint8), fields
 
@@ -148,10 +148,10 @@ def fold_probabilities(models: Models, subject: Subject) -> np.ndarray:
     return np.stack([segment_probabilities(member, subject)[0] for member in models.folds])
 
 
-def _fields(models: Models, subject: Subject) -> np.ndarray | None:
-    if models.motion is None:
-        return None
-    return motion.motion_fields(models.motion, torch.from_numpy(np.ascontiguousarray(subject.cine))).numpy()
+def segment_ensemble(models: Models, subject: Subject) -> tuple[ensemble.FoldAgreement, np.ndarray | None]:
+    """What the folds agree on for one subject, and fold 0's motion fields (computed once, with its softmax)."""
+    outputs = [segment_probabilities(member, subject) for member in models.folds]
+    return ensemble.agree(np.stack([probs for probs, _ in outputs])), outputs[0][1]
 
 
 # --- input ------------------------------------------------------------------------------------------
@@ -305,8 +305,11 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
     subject = preprocess_subject(raw, cfg.data)
     if subject.cine.shape[-1] % 16 or subject.cine.shape[-2] % 16:
         raise ConfigError(f"data.crop {cfg.data.crop} must be a multiple of 16")
-    agreement = ensemble.agree(fold_probabilities(models, subject)) if models.folds else None
-    pred, fields = (agreement.label, _fields(models, subject)) if agreement else segment_subject(models, subject)
+    if models.folds:
+        agreement, fields = segment_ensemble(models, subject)
+        pred = agreement.label
+    else:
+        agreement, (pred, fields) = None, segment_subject(models, subject)
     seg = to_cine_grid(pred, subject.affine, raw.cine_affine, raw.cine.shape[:3])
     folder = out_dir / subject_id
     folder.mkdir(parents=True, exist_ok=True)

@@ -77,12 +77,14 @@ def run_status(run_dir: Path) -> dict:
     return json.loads(result.stdout)
 
 
-def wait_all_done(run_dir: Path, timeout: float = 400) -> dict:
-    """Wait until the run is all_completed (a failed stage ends the wait with its report)."""
+def wait_all_done(run_dir: Path, timeout: float = 400, explain: Callable[[], str] | None = None) -> dict:
+    """Wait until the run is all_completed (a failed stage ends the wait with its report, and
+    ``explain()``'s text, e.g. the jobs' output, when given)."""
     def finished() -> bool:
         report = run_status(run_dir)
         if any(i["status"] == "failed" for i in report["stages"].values()):
-            raise AssertionError(f"a stage failed: {json.dumps(report, indent=1)}")
+            more = f"\n{explain()}" if explain is not None else ""
+            raise AssertionError(f"a stage failed: {json.dumps(report, indent=1)}{more}")
         return report["state"] == "all_completed"
 
     wait_for(finished, timeout, "all stages done")

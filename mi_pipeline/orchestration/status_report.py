@@ -15,7 +15,7 @@ from typing import Any
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.health import inspect_stage, rebuild_records
 from mi_pipeline.orchestration.progress import ProgressFile, StageRecord
-from mi_pipeline.stages.graph import STAGES
+from mi_pipeline.stages.graph import MODEL_STAGES, STAGES
 
 TROUBLE_LINES = 5
 
@@ -105,9 +105,6 @@ def render(report: dict[str, Any]) -> str:
     return text
 
 
-FOLD_COLUMNS = ("motion", "registration", "segmentation")
-
-
 def render_folds(folds: dict[str, dict[str, Any]]) -> str:
     """One row per fold: its seed state, then each model stage's status, epoch and job."""
     def cell(info: dict[str, Any]) -> str:
@@ -118,8 +115,8 @@ def render_folds(folds: dict[str, dict[str, Any]]) -> str:
             text += f" job {info['job_id']}"
         return text
 
-    rows = [("fold", "state", *FOLD_COLUMNS)]
-    rows += [(k, f["state"], *(cell(f["stages"][s]) for s in FOLD_COLUMNS)) for k, f in folds.items()]
+    rows = [("fold", "state", *MODEL_STAGES)]
+    rows += [(k, f["state"], *(cell(f["stages"][s]) for s in MODEL_STAGES)) for k, f in folds.items()]
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     lines = [f"folds: {len(folds)}"] + ["  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip()
                                          for row in rows]

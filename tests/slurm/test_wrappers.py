@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from tests.helpers import (
     env,
     model_weights,
     run_module,
+    run_status,
+    wait_all_done,
     wait_for,
 )
 
@@ -52,24 +53,6 @@ def submit_chain(run_dir: Path, extra_env: dict[str, str] | None = None,
     return ids, result
 
 
-def status(run_dir: Path) -> dict:
-    result = run_module("mi_pipeline.status", "--run-dir", str(run_dir), "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def wait_all_done(run_dir: Path, timeout: float = 400) -> dict:
-    def finished() -> bool:
-        report = status(run_dir)
-        failed = {s: i for s, i in report["stages"].items() if i["status"] == "failed"}
-        if failed:
-            raise AssertionError(f"a stage failed: {json.dumps(failed, indent=1)}\n{slurm_outputs(run_dir)}")
-        return report["state"] == "all_completed"
-
-    wait_for(finished, timeout, "all stages done")
-    return status(run_dir)
-
-
 def executor(run_dir: Path, stage: str) -> str | None:
     return ProgressFile(run_dir).read().stages[stage].executor
 
@@ -83,7 +66,7 @@ def chain_run(slurm_cluster, tmp_path_factory) -> tuple[Path, dict[str, str], fl
     run_dir = tmp_path_factory.mktemp("wrapper_chain")
     started = time.monotonic()
     ids, _ = submit_chain(run_dir)
-    wait_all_done(run_dir)
+    wait_all_done(run_dir, explain=lambda: slurm_outputs(run_dir))
     return run_dir, ids, time.monotonic() - started
 
 
@@ -94,7 +77,7 @@ def test_chain_completes_in_dependency_order_on_the_shared_record(chain_run, slu
     for stage, upstream in (("motion", "data"), ("registration", "data"), ("segmentation", "motion"),
                             ("segmentation", "registration")):
         assert rec[stage].start >= rec[upstream].end, f"{stage} started before {upstream} ended"
-    report = status(run_dir)
+    report = run_status(run_dir)
     for stage, job in ids.items():
         info = report["stages"][stage]
         assert info["status"] == "done" and info["attempts"] == 1 and executor(run_dir, stage) == "slurm"
@@ -128,11 +111,11 @@ def test_usr2_requeues_the_stage_which_resumes_and_matches_the_uninterrupted_run
                        "--run-dir", str(run_dir), "--set", "slurm.gpus_per_node=0", timeout=120)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "submitted job" not in again.stdout, again.stdout
-    assert {s: i["job_id"] for s, i in status(run_dir)["stages"].items()} == ids
-    unfinished = {s for s, i in status(run_dir)["stages"].items() if i["status"] != "done"}
+    assert {s: i["job_id"] for s, i in run_status(run_dir)["stages"].items()} == ids
+    unfinished = {s for s, i in run_status(run_dir)["stages"].items() if i["status"] != "done"}
     assert {"motion", "segmentation"} <= unfinished
     kept, result = submit_chain(run_dir)
-    finished_meanwhile = {s for s, i in status(run_dir)["stages"].items() if i["status"] == "done"}
+    finished_meanwhile = {s for s, i in run_status(run_dir)["stages"].items() if i["status"] == "done"}
     assert kept.items() <= ids.items(), result.stdout + result.stderr  # nothing new submitted
     assert set(kept) >= unfinished - finished_meanwhile, result.stderr
 
@@ -140,7 +123,7 @@ def test_usr2_requeues_the_stage_which_resumes_and_matches_the_uninterrupted_run
     wait_for(lambda: "resuming from last.pth" in log.read_text(), 300, "motion to resume")
     round_trip = time.monotonic() - signalled
 
-    report = wait_all_done(run_dir)
+    report = wait_all_done(run_dir, explain=lambda: slurm_outputs(run_dir))
     text = log.read_text()
     resumed_at = [int(n) for n in re.findall(r"resuming from last\.pth at epoch (\d+)", text)]
     assert resumed_at and resumed_at[-1] > 1, text
@@ -171,7 +154,7 @@ def test_submit_resume_sbatch_runs_the_python_submitter_as_a_job(slurm_cluster, 
     record = slurm_cluster.wait_for(submitter, timeout=180)
     assert record.state == "COMPLETED", out.read_text() if out.exists() else record
     assert "plan (mode resume, executor slurm)" in out.read_text()
-    report = wait_all_done(run_dir)
+    report = wait_all_done(run_dir, explain=lambda: slurm_outputs(run_dir))
     jobs = {s: i["job_id"] for s, i in report["stages"].items()}
     assert all(jobs.values()) and submitter not in jobs.values()
     assert all(executor(run_dir, s) == "slurm" for s in STAGES)
@@ -204,7 +187,7 @@ def test_a_refused_sbatch_cancels_what_this_call_submitted_and_says_so(slurm_clu
 
 def test_the_wrappers_take_a_fold(slurm_cluster, tmp_path: Path) -> None:
     """k-fold (issue 15): the chain without --fold is the shared data job; with --fold k, fold k's models."""
-    from tests.helpers import run_status, wait_folds_done
+    from tests.helpers import wait_folds_done
 
     import yaml
 
