@@ -172,8 +172,11 @@ def prepare_data(cfg: Config, run_dir: Path, log: Callable[[str], None] = print)
         "seconds": seconds,
     }
     dropped = f"; {len(excluded)} excluded (data/splits/excluded.json)" if excluded else ""
-    log(f"data: prepared {len(ids)} subject(s) (train {summary['n_train']}, val {summary['n_val']}, "
-        f"test {summary['n_test']}){dropped}, cine (Z, T, H, W) = {tuple(summary['cine_shape'])} in {seconds} s")
+    split = (f"train {summary['n_train']}, val {summary['n_val']}, test {summary['n_test']}" if not cfg.cv.folds else
+             f"test {summary['n_test']} held out, {summary['n_train'] + summary['n_val']} for {cfg.cv.folds}-fold "
+             f"cross-validation")
+    log(f"data: prepared {len(ids)} subject(s) ({split}){dropped}, cine (Z, T, H, W) = "
+        f"{tuple(summary['cine_shape'])} in {seconds} s")
     return summary
 
 

@@ -188,10 +188,12 @@ def _run_data(cfg: Config, layout: RunLayout, update: StageRecorder, log: StageL
         summary = prepare_data(cfg, layout.root, log=log.info)
         log.info(f"data prepared: {summary}")
         if cfg.cv.folds:  # the split file and fold folders, before any fold job can start (issue 15)
+            from mi_pipeline.data.cache import read_split
             from mi_pipeline.orchestration.fold_setup import prepare_folds
 
-            prepare_folds(cfg, layout)
-            log.info(f"data: {cfg.cv.folds} folds in {layout.folds_dir}")
+            for fold in prepare_folds(cfg, layout):
+                sizes = ", ".join(f"{name} {len(read_split(fold.root, name))}" for name in ("train", "val", "test"))
+                log.info(f"data: fold {fold.fold_index} ({sizes}) in {fold.root}")
     world.barrier()
     update(status="done", finished=now(), pid=None, error=None, note=None)
     return 0

@@ -13,7 +13,7 @@ from typing import Any
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration import jobs
 from mi_pipeline.orchestration.health import inspect_stage
-from mi_pipeline.orchestration.progress import ProgressFile, StageRecord
+from mi_pipeline.orchestration.progress import STATES, ProgressFile, StageRecord
 from mi_pipeline.stages.graph import MODEL_STAGES, STAGES
 
 TROUBLE_LINES = 5
@@ -26,8 +26,10 @@ def collect(layout: RunLayout) -> dict[str, Any]:
     report: dict[str, Any] = {"run_dir": str(layout.root), "state": progress.state, "stages": stages,
                               "notes": progress.notes}
     folds = [RunLayout(root) for root in layout.fold_roots()]
-    if folds:  # a k-fold run (issue 15): each fold is a run of its own, reported the same way
+    if folds:  # a k-fold run: each fold is a run of its own, reported the same way
         report["folds"] = {str(fold.fold_index): collect(fold) for fold in folds}
+        report["top_state"] = progress.state  # the data stage's own record
+        report["state"] = min((f["state"] for f in report["folds"].values()), key=STATES.index)
     return report
 
 
@@ -96,6 +98,9 @@ def render_folds(folds: dict[str, dict[str, Any]]) -> str:
 
 def _render_run(report: dict[str, Any]) -> str:
     lines = [f"run: {report['run_dir']}", f"state: {report['state']}"]
+    if report.get("folds"):
+        lines[-1] += (f" (the least advanced of {len(report['folds'])} folds: "
+                      + ", ".join(f"{k} {f['state']}" for k, f in report["folds"].items()) + ")")
     lines += [f"note: {note}" for note in report["notes"]]
     for stage, info in report["stages"].items():
         if report.get("folds") and stage != "data":

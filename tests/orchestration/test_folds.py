@@ -223,6 +223,12 @@ def test_status_shows_the_folds_as_a_table(tmp_path: Path) -> None:
     row1 = next(line for line in lines if line.strip().startswith("1 "))
     assert "step1_data_prepared" in row1 and "1/12" in row1
     assert "motion" not in text.split("folds: 2")[0], "the top of a k-fold run lists only its data stage"
+    assert report["state"] == "step1_data_prepared" and "state: step1_data_prepared (the least advanced of 2 folds: " \
+        "0 all_completed, 1 step1_data_prepared)" in text, "the top state summarises the folds"
+    trained(top.fold(1))
+    report = collect(top)
+    assert (report["state"], report["top_state"]) == ("all_completed", "step1_data_prepared"), \
+        "every fold finished: the run is, although its top record holds only the data stage"
     assert json.dumps(report)  # status --json
 
 
