@@ -104,6 +104,9 @@ class PhantomConfig:
             raise ValueError("lge_slice_offset is a fraction of a slice, between 0 and 1")
 
 
+CINE_ONLY_FORMATS = ("acdc", "mnms")  # datasets without LGE: the stages that need it are left out
+
+
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     """Where the data is and how step 1 prepares it."""

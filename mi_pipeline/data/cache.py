@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mi_pipeline.config import Config, stage_hash
+from mi_pipeline.config import CINE_ONLY_FORMATS, Config, stage_hash
 from mi_pipeline.errors import InputError
 from mi_pipeline.fsio import atomic_write_bytes, atomic_write_text
 from mi_pipeline.layout import RunLayout
@@ -106,8 +106,9 @@ def load_subject(run_dir: Path, subject_id: str) -> Subject:
     )
 
 
-def write_manifest(run_dir: Path, subject_ids: list[str], data_hash: str) -> None:
-    manifest = {"version": CACHE_VERSION, "data_hash": data_hash, "subjects": sorted(subject_ids)}
+def write_manifest(run_dir: Path, subject_ids: list[str], data_hash: str, lge_subjects: int | None = None) -> None:
+    manifest = {"version": CACHE_VERSION, "data_hash": data_hash, "subjects": sorted(subject_ids),
+                "lge_subjects": lge_subjects}
     atomic_write_text(cache_dir(run_dir) / "manifest.json", json.dumps(manifest, indent=1) + "\n")
 
 
@@ -204,3 +205,24 @@ def data_is_prepared(cfg: Config, run_dir: Path) -> bool:
     if not all((folder / f"{sid}.npz").is_file() for sid in subjects):
         return False
     return all((splits_dir(Path(run_dir)) / f"{name}.txt").is_file() for name in SPLITS)
+
+
+def lge_available(cfg: Config, run_dir: Path) -> bool | None:
+    """Whether this run's data has LGE images for the stages that learn from them.
+
+    From the prepared cache when there is one (its manifest counts them; an older cache is asked
+    through one subject file), else from the dataset format (ACDC and M&Ms are cine-only); None when
+    nothing can say yet (a generic dataset not prepared).
+    """
+    manifest = read_manifest(Path(run_dir))
+    if manifest is not None and manifest.get("data_hash") == stage_hash(cfg, "data"):
+        if isinstance(manifest.get("lge_subjects"), int):
+            return manifest["lge_subjects"] > 0
+        subjects = manifest.get("subjects") or []
+        if subjects:
+            try:
+                with np.load(cache_dir(Path(run_dir)) / f"{subjects[0]}.npz") as arrays:
+                    return "lge" in arrays.files
+            except (OSError, ValueError):
+                return None
+    return False if cfg.data.format in CINE_ONLY_FORMATS else None

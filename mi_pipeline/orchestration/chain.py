@@ -9,7 +9,9 @@ same plan, record, stage graph and job states as ``python -m mi_pipeline.submit`
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from mi_pipeline.config import Config
 from mi_pipeline.errors import UserError
@@ -35,7 +37,7 @@ def plan_lines(cfg: Config, root: Path, fold: int | None = None) -> list[str]:
     models train in the folds); with ``fold`` it is that fold's model stages, waiting on the data
     job when it is still queued (a ``keep data`` line), never submitting data themselves.
     """
-    from mi_pipeline.data.cache import data_is_prepared
+    from mi_pipeline.data.cache import data_is_prepared, lge_available
     from mi_pipeline.orchestration.plan import make_plan
 
     top = RunLayout(root)
@@ -44,31 +46,44 @@ def plan_lines(cfg: Config, root: Path, fold: int | None = None) -> list[str]:
 
         check_fold(fold, cfg.cv.folds, f"{root} (cv.folds={cfg.cv.folds})")
     top_file = _progress_file(root)
-    top_steps = make_plan("resume", top, top_file.read(), data_ready=data_is_prepared(cfg, root))
+    lge = lge_available(cfg, root)
+    top_steps = make_plan("resume", top, top_file.read(), data_ready=data_is_prepared(cfg, root), lge=lge)
     if fold is None:
         if not cfg.cv.folds:
-            return _lines(top_steps, top_file)
-        return _lines(top_steps[:1], top_file) + [
+            return [str(line) for line in _entries(top_steps, top_file)]
+        return [str(_entries(top_steps[:1], top_file)[0])] + [
             f"skip {s.stage} k-fold run: models train in folds/<k> (submit_chain.sh --fold k)" for s in top_steps[1:]]
-    data_lines = _lines(top_steps[:1], top_file)
-    if data_lines[0].startswith("run "):
+    data = _entries(top_steps[:1], top_file)[0]
+    if data.verb == "run":
         raise UserError(f"fold {fold} needs the shared data stage, which is not prepared and not queued: submit it "
                         f"first (slurm/submit_chain.sh CONFIG {root}), then the folds")
-    if data_lines[0].startswith("skip "):
-        from mi_pipeline.orchestration.fold_setup import prepare_folds
+    if data.verb == "skip":
+        from mi_pipeline.orchestration.fold_setup import SHARED_DATA, prepare_folds
 
         prepare_folds(cfg, top)
-        data_lines = ["skip data shared data stage (run top)"]
+        data = ChainLine("skip", "data", (SHARED_DATA,))
     layout = top.fold(fold)
     layout.root.mkdir(parents=True, exist_ok=True)
     fold_file = _progress_file(layout.root)
-    steps = make_plan("resume", layout, fold_file.read(), data_ready=data_is_prepared(cfg, layout.root))
-    return data_lines + _lines(steps[1:], fold_file)
+    steps = make_plan("resume", layout, fold_file.read(), data_ready=data_is_prepared(cfg, layout.root), lge=lge)
+    return [str(line) for line in (data, *_entries(steps[1:], fold_file))]
 
 
-def _lines(steps: list, progress_file: ProgressFile) -> list[str]:
-    from mi_pipeline.orchestration.local_executor import plan_restart
+@dataclass(frozen=True)
+class ChainLine:
+    """One stage's answer to the wrapper: ``verb stage fields...`` when printed."""
+
+    verb: Literal["skip", "keep", "run"]
+    stage: str
+    fields: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return " ".join((self.verb, self.stage, *self.fields))
+
+
+def _entries(steps: list, progress_file: ProgressFile) -> list[ChainLine]:
     from mi_pipeline.orchestration.jobs import ACTIVE_STATES, job_states
+    from mi_pipeline.orchestration.local_executor import plan_restart
 
     progress = progress_file.read()
     recorded = {s.stage: progress.stages[s.stage].job_id for s in steps
@@ -78,13 +93,13 @@ def _lines(steps: list, progress_file: ProgressFile) -> list[str]:
     for step in steps:
         job_id = recorded.get(step.stage)
         if not step.run:
-            lines.append(f"skip {step.stage} {step.reason}")
+            lines.append(ChainLine("skip", step.stage, (step.reason,)))
         elif job_id and states.get(job_id) in ACTIVE_STATES:
-            lines.append(f"keep {step.stage} {job_id} {states[job_id]}")
+            lines.append(ChainLine("keep", step.stage, (job_id, states[job_id])))
         else:
             upstream = ",".join(u for u in UPSTREAM[step.stage]) or "-"
             token = plan_restart(step, progress_file) or "-"
-            lines.append(f"run {step.stage} {token} {upstream} {step.reason}")
+            lines.append(ChainLine("run", step.stage, (token, upstream, step.reason)))
     return lines
 
 

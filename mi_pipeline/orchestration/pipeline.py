@@ -57,5 +57,7 @@ def record_skips(steps: list[Step], progress_file: ProgressFile) -> None:
     with progress_file.update() as progress:
         for step in steps:
             record = progress.stages[step.stage]
-            if not step.run and record.status != "done":
+            if step.left_out:  # not done: a stage the data cannot feed is shown as left out, with why
+                record.status, record.note = "left_out", step.reason
+            elif not step.run and record.status != "done":
                 record.status, record.note = "done", f"skipped: {step.reason}"

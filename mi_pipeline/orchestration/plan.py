@@ -8,7 +8,8 @@ from mi_pipeline.config import Config, config_changes, only_longer_training, sta
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.health import CheckpointHealth, inspect_stage
 from mi_pipeline.orchestration.progress import Progress
-from mi_pipeline.stages.graph import MODEL_STAGES, STAGES, downstream
+from mi_pipeline.errors import UserError
+from mi_pipeline.stages.graph import MODEL_STAGES, NEEDS_LGE, STAGES, downstream
 
 MODES = ("fresh", "resume", "skip")
 
@@ -20,21 +21,27 @@ class Step:
     reason: str
     restart: bool = False  # train from scratch, setting the old last.pth aside
     decide: bool = False  # finished under another config: --force keeps it, --retrain-from retrains it
+    left_out: bool = False  # the data cannot feed this stage (no LGE): not run, and not done either
 
     def describe(self) -> str:
-        verb = "DECIDE" if self.decide else ("restart" if self.restart else "run") if self.run else "skip"
+        verb = ("DECIDE" if self.decide else "leave" if self.left_out else
+                ("restart" if self.restart else "run") if self.run else "skip")
         return f"{verb:7} {self.stage:13} {self.reason}"
 
 
 def make_plan(mode: str, layout: RunLayout, progress: Progress, data_ready: bool, cfg: Config | None = None,
-              *, retrain_from: str | None = None, force: bool = False) -> list[Step]:
+              *, retrain_from: str | None = None, force: bool = False, lge: bool | None = None) -> list[Step]:
     """What each stage does under ``mode``. With ``cfg``, a finished stage whose config changed since it
     was trained needs a decision (``decide``), unless only its epoch count went up (then it continues)
-    or ``force`` keeps it; ``retrain_from`` retrains that stage and its dependants (old files kept aside)."""
+    or ``force`` keeps it; ``retrain_from`` retrains that stage and its dependants (old files kept aside).
+    ``lge`` False (a cine-only dataset) leaves out the stages that learn from LGE images."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
+    if lge is False and retrain_from in NEEDS_LGE:
+        raise UserError(f"--retrain-from {retrain_from}: this run's data has no LGE images, which {retrain_from} "
+                        f"learns from (it is left out of the plan)")
     if mode == "fresh":
-        return [Step(s, True, "fresh run") for s in STAGES]
+        return _leave_out([Step(s, True, "fresh run") for s in STAGES], lge)
     health = {s: inspect_stage(layout, s) for s in MODEL_STAGES}  # each stage's files read once
     steps = {s: _decide(mode, s, health.get(s), progress, data_ready) for s in STAGES}
     if cfg is not None and mode == "resume":
@@ -49,7 +56,14 @@ def make_plan(mode: str, layout: RunLayout, progress: Progress, data_ready: bool
             for child in downstream(stage):
                 if not steps[child].run:
                     steps[child] = Step(child, True, f"depends on {stage}, which runs")
-    return [steps[s] for s in STAGES]
+    return _leave_out([steps[s] for s in STAGES], lge)
+
+
+def _leave_out(steps: list[Step], lge: bool | None) -> list[Step]:
+    if lge is not False:
+        return steps
+    why = "left out: the data has no LGE images, which this stage learns from (a cine-only dataset)"
+    return [Step(s.stage, False, why, left_out=True) if s.stage in NEEDS_LGE else s for s in steps]
 
 
 def _decide(mode: str, stage: str, health: CheckpointHealth | None, progress: Progress, data_ready: bool) -> Step:

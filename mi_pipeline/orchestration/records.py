@@ -26,7 +26,7 @@ STATES = (
     "step4_segmentation_trained",
     "all_completed",
 )
-Status = Literal["not_started", "pending", "running", "done", "failed"]
+Status = Literal["not_started", "pending", "running", "done", "failed", "left_out"]  # left_out: no LGE data
 STATUSES: tuple[str, ...] = get_args(Status)
 Executor = Literal["local", "slurm"]
 

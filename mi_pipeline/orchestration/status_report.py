@@ -105,7 +105,7 @@ def _render_run(report: dict[str, Any]) -> str:
     for stage, info in report["stages"].items():
         if report.get("folds") and stage != "data":
             continue  # a k-fold run trains its models in the folds (the table below)
-        mark = "✓" if info["status"] == "done" else "✗"
+        mark = "✓" if info["status"] == "done" else "–" if info["status"] == "left_out" else "✗"
         parts = [f"{mark} {stage:13} {info['status']:11}"]
         if info.get("epochs"):
             parts.append(f"epoch {info['epoch']}/{info['epochs']}")
@@ -118,6 +118,8 @@ def _render_run(report: dict[str, Any]) -> str:
         if stage != "data" and info.get("best_model") not in ("ok", "missing"):
             parts.append("best_model.pth corrupted")
         lines.append("  ".join(parts))
+        if info["status"] == "left_out" and info.get("detail"):
+            lines.append(f"      {info['detail']}")
         if info["status"] == "failed":
             for reason in (info.get("error"), info.get("detail")):
                 if reason:

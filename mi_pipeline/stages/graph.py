@@ -25,6 +25,11 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
 """Direct dependencies: a stage runs only after these (SLURM ``afterok``)."""
 
 
+NEEDS_LGE: tuple[str, ...] = ("registration", "segmentation")
+"""Stages that learn from LGE images (registration aligns cine to LGE; segmentation learns from LGE
+labels carried into cine space): a cine-only dataset leaves them out."""
+
+
 def downstream(stage: str) -> list[str]:
     """Stages that (transitively) depend on ``stage``, in pipeline order."""
     found: list[str] = []
