@@ -210,19 +210,12 @@ def data_is_prepared(cfg: Config, run_dir: Path) -> bool:
 def lge_available(cfg: Config, run_dir: Path) -> bool | None:
     """Whether this run's data has LGE images for the stages that learn from them.
 
-    From the prepared cache when there is one (its manifest counts them; an older cache is asked
-    through one subject file), else from the dataset format (ACDC and M&Ms are cine-only); None when
-    nothing can say yet (a generic dataset not prepared).
+    From the prepared cache's manifest when it counts them, else from the dataset format (ACDC and
+    M&Ms are cine-only); None when nothing can say yet (a dataset not prepared, or a cache made
+    before the manifest counted LGE images).
     """
     manifest = read_manifest(Path(run_dir))
-    if manifest is not None and manifest.get("data_hash") == stage_hash(cfg, "data"):
-        if isinstance(manifest.get("lge_subjects"), int):
-            return manifest["lge_subjects"] > 0
-        subjects = manifest.get("subjects") or []
-        if subjects:
-            try:
-                with np.load(cache_dir(Path(run_dir)) / f"{subjects[0]}.npz") as arrays:
-                    return "lge" in arrays.files
-            except (OSError, ValueError):
-                return None
+    if (manifest is not None and manifest.get("data_hash") == stage_hash(cfg, "data")
+            and isinstance(manifest.get("lge_subjects"), int)):
+        return manifest["lge_subjects"] > 0
     return False if cfg.data.format in CINE_ONLY_FORMATS else None

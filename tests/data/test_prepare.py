@@ -97,11 +97,11 @@ def test_manifest_written_last(prepared: tuple[Path, dict], tmp_path: Path, monk
         seen.append("splits")
         real_splits(run_dir, value)
 
-    def manifest(run_dir: Path, ids: list[str], data_hash: str) -> None:
+    def manifest(run_dir: Path, ids: list[str], data_hash: str, **counts: int | None) -> None:
         assert all((cache.cache_dir(run_dir) / f"{s}.npz").is_file() for s in ids)
         assert all((cache.splits_dir(run_dir) / f"{n}.txt").is_file() for n in cache.SPLITS)
         seen.append("manifest")
-        real_manifest(run_dir, ids, data_hash)
+        real_manifest(run_dir, ids, data_hash, **counts)
 
     monkeypatch.setattr(cache, "write_splits", splits)
     monkeypatch.setattr(cache, "write_manifest", manifest)
