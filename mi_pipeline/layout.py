@@ -40,6 +40,10 @@ class RunLayout:
     def progress(self) -> Path:
         return self.root / PROGRESS_FILE
 
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.yaml"
+
     def ckpt_dir(self, stage: str) -> Path:
         return self.root / "checkpoints" / stage
 
