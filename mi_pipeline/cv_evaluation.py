@@ -29,6 +29,7 @@ def evaluate_cv(cfg: Config, run_dir: Path, *, split: str = "test", stages: tupl
                 data_root: Path | None = None, fmt: str | None = None, log=print) -> dict[str, Any]:
     """Folds on their held-out subjects, pooled, and the ensemble on ``split`` (or on ``data_root``)."""
     roots = RunLayout(Path(run_dir)).fold_roots()
+    fold_checkpoints(run_dir, stages=())  # every fold the split lists has its folder, or one error line
     folds: dict[str, dict[str, Any]] = {}
     for root in roots:
         log(f"evaluate: fold {root.name} on its held-out (val) subjects")

@@ -68,11 +68,11 @@ class RunLayout:
         return RunLayout(self.folds_dir / str(k))
 
     def fold_roots(self) -> list[Path]:
-        """The fold folders that exist, in fold order."""
-        if not self.folds_dir.is_dir():
-            return []
-        return sorted((p for p in self.folds_dir.iterdir() if p.is_dir() and p.name.isdigit()),
-                      key=lambda p: int(p.name))
+        """The run's folds, in fold order: the K that ``data/splits/folds.json`` lists, whether or not
+        their folders exist ([] without a split file). Folders on disk never add or drop a fold."""
+        from mi_pipeline.data.folds import fold_count
+
+        return [self.fold(k).root for k in range(fold_count(self.root))]
 
     @property
     def fold_index(self) -> int | None:

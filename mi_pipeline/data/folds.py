@@ -29,6 +29,23 @@ def folds_path(run_dir: Path) -> Path:
     return cache.splits_dir(run_dir) / FILENAME
 
 
+def fold_count(run_dir: Path) -> int:
+    """How many folds the run has: the split file's K (0 without a split file). The one answer every
+    command uses (through ``RunLayout.fold_roots``): a copied or left-over folder under ``folds/`` is
+    not a fold, and a deleted one is still missing."""
+    content = read_folds(run_dir)
+    return 0 if content is None else len(content["folds"])
+
+
+def unlisted_folders(folds_dir: Path, count: int) -> list[Path]:
+    """Fold-like folders (``folds/<digits>``) beyond the split file's ``count`` folds: ignored, and worth
+    a warning (a copy of another run's fold would otherwise look like one more model)."""
+    if not folds_dir.is_dir():
+        return []
+    return sorted((p for p in folds_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) >= count),
+                  key=lambda p: int(p.name))
+
+
 def make_folds(ids: list[str], test: list[str], k: int, seed: int) -> list[dict[str, list[str]]]:
     """Deal the non-test subjects into ``k`` folds (deterministic for ``seed``); >= 1 val subject each."""
     pool = sorted(set(ids) - set(test))

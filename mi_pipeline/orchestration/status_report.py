@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from mi_pipeline.data import folds as fold_split
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.health import inspect_stage, rebuild_records
 from mi_pipeline.orchestration.progress import ProgressFile, StageRecord
@@ -28,9 +29,20 @@ def collect(layout: RunLayout) -> dict[str, Any]:
     report: dict[str, Any] = {"run_dir": str(layout.root), "state": progress.state, "stages": stages,
                               "notes": progress.notes}
     folds = [RunLayout(root) for root in layout.fold_roots()]
-    if folds:  # a k-fold run (issue 15): each fold is a run of its own, reported the same way
-        report["folds"] = {str(fold.fold_index): collect(fold) for fold in folds}
+    if folds:  # a k-fold run: each fold is a run of its own, reported the same way
+        report["folds"] = {str(fold.fold_index): collect(fold) if fold.root.is_dir() else _missing_fold(fold)
+                           for fold in folds}
+    split = fold_split.folds_path(layout.root)
+    report["notes"] = [*report["notes"], *(f"{p}: not one of the {len(folds)} folds of {split}; ignored"
+                                           for p in fold_split.unlisted_folders(layout.folds_dir, len(folds)))]
     return report
+
+
+def _missing_fold(fold: RunLayout) -> dict[str, Any]:
+    """A fold the split file lists whose folder is gone (what predict refuses to ensemble without)."""
+    gone = {"status": "missing", "detail": f"{fold.root} is missing"}
+    return {"run_dir": str(fold.root), "state": "missing", "notes": [f"{fold.root}: missing"],
+            "stages": {stage: dict(gone) for stage in STAGES}}
 
 
 def _slurm_states(job_ids: list[str]) -> dict[str, str]:

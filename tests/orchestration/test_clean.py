@@ -10,6 +10,7 @@ from pathlib import Path
 from mi_pipeline.cli import clean
 from mi_pipeline.cli.common import run_main
 from tests.helpers import REPO, checkpoint_epoch, run_module
+from tests.test_ensemble import write_split_file
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 
@@ -76,6 +77,8 @@ def test_clean_finds_what_the_folds_of_a_kfold_run_set_aside(tmp_path: Path) -> 
         kept.append(fold.last("registration"))
         if k == 1:
             (fold.root / ".training_progress.corrupt").write_text("broken")
+    write_split_file(top.root, 2)
     found = {r.path.relative_to(top.root).as_posix() for r in find_reclaimable(top)}
     assert found == {"folds/0/checkpoints/registration/last.pth.stale",
                      "folds/1/checkpoints/registration/last.pth.stale", "folds/1/.training_progress.corrupt"}
+
