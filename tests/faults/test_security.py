@@ -180,6 +180,12 @@ def test_a_checkpoint_cannot_put_shell_lines_into_the_cohort_array(tmp_path: Pat
     assert "note: the config stored in the checkpoint chooses the models only" in done.stderr
     assert (tmp_path / "sbatch_script_mode").read_text().strip() == "600"
     assert stat.S_IMODE((tmp_path / "out" / ".cohort" / "logs").stat().st_mode) == 0o700
+    (tmp_path / "run" / "config.yaml").write_text("slurm:\n  partition: site\n")  # the run's own config file
+    again = subprocess.run(done.args, env={**env(), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}, text=True,
+                           capture_output=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    script = (tmp_path / "sbatch_script").read_text()
+    assert "#SBATCH --partition=site" in script and "PWNED" not in script and "note:" not in again.stderr
 
 
 def test_sbatch_output_paths_with_spaces_or_percent_are_quoted_and_escaped(tmp_path: Path) -> None:
