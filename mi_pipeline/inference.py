@@ -91,8 +91,8 @@ def fold_checkpoints(run_dir: Path, stages: tuple[str, ...] = ("segmentation",))
     quietly be another model than the one the user cross-validated.
     """
     layout = RunLayout(Path(run_dir))
-    roots = [root / "checkpoints" for root in layout.fold_roots()]
-    for extra in fold_split.unlisted_folders(layout.folds_dir, len(roots)):
+    roots = [root / "checkpoints" for root in fold_split.fold_roots(layout.root)]
+    for extra in fold_split.unlisted_folders(layout.root):
         print(f"warning: {extra}: not one of the {len(roots)} folds of {fold_split.folds_path(layout.root)}; "
               f"ignored", file=sys.stderr)
     gone = [root.parent for root in roots if not root.parent.is_dir()]

@@ -28,9 +28,8 @@ from mi_pipeline.orchestration.fold_setup import (
     fold_layouts,
     prepare_folds,
 )
-from mi_pipeline.orchestration.fold_setup import progress_file as fold_progress
 from mi_pipeline.orchestration.folds import execute_folds, plan_folds
-from mi_pipeline.orchestration.health import inspect_stage, rebuild_records
+from mi_pipeline.orchestration.health import inspect_stage
 from mi_pipeline.orchestration.local_executor import StageCommand, resolve_executor
 from mi_pipeline.orchestration.pipeline import (
     delete_for_fresh,
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     layout = RunLayout(args.run_dir.resolve())
     cfg = load_fold_config(args, layout)  # validate before touching anything
-    progress_file = ProgressFile(layout.root, inspect_disk=lambda: rebuild_records(layout))
+    progress_file = ProgressFile.for_run(layout)
     progress = progress_file.read()
     for note in progress.notes:
         print(f"note: {note}")
@@ -120,7 +119,7 @@ def menu_header(layout: RunLayout, progress: Progress) -> str:
     lines = ["=" * 40, "非侵入性心梗估计 - 完整训练流程 (MI estimation: full training pipeline)", "=" * 40, ""]
     folds = existing_folds(layout)
     for fold in folds or [layout]:  # a k-fold run: the seed's lines once per fold
-        record = progress if fold is layout else fold_progress(fold).read()
+        record = progress if fold is layout else ProgressFile.for_run(fold).read()
         label = "" if fold is layout else f"[fold {fold.fold_index}] "
         lines += [f"{label}检测到上次训练进度: {record.state}", "", f"{label}检查已训练的模型 (trained models):"]
         for stage in MODEL_STAGES:
@@ -180,7 +179,7 @@ def submit_folds(args: argparse.Namespace, cfg: Config, layout: RunLayout, progr
             return 1
         if not args.dry_run:
             for lay in (*tops, *chosen):
-                records = fold_progress(lay)
+                records = ProgressFile.for_run(lay)
                 cancelled = stop_in_flight(records.read(), records, cfg.slurm.job_dir)
                 if cancelled:
                     print(f"cancelled in-flight jobs (and waited until they ended): {' '.join(cancelled)}")
@@ -205,7 +204,7 @@ def submit_folds(args: argparse.Namespace, cfg: Config, layout: RunLayout, progr
                            run_dir=layout.root, force=args.force)
     returncode = execute_folds(plan, command, cfg, executor)
     if returncode == 0 and executor == "local":
-        print("folds finished: " + ", ".join(f"{k} {fold_progress(layout.fold(k)).read().state}" for k in plan.folds))
+        print("folds finished: " + ", ".join(f"{k} {ProgressFile.for_run(layout.fold(k)).read().state}" for k in plan.folds))
     return returncode
 
 

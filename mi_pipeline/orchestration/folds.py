@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from mi_pipeline.config import Config
 from mi_pipeline.data.prepare import data_is_prepared
 from mi_pipeline.layout import RunLayout
-from mi_pipeline.orchestration.fold_setup import SHARED_DATA, fold_layouts, prepare_folds, progress_file
+from mi_pipeline.orchestration.fold_setup import SHARED_DATA, fold_layouts, prepare_folds
 from mi_pipeline.orchestration.local_executor import StageCommand, run_local
 from mi_pipeline.orchestration.pipeline import record_skips
 from mi_pipeline.orchestration.plan import Step, make_plan
@@ -52,7 +52,7 @@ def plan_folds(mode: str, cfg: Config, top: RunLayout, top_progress: Progress, d
         if only is not None and k != only:
             continue
         fold_ready = not data.run and data_is_prepared(cfg, fold.root)
-        steps = make_plan(mode, fold, progress_file(fold).read(), data_ready=fold_ready, cfg=cfg,
+        steps = make_plan(mode, fold, ProgressFile.for_run(fold).read(), data_ready=fold_ready, cfg=cfg,
                           retrain_from=retrain_from, force=force)
         plans[k] = [Step("data", False, SHARED_DATA), *steps[1:]]
     return FoldsPlan(data, plans)
@@ -67,10 +67,10 @@ def execute_folds(plan: FoldsPlan, command: StageCommand, cfg: Config, executor:
     sbatch refuses any job, every job this call submitted is cancelled (``slurm_executor.run_slurm``).
     """
     top = RunLayout(command.run_dir)
-    top_progress = progress_file(top)
+    top_progress = ProgressFile.for_run(top)
     record_skips([plan.data], top_progress)
     for k, steps in plan.folds.items():
-        record_skips(steps[1:], progress_file(top.fold(k)))
+        record_skips(steps[1:], ProgressFile.for_run(top.fold(k)))
     if executor == "slurm":
         return _submit_folds(plan, command, cfg, top, top_progress)
     if plan.data.run:
@@ -83,7 +83,7 @@ def execute_folds(plan: FoldsPlan, command: StageCommand, cfg: Config, executor:
     for k, steps in plan.folds.items():
         if any(s.run for s in steps):
             print(f"==> fold {k}", flush=True)
-            returncode = run_local(steps, replace(command, run_dir=top.fold(k).root), progress_file(top.fold(k)))
+            returncode = run_local(steps, replace(command, run_dir=top.fold(k).root), ProgressFile.for_run(top.fold(k)))
             failed = failed or returncode
     return failed
 
@@ -99,6 +99,6 @@ def _submit_folds(plan: FoldsPlan, command: StageCommand, cfg: Config, top: RunL
         fold = top.fold(k)
         fold.root.mkdir(parents=True, exist_ok=True)
         print(f"fold {k}:")
-        run_slurm(steps, replace(command, run_dir=fold.root), progress_file(fold), cfg, batch=batch,
+        run_slurm(steps, replace(command, run_dir=fold.root), ProgressFile.for_run(fold), cfg, batch=batch,
                   upstream_jobs=upstream)
     return 0

@@ -13,6 +13,7 @@ import socket
 from mi_pipeline.config import Config
 from mi_pipeline.errors import UserError
 from mi_pipeline.layout import RunLayout
+from mi_pipeline.orchestration.jobs import cancel_jobs, jobs_in_folder, process_alive, wait_until_gone
 from mi_pipeline.orchestration.local_executor import StageCommand, run_local
 from mi_pipeline.orchestration.plan import Step
 from mi_pipeline.orchestration.progress import Progress, ProgressFile
@@ -29,19 +30,12 @@ def stop_in_flight(progress: Progress, progress_file: ProgressFile, job_folder: 
     stage running as a local process is not ours to kill: that is an error naming it. Returns the
     job ids cancelled.
     """
-    from mi_pipeline.orchestration.status_report import process_alive
 
     for stage, record in progress.stages.items():
         if (record.executor == "local" and record.status == "running" and record.pid
                 and record.host == socket.gethostname() and process_alive(record)):
             raise UserError(f"{stage} is running in process {record.pid} on {record.host}; mode fresh would delete "
                             f"its files under it: stop it first (kill -TERM {record.pid}), then run fresh again")
-    from mi_pipeline.orchestration.slurm_executor import (
-        cancel_jobs,
-        jobs_in_folder,
-        wait_until_gone,
-    )
-
     job_dir = progress_file.path.parent / job_folder
     if not any(r.executor == "slurm" and r.job_id for r in progress.stages.values()) and not jobs_in_folder(job_dir):
         return []

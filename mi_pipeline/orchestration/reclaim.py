@@ -20,7 +20,7 @@ it for as long as it takes); any staging folder while the data stage is recorded
 process or job that is still alive; and the temp files of a stage recorded running in a live one.
 Symbolic links are never followed: a fold folder that is a link (say to another run) is not
 entered, and a candidate reached through a link is not one. The folds are those
-``data/splits/folds.json`` lists (``RunLayout.fold_roots``).
+``data/splits/folds.json`` lists (``data/folds.fold_roots``).
 Never a candidate: ``last.pth``, ``best_model.pth``, the cache, the splits, the logs, the record.
 """
 
@@ -33,10 +33,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mi_pipeline.data import cache
+from mi_pipeline.data import folds as fold_split
 from mi_pipeline.errors import UserError
 from mi_pipeline.layout import PROGRESS_FILE, RunLayout
-from mi_pipeline.orchestration.progress import StageRecord
+from mi_pipeline.orchestration import lease
+from mi_pipeline.orchestration.progress import ProgressFile
 from mi_pipeline.stages.graph import MODEL_STAGES, STAGES
 
 SET_ASIDE = ("restart", "stale")
@@ -81,8 +82,7 @@ def newest_mtime(path: Path) -> float:
 def looks_like_run(layout: RunLayout) -> bool:
     """Whether ``layout.root`` is a run directory: what any step of a run leaves there (its record,
     ``checkpoints/`` or ``data/splits``). ``clean`` refuses anything else."""
-    return (layout.progress.is_file() or layout.ckpt_dir(MODEL_STAGES[0]).parent.is_dir()
-            or cache.splits_dir(layout.root).is_dir())
+    return layout.progress.is_file() or layout.checkpoints.is_dir() or layout.splits_dir.is_dir()
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -92,7 +92,7 @@ def _inside(path: Path, root: Path) -> bool:
 
 def _run_folders(layout: RunLayout) -> list[RunLayout]:
     """The run and its folds, never a fold folder that is a link or leads out of the run."""
-    folds = [RunLayout(root) for root in layout.fold_roots() if root.is_dir() and _inside(root, layout.root)]
+    folds = [RunLayout(root) for root in fold_split.fold_roots(layout.root) if root.is_dir() and _inside(root, layout.root)]
     return [layout, *folds]
 
 
@@ -134,7 +134,7 @@ def find_reclaimable(layout: RunLayout, min_age_s: float = 600.0) -> list[Reclai
 
 def _staging(layout: RunLayout, now: float, min_age_s: float) -> list[Path]:
     """Step 1's left-over staging folders: none while the data stage runs in a live process or job."""
-    data = cache.cache_dir(layout.root).parent
+    data = layout.data_dir
     if not (data.is_dir() and _inside(data, layout.root)) or _live_stages(layout) & {"data"}:
         return []
     return [p for p in sorted(data.iterdir()) if p.name.startswith(STAGING) and not p.is_symlink()
@@ -145,34 +145,19 @@ def _temp_folders(run: RunLayout, top: Path) -> list[Path]:
     """The folders of one run (or fold) where its atomic writes put temp files, less those of a stage
     running in a live process or job, and less any folder that is a link or leads out of the run."""
     live = _live_stages(run)
-    folders = [run.root, cache.cache_dir(run.root).parent, cache.splits_dir(run.root), cache.cache_dir(run.root)]
+    folders = [run.root, run.data_dir, run.splits_dir, run.cache_dir]
     folders += [run.ckpt_dir(s) for s in MODEL_STAGES if s not in live]
     folders += [run.log_dir(s) for s in STAGES if s not in live]
     return [f for f in folders if f.is_dir() and _inside(f, top)]
 
 
 def _live_stages(run: RunLayout) -> set[str]:
-    """The stages the record says are running (or about to) in a process or job that is still alive."""
-    from mi_pipeline.orchestration.fold_setup import progress_file
-
+    """The stages the record says are running (or about to) in a process or job not shown to be gone."""
     if not run.progress.is_file():
         return set()
-    records = progress_file(run).read().stages
-    return {stage for stage, record in records.items() if record.status in ("running", "pending") and _alive(record)}
-
-
-def _alive(record: StageRecord) -> bool:
-    """Whether the process or SLURM job a record names still lives (True when it cannot be told)."""
-    from mi_pipeline.orchestration.status_report import process_alive
-
-    if record.executor != "slurm":
-        return process_alive(record)
-    if not record.job_id:
-        return True
-    from mi_pipeline.orchestration.slurm_executor import ACTIVE_STATES, job_states
-
-    state = job_states([record.job_id]).get(record.job_id)
-    return state is None or state in ACTIVE_STATES
+    records = ProgressFile.for_run(run).read().stages
+    return {stage for stage, record in records.items()
+            if record.status in ("running", "pending") and lease.holder_alive(record)}
 
 
 def remove(items: list[Reclaimable]) -> int:
