@@ -50,6 +50,16 @@ class RunLayout:
         return self.root / CONFIG_FILE
 
     @property
+    def submit_lock(self) -> Path:
+        """Held by the one ``submit`` working on this run (see orchestration/submission.py)."""
+        return self.root / ".submit.lock"
+
+    @property
+    def submit_holder(self) -> Path:
+        """Who holds the submit lock (host, pid, since): what a second submitter is told."""
+        return self.root / ".submit.holder"
+
+    @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 

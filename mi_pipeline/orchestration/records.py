@@ -97,6 +97,7 @@ def _checked(value: Any, hint: Any, where: str) -> Any:
 class Progress:
     stages: dict[str, StageRecord] = field(default_factory=lambda: {s: StageRecord() for s in STAGES})
     notes: list[str] = field(default_factory=list)  # what reading had to repair; shown to the user
+    executor: Executor | None = None  # what the run was last submitted with (``--executor auto`` follows it)
 
     @property
     def state(self) -> str:
@@ -106,7 +107,7 @@ class Progress:
         return self.stages[stage].status == "done"
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": RECORD_VERSION, "state": self.state,
+        return {"version": RECORD_VERSION, "state": self.state, "executor": self.executor,
                 "stages": {s: dataclasses.asdict(self.stages[s]) for s in STAGES}}
 
     @classmethod
@@ -115,7 +116,7 @@ class Progress:
         stages = detail.get("stages", {})
         if not isinstance(stages, dict):
             raise RecordError(f"stages: expected an object, found {type(stages).__name__}")
-        progress = cls()
+        progress = cls(executor=_checked(detail.get("executor"), Executor | None, "executor"))
         for stage in STAGES:
             if stage in stages:
                 progress.stages[stage] = StageRecord.from_dict(stages[stage], f"stages.{stage}")

@@ -19,7 +19,7 @@ from mi_pipeline.errors import ConfigError, InputError, UserError
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.fold_setup import check_fold, prepare_folds
 from mi_pipeline.orchestration.progress import ProgressFile
-from mi_pipeline.orchestration.folds import plan_folds
+from mi_pipeline.orchestration.submission import make_run_plan
 from mi_pipeline.orchestration.plan import make_plan
 from mi_pipeline.orchestration.stage_runner import train_stage
 from mi_pipeline.orchestration.status_report import collect, render
@@ -134,9 +134,9 @@ def run(request, tmp_path: Path):
     trained(top.fold(0))  # the other fold is finished, and must stay out of everything below
 
     def plan_fold(mode: str) -> dict:
-        plans = plan_folds(mode, cfg, top, ProgressFile.for_run(top).read(), data_ready=True)
-        assert not any(s.run for s in plans.folds[0]), f"fold 0 is done and untouched: {plans.folds[0]}"
-        return {s.stage: (s.run, s.restart, s.reason) for s in plans.folds[1]}
+        plans = make_run_plan(mode, cfg, top, data_ready=True)
+        assert not any(s.run for s in plans.fold_steps(0)), f"fold 0 is done and untouched: {plans.fold_steps(0)}"
+        return {s.stage: (s.run, s.restart, s.reason) for s in plans.fold_steps(1)}
 
     return top.fold(1), plan_fold, top
 
@@ -177,7 +177,7 @@ def test_the_menu_shows_state_and_models_in_either_layout(run) -> None:
     layout, _, top = run
     write_best(layout, "motion")
     layout.progress.write_text("step2_motion_trained\n")
-    header = submit_cli.menu_header(top, ProgressFile.for_run(top).read())
+    header = submit_cli.menu_header(top, ProgressFile.for_run(top).read(), "zh")
     label = "" if layout is top else f"[fold {layout.fold_index}] "
     assert f"{label}检测到上次训练进度: step2_motion_trained" in header
     block = header.split(f"{label}检测到上次训练进度")[1]
@@ -195,13 +195,14 @@ def test_each_fold_is_planned_on_its_own_record(tmp_path: Path) -> None:
         trained(top.fold(k))
     best = top.fold(2).best("registration")
     best.write_bytes(best.read_bytes()[:50])
-    plans = plan_folds("skip", cfg, top, ProgressFile.for_run(top).read(), data_ready=True)
+    plans = make_run_plan("skip", cfg, top, data_ready=True)
     assert not plans.data.run and "data cache present" in plans.data.reason
-    assert [s.stage for s in plans.folds[2] if s.run] == ["registration", "segmentation"]
-    assert not any(s.run for k in (0, 1) for s in plans.folds[k])
+    assert [s.stage for s in plans.fold_steps(2) if s.run] == ["registration", "segmentation"]
+    assert not any(s.run for k in (0, 1) for s in plans.fold_steps(k))
     assert "fold 2  restart registration" in "\n".join(plans.describe())
-    only = plan_folds("fresh", cfg, top, ProgressFile.for_run(top).read(), data_ready=True, only=1)
-    assert list(only.folds) == [1] and not only.data.run, "fresh for one fold keeps the shared data"
+    only = make_run_plan("fresh", cfg, top, data_ready=True, only=1)
+    assert [u.layout.fold_index for u in only.units[1:]] == [1] and not only.data.run, \
+        "fresh for one fold keeps the shared data"
 
 
 def test_status_shows_the_folds_as_a_table(tmp_path: Path) -> None:

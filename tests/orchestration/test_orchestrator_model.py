@@ -38,6 +38,7 @@ from mi_pipeline.orchestration import jobs, pipeline, slurm_executor, stage_runn
 from mi_pipeline.orchestration.local_executor import StageCommand
 from mi_pipeline.orchestration.plan import make_plan
 from mi_pipeline.orchestration.progress import STATES, ProgressFile
+from mi_pipeline.orchestration.submission import RunPlan, SlurmExecutor, Unit
 from mi_pipeline.stages.graph import MODEL_STAGES, STAGES, UPSTREAM
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -204,7 +205,7 @@ class RunModel:
     def submit(self, mode: str) -> None:
         progress = self.progress.read()
         if mode == "fresh":
-            pipeline.stop_in_flight(progress, self.progress, wait_s=5.0)
+            pipeline.stop_in_flight(progress, self.progress, self.layout.job_dir(), wait_s=5.0)
             pipeline.delete_for_fresh(self.layout, self.progress)
             self.scheduler.generation += 1
             self.seen_epoch = {s: 0 for s in MODEL_STAGES}
@@ -216,7 +217,7 @@ class RunModel:
         for step in steps:
             if step.restart:
                 self.restarted.add(step.stage)
-        pipeline.execute(steps, self.command, self.progress, self.cfg, "slurm")
+        SlurmExecutor().execute(RunPlan("resume", (Unit(self.layout, tuple(steps)),)), self.command, self.cfg)
 
     # --- invariants ------------------------------------------------------------------------------------
     def check(self) -> None:
