@@ -92,7 +92,8 @@ def _inside(path: Path, root: Path) -> bool:
 
 def _run_folders(layout: RunLayout) -> list[RunLayout]:
     """The run and its folds, never a fold folder that is a link or leads out of the run."""
-    folds = [RunLayout(root) for root in fold_split.fold_roots(layout.root) if root.is_dir() and _inside(root, layout.root)]
+    folds = [RunLayout(root) for root in fold_split.fold_roots(layout.root)
+             if root.is_dir() and _inside(root, layout.root)]
     return [layout, *folds]
 
 
