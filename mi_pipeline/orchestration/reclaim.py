@@ -146,7 +146,7 @@ def _temp_folders(run: RunLayout, top: Path) -> list[Path]:
     """The folders of one run (or fold) where its atomic writes put temp files, less those of a stage
     running in a live process or job, and less any folder that is a link or leads out of the run."""
     live = _live_stages(run)
-    folders = [run.root, run.data_dir, run.splits_dir, run.cache_dir]
+    folders = [run.root] + ([] if "data" in live else [run.data_dir, run.splits_dir, run.cache_dir])
     folders += [run.ckpt_dir(s) for s in MODEL_STAGES if s not in live]
     folders += [run.log_dir(s) for s in STAGES if s not in live]
     return [f for f in folders if f.is_dir() and _inside(f, top)]

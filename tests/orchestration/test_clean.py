@@ -143,11 +143,15 @@ def test_clean_leaves_a_staging_folder_a_live_data_step_is_filling(tmp_path: Pat
     assert staging.is_dir() and "nothing to reclaim" in capsys.readouterr().out
 
     _age(staging / "cache" / "s007.npz", 3600)  # all of it old now, but the data step is alive
+    splits_temp = run / "data" / "splits" / ".train.txt.ab12cd34.tmp"  # and may be writing its lists slowly
+    splits_temp.parent.mkdir(parents=True)
+    splits_temp.write_text("s001\n")
+    _age(splits_temp, 3600)
     ProgressFile(run).update_stage("data", status="running", executor="local", pid=os.getpid(),
                                    host=socket.gethostname())
     assert run_main(clean.main, ["--run-dir", str(run), "--yes"]) == 0
-    assert staging.is_dir()
+    assert staging.is_dir() and splits_temp.exists()
 
     ProgressFile(run).update_stage("data", status="failed", pid=None)  # the step died: now it is a leftover
     assert run_main(clean.main, ["--run-dir", str(run), "--yes"]) == 0
-    assert not staging.exists() and "deleted 1 item(s)" in capsys.readouterr().out
+    assert not staging.exists() and not splits_temp.exists() and "deleted 2 item(s)" in capsys.readouterr().out
