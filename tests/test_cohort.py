@@ -207,3 +207,14 @@ def test_cohort_recomputes_rows_of_another_model_or_a_fixed_cine(cines: Path, tm
     shutil.copy(cines / "data" / "c1" / "cine.nii.gz", data / "c9" / "cine.nii.gz")  # the broken cine fixed
     assert run(other) == ["c9"]
     assert [r["flags"].startswith("failed") for r in table(out)] == [False, False]
+
+
+def test_a_subject_with_a_252_character_name_through_the_command(cines: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data, out, name = tmp_path / "data", tmp_path / "out", "p" * 252
+    shutil.copytree(cines / "data" / "c0", data / name)
+    shutil.copytree(cines / "data" / "c1", data / "q1")
+    assert run_main(predict.main, ["--cohort", "--cine", str(data), "--out", str(out), "--run-dir",
+                                   str(cines / "run")]) == 0
+    assert [(r["subject"], r["flags"].startswith("failed")) for r in table(out)] == [(name, False), ("q1", False)]
