@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,22 @@ def test_exponent_without_dot_is_a_number(tmp_path: Path) -> None:
     assert cfg.motion.lr == 0.001 and cfg.registration.affine_lr == 3e-5
     with pytest.raises(ConfigError, match="motion.lr must be a number"):
         load_config(write(tmp_path, "motion:\n  lr: fast\n"))
+
+
+@pytest.mark.parametrize("override, says", [
+    ("threads=100000", "threads must be <= 1024"),
+    ("cv.folds=1000", "folds must be <= 100"),
+    ("motion.lr=.inf", "motion.lr must be a number, and finite"),
+    ("registration.lr=-.inf", "registration.lr must be a number, and finite"),
+    ("segmentation.epochs=1000000000", "epochs must be <= 1000000"),
+    ("data.crop=4096", "crop must be <= 1024"),
+])
+def test_absurd_or_non_finite_values_are_refused_with_one_line(override: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("path", ["/dev/zero", "/tmp"])
+def test_a_config_that_is_not_a_regular_file_is_refused_at_once(path: str) -> None:
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(path)

@@ -15,7 +15,6 @@ from mi_pipeline.cli.common import (
     run_main,
 )
 from mi_pipeline.layout import RunLayout
-from mi_pipeline.orchestration.stage_runner import train_stage
 from mi_pipeline.stages.graph import STAGES
 
 
@@ -31,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_run_config(args)
     layout = RunLayout(args.run_dir.resolve())
+    from mi_pipeline.orchestration.stage_runner import train_stage  # torch: after --help and a bad config
+
     return train_stage(args.stage, cfg, layout, force=args.force, restart=args.restart,
                        restart_token=args.restart_token, on_upstream_change=args.on_upstream_change)
 

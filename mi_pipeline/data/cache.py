@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mi_pipeline.config import Config, stage_hash
 from mi_pipeline.errors import InputError
 from mi_pipeline.fsio import atomic_write_bytes, atomic_write_text
 from mi_pipeline.layout import RunLayout
@@ -189,3 +190,17 @@ class SubjectStore:
 
 def subject_nbytes(subject: Subject) -> int:
     return sum(a.nbytes for a in (subject.cine, subject.lge, subject.lge_label, subject.cine_label) if a is not None)
+
+
+def data_is_prepared(cfg: Config, run_dir: Path) -> bool:
+    """True when the cache is complete for this config: manifest present, hash matches, all files there."""
+    manifest = read_manifest(Path(run_dir))
+    if manifest is None or manifest.get("data_hash") != stage_hash(cfg, "data"):
+        return False
+    subjects = manifest.get("subjects")
+    if not isinstance(subjects, list) or not subjects:
+        return False
+    folder = cache_dir(Path(run_dir))
+    if not all((folder / f"{sid}.npz").is_file() for sid in subjects):
+        return False
+    return all((splits_dir(Path(run_dir)) / f"{name}.txt").is_file() for name in SPLITS)

@@ -23,6 +23,7 @@ import numpy as np
 from mi_pipeline import config as config_mod
 from mi_pipeline.config import Config, PhantomConfig
 from mi_pipeline.data import adapters, cache, generic, phantom
+from mi_pipeline.data.cache import data_is_prepared  # noqa: F401  (callers import it from here too)
 from mi_pipeline.data.parallel import prepare_subjects
 from mi_pipeline.errors import ConfigError, InputError
 from mi_pipeline.fsio import fsync_dir, remove_stale_temps
@@ -183,15 +184,3 @@ def _configured_exclusions(cfg: Config, found: list[str], root: Path) -> dict[st
     return {sid: "listed in data.exclude" for sid in cfg.data.exclude}
 
 
-def data_is_prepared(cfg: Config, run_dir: Path) -> bool:
-    """True when the cache is complete for this config: manifest present, hash matches, all files there."""
-    manifest = cache.read_manifest(Path(run_dir))
-    if manifest is None or manifest.get("data_hash") != config_mod.stage_hash(cfg, "data"):
-        return False
-    subjects = manifest.get("subjects")
-    if not isinstance(subjects, list) or not subjects:
-        return False
-    folder = cache.cache_dir(Path(run_dir))
-    if not all((folder / f"{sid}.npz").is_file() for sid in subjects):
-        return False
-    return all((cache.splits_dir(Path(run_dir)) / f"{name}.txt").is_file() for name in cache.SPLITS)

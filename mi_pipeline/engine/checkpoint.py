@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import pickle
 import random
 import shutil
@@ -90,6 +91,71 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict[
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: unreadable checkpoint, truncated or corrupted ({reason})") from None
+    return _checked_payload(path, payload, required)
+
+
+class TensorStub:
+    """What :func:`read_metadata` puts where a checkpoint holds a tensor: its presence, not its data."""
+
+    def __init__(self, *args: Any) -> None:
+        self.args = args
+
+
+_TORCH_GLOBALS = {("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+                  ("torch", "Size"), ("torch", "device"), ("torch.storage", "UntypedStorage"),
+                  ("torch.storage", "TypedStorage")}
+_SAFE_GLOBALS = {("collections", "OrderedDict"): __import__("collections").OrderedDict}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Reads a torch checkpoint's structure and plain values without torch: tensors become stubs.
+
+    It allows what ``weights_only`` loading allows of torch (tensor rebuilding, storages, dtypes) and
+    refuses every other global, so a file it accepts holds no code either.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _SAFE_GLOBALS:
+            return _SAFE_GLOBALS[(module, name)]
+        if (module, name) in _TORCH_GLOBALS or (module == "torch" and (name.endswith("Storage") or name in _DTYPES)):
+            return TensorStub
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+
+    def persistent_load(self, pid: Any) -> Any:
+        return None
+
+
+_DTYPES = {"float16", "float32", "float64", "bfloat16", "int8", "int16", "int32", "int64", "uint8", "bool",
+           "complex64", "complex128", "half", "float", "double", "long", "int", "short"}
+
+
+def read_metadata(path: Path, required: tuple[str, ...] = ("model",)) -> dict[str, Any]:
+    """A checkpoint's plain values (metric, epoch, config, hashes) without importing torch.
+
+    Checked like :func:`load_checkpoint` (every member's CRC, a safe unpickler, the format version,
+    the required keys), so ``status``, the menu and ``submit --dry-run`` answer "does it load?" the
+    same way in a fraction of a second; tensors come back as :class:`TensorStub`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint missing")
+    verify_archive(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            if len(names) != 1:
+                raise CheckpointError(f"{path}: unreadable checkpoint, truncated or corrupted (no data.pkl)")
+            payload = _MetadataUnpickler(io.BytesIO(archive.read(names[0]))).load()
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused to load, it holds objects a weights-only load does not allow "
+                              f"({str(exc)[:160]})") from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: unreadable checkpoint, truncated or corrupted ({reason})") from None
+    return _checked_payload(path, payload, required)
+
+
+def _checked_payload(path: Path, payload: Any, required: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not a mi_pipeline checkpoint (format_version missing or unknown)")
     missing = [key for key in required if key not in payload]

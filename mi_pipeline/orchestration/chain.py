@@ -35,7 +35,7 @@ def plan_lines(cfg: Config, root: Path, fold: int | None = None) -> list[str]:
     models train in the folds); with ``fold`` it is that fold's model stages, waiting on the data
     job when it is still queued (a ``keep data`` line), never submitting data themselves.
     """
-    from mi_pipeline.data.prepare import data_is_prepared
+    from mi_pipeline.data.cache import data_is_prepared
     from mi_pipeline.orchestration.plan import make_plan
 
     top = RunLayout(root)

@@ -53,18 +53,24 @@ class StageFiles:
                                 best.get("config_hash"), config, last_epoch, finished, self.last_problem)
 
 
-def read_stage(layout: RunLayout, stage: str) -> StageFiles:
-    """Load ``best_model.pth`` and ``last.pth`` of ``stage`` once each, never trusting them blindly."""
+def read_stage(layout: RunLayout, stage: str, *, full: bool = False) -> StageFiles:
+    """Read ``best_model.pth`` and ``last.pth`` of ``stage`` once each, never trusting them blindly.
+
+    Without ``full`` only their plain values are read (``checkpoint.read_metadata``: no torch, so
+    ``status``, the menu and the plan stay quick); with it ``last.pth`` is loaded whole, tensors and
+    all, for training to continue from.
+    """
+    load_last = ckpt.load_checkpoint if full else ckpt.read_metadata
     best, best_problem = None, "missing"
     if layout.best(stage).exists():
         try:
-            best, best_problem = ckpt.load_checkpoint(layout.best(stage), required=("model", "config_hash")), None
+            best, best_problem = ckpt.read_metadata(layout.best(stage), required=("model", "config_hash")), None
         except CheckpointError as exc:
             best_problem = str(exc)
     last, last_problem = None, None
     if layout.last(stage).exists():
         try:
-            last = ckpt.load_checkpoint(layout.last(stage), required=("model", "state"))
+            last = load_last(layout.last(stage), required=("model", "state"))
             int(last["state"]["epoch"])
         except CheckpointError as exc:
             last, last_problem = None, str(exc)

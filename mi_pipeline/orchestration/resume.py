@@ -38,7 +38,7 @@ def decide(stage: str, cfg: Config, layout: RunLayout, *, restart: bool, recorde
     if restart:
         set_aside(layout.last(stage), "restart")
         return ResumeDecision(True, None)
-    files = read_stage(layout, stage)
+    files = read_stage(layout, stage, full=True)
     if files.last_problem is not None:
         raise CheckpointError(files.last_problem)
     if files.last is None:

@@ -24,7 +24,7 @@ from filelock import FileLock, Timeout
 
 from mi_pipeline.config import Config, dump_yaml
 from mi_pipeline.data.folds import check_settings
-from mi_pipeline.data.prepare import data_is_prepared
+from mi_pipeline.data.cache import data_is_prepared
 from mi_pipeline.errors import UserError
 from mi_pipeline.fsio import atomic_write_text
 from mi_pipeline.layout import RunLayout
