@@ -3,27 +3,32 @@
 Layout beside the per-subject folders ``predict`` writes::
 
     OUT/<subject>/...              what predict_one writes (infarct_seg.nii.gz, report.json, qc.png, ...)
-    OUT/<subject>/done.json        written last, atomically: the subject is finished (or failed, and why)
+    OUT/<subject>/done.json        written last, atomically: the subject is finished (or failed, and why),
+                                   with the fingerprints of the models and the hash of the cine that made it
     OUT/cohort.csv                 one row per finished subject (written atomically, under a lock)
     OUT/.cohort/computed.log       one line per computation started and finished (pid, job, time)
 
 Why it is shaped so: a worker (a local process or one SLURM array task) owns a fixed slice of the
 *whole* sorted subject list (``i::n``), so a resubmitted array covers every subject again and the
 workers whose subjects are finished exit at once. A subject is computed only under its own file
-lock and only when ``done.json`` is absent, so a resubmission that overlaps a still-running task,
-or two cohorts started by mistake, never compute a subject twice. A subject killed mid-way has no
-``done.json`` and is computed again from scratch; its half-written files are replaced atomically.
+lock and only when its ``done.json`` is absent or was made by other models or from another cine
+(a retrained model, a fixed input), so a resubmission that overlaps a still-running task, or two
+cohorts started by mistake, never compute a subject twice, and no row outlives what made it. A
+failed subject stays failed until its cine changes or ``--retry-failed`` asks. A subject killed
+mid-way has no ``done.json`` and is computed again from scratch; its half-written files are
+replaced atomically. Lock files are named by a hash of the subject, so any legal folder name works.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +60,39 @@ def read_done(out: Path, subject: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def lock_path(out: Path, subject: str) -> Path:
+    """The subject's lock file, named by a hash: a subject name may be as long as a file name may be."""
+    return state_dir(out) / "locks" / f"{hashlib.sha1(subject.encode()).hexdigest()}.lock"
+
+
+def input_hash(cine: Path) -> str | None:
+    """Content hash of a cine (a file, or every file of a DICOM series folder); None when unreadable
+    (the subject is then computed, and fails with predict's own reason)."""
+    cine = Path(cine)
+    digest = hashlib.sha256()
+    try:
+        files = sorted(p for p in cine.rglob("*") if p.is_file()) if cine.is_dir() else [cine]
+        for path in files:
+            digest.update(str(path.relative_to(cine)).encode() + b"\0" if path != cine else b"")
+            with open(path, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()[:16]
+
+
+def is_current(record: dict[str, Any] | None, models: Sequence[str], cine_hash: str | None,
+               retry_failed_before: float | None = None) -> bool:
+    """Whether a finished record still stands: made by these models from this very cine, and not a
+    failure finished before ``retry_failed_before`` (``--retry-failed``: the time the worker started,
+    so a failure another worker has just retried is not retried twice)."""
+    if record is None or record.get("models") != list(models) or record.get("input") != cine_hash:
+        return False
+    return not (retry_failed_before is not None and record.get("status") == "failed"
+                and float(record.get("finished", 0)) < retry_failed_before)
+
+
 def shard(subjects: list[tuple[str, Path]], index: int, count: int) -> list[tuple[str, Path]]:
     """Worker ``index`` of ``count``: a fixed slice of the whole sorted list (stable across resubmissions)."""
     if not 0 <= index < count:
@@ -62,8 +100,12 @@ def shard(subjects: list[tuple[str, Path]], index: int, count: int) -> list[tupl
     return sorted(subjects)[index::count]
 
 
-def pending(out: Path, subjects: list[tuple[str, Path]]) -> list[str]:
-    return [sid for sid, _ in sorted(subjects) if read_done(out, sid) is None]
+def pending(out: Path, subjects: list[tuple[str, Path]], models: Sequence[str] = (),
+            retry_failed: bool = False) -> list[str]:
+    """The subjects whose record is missing or no longer stands (see ``is_current``)."""
+    since = time.time() if retry_failed else None
+    return [sid for sid, cine in sorted(subjects)
+            if not is_current(read_done(out, sid), models, input_hash(cine), since)]
 
 
 def _log(out: Path, event: str, subject: str) -> None:
@@ -81,41 +123,53 @@ def _log(out: Path, event: str, subject: str) -> None:
 
 
 def run_shard(subjects: list[tuple[str, Path]], out: Path, predict: Callable[[str, Path], dict[str, Any]],
-              log: Callable[[str], None] = print) -> dict[str, int]:
-    """Predict every subject of this worker's list that is not finished; returns counts.
+              log: Callable[[str], None] = print, *, models: Sequence[str] = (),
+              retry_failed: bool = False) -> dict[str, int]:
+    """Predict every subject of this worker's list whose record does not stand; returns counts.
 
-    ``predict(subject, cine)`` returns the report. A subject whose input is bad (UserError) is
-    finished as *failed* with its one-line reason, so the cohort goes on and the table says why.
+    ``predict(subject, cine)`` returns the report; ``models`` are the fingerprints of the model files
+    it uses. Any exception of one subject (a bad input's UserError, or anything else) finishes it as
+    *failed* with its one-line reason, so the cohort goes on and the table says why.
     """
     counts = {"computed": 0, "skipped": 0, "failed": 0, "busy": 0}
+    since = time.time() if retry_failed else None
     for sid, cine in subjects:
-        if read_done(out, sid) is not None:
+        cine_hash = input_hash(cine)
+        if is_current(read_done(out, sid), models, cine_hash, since):
             counts["skipped"] += 1
             continue
-        (state_dir(out) / "locks").mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(state_dir(out) / "locks" / f"{sid}.lock"), timeout=0)
+        lock = lock_path(out, sid)
+        lock.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with lock:
-                if read_done(out, sid) is not None:  # finished by another worker since we looked
-                    counts["skipped"] += 1
+            with FileLock(str(lock), timeout=0):
+                if is_current(read_done(out, sid), models, cine_hash, since):
+                    counts["skipped"] += 1  # finished by another worker since we looked
                     continue
-                _log(out, "start", sid)
-                started = time.time()
-                try:
-                    report = predict(sid, cine)
-                    record = {"subject": sid, "status": "ok", **table_row(report)}
-                    counts["computed"] += 1
-                except UserError as exc:
-                    record = {"subject": sid, "status": "failed", "flags": f"failed: {exc}", "cine": str(cine)}
-                    counts["failed"] += 1
-                    log(f"{sid}: failed: {exc}")
-                record.update(started=round(started, 3), finished=round(time.time(), 3), pid=os.getpid(),
-                              job=os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID", "")))
-                atomic_write_text(done_path(out, sid), json.dumps(record, indent=1) + "\n")
+                outcome = _compute(out, sid, cine, predict, log)
+                counts[outcome["status"] if outcome["status"] == "failed" else "computed"] += 1
+                outcome.update(models=list(models), input=cine_hash)
+                atomic_write_text(done_path(out, sid), json.dumps(outcome, indent=1) + "\n")
                 _log(out, "done", sid)
         except Timeout:  # another worker holds it right now
             counts["busy"] += 1
     return counts
+
+
+def _compute(out: Path, sid: str, cine: Path, predict: Callable[[str, Path], dict[str, Any]],
+             log: Callable[[str], None]) -> dict[str, Any]:
+    """One subject's record: its table row, or why it failed (any exception: the worker goes on)."""
+    _log(out, "start", sid)
+    started = time.time()
+    try:
+        record = {"subject": sid, "status": "ok", **table_row(predict(sid, cine))}
+    except Exception as exc:  # noqa: BLE001 - one subject's failure must not end the worker
+        reason = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        reason = " ".join(reason.split())
+        record = {"subject": sid, "status": "failed", "flags": f"failed: {reason}", "cine": str(cine)}
+        log(f"{sid}: failed: {reason}")
+    record.update(started=round(started, 3), finished=round(time.time(), 3), pid=os.getpid(),
+                  job=os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID", "")))
+    return record
 
 
 def table_row(report: dict[str, Any]) -> dict[str, Any]:
@@ -134,14 +188,15 @@ def write_table(out: Path, subjects: list[tuple[str, Path]]) -> int:
     """Rewrite ``cohort.csv`` from every finished subject's record, atomically, under the cohort lock.
 
     Every worker calls it when it ends, so the last one leaves the full table; rows are in subject
-    order whatever the order of finishing. Returns the number of rows.
+    order whatever the order of finishing. The records are read under the lock: a worker that waited
+    for it never writes a table older than the one written while it waited. Returns the number of rows.
     """
-    rows = [r for r in (read_done(out, sid) for sid, _ in sorted(subjects)) if r is not None]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
     state_dir(out).mkdir(parents=True, exist_ok=True)
     with FileLock(str(state_dir(out) / "table.lock"), timeout=60):
+        rows = [r for r in (read_done(out, sid) for sid, _ in sorted(subjects)) if r is not None]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
         atomic_write_text(Path(out) / TABLE, buffer.getvalue())
     return len(rows)

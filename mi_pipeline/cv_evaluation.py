@@ -18,9 +18,9 @@ import torch
 from mi_pipeline import metrics
 from mi_pipeline.config import Config
 from mi_pipeline.data import cache
+from mi_pipeline.data import folds as fold_split
 from mi_pipeline.evaluation import eval_segmentation, evaluate, format_table, load_subjects
 from mi_pipeline.inference import fold_checkpoints, inference_device, load_ensemble
-from mi_pipeline.layout import RunLayout
 from mi_pipeline.stages.graph import MODEL_STAGES
 from mi_pipeline.stages.registry import inference_stages
 
@@ -28,7 +28,8 @@ from mi_pipeline.stages.registry import inference_stages
 def evaluate_cv(cfg: Config, run_dir: Path, *, split: str = "test", stages: tuple[str, ...] | None = None,
                 data_root: Path | None = None, fmt: str | None = None, log=print) -> dict[str, Any]:
     """Folds on their held-out subjects, pooled, and the ensemble on ``split`` (or on ``data_root``)."""
-    roots = RunLayout(Path(run_dir)).fold_roots()
+    roots = fold_split.fold_roots(Path(run_dir))
+    fold_checkpoints(run_dir, stages=())  # every fold the split lists has its folder, or one error line
     folds: dict[str, dict[str, Any]] = {}
     for root in roots:
         log(f"evaluate: fold {root.name} on its held-out (val) subjects")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from mi_pipeline import config as config_mod
 from mi_pipeline import ensemble, metrics
 from mi_pipeline.clinical import io as clinical_io
 from mi_pipeline.config import Config
+from mi_pipeline.data import folds as fold_split
 from mi_pipeline.data.cache import Subject
 from mi_pipeline.data.generic import RawSubject
 from mi_pipeline.data.nifti import load_image
@@ -88,7 +90,16 @@ def fold_checkpoints(run_dir: Path, stages: tuple[str, ...] = ("segmentation",))
     Every fold must have its models: an ensemble of the folds that happen to be finished would
     quietly be another model than the one the user cross-validated.
     """
-    roots = [root / "checkpoints" for root in RunLayout(Path(run_dir)).fold_roots()]
+    layout = RunLayout(Path(run_dir))
+    roots = [root / "checkpoints" for root in fold_split.fold_roots(layout.root)]
+    for extra in fold_split.unlisted_folders(layout.root):
+        print(f"warning: {extra}: not one of the {len(roots)} folds of {fold_split.folds_path(layout.root)}; "
+              f"ignored", file=sys.stderr)
+    gone = [root.parent for root in roots if not root.parent.is_dir()]
+    if gone:
+        raise CheckpointError(f"{gone[0]}: missing, but {fold_split.folds_path(layout.root)} lists fold "
+                              f"{gone[0].name}: restore it, retrain it (submit --mode resume), or choose one fold "
+                              f"with --fold k")
     missing = [(root, stage) for root in roots for stage in stages if not registry.best_path(root, stage).is_file()]
     if missing:
         root, stage = missing[0]

@@ -102,13 +102,6 @@ class RunLayout:
         """Fold ``k``'s run directory (``folds/<k>``): the seed layout, sharing the top's data cache."""
         return RunLayout(self.folds_dir / str(k))
 
-    def fold_roots(self) -> list[Path]:
-        """The fold folders that exist, in fold order."""
-        if not self.folds_dir.is_dir():
-            return []
-        return sorted((p for p in self.folds_dir.iterdir() if p.is_dir() and p.name.isdigit()),
-                      key=lambda p: int(p.name))
-
     @property
     def fold_index(self) -> int | None:
         """k when this layout is ``<top>/folds/<k>``, else None."""

@@ -96,10 +96,125 @@ def test_a_subject_held_by_another_worker_is_left_to_it(tmp_path: Path) -> None:
         calls.append(sid)
         return {"infarct_percent": 1.0, "myocardium_ml": 2.0, "infarct_ml": 0.02, "cine": str(cine)}
 
-    (out / cohort.STATE_DIR / "locks").mkdir(parents=True)
-    with FileLock(str(out / cohort.STATE_DIR / "locks" / "a.lock")):  # another worker is computing "a"
+    cohort.lock_path(out, "a").parent.mkdir(parents=True)
+    with FileLock(str(cohort.lock_path(out, "a"))):  # another worker is computing "a"
         counts = cohort.run_shard(subjects, out, fake_predict)
     assert calls == ["b"] and counts == {"computed": 1, "skipped": 0, "failed": 0, "busy": 1}
     assert cohort.read_done(out, "a") is None and cohort.read_done(out, "b")["status"] == "ok"
     assert cohort.run_shard(subjects, out, fake_predict)["computed"] == 1 and calls == ["b", "a"]
     assert cohort.write_table(out, subjects) == 2
+
+
+def _fake_report(cine: Path) -> dict:
+    return {"infarct_percent": 1.0, "myocardium_ml": 2.0, "infarct_ml": 0.02, "cine": str(cine)}
+
+
+def test_the_table_is_written_from_records_read_under_its_lock(tmp_path: Path) -> None:
+    """A worker that waits for the table lock must not then write a table older than the one it waits on."""
+    import threading
+
+    from filelock import FileLock
+
+    out = tmp_path / "out"
+    subjects = [("a", tmp_path / "a.nii.gz"), ("b", tmp_path / "b.nii.gz")]
+    for sid, cine in subjects:
+        cine.write_bytes(sid.encode())
+    cohort.run_shard(subjects[:1], out, lambda sid, cine: _fake_report(cine))
+    lock = FileLock(str(out / cohort.STATE_DIR / "table.lock"))
+    with lock:  # another worker is writing the table; meanwhile "b" finishes
+        writer = threading.Thread(target=cohort.write_table, args=(out, subjects))
+        writer.start()
+        writer.join(0.5)
+        cohort.run_shard(subjects[1:], out, lambda sid, cine: _fake_report(cine))
+    writer.join(30)
+    assert [r["subject"] for r in table(out)] == ["a", "b"]
+
+
+def test_any_subject_name_and_any_error_is_one_failed_row(tmp_path: Path) -> None:
+    """A 252-character subject name (legal for a folder, too long for '<name>.lock') and a predict that
+    raises something other than UserError each end as that subject's row; the worker goes on."""
+    out = tmp_path / "out"
+    long_name = "s" * 252
+    subjects = [(long_name, tmp_path / "long.nii.gz"), ("boom", tmp_path / "boom.nii.gz"),
+                ("z", tmp_path / "z.nii.gz")]
+    for _, cine in subjects:
+        cine.write_bytes(cine.name.encode())
+
+    def predict_or_crash(sid: str, cine: Path) -> dict:
+        if sid == "boom":
+            raise RuntimeError("CUDA error: an illegal memory access")
+        return _fake_report(cine)
+
+    counts = cohort.run_shard(subjects, out, predict_or_crash, log=lambda line: None)
+    assert counts == {"computed": 2, "skipped": 0, "failed": 1, "busy": 0}
+    assert cohort.read_done(out, long_name)["status"] == "ok" and cohort.read_done(out, "z")["status"] == "ok"
+    failed = cohort.read_done(out, "boom")
+    assert failed["status"] == "failed" and "RuntimeError: CUDA error" in failed["flags"]
+    assert all(len(p.name) < 100 for p in (out / cohort.STATE_DIR / "locks").iterdir())
+
+
+def test_rows_are_recomputed_for_another_model_or_input_and_failed_ones_on_request(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    subjects = [("a", tmp_path / "a.nii.gz"), ("b", tmp_path / "b.nii.gz")]
+    for sid, cine in subjects:
+        cine.write_bytes(sid.encode())
+    calls: list[str] = []
+
+    def predict(sid: str, cine: Path) -> dict:
+        calls.append(sid)
+        if cine.read_bytes() == b"broken":
+            raise cohort.UserError(f"{cine}: not a NIfTI file")
+        return _fake_report(cine)
+
+    model_1, model_2 = ["fp-seg-1"], ["fp-seg-2"]
+    assert cohort.run_shard(subjects, out, predict, models=model_1)["computed"] == 2
+    assert cohort.run_shard(subjects, out, predict, models=model_1)["skipped"] == 2 and calls == ["a", "b"]
+    assert cohort.read_done(out, "a")["models"] == model_1
+    assert cohort.pending(out, subjects, models=model_2) == ["a", "b"]
+    assert cohort.run_shard(subjects, out, predict, models=model_2)["computed"] == 2  # a new model: all again
+    subjects[1][1].write_bytes(b"broken")  # b's input changed: b again (and it fails)
+    assert cohort.run_shard(subjects, out, predict, models=model_2, log=lambda line: None)["failed"] == 1
+    assert calls == ["a", "b", "a", "b", "b"]
+    assert cohort.run_shard(subjects, out, predict, models=model_2)["skipped"] == 2  # a failed row stays...
+    assert cohort.pending(out, subjects, models=model_2, retry_failed=True) == ["b"]
+    subjects_fixed = subjects  # ...until asked: --retry-failed
+    assert cohort.run_shard(subjects_fixed, out, predict, models=model_2, retry_failed=True,
+                            log=lambda line: None)["failed"] == 1
+    assert calls == ["a", "b", "a", "b", "b", "b"]
+
+
+def test_cohort_recomputes_rows_of_another_model_or_a_fixed_cine(cines: Path, tmp_path: Path) -> None:
+    """Through the command: a rerun with another model recomputes every row; a fixed cine is retried
+    by itself; a failure with an unchanged cine only with --retry-failed."""
+    import shutil
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    shutil.copytree(cines / "data" / "c0", data / "c0")
+    shutil.copytree(cines / "data" / "c9", data / "c9")
+    other = tmp_path / "other"
+    save_untrained(load_config(TINY), other / "checkpoints", seed=1)
+
+    def run(models: Path, *extra: str) -> list[str]:
+        before = len(events(out)) if (out / cohort.STATE_DIR / "computed.log").exists() else 0
+        assert run_main(predict.main, ["--cohort", "--cine", str(data), "--out", str(out), "--run-dir",
+                                       str(models), *extra]) == 0
+        return [sid for event, sid in events(out)[before:] if event == "start"]
+
+    assert run(cines / "run") == ["c0", "c9"]
+    assert run(cines / "run") == []
+    assert run(other) == ["c0", "c9"]  # another model: the old numbers are not kept
+    assert run(other, "--retry-failed") == ["c9"]
+    shutil.copy(cines / "data" / "c1" / "cine.nii.gz", data / "c9" / "cine.nii.gz")  # the broken cine fixed
+    assert run(other) == ["c9"]
+    assert [r["flags"].startswith("failed") for r in table(out)] == [False, False]
+
+
+def test_a_subject_with_a_252_character_name_through_the_command(cines: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data, out, name = tmp_path / "data", tmp_path / "out", "p" * 252
+    shutil.copytree(cines / "data" / "c0", data / name)
+    shutil.copytree(cines / "data" / "c1", data / "q1")
+    assert run_main(predict.main, ["--cohort", "--cine", str(data), "--out", str(out), "--run-dir",
+                                   str(cines / "run")]) == 0
+    assert [(r["subject"], r["flags"].startswith("failed")) for r in table(out)] == [(name, False), ("q1", False)]

@@ -27,12 +27,24 @@ from tests.test_inference import TINY, save_untrained
 K = 3
 
 
+def write_split_file(run: Path, k: int) -> None:
+    """The run's ``data/splits/folds.json`` with ``k`` folds: what says which folds a run has."""
+    from mi_pipeline.data.folds import folds_path
+
+    subjects = [f"s{i}" for i in range(k)]
+    path = folds_path(run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"version": 1, "k": k, "split_seed": 0, "subjects": subjects, "test": [],
+                                "folds": [{"train": [s for s in subjects if s != v], "val": [v]} for v in subjects]}))
+
+
 @pytest.fixture(scope="module")
 def kfold_run(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("ensemble")
     cfg = load_config(TINY)
     for k in range(K):
         save_untrained(cfg, tmp / "run" / "folds" / str(k) / "checkpoints", seed=k)
+    write_split_file(tmp / "run", K)
     write_subject(generate_subject(PhantomConfig(subjects=1, seed=77, size=64, slices=3, frames=8), 0),
                   tmp / "data" / "s0")
     return tmp, cfg
@@ -120,6 +132,7 @@ def test_predict_kfold_errors_are_one_line(kfold_run, tmp_path, case, capsys) ->
         for k in range(2):
             save_untrained(cfg, partial / "folds" / str(k) / "checkpoints", seed=k,
                            stages=("motion", "registration", "segmentation") if k == 0 else ("motion",))
+        write_split_file(partial, 2)
         args += ["--run-dir", str(partial)]
         expected = "fold(s) 1 are not trained"
     assert run_main(predict.main, args) == 2
@@ -161,3 +174,31 @@ def test_evaluate_on_a_kfold_run_scores_held_out_folds_pooled_and_the_ensemble(t
     for part in ("--- fold 0 (held-out val) ---", "--- fold 1 (held-out val) ---", "--- pooled over folds ---",
                  "--- ensemble of the folds ---", "fold disagreement vs infarct size error, Spearman rho: -"):
         assert part in table, table
+
+
+def test_folds_come_from_the_split_file_not_from_folders(kfold_run, tmp_path, capsys) -> None:
+    """A copied folds/<K> is not averaged in (a warning names it) and status counts K folds; a deleted
+    fold is one error line naming it, and status shows it missing."""
+    import shutil
+
+    from mi_pipeline.cli import status
+
+    tmp, _ = kfold_run
+    run = tmp_path / "run"
+    shutil.copytree(tmp / "run", run)
+    shutil.copytree(run / "folds" / "0", run / "folds" / str(K))  # a stray copy, not in folds.json
+    cine = str(tmp / "data" / "s0" / "cine.nii.gz")
+    assert run_main(predict.main, ["--cine", cine, "--out", str(tmp_path / "o"), "--run-dir", str(run)]) == 0
+    assert json.loads((tmp_path / "o" / "s0" / "report.json").read_text())["ensemble"]["folds"] == K
+    assert f"warning: {run / 'folds' / str(K)}: not one of the {K} folds" in capsys.readouterr().err
+    assert run_main(status.main, ["--run-dir", str(run)]) == 0
+    shown = capsys.readouterr().out
+    assert f"folds: {K}\n" in shown and f"{run / 'folds' / str(K)}: not one of the {K} folds" in shown
+
+    shutil.rmtree(run / "folds" / "1")
+    assert run_main(predict.main, ["--cine", cine, "--out", str(tmp_path / "o2"), "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {run / 'folds' / '1'}: missing") and "Traceback" not in "".join(err)
+    assert run_main(status.main, ["--run-dir", str(run)]) == 0
+    shown = capsys.readouterr().out
+    assert f"folds: {K}\n" in shown and "\n  1     missing" in shown

@@ -1,5 +1,8 @@
 """List what a run no longer needs (set-aside checkpoints, interrupted writes' temp files, staging
 leftovers) with sizes; delete it only with ``--yes`` or after you confirm. Never touches what a resume needs.
+
+Refuses a directory that is not a run; follows no symbolic link; what is deleted is looked for again
+just before (a stage that started while you read the list keeps its files).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         if input("delete these? [y/N] ").strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return 0
+    still = {item.path for item in find_reclaimable(layout, args.min_age_s)}  # a writer may have started since
+    items = [item for item in items if item.path in still]
     print(f"deleted {len(items)} item(s), {human(remove(items))} freed")
     return 0
 

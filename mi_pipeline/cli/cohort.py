@@ -3,19 +3,26 @@
 ``python -m mi_pipeline.predict --cohort --cine FOLDER --out DIR [--executor inline|local|slurm] [--jobs N]``
 writes ``DIR/<subject>/`` as predict does, ``DIR/<subject>/done.json`` when a subject is finished,
 and ``DIR/cohort.csv`` (subject, infarct %, myocardium ml, infarct ml, flags). Run the same command
-again after an interruption: finished subjects are skipped (one cut off mid-way starts over).
+again after an interruption: finished subjects are skipped (one cut off mid-way starts over), unless
+the models or the subject's cine changed since; ``--retry-failed`` also retries the failed ones.
+
+On SLURM the array's sbatch options, setup lines and container image come from ``--config`` or the
+run's own ``config.yaml``, never from the config stored in a checkpoint (a checkpoint is data anyone
+who can write the run may replace; its settings choose the models only).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from mi_pipeline import cohort
 from mi_pipeline.cli.common import add_config_options, add_run_dir_option, command_parser, model_source, parse_ed
-from mi_pipeline.config import Config, load_config
-from mi_pipeline.errors import UserError
+from mi_pipeline.config import Config, ContainerConfig, SlurmConfig, load_config
+from mi_pipeline.errors import CheckpointError, UserError
+from mi_pipeline.layout import RunLayout
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="inline: this process; local: --jobs processes; slurm: an array of --jobs tasks")
     p.add_argument("--jobs", type=int, default=1, help="workers (processes or array tasks), default 1")
     p.add_argument("--max-running", type=int, default=0, help="slurm: at most this many tasks at once (0: no cap)")
+    p.add_argument("--retry-failed", action="store_true", help="compute the subjects that failed again too")
     p.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # I/N: set for each worker
     return p
 
@@ -53,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from mi_pipeline.orchestration import cohort_jobs
 
     worker = _worker_argv(args, out)
-    todo = cohort.pending(out, subjects)
+    todo = cohort.pending(out, subjects, _fingerprints(args, _config(args)), args.retry_failed)
     print(f"cohort: {len(subjects)} subject(s), {len(subjects) - len(todo)} already done, {len(todo)} to predict")
     if args.executor == "local":
         status = cohort_jobs.run_local(worker, args.jobs)
@@ -62,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         return status
     models_at = args.checkpoints if args.checkpoints is not None else args.run_dir or Path(".")  # a k-fold run: all folds
     binds = tuple(p.resolve() for p in (args.cine, models_at, *([args.config.parent] if args.config else [])))
-    job = cohort_jobs.submit_array(worker, args.jobs, _config(args), cohort.state_dir(out), args.max_running, binds)
+    job = cohort_jobs.submit_array(worker, args.jobs, _job_config(args), cohort.state_dir(out), args.max_running, binds)
     print(f"submitted array job {job} ({args.jobs} task(s)); each task updates {out / cohort.TABLE} when it ends; "
           f"logs in {cohort.state_dir(out) / 'logs'}")
     return 0
@@ -96,23 +104,54 @@ def _config(args: argparse.Namespace) -> Config:
     return stored_config(_ckpt_root(args))
 
 
+def _job_config(args: argparse.Namespace) -> Config:
+    """The config the SLURM array runs with (its ``slurm`` and ``container`` sections): ``--config`` /
+    ``--set``, else the run's own ``config.yaml``; a checkpoint's stored sections are never used,
+    since running them would run whatever the last writer of ``best_model.pth`` put there."""
+    if args.config is not None or args.overrides:
+        return load_config(args.config, args.overrides)
+    cfg = _config(args)
+    own = RunLayout(args.run_dir).config_file if args.run_dir is not None else None
+    if own is not None and own.is_file():
+        run_cfg = load_config(own)
+        return dataclasses.replace(cfg, slurm=run_cfg.slurm, container=run_cfg.container)
+    print("note: the config stored in the checkpoint chooses the models only; the array's slurm and container "
+          "settings are the defaults (pass --config for others)", file=sys.stderr)
+    return dataclasses.replace(cfg, slurm=SlurmConfig(), container=ContainerConfig())
+
+
+def _fingerprints(args: argparse.Namespace, cfg: Config) -> list[str]:
+    """Content fingerprints of every model file the workers predict with (what a row is keyed by)."""
+    from mi_pipeline.engine.checkpoint import file_fingerprint
+    from mi_pipeline.stages.registry import best_path, inference_stages
+
+    ckpt_root, folds = model_source(args.run_dir, args.checkpoints)
+    paths = [best_path(root, stage) for root in (folds or [ckpt_root]) for stage in inference_stages(cfg)]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise CheckpointError(f"{missing[0]}: missing; train the model first (or pass --checkpoints)")
+    return [file_fingerprint(p) for p in paths]
+
+
 def _run_worker(args: argparse.Namespace, out: Path, mine: list[tuple[str, Path]]) -> dict[str, int]:
-    """Load the models once, then predict this worker's unfinished subjects."""
-    if not cohort.pending(out, mine):
+    """Load the models once, then predict this worker's subjects whose rows do not stand."""
+    cfg = _config(args)
+    fingerprints = _fingerprints(args, cfg)
+    if not cohort.pending(out, mine, fingerprints, args.retry_failed):
         return {"computed": 0, "skipped": len(mine), "failed": 0, "busy": 0}
     import torch
 
     from mi_pipeline.inference import inference_device, load_ensemble, load_models, predict_one
     from mi_pipeline.stages.registry import inference_stages
 
-    cfg = _config(args)
     torch.set_num_threads(cfg.threads)
     ed = parse_ed(args.ed)
     ckpt_root, folds = model_source(args.run_dir, args.checkpoints)
     stages, device = inference_stages(cfg), inference_device(cfg)
     models = load_ensemble(cfg, folds, stages, device) if folds else load_models(cfg, ckpt_root, stages, device)
     return cohort.run_shard(mine, out, lambda sid, path: predict_one(sid, path, out, models, cfg, ed=ed),
-                            log=lambda line: print(line, file=sys.stderr))
+                            log=lambda line: print(line, file=sys.stderr), models=fingerprints,
+                            retry_failed=args.retry_failed)
 
 
 def _worker_argv(args: argparse.Namespace, out: Path) -> list[str]:
@@ -127,4 +166,6 @@ def _worker_argv(args: argparse.Namespace, out: Path) -> list[str]:
         argv += ["--config", str(args.config.resolve())]
     for item in args.overrides:
         argv += ["--set", item]
+    if args.retry_failed:
+        argv.append("--retry-failed")
     return argv

@@ -109,6 +109,7 @@ def model_source(run_dir: Path | None, checkpoints: Path | None, fold: int | Non
     """Where ``predict``'s models come from: the checkpoints folder whose stored config applies, and
     the folds' checkpoints folders to ensemble ([] when one model predicts: ``--checkpoints``,
     ``--fold k``, or a run without folds)."""
+    from mi_pipeline.data.folds import fold_roots
     from mi_pipeline.inference import fold_checkpoints
     from mi_pipeline.layout import RunLayout
     from mi_pipeline.orchestration.fold_setup import check_fold
@@ -117,7 +118,7 @@ def model_source(run_dir: Path | None, checkpoints: Path | None, fold: int | Non
         return checkpoints, []
     run = RunLayout(run_dir if run_dir is not None else Path("."))
     if fold is not None:
-        check_fold(fold, len(run.fold_roots()), str(run.root))
+        check_fold(fold, len(fold_roots(run.root)), str(run.root))
         return run.fold(fold).root / "checkpoints", []
     folds = fold_checkpoints(run.root)
     return (folds[0] if folds else run.root / "checkpoints"), folds

@@ -20,6 +20,7 @@ from mi_pipeline.cli.common import (
 from mi_pipeline.config import load_config
 from mi_pipeline.cv_evaluation import evaluate_cv, format_cv_table
 from mi_pipeline.data import cache
+from mi_pipeline.data.folds import fold_roots
 from mi_pipeline.evaluation import evaluate, format_table, run_config
 from mi_pipeline.fsio import atomic_write_text
 from mi_pipeline.layout import RunLayout
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="write summary.png, bland_altman.png and segment_roc.png to this folder")
     args = p.parse_args(argv)
     run_dir = args.run_dir.resolve()
-    folds = RunLayout(run_dir).fold_roots()
+    folds = fold_roots(run_dir)
     check_fold(args.fold, len(folds), str(run_dir))
     if args.fold is not None:
         run_dir, folds = RunLayout(run_dir).fold(args.fold).root, []

@@ -20,6 +20,7 @@ import numpy as np
 from mi_pipeline.data import cache
 from mi_pipeline.errors import ConfigError, InputError
 from mi_pipeline.fsio import atomic_write_text
+from mi_pipeline.layout import RunLayout
 
 FILENAME = "folds.json"
 VERSION = 1
@@ -27,6 +28,25 @@ VERSION = 1
 
 def folds_path(run_dir: Path) -> Path:
     return cache.splits_dir(run_dir) / FILENAME
+
+
+def fold_roots(run_dir: Path) -> list[Path]:
+    """The run's folds (``folds/<k>``), in fold order: the K this split file lists, whether or not their
+    folders exist ([] without a split file). The one answer every command uses: a copied or left-over
+    folder under ``folds/`` is not a fold, and a deleted one is still there, missing."""
+    content = read_folds(run_dir)
+    top = RunLayout(Path(run_dir))
+    return [] if content is None else [top.fold(k).root for k in range(len(content["folds"]))]
+
+
+def unlisted_folders(run_dir: Path) -> list[Path]:
+    """Fold-like folders (``folds/<digits>``) the split file does not list: ignored, and worth a warning
+    (a copy of another run's fold would otherwise look like one more model)."""
+    folds_dir, listed = RunLayout(Path(run_dir)).folds_dir, set(fold_roots(run_dir))
+    if not folds_dir.is_dir():
+        return []
+    return sorted((p for p in folds_dir.iterdir() if p.is_dir() and p.name.isdigit() and p not in listed),
+                  key=lambda p: int(p.name))
 
 
 def make_folds(ids: list[str], test: list[str], k: int, seed: int) -> list[dict[str, list[str]]]:

@@ -16,6 +16,7 @@ from mi_pipeline.config import Config
 from mi_pipeline.errors import UserError
 from mi_pipeline.fsio import atomic_write_text
 from mi_pipeline.orchestration.container import python_command
+from mi_pipeline.orchestration.private import owner_only, sbatch_path
 
 
 def run_local(worker_argv: list[str], jobs: int) -> int:
@@ -36,7 +37,7 @@ def array_script(worker_argv: list[str], jobs: int, cfg: Config, log_dir: Path, 
     command = f"{python} {shlex.join(worker_argv[1:])}" if python else shlex.join(worker_argv)
     limit = f"%{max_running}" if max_running else ""
     lines = ["#!/bin/bash", "#SBATCH --job-name=mi-cohort", f"#SBATCH --array=0-{jobs - 1}{limit}",
-             f"#SBATCH --output={log_dir}/%A_%a.out", f"#SBATCH --cpus-per-task={s.cpus_per_task}",
+             f"#SBATCH --output={sbatch_path(log_dir, '/%A_%a.out')}", f"#SBATCH --cpus-per-task={s.cpus_per_task}",
              f"#SBATCH --mem={s.mem_gb}G", f"#SBATCH --time={s.time_min}"]
     lines += [f"#SBATCH --{key}={value}" for key, value in (("partition", s.partition), ("account", s.account),
                                                              ("qos", s.qos), ("constraint", s.constraint)) if value]
@@ -48,11 +49,14 @@ def array_script(worker_argv: list[str], jobs: int, cfg: Config, log_dir: Path, 
 
 def submit_array(worker_argv: list[str], jobs: int, cfg: Config, state_dir: Path, max_running: int = 0,
                  binds: tuple[Path, ...] = ()) -> str:
-    """Write the array's script into ``state_dir`` (``OUT/.cohort``) and submit it; the array's job id."""
+    """Write the array's script into ``state_dir`` (``OUT/.cohort``) and submit it; the array's job id.
+
+    The script is the owner's alone (0600) and the tasks' logs folder 0700 (``private.owner_only``).
+    """
     log_dir = state_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
     script = state_dir / "predict_array.sbatch"
-    atomic_write_text(script, array_script(worker_argv, jobs, cfg, log_dir, max_running, binds))
+    with owner_only(log_dir):
+        atomic_write_text(script, array_script(worker_argv, jobs, cfg, log_dir, max_running, binds))
     try:
         done = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, timeout=60)
     except FileNotFoundError:

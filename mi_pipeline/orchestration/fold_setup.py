@@ -25,8 +25,8 @@ def fold_layouts(cfg: Config, top: RunLayout) -> list[RunLayout]:
 
 
 def existing_folds(top: RunLayout) -> list[RunLayout]:
-    """The folds a run has on disk (what ``status``, ``cancel``, ``predict`` and ``evaluate`` see)."""
-    return [RunLayout(root) for root in top.fold_roots()]
+    """The folds the run's split file lists (what ``status``, ``cancel``, ``predict`` and ``evaluate`` see)."""
+    return [RunLayout(root) for root in split_file.fold_roots(top.root)]
 
 
 def check_fold(fold: int | None, count: int, where: str) -> None:

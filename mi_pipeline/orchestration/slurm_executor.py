@@ -24,6 +24,7 @@ from mi_pipeline.orchestration import jobs
 from mi_pipeline.orchestration.container import python_command
 from mi_pipeline.orchestration.local_executor import StageCommand, plan_restart
 from mi_pipeline.orchestration.plan import Step
+from mi_pipeline.orchestration.private import owner_only
 from mi_pipeline.orchestration.progress import ProgressFile
 from mi_pipeline.stages.graph import UPSTREAM
 
@@ -127,7 +128,7 @@ def run_slurm(steps: list[Step], command: StageCommand, progress: ProgressFile, 
     check_resources(cfg, [s.stage for s in to_submit], cluster_partitions())
     job_of: dict[str, str] = dict(upstream_jobs or {})
     batch.records.append(progress)
-    folder = command.run_dir / cfg.slurm.job_dir / "%j"
+    folder = job_folder(command.run_dir, cfg)
     for step in steps:
         if not step.run:
             continue
@@ -141,7 +142,8 @@ def run_slurm(steps: list[Step], command: StageCommand, progress: ProgressFile, 
                                          slurm_python=slurm_python)
         executor.update_parameters(**slurm_parameters(cfg, step.stage, command.run_dir, deps))
         try:
-            with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's refusal too: say it once
+            # submitit prints sbatch's refusal too: say it once; the pickle it writes is the owner's alone
+            with contextlib.redirect_stderr(io.StringIO()), owner_only(folder.parent):
                 job = executor.submit(StageJob(step.stage, command, restart_token=plan_restart(step, progress)))
         except (subprocess.SubprocessError, OSError, submitit.core.utils.FailedJobError) as exc:
             _abandon(step.stage, batch, progress, _sbatch_reason(exc))
@@ -153,6 +155,18 @@ def run_slurm(steps: list[Step], command: StageCommand, progress: ProgressFile, 
     print(f"jobs: {' '.join(f'{s}={j}' for s, j in job_of.items() if s not in (upstream_jobs or {})) or 'none'}; "
           f"follow with: python -m mi_pipeline.status --run-dir {RunLayout(command.run_dir).top.root}")
     return job_of
+
+
+def job_folder(run_dir: Path, cfg: Config) -> Path:
+    """submitit's folder pattern for a run's jobs (``<job_dir>/%j``); a ``%`` in the run's path is
+    refused, as SLURM would read it as a pattern in the jobs' ``--output``."""
+    from mi_pipeline.layout import RunLayout
+
+    root = RunLayout(run_dir).job_dir(cfg.slurm.job_dir)
+    if "%" in str(root):
+        raise UserError(f"{root}: SLURM reads a '%' in a job's output path as a pattern; use a run directory "
+                        f"whose path has no '%'")
+    return root / "%j"
 
 
 def _sbatch_reason(exc: BaseException) -> str:

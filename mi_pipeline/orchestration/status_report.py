@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mi_pipeline.data import folds as fold_split
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration import jobs
 from mi_pipeline.orchestration.health import inspect_stage
@@ -25,12 +26,24 @@ def collect(layout: RunLayout) -> dict[str, Any]:
     stages = {stage: _stage_report(layout, stage, progress.stages[stage], states) for stage in STAGES}
     report: dict[str, Any] = {"run_dir": str(layout.root), "state": progress.state, "stages": stages,
                               "notes": progress.notes}
-    folds = [RunLayout(root) for root in layout.fold_roots()]
+    folds = [RunLayout(root) for root in fold_split.fold_roots(layout.root)]
     if folds:  # a k-fold run: each fold is a run of its own, reported the same way
-        report["folds"] = {str(fold.fold_index): collect(fold) for fold in folds}
+        report["folds"] = {str(fold.fold_index): collect(fold) if fold.root.is_dir() else _missing_fold(fold)
+                           for fold in folds}
         report["top_state"] = progress.state  # the data stage's own record
-        report["state"] = min((f["state"] for f in report["folds"].values()), key=STATES.index)
+        report["state"] = min((f["state"] for f in report["folds"].values()),  # a missing fold is least advanced
+                              key=lambda state: STATES.index(state) if state in STATES else -1)
+    split = fold_split.folds_path(layout.root)
+    report["notes"] = [*report["notes"], *(f"{p}: not one of the {len(folds)} folds of {split}; ignored"
+                                           for p in fold_split.unlisted_folders(layout.root))]
     return report
+
+
+def _missing_fold(fold: RunLayout) -> dict[str, Any]:
+    """A fold the split file lists whose folder is gone (what predict refuses to ensemble without)."""
+    gone = {"status": "missing", "detail": f"{fold.root} is missing"}
+    return {"run_dir": str(fold.root), "state": "missing", "notes": [f"{fold.root}: missing"],
+            "stages": {stage: dict(gone) for stage in STAGES}}
 
 
 def _stage_report(layout: RunLayout, stage: str, record: StageRecord, slurm: dict[str, str]) -> dict[str, Any]:

@@ -3,13 +3,20 @@
 - YAML only through the safe loader (configs and info.yaml: a python tag is an error, never run);
 - subject ids and data paths cannot leave the dataset root ('..', absolute paths, symbolic links) and
   cache files stay under <run>/data/cache;
-- no shell: commands (SLURM, containers, local executor) are argument lists, never shell strings.
+- no shell: commands (SLURM, containers, local executor) are argument lists, never shell strings;
+- nothing executable from data a run stores: a checkpoint's slurm/container settings never reach an
+  sbatch script; job pickles and scripts are the owner's alone whatever the umask; output paths with
+  spaces or '%' cannot change what SLURM does.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +24,7 @@ import pytest
 from mi_pipeline.config import load_config
 from mi_pipeline.data import generic
 from mi_pipeline.errors import ConfigError, InputError
-from tests.helpers import REPO
+from tests.helpers import REPO, env
 
 SOURCES = sorted((REPO / "mi_pipeline").rglob("*.py"))
 
@@ -128,3 +135,94 @@ def _make(tmp_path: Path, names: list[str]) -> Path:
     for name in names:
         (root / name).mkdir(parents=True)
     return root
+
+
+def _fake_sbatch(tmp_path: Path) -> Path:
+    """A folder with an ``sbatch`` that keeps a copy of the script it is given (and its mode) and
+    answers like sbatch does; ``sacct``/``squeue`` that know no job."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"""#!/bin/sh
+for last; do :; done
+cp "$last" {tmp_path}/sbatch_script
+stat -c %a "$last" > {tmp_path}/sbatch_script_mode
+case "$1" in --parsable) echo 4242 ;; *) echo "Submitted batch job 4242" ;; esac
+""")
+    for name in ("sacct", "squeue", "srun"):
+        (bin_dir / name).write_text("#!/bin/sh\nexit 0\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    return bin_dir
+
+
+def test_a_checkpoint_cannot_put_shell_lines_into_the_cohort_array(tmp_path: Path) -> None:
+    """predict --cohort --executor slurm without --config: the config stored in best_model.pth picks
+    the models, never the sbatch options, setup lines or image; the script is written 0600 and its
+    logs folder 0700 under umask 002."""
+    from tests.test_inference import TINY, save_untrained
+
+    image = tmp_path / "evil.sif"
+    image.write_bytes(b"")
+    planted = load_config(TINY, ['slurm.setup=["touch /tmp/PWNED"]', 'slurm.extra=["chdir=/tmp/evil"]',
+                                 f"container.image={image}"])
+    save_untrained(planted, tmp_path / "run" / "checkpoints")
+    (tmp_path / "cines").mkdir()
+    (tmp_path / "cines" / "a.nii.gz").write_bytes(b"x")
+    bin_dir = _fake_sbatch(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "mi_pipeline.predict", "--cohort", "--cine", str(tmp_path / "cines"), "--out",
+         str(tmp_path / "out"), "--run-dir", str(tmp_path / "run"), "--executor", "slurm"],
+        env={**env(), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}, text=True, capture_output=True,
+        timeout=300, preexec_fn=lambda: os.umask(0o002))
+    assert done.returncode == 0, done.stderr
+    script = (tmp_path / "sbatch_script").read_text()
+    assert "PWNED" not in script and "/tmp/evil" not in script and str(image) not in script
+    assert "note: the config stored in the checkpoint chooses the models only" in done.stderr
+    assert (tmp_path / "sbatch_script_mode").read_text().strip() == "600"
+    assert stat.S_IMODE((tmp_path / "out" / ".cohort" / "logs").stat().st_mode) == 0o700
+    (tmp_path / "run" / "config.yaml").write_text("slurm:\n  partition: site\n")  # the run's own config file
+    again = subprocess.run(done.args, env={**env(), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}, text=True,
+                           capture_output=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    script = (tmp_path / "sbatch_script").read_text()
+    assert "#SBATCH --partition=site" in script and "PWNED" not in script and "note:" not in again.stderr
+
+
+def test_sbatch_output_paths_with_spaces_or_percent_are_quoted_and_escaped(tmp_path: Path) -> None:
+    from mi_pipeline.orchestration.cohort_jobs import array_script
+    from mi_pipeline.orchestration.slurm_executor import job_folder
+
+    logs = tmp_path / "my runs" / "50%x" / ".cohort" / "logs"
+    script = array_script(["/usr/bin/python3", "-m", "mi_pipeline.predict"], 2, load_config(None), logs, 0)
+    assert f"#SBATCH --output='{tmp_path}/my runs/50%%x/.cohort/logs/%A_%a.out'" in script.splitlines()
+    with pytest.raises(Exception, match="'%'"):
+        job_folder(tmp_path / "50%x", load_config(None))
+    assert job_folder(tmp_path / "my run", load_config(None)) == tmp_path / "my run" / "logs" / "slurm" / "%j"
+
+
+def test_stage_job_pickles_and_scripts_are_owner_only_whatever_the_umask(tmp_path: Path, monkeypatch) -> None:
+    """submitit unpickles a job's pickle at every start and requeue: under umask 002 it and its folder
+    must still be the owner's alone (real submitit, a stand-in sbatch)."""
+    from mi_pipeline.orchestration import slurm_executor, slurm_resources
+    from mi_pipeline.orchestration.local_executor import StageCommand
+    from mi_pipeline.orchestration.plan import Step
+    from mi_pipeline.orchestration.progress import ProgressFile
+
+    monkeypatch.setenv("PATH", f"{_fake_sbatch(tmp_path)}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(slurm_resources, "cluster_partitions", lambda: None)
+    run = tmp_path / "run"
+    run.mkdir()
+    previous = os.umask(0o002)
+    try:
+        jobs = slurm_executor.run_slurm([Step("data", True, "test")], StageCommand(None, (), run), ProgressFile(run),
+                                        load_config(None))
+    finally:
+        os.umask(previous)
+    assert jobs == {"data": "4242"}
+    job_root = run / "logs" / "slurm"
+    written = [job_root, *job_root.rglob("*")]
+    assert any(p.name.endswith("_submitted.pkl") for p in written)
+    assert {p.relative_to(run).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in written
+            if stat.S_IMODE(p.stat().st_mode) & 0o077} == {}
+    assert (tmp_path / "sbatch_script_mode").read_text().strip() == "600"
+    assert stat.S_IMODE(os.stat(run / ".training_progress").st_mode) & 0o044  # the record stays shared

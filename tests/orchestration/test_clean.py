@@ -10,6 +10,7 @@ from pathlib import Path
 from mi_pipeline.cli import clean
 from mi_pipeline.cli.common import run_main
 from tests.helpers import REPO, checkpoint_epoch, run_module
+from tests.test_ensemble import write_split_file
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 
@@ -39,7 +40,7 @@ def test_clean_lists_then_deletes_and_the_run_still_resumes(tmp_path: Path, caps
     (staging / "p.npz").write_bytes(b"x" * 5000)
     live_temp = run / "logs" / "motion" / ".metrics.jsonl.q8w7.tmp"  # young: a live writer may own it
     live_temp.write_bytes(b"{}")
-    for path in (dead_temp, staging):
+    for path in (dead_temp, staging / "p.npz", staging):  # a staging folder is as young as what is inside
         _age(path, 3600)
     targets = [ckpt / "last.pth.restart", dead_temp, staging]
 
@@ -76,6 +77,81 @@ def test_clean_finds_what_the_folds_of_a_kfold_run_set_aside(tmp_path: Path) -> 
         kept.append(fold.last("registration"))
         if k == 1:
             (fold.root / ".training_progress.corrupt").write_text("broken")
+    write_split_file(top.root, 2)
     found = {r.path.relative_to(top.root).as_posix() for r in find_reclaimable(top)}
     assert found == {"folds/0/checkpoints/registration/last.pth.stale",
                      "folds/1/checkpoints/registration/last.pth.stale", "folds/1/.training_progress.corrupt"}
+
+
+def _make_run(root: Path) -> Path:
+    """A run directory as far as clean can tell: its record exists."""
+    from mi_pipeline.orchestration.progress import ProgressFile
+
+    root.mkdir(parents=True)
+    ProgressFile(root).update_stage("data", status="done")
+    return root
+
+
+def test_clean_refuses_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
+    """Run from a home directory (the default --run-dir is the current one): one line, nothing deleted."""
+    home = tmp_path / "home"
+    session = home / ".config" / "app" / ".session.k3j9x.tmp"
+    session.parent.mkdir(parents=True)
+    session.write_text("a desktop app's state")
+    _age(session, 3600)
+    done = run_module("mi_pipeline.clean", "--yes", cwd=home, timeout=120)
+    assert done.returncode == 2, done.stdout
+    assert done.stderr.strip() == f"error: {home}: not a run directory (no .training_progress, checkpoints/ or " \
+                                  "data/splits/); clean only works on a run: give its root with --run-dir"
+    assert session.exists()
+
+
+def test_clean_never_follows_a_symlink_out_of_the_run(tmp_path: Path) -> None:
+    """A fold folder that is a link to another run is not entered: that run's set-aside position,
+    corrupted-record copy and temp files stay."""
+    other = _make_run(tmp_path / "other")
+    victims = [other / "checkpoints" / "motion" / "last.pth.restart", other / ".training_progress.corrupt",
+               other / "checkpoints" / "motion" / ".last.pth.k3j9x.tmp"]
+    victims[0].parent.mkdir(parents=True)
+    for victim in victims:
+        victim.write_bytes(b"the other run's")
+        _age(victim, 3600)
+    run = _make_run(tmp_path / "run")
+    write_split_file(run, 2)
+    (run / "folds" / "0").mkdir(parents=True)
+    (run / "folds" / "1").symlink_to(other)  # a listed fold that is a link
+    (run / "folds" / "7").symlink_to(other)  # and one folds.json does not list
+    (run / "checkpoints").symlink_to(other / "checkpoints")  # a run folder that is a link
+    assert run_main(clean.main, ["--run-dir", str(run), "--yes"]) == 0
+    assert all(v.exists() for v in victims)
+
+
+def test_clean_leaves_a_staging_folder_a_live_data_step_is_filling(tmp_path: Path, capsys) -> None:
+    """The staging folder's own mtime is old (fixed when made) but a file inside is fresh: not touched;
+    and while the record says the data stage runs in a live process, no staging folder is."""
+    import socket
+
+    from mi_pipeline.orchestration.progress import ProgressFile
+
+    run = _make_run(tmp_path / "run")
+    staging = run / "data" / ".cache.tmp-1a2b3c4d"
+    (staging / "cache").mkdir(parents=True)
+    (staging / "cache" / "s007.npz").write_bytes(b"x" * 100)  # just written by the live step
+    for path in (staging / "cache", staging):
+        _age(path, 3600)
+    assert run_main(clean.main, ["--run-dir", str(run), "--yes"]) == 0
+    assert staging.is_dir() and "nothing to reclaim" in capsys.readouterr().out
+
+    _age(staging / "cache" / "s007.npz", 3600)  # all of it old now, but the data step is alive
+    splits_temp = run / "data" / "splits" / ".train.txt.ab12cd34.tmp"  # and may be writing its lists slowly
+    splits_temp.parent.mkdir(parents=True)
+    splits_temp.write_text("s001\n")
+    _age(splits_temp, 3600)
+    ProgressFile(run).update_stage("data", status="running", executor="local", pid=os.getpid(),
+                                   host=socket.gethostname())
+    assert run_main(clean.main, ["--run-dir", str(run), "--yes"]) == 0
+    assert staging.is_dir() and splits_temp.exists()
+
+    ProgressFile(run).update_stage("data", status="failed", pid=None)  # the step died: now it is a leftover
+    assert run_main(clean.main, ["--run-dir", str(run), "--yes"]) == 0
+    assert not staging.exists() and not splits_temp.exists() and "deleted 2 item(s)" in capsys.readouterr().out
