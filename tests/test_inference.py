@@ -187,3 +187,17 @@ def test_provenance_counts_the_run_splits(tmp_path) -> None:
     provenance = trust.model_provenance({"path": str(path), "fingerprint": ckpt.file_fingerprint(path)}, folds=0)
     assert provenance["subjects"] == {"train": 7, "val": 2, "test": 3}
     assert provenance["summary"] == "phantom only (synthetic hearts): trained on 7 subject(s), best epoch chosen on 2"
+
+
+@pytest.mark.parametrize("base_first", [True, False])
+def test_qc_basal_row_is_the_most_basal_slice(base_first: bool) -> None:
+    from mi_pipeline import metrics
+
+    yy, xx = np.mgrid[:40, :40]
+    r = np.hypot(yy - 20, xx - 20)
+    sizes = [15, 14, 13, 12, 10, 8] if base_first else [8, 10, 12, 13, 14, 15]
+    pred = np.stack([((r < s) & (r > s - 4)).astype(np.uint8) for s in sizes])
+    levels = metrics.level_of_slices(pred > 0)
+    rows = inference._qc_slices(levels, pred)
+    assert levels[rows[0]] == "basal" and rows[0] == (0 if base_first else 5)
+    assert [levels[k] for k in rows] == ["basal", "mid", "apical"]
