@@ -4,10 +4,11 @@ options, with its line breaks kept, so the help needs no file outside the instal
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 
 def full_help(parser: argparse.ArgumentParser, doc: str | None) -> argparse.ArgumentParser:
     """Give ``parser`` (from ``common.command_parser``) the rest of ``doc`` as its epilog; returns it."""
-    parser.epilog = "\n".join((doc or "").splitlines()[1:]).strip().replace("``", "")
+    parser.epilog = textwrap.dedent("\n".join((doc or "").splitlines()[1:])).strip("\n").replace("``", "")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
