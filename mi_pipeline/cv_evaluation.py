@@ -63,6 +63,7 @@ def pool(sections: list[dict[str, Any]]) -> dict[str, Any]:
         labels = [v for s in sections for v in s["segment_roc"]["labels"]]
         scores = [v for s in sections for v in s["segment_roc"]["scores"]]
         out["segment_auc"] = metrics.roc_auc(scores, labels)
+        out["segment_roc"] = {"labels": labels, "scores": scores}
         true = [v for v in rows.get("infarct_percent_true", []) if v is not None]
         out["baseline_no_infarct"] = {"infarct_size_mae": metrics.summary(true)["mean"], "fp_infarct_percent": 0.0,
                                       "infarct_dice": 0.0 if any(rows.get("has_infarct", [])) else None,

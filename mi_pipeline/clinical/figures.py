@@ -422,10 +422,15 @@ def roc_figure(scores: Sequence[float], labels: Sequence[bool], auc: float | Non
 
 
 def write_evaluation_figures(result: dict[str, Any], folder: str | os.PathLike[str]) -> list[str]:
-    """``summary.png`` always; ``bland_altman.png`` and ``segment_roc.png`` when segmentation was scored."""
+    """``summary.png`` always; ``bland_altman.png`` and ``segment_roc.png`` when segmentation was scored.
+
+    A k-fold run's figures are its pooled ones: every subject once, scored by the fold that held it out.
+    """
     from pathlib import Path
 
     folder = Path(folder)
+    if "cross_validation" in result:
+        result = result["cross_validation"]["pooled"]
     written = []
     save_figure(summary_figure(result), folder / "summary.png")
     written.append(str(folder / "summary.png"))

@@ -85,3 +85,14 @@ def test_roc_points_match_definition() -> None:
     fpr, tpr = figures.roc_points([0.9, 0.4, 0.4, 0.1], [True, False, True, False])
     np.testing.assert_allclose(fpr, [0.0, 0.0, 0.5, 1.0])
     np.testing.assert_allclose(tpr, [0.0, 0.5, 1.0, 1.0])
+
+
+def test_a_kfold_evaluation_draws_its_pooled_figures(tmp_path) -> None:
+    seg = {"n_subjects": 4, "infarct_dice": 0.6, "segment_auc": 0.8, "baseline_no_infarct": {"segment_auc": 0.5},
+           "per_subject": {"subject": ["a", "b", "c", "d"], "infarct_percent_true": [10.0, 0.0, 20.0, 5.0],
+                           "infarct_percent_pred": [12.0, 1.0, 18.0, 4.0]},
+           "segment_roc": {"labels": [True, False, True, False], "scores": [0.5, 0.1, 0.4, 0.2]}}
+    result = {"source": "2 folds", "cross_validation": {"folds": {}, "pooled": {"subjects": list("abcd"),
+                                                                                "segmentation": seg}}}
+    written = figures.write_evaluation_figures(result, tmp_path)
+    assert sorted(p.rsplit("/", 1)[1] for p in written) == ["bland_altman.png", "segment_roc.png", "summary.png"]
