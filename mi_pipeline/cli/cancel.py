@@ -2,8 +2,9 @@
 
 ``python -m mi_pipeline.cancel --run-dir RUN [--fold k]``
 
-The jobs are those the run's record lists; each cancelled stage is recorded as cancelled, so
-``submit --mode resume`` later continues from its last checkpoint. Local runs are stopped with Ctrl-C.
+The jobs are those the run's record lists; each stage whose job is cancelled is recorded as failed
+("job N cancelled"), so ``submit --mode resume`` later continues it from its last checkpoint. Local
+runs are stopped with Ctrl-C.
 """
 
 from __future__ import annotations
