@@ -125,7 +125,7 @@ def prepare_data(cfg: Config, run_dir: Path, log: Callable[[str], None] = print)
     _clean_stale(data_dir)
     staging = data_dir / f".cache.tmp-{uuid.uuid4().hex[:8]}"  # staging/data/cache is the new cache
     try:
-        bar = Progress(len(todo), "data: prepared", log, unit="subject(s)")
+        bar = Progress(len(todo), "data: preparing", log, unit="subject(s)")
         try:
             outcomes = prepare_subjects(cfg, root, todo, staging, done=bar.update)
         finally:
