@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from mi_pipeline import ensemble, metrics
+from mi_pipeline.clinical.trust import model_provenance
 from mi_pipeline.config import Config
 from mi_pipeline.data import cache
 from mi_pipeline.data.cache import Subject
@@ -256,7 +257,8 @@ def evaluate(cfg: Config, run_dir: Path, *, split: str = "test", data_root: Path
     models = load_models(cfg, ckpt_root, tuple(s for s in MODEL_STAGES if s in needed), device)
     result: dict[str, Any] = {"source": source, "subjects": [s.id for s in subjects],
                               "not_trained": [s for s in MODEL_STAGES if s not in trained],
-                              "checkpoints": models.checkpoints}
+                              "checkpoints": models.checkpoints,
+                              "trained_on": model_provenance(models.checkpoints[wanted[-1]])["summary"]}
     if "motion" in wanted:
         result["motion"] = eval_motion(models.motion, subjects, log)
     if "registration" in wanted:
@@ -286,6 +288,7 @@ def format_table(result: dict[str, Any]) -> str:
         return "-" if v is None else f"{v:.3f}"
 
     lines = [f"evaluated on {len(result['subjects'])} subject(s): {result['source']}",
+             *([f"models trained on: {result['trained_on']}"] if result.get("trained_on") else []),
              f"{'stage':13} {'measure':42} {'ours (mean ± sd)':>18} {'baseline':>10}  baseline is"]
     for stage, key, base, label, base_name in ROWS:
         sec = result.get(stage)
