@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -29,6 +30,13 @@ from mi_pipeline.stages.graph import MODEL_STAGES, config_sections
 AmpMode = Literal["off", "bf16", "fp16"]
 AMP_MODES: tuple[str, ...] = typing.get_args(AmpMode)
 AMP_FROM_BOOL: dict[bool, str] = {False: "off", True: "fp16"}
+
+# Bounds past any real use: a value beyond them is a typo, refused with one line before it costs anything.
+MAX_THREADS = 1024
+MAX_FOLDS = 100
+MAX_EPOCHS = 1_000_000
+MAX_BATCH = 65_536
+MAX_CONFIG_BYTES = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,6 +126,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "spacing_mm", "crop", "frames", "workers", "cache_budget_mb")
+        _at_most(self, 1024, "crop", "frames", "workers")
+        _at_most(self, 20.0, "spacing_mm")
         if len(set(self.exclude)) != len(self.exclude):
             raise ValueError("exclude lists a subject more than once")
         if self.crop % 16:
@@ -144,6 +154,9 @@ class OptimConfig:
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_size", "lr")
         _non_negative(self, "weight_decay", "grad_clip")
+        _at_most(self, MAX_EPOCHS, "epochs")
+        _at_most(self, MAX_BATCH, "batch_size")
+        _at_most(self, 10.0, "lr")
         _check_amp(self)
 
 
@@ -337,6 +350,7 @@ class CvConfig:
     def __post_init__(self) -> None:
         if self.folds == 1 or self.folds < 0:
             raise ValueError(f"folds must be 0 (one split, no cross-validation) or >= 2, got {self.folds}")
+        _at_most(self, MAX_FOLDS, "folds")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -358,6 +372,7 @@ class Config:
 
     def __post_init__(self) -> None:
         _positive(self, "threads")
+        _at_most(self, MAX_THREADS, "threads")
 
     def performance_for(self, stage: str) -> PerformanceConfig:
         """The performance switches of one trained stage (its own ``amp`` wins when set)."""
@@ -426,6 +441,13 @@ def _check_bind(spec: str, name: str) -> None:
         raise ValueError(f"{name}: option must be one of {'|'.join(CONTAINER_BIND_OPTIONS)}, got {spec!r}")
 
 
+def _at_most(obj: object, limit: int | float, *names: str) -> None:
+    """Values past any real use are typos (``threads: 100000``), refused before they cost anything."""
+    for name in names:
+        if getattr(obj, name) > limit:
+            raise ValueError(f"{name} must be <= {limit}, got {getattr(obj, name)!r}")
+
+
 def _positive(obj: object, *names: str) -> None:
     for name in names:
         if getattr(obj, name) <= 0:
@@ -466,7 +488,14 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
+        if path.exists() and not path.is_file():  # /dev/zero, a fifo or a folder would hang or read forever
+            raise ConfigError(f"{path}: not a regular file; --config takes a YAML file")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes, too large for a config "
+                              f"(at most {MAX_CONFIG_BYTES // 1024} KiB)")
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a config is UTF-8 YAML)") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
     try:
@@ -556,8 +585,10 @@ def _coerce(tp: Any, value: Any, *, key: str, source: str) -> Any:
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: {key} must be a number, and finite, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -1,8 +1,10 @@
-"""The run-directory contract (DESIGN.md §4): where every file of a run lives, and nothing else.
+"""The run-directory contract: where every file of a run lives, and nothing else.
 
     <run root>/.training_progress
+    <run root>/config.yaml                  the run's own config (written by the first submit)
     <run root>/checkpoints/<stage>/best_model.pth, last.pth
     <run root>/logs/<stage>/train.log, metrics.jsonl
+    <run root>/logs/slurm/                  submitit's job folders (``slurm.job_dir``)
     <run root>/data/splits/, data/cache/
 
 With k-fold cross-validation (``cv.folds`` K >= 2) each fold is a run of its own under the top:
@@ -29,7 +31,9 @@ from mi_pipeline.engine.checkpoint import BEST, LAST
 from mi_pipeline.stages.graph import MODEL_STAGES
 
 PROGRESS_FILE = ".training_progress"
+CONFIG_FILE = "config.yaml"
 FOLDS_DIR = "folds"
+DEFAULT_JOB_DIR = "logs/slurm"
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,27 @@ class RunLayout:
     def progress(self) -> Path:
         return self.root / PROGRESS_FILE
 
+    @property
+    def config_file(self) -> Path:
+        """The run's own config: later commands without ``--config`` use it."""
+        return self.root / CONFIG_FILE
+
+    @property
+    def submit_lock(self) -> Path:
+        """Held by the one ``submit`` working on this run (see orchestration/submission.py)."""
+        return self.root / ".submit.lock"
+
+    @property
+    def submit_holder(self) -> Path:
+        """Who holds the submit lock (host, pid, since): what a second submitter is told."""
+        return self.root / ".submit.holder"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
     def ckpt_dir(self, stage: str) -> Path:
-        return self.root / "checkpoints" / stage
+        return self.checkpoints / stage
 
     def log_dir(self, stage: str) -> Path:
         return self.root / "logs" / stage
@@ -54,6 +77,22 @@ class RunLayout:
 
     def train_log(self, stage: str) -> Path:
         return self.log_dir(stage) / "train.log"
+
+    def job_dir(self, job_dir: str = DEFAULT_JOB_DIR) -> Path:
+        """Where SLURM jobs of this run leave their folders (``slurm.job_dir``, relative to the root)."""
+        return self.root / job_dir
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def splits_dir(self) -> Path:
+        return self.data_dir / "splits"
 
     @property
     def folds_dir(self) -> Path:

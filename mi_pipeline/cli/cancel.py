@@ -19,7 +19,7 @@ from mi_pipeline.cli.helptext import full_help
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.fold_setup import check_fold, existing_folds
 from mi_pipeline.orchestration.progress import ProgressFile
-from mi_pipeline.orchestration.slurm_executor import cancel_jobs
+from mi_pipeline.orchestration.jobs import cancel_jobs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     check_fold(args.fold, len(folds), str(top.root))
     targets = [top.fold(args.fold)] if args.fold is not None else [top, *folds]
     cancelled = [job for layout in targets
-                 for job in cancel_jobs(ProgressFile(layout.root), "cancel command", layout.root / "logs" / "slurm")]
+                 for job in cancel_jobs(ProgressFile.for_run(layout), "cancel command", layout.job_dir())]
     print(f"cancelled: {' '.join(cancelled)}" if cancelled else "no pending or running jobs for this run")
     return 0
 

@@ -59,12 +59,21 @@ def confirm_delete(paths: list[Path], assume_yes: bool) -> bool:
     if not sys.stdin.isatty():
         raise UserError("mode fresh deletes the paths listed above: pass --yes to confirm when not on a terminal")
     try:
-        return input("请确认 (confirm) [y/N]: ").strip().lower() in ("y", "yes")
+        return input("delete them? [y/N]: ").strip().lower() in ("y", "yes")
     except EOFError:
         return False
 
 
 def load_run_config(args: argparse.Namespace) -> Config:
+    """``--config`` with ``--set`` applied; without ``--config``, the run's own ``config.yaml`` when the
+    run has one (``args.config`` then names it, so the jobs a command starts read the same file)."""
+    if args.config is None and getattr(args, "run_dir", None) is not None:
+        from mi_pipeline.layout import RunLayout
+
+        stored = RunLayout(Path(args.run_dir).resolve()).config_file
+        if stored.is_file():
+            print(f"note: using this run's config {stored} (--config FILE to change it)", file=sys.stderr)
+            args.config = stored
     return load_config(args.config, args.overrides)
 
 

@@ -7,6 +7,7 @@ so a batch job never blocks on input.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mi_pipeline.cli.common import (
@@ -18,47 +19,66 @@ from mi_pipeline.cli.common import (
     run_main,
 )
 from mi_pipeline.config import Config
-from mi_pipeline.data.folds import check_settings, folds_path, read_folds
-from mi_pipeline.data.prepare import data_is_prepared
+from mi_pipeline.data.folds import folds_path, read_folds
 from mi_pipeline.errors import UserError
 from mi_pipeline.layout import RunLayout
-from mi_pipeline.orchestration.fold_setup import (
-    check_fold,
-    existing_folds,
-    fold_layouts,
-    prepare_folds,
-)
-from mi_pipeline.orchestration.fold_setup import progress_file as fold_progress
-from mi_pipeline.orchestration.folds import execute_folds, plan_folds
-from mi_pipeline.orchestration.health import inspect_stage, rebuild_records
+from mi_pipeline.orchestration.fold_setup import existing_folds
+from mi_pipeline.orchestration.health import inspect_stage
 from mi_pipeline.orchestration.local_executor import StageCommand, resolve_executor
-from mi_pipeline.orchestration.pipeline import (
-    delete_for_fresh,
-    execute,
-    stop_in_flight,
-)
-from mi_pipeline.orchestration.plan import MODES, Step, make_plan
 from mi_pipeline.orchestration.progress import Progress, ProgressFile
+from mi_pipeline.orchestration.submission import SubmitRequest, submit
 from mi_pipeline.stages.graph import MODEL_STAGES
 
-MODEL_NAMES = {"motion": "运动估计模型 (motion)", "registration": "配准模型 (registration)",
-               "segmentation": "分割模型 (segmentation)"}
-MENU = """请选择训练模式 (choose a mode):
-  1) 从头开始训练 fresh  - clear all progress and models, start at step 1
-  2) 断点续训     resume - continue where the last run stopped (mid-stage too)
-  3) 智能跳过     skip   - skip models whose best_model.pth exists, train the rest
-  4) 退出         quit
-"""
+MODES = ("fresh", "resume", "skip")
+LANGUAGES = ("en", "zh")
+LANG_ENV = "MI_PIPELINE_LANG"
+TEXT = {
+    "en": {
+        "title": "MI estimation: full training pipeline",
+        "detected": "progress found: {state}",
+        "models": "trained models:",
+        "names": {"motion": "motion model", "registration": "registration model",
+                  "segmentation": "segmentation model"},
+        "corrupted": "  (best_model.pth corrupted)",
+        "menu": "choose a mode:\n"
+                "  1) fresh  - clear all progress and models, start at step 1\n"
+                "  2) resume - continue where the last run stopped (mid-stage too)\n"
+                "  3) skip   - skip models whose best_model.pth exists, train the rest\n"
+                "  4) quit\n",
+        "prompt": "enter 1-4: ",
+        "quit": "quit",
+    },
+    # The original run_all.sh guide's prompts, with the English beside them (--lang zh).
+    "zh": {
+        "title": "非侵入性心梗估计 - 完整训练流程 (MI estimation: full training pipeline)",
+        "detected": "检测到上次训练进度: {state}",
+        "models": "检查已训练的模型 (trained models):",
+        "names": {"motion": "运动估计模型 (motion)", "registration": "配准模型 (registration)",
+                  "segmentation": "分割模型 (segmentation)"},
+        "corrupted": "  (best_model.pth corrupted)",
+        "menu": "请选择训练模式 (choose a mode):\n"
+                "  1) 从头开始训练 fresh  - clear all progress and models, start at step 1\n"
+                "  2) 断点续训     resume - continue where the last run stopped (mid-stage too)\n"
+                "  3) 智能跳过     skip   - skip models whose best_model.pth exists, train the rest\n"
+                "  4) 退出         quit\n",
+        "prompt": "请输入选项 [1-4]: ",
+        "quit": "退出 (quit)",
+    },
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = command_parser("submit", __doc__)
-    parser.add_argument("--mode", choices=MODES, help="fresh | resume | skip (default: ask on a terminal)")
-    add_run_options(parser)
+    parser.add_argument("--mode", choices=MODES,
+                        help="fresh | resume | skip (default: ask on a terminal; resume with --dry-run)")
+    add_run_options(parser, config_help="YAML config (default: the run's own config.yaml when the run has one, "
+                                        "else the built-in defaults); a different file is a config change")
     parser.add_argument("--executor", choices=("auto", "local", "slurm"), default="auto",
-                        help="auto = SLURM when sbatch is on PATH, else local processes")
+                        help="auto = what this run was last submitted with; for a new run SLURM when sbatch is "
+                             "on PATH, else local processes (the choice and its reason are printed)")
     parser.add_argument("--yes", action="store_true", help="do not ask before deleting (mode fresh)")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan and change nothing (without --mode: the plan of mode resume)")
     parser.add_argument("--force", action="store_true",
                         help="resume even where the config changed (finished stages are kept as trained)")
     parser.add_argument("--retrain-from", choices=MODEL_STAGES, default=None, metavar="STAGE",
@@ -67,85 +87,71 @@ def main(argv: list[str] | None = None) -> int:
                         help="k-fold cross-validation with K >= 2 folds (same as --set cv.folds=K)")
     parser.add_argument("--fold", type=int, default=None, metavar="k",
                         help="with folds: plan and submit fold k only (0-based)")
+    parser.add_argument("--lang", choices=LANGUAGES, default=None,
+                        help=f"language of the interactive menu: en (default) or zh, the original guide's "
+                             f"Chinese prompts beside the English (also via {LANG_ENV}=zh)")
     args = parser.parse_args(argv)
 
     layout = RunLayout(args.run_dir.resolve())
     cfg = load_fold_config(args, layout)  # validate before touching anything
-    progress_file = ProgressFile(layout.root, inspect_disk=lambda: rebuild_records(layout))
-    progress = progress_file.read()
+    progress = ProgressFile.for_run(layout).read()
     for note in progress.notes:
         print(f"note: {note}")
-
     if args.retrain_from and args.mode not in (None, "resume"):
         raise UserError(f"--retrain-from goes with --mode resume (or no --mode), not --mode {args.mode}")
-    mode = "resume" if args.retrain_from else (args.mode or _ask_mode(layout, progress))
+    mode = "resume" if args.retrain_from or (args.dry_run and not args.mode) else args.mode
+    mode = mode or _ask_mode(layout, progress, _language(args.lang))
     if mode is None:
         return 0
-    if cfg.cv.folds:
-        return submit_folds(args, cfg, layout, progress, mode)
-    if args.fold is not None:
-        raise UserError(f"--fold {args.fold}: this run has no folds (cv.folds is 0; pass --folds K)")
-    if mode == "fresh":
-        if not confirm_delete(layout.fresh_targets(), assume_yes=args.yes or args.dry_run):
-            print("nothing deleted")
-            return 1
-        if not args.dry_run:
-            cancelled = stop_in_flight(progress, progress_file, cfg.slurm.job_dir)
-            if cancelled:
-                print(f"cancelled in-flight jobs (and waited until they ended): {' '.join(cancelled)}")
-            delete_for_fresh(layout, progress_file)
-            progress = Progress()
-
-    steps = make_plan(mode, layout, progress, data_ready=data_is_prepared(cfg, layout.root), cfg=cfg,
-                      retrain_from=args.retrain_from, force=args.force)
-    executor = resolve_executor(args.executor)
-    _print_plan(mode, executor, steps)
-    undecided = [s for s in steps if s.decide]
-    if undecided and not args.dry_run:
-        first = undecided[0]
-        raise UserError(f"{first.stage} needs a decision ({first.reason}): pass --force to keep the trained "
-                        f"model(s) as they are, or --retrain-from {first.stage} to retrain it and its dependants "
-                        f"(old files kept aside)")
-    if args.dry_run:
-        return 0
+    executor, why = resolve_executor(args.executor, progress.executor)
+    if args.executor == "auto":
+        print(f"executor: {executor} ({why})")
     command = StageCommand(config=args.config.resolve() if args.config else None, overrides=tuple(args.overrides),
                            run_dir=layout.root, force=args.force)
-    returncode = execute(steps, command, progress_file, cfg, executor)
-    if returncode == 0 and executor == "local":
-        print(f"pipeline finished: {progress_file.read().state}")
-    return returncode
+    request = SubmitRequest(mode=mode, top=layout, cfg=cfg, command=command, executor=executor, force=args.force,
+                            retrain_from=args.retrain_from, fold=args.fold, dry_run=args.dry_run)
+    return submit(request, confirm=lambda paths: confirm_delete(paths, assume_yes=args.yes or args.dry_run))
 
 
-def menu_header(layout: RunLayout, progress: Progress) -> str:
-    lines = ["=" * 40, "非侵入性心梗估计 - 完整训练流程 (MI estimation: full training pipeline)", "=" * 40, ""]
+def _language(flag: str | None) -> str:
+    chosen = flag or os.environ.get(LANG_ENV, "en")
+    if chosen not in LANGUAGES:
+        raise UserError(f"{LANG_ENV}={chosen!r}: expected one of {', '.join(LANGUAGES)}")
+    return chosen
+
+
+def menu_header(layout: RunLayout, progress: Progress, lang: str = "en") -> str:
+    text = TEXT[lang]
+    lines = ["=" * 40, text["title"], "=" * 40, ""]
     folds = existing_folds(layout)
     for fold in folds or [layout]:  # a k-fold run: the seed's lines once per fold
-        record = progress if fold is layout else fold_progress(fold).read()
+        record = progress if fold is layout else ProgressFile.for_run(fold).read()
         label = "" if fold is layout else f"[fold {fold.fold_index}] "
-        lines += [f"{label}检测到上次训练进度: {record.state}", "", f"{label}检查已训练的模型 (trained models):"]
+        lines += [f"{label}{text['detected'].format(state=record.state)}", "", f"{label}{text['models']}"]
         for stage in MODEL_STAGES:
             health = inspect_stage(fold, stage)
             mark = "✓" if health.best_ok else "✗"
-            extra = "" if health.best_ok or health.best_problem == "missing" else "  (best_model.pth corrupted)"
-            lines.append(f"  {mark} {MODEL_NAMES[stage]}{extra}")
+            extra = "" if health.best_ok or health.best_problem == "missing" else text["corrupted"]
+            lines.append(f"  {mark} {text['names'][stage]}{extra}")
         lines.append("")
     return "\n".join(lines)
 
 
-def _ask_mode(layout: RunLayout, progress: Progress) -> str | None:
+def _ask_mode(layout: RunLayout, progress: Progress, lang: str) -> str | None:
     if not sys.stdin.isatty():
         raise UserError("--mode is required when not on a terminal (fresh | resume | skip)")
-    print(menu_header(layout, progress))
-    print(MENU)
+    text = TEXT[lang]
+    print(menu_header(layout, progress, lang))
+    print(text["menu"])
     while True:
         try:
-            answer = input("请输入选项 [1-4]: ").strip()
+            answer = input(text["prompt"]).strip()
         except EOFError:
             return None
         if answer in ("1", "2", "3"):
             return MODES[int(answer) - 1]
         if answer == "4":
-            print("退出 (quit)")
+            print(text["quit"])
             return None
         print("please enter 1, 2, 3 or 4")
 
@@ -165,54 +171,6 @@ def load_fold_config(args: argparse.Namespace, layout: RunLayout) -> Config:
         args.overrides.append(f"cv.folds={recorded['k']}")
         cfg = load_run_config(args)
     return cfg
-
-
-def submit_folds(args: argparse.Namespace, cfg: Config, layout: RunLayout, progress: Progress, mode: str) -> int:
-    """``submit`` on a k-fold run: fresh clears the top and every fold, then the folds are planned together."""
-    check_fold(args.fold, cfg.cv.folds, f"cv.folds={cfg.cv.folds}")
-    check_settings(layout.root, cfg.cv.folds, cfg.data.split_seed)  # before anything is deleted or planned
-    chosen = [layout.fold(args.fold)] if args.fold is not None else fold_layouts(cfg, layout)
-    if mode == "fresh":
-        tops = [] if args.fold is not None else [layout]
-        targets = [p for lay in (*tops, *chosen) for p in lay.fresh_targets()]
-        if not confirm_delete(targets, assume_yes=args.yes or args.dry_run):
-            print("nothing deleted")
-            return 1
-        if not args.dry_run:
-            for lay in (*tops, *chosen):
-                records = fold_progress(lay)
-                cancelled = stop_in_flight(records.read(), records, cfg.slurm.job_dir)
-                if cancelled:
-                    print(f"cancelled in-flight jobs (and waited until they ended): {' '.join(cancelled)}")
-                delete_for_fresh(lay, records)
-            progress = Progress() if args.fold is None else progress
-    data_ready = data_is_prepared(cfg, layout.root)
-    if data_ready and not args.dry_run:
-        prepare_folds(cfg, layout)  # checks the split file first: a changed split seed stops here
-    plan = plan_folds(mode, cfg, layout, progress, data_ready, retrain_from=args.retrain_from, force=args.force,
-                      only=args.fold)
-    executor = resolve_executor(args.executor)
-    print(f"plan (mode {mode}, executor {executor}, {cfg.cv.folds} folds):")
-    for line in plan.describe():
-        print(f"  {line}")
-    if plan.undecided and not args.dry_run:
-        k, first = plan.undecided[0]
-        raise UserError(f"fold {k}: {first.stage} needs a decision ({first.reason}): pass --force to keep the "
-                        f"trained model(s), or --retrain-from {first.stage} to retrain it and its dependants")
-    if args.dry_run:
-        return 0
-    command = StageCommand(config=args.config.resolve() if args.config else None, overrides=tuple(args.overrides),
-                           run_dir=layout.root, force=args.force)
-    returncode = execute_folds(plan, command, cfg, executor)
-    if returncode == 0 and executor == "local":
-        print("folds finished: " + ", ".join(f"{k} {fold_progress(layout.fold(k)).read().state}" for k in plan.folds))
-    return returncode
-
-
-def _print_plan(mode: str, executor: str, steps: list[Step]) -> None:
-    print(f"plan (mode {mode}, executor {executor}):")
-    for step in steps:
-        print(f"  {step.describe()}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import numpy as np
 
 from mi_pipeline.errors import InputError
 from mi_pipeline.fsio import atomic_write_bytes, atomic_write_text
+from mi_pipeline.layout import RunLayout
 
 SPLITS = ("train", "val", "test")
 CACHE_VERSION = 1
@@ -53,11 +54,11 @@ class Subject:
 
 
 def cache_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "data" / "cache"
+    return RunLayout(Path(run_dir)).cache_dir
 
 
 def splits_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "data" / "splits"
+    return RunLayout(Path(run_dir)).splits_dir
 
 
 def excluded_path(run_dir: Path) -> Path:

@@ -73,6 +73,16 @@ class FitContext:
     performance: PerformanceConfig = field(default_factory=PerformanceConfig)  # speed switches; a set optim.amp overrides .amp
     stop_requested: Callable[[], bool] = lambda: False
     on_epoch: Callable[[TrainState, dict[str, float]], None] = lambda state, metrics: None
+    start_from: StartFrom | None = None  # decided by the caller from its one read of last.pth; None: fit
+                                         # reads and checks last.pth itself (the engine used on its own)
+
+
+@dataclass(frozen=True)
+class StartFrom:
+    """Where training starts, as the caller decided: ``last.pth``'s content to continue from, or None
+    for epoch 1 (a restart, whose old ``last.pth`` the caller has already set aside)."""
+
+    payload: dict[str, Any] | None
 
 
 def batch_seed(seed: int, epoch: int, batch: int) -> int:
@@ -332,27 +342,22 @@ def _resume(ctx: FitContext, model: torch.nn.Module, optimizer: torch.optim.Opti
     if ctx.world.is_main:  # temp files of a process killed mid-write (this stage has one writer: us)
         for target in (path, ctx.ckpt_dir / ckpt.BEST, ctx.log.metrics_path):
             remove_stale_temps(target)
-    if ctx.restart:
+    if ctx.start_from is not None:
+        payload = ctx.start_from.payload
+        if payload is None:
+            return _start_at_epoch_one(ctx, "starting from scratch (restart requested)" if ctx.restart
+                                       else "no last.pth: starting at epoch 1")
+    elif ctx.restart:
         if ctx.world.is_main:
             set_aside(path, "restart")
-            ctx.log.keep_metrics_through(0)
         ctx.world.barrier()  # no rank may read last.pth while rank 0 moves it
-        ctx.log.info("starting from scratch (restart requested)")
-        return TrainState()
-    if not path.exists():
-        if ctx.world.is_main:  # lines a run killed before its first last.pth appended: epoch 1 is redone
-            ctx.log.keep_metrics_through(0)
-        ctx.log.info("no last.pth: starting at epoch 1")
-        return TrainState()
-    payload = ckpt.load_checkpoint(path, required=("model", "optimizer", "scheduler", "state", "rng", "config_hash"))
-    if payload["config_hash"] != ctx.config_hash and not (ctx.force or ctx.accept_config_change):
-        raise CheckpointError(
-            f"{path}: written with config hash {payload['config_hash']}, the current config hashes to "
-            f"{ctx.config_hash}; resume with --force to continue under the new config, or use --mode fresh")
-    if payload.get("upstream", {}) != upstream and not ctx.force:
-        raise CheckpointError(
-            f"{path}: trained on different upstream models ({payload.get('upstream')} vs {upstream}); "
-            "retrain this stage (train --restart) or pass --force")
+        return _start_at_epoch_one(ctx, "starting from scratch (restart requested)")
+    elif not path.exists():
+        return _start_at_epoch_one(ctx, "no last.pth: starting at epoch 1")
+    else:
+        payload = ckpt.load_checkpoint(path, required=RESUME_KEYS)
+        check_resumable(path, payload, ctx.config_hash, upstream, force=ctx.force,
+                        accept_config_change=ctx.accept_config_change)
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
@@ -365,6 +370,32 @@ def _resume(ctx: FitContext, model: torch.nn.Module, optimizer: torch.optim.Opti
     if state.epoch < epochs:
         ctx.log.info(f"resuming from last.pth at {where} (completed epochs: {state.epoch}, step {state.step})")
     return state
+
+
+RESUME_KEYS = ("model", "optimizer", "scheduler", "state", "rng", "config_hash")
+
+
+def check_resumable(path: Path, payload: dict[str, Any], config_hash: str, upstream: dict[str, str], *,
+                    force: bool, accept_config_change: bool) -> None:
+    """May training continue from this ``last.pth``? CheckpointError saying what to do when not."""
+    missing = [key for key in RESUME_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
+    if payload["config_hash"] != config_hash and not (force or accept_config_change):
+        raise CheckpointError(
+            f"{path}: written with config hash {payload['config_hash']}, the current config hashes to "
+            f"{config_hash}; resume with --force to continue under the new config, or use --mode fresh")
+    if payload.get("upstream", {}) != upstream and not force:
+        raise CheckpointError(
+            f"{path}: trained on different upstream models ({payload.get('upstream')} vs {upstream}); "
+            "retrain this stage (train --restart) or pass --force")
+
+
+def _start_at_epoch_one(ctx: FitContext, why: str) -> TrainState:
+    if ctx.world.is_main:  # lines a run killed before its first last.pth appended: epoch 1 is redone
+        ctx.log.keep_metrics_through(0)
+    ctx.log.info(why)
+    return TrainState()
 
 
 def _load_scaler(ctx: FitContext, scaler: torch.amp.GradScaler, saved: dict[str, Any]) -> None:

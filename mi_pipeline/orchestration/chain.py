@@ -19,12 +19,7 @@ from mi_pipeline.stages.graph import UPSTREAM
 
 
 def _progress_file(root: Path) -> ProgressFile:
-    def on_disk():  # only for a corrupted record (health reads checkpoints: slower)
-        from mi_pipeline.orchestration.health import rebuild_records
-
-        return rebuild_records(RunLayout(root))
-
-    return ProgressFile(root, inspect_disk=on_disk)
+    return ProgressFile.for_run(RunLayout(root))
 
 
 def plan_lines(cfg: Config, root: Path, fold: int | None = None) -> list[str]:
@@ -73,7 +68,7 @@ def plan_lines(cfg: Config, root: Path, fold: int | None = None) -> list[str]:
 
 def _lines(steps: list, progress_file: ProgressFile) -> list[str]:
     from mi_pipeline.orchestration.local_executor import plan_restart
-    from mi_pipeline.orchestration.slurm_executor import ACTIVE_STATES, job_states
+    from mi_pipeline.orchestration.jobs import ACTIVE_STATES, job_states
 
     progress = progress_file.read()
     recorded = {s.stage: progress.stages[s.stage].job_id for s in steps

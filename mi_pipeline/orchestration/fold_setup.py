@@ -15,15 +15,9 @@ from mi_pipeline.data import cache
 from mi_pipeline.data import folds as split_file
 from mi_pipeline.errors import UserError
 from mi_pipeline.layout import RunLayout
-from mi_pipeline.orchestration.health import rebuild_records
 from mi_pipeline.orchestration.progress import ProgressFile
 
 SHARED_DATA = "shared data stage (run top)"
-
-
-def progress_file(layout: RunLayout) -> ProgressFile:
-    """A run's (or a fold's) record, rebuilt from its checkpoints if it is corrupted."""
-    return ProgressFile(layout.root, inspect_disk=lambda: rebuild_records(layout))
 
 
 def fold_layouts(cfg: Config, top: RunLayout) -> list[RunLayout]:
@@ -64,7 +58,7 @@ def prepare_folds(cfg: Config, top: RunLayout) -> list[RunLayout]:
         if any(not _has_split(fold, n) or cache.read_split(fold.root, n) != splits[n] for n in cache.SPLITS):
             cache.write_splits(fold.root, splits)
         _link_cache(fold, top)
-        records = progress_file(fold)
+        records = ProgressFile.for_run(fold)
         if records.read().stages["data"].status != "done":
             records.update_stage("data", status="done", note=f"{SHARED_DATA}; fold {k} of {split_file.FILENAME}",
                                  error=None)

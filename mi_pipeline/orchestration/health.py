@@ -7,12 +7,13 @@ The plan, the menu, ``status`` and the rebuild of a corrupted progress record al
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from mi_pipeline.data import cache
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.errors import CheckpointError
 from mi_pipeline.layout import RunLayout
-from mi_pipeline.orchestration.progress import StageRecord
+from mi_pipeline.orchestration.records import StageRecord
 from mi_pipeline.stages.graph import MODEL_STAGES, STAGES
 
 
@@ -30,24 +31,50 @@ class CheckpointHealth:
     last_problem: str | None
 
 
-def inspect_stage(layout: RunLayout, stage: str) -> CheckpointHealth:
-    best_ok, best_problem, metric, config_hash, config = False, "missing", None, None, None
+@dataclass(frozen=True)
+class StageFiles:
+    """One read of a stage's two checkpoint files: their content (None when absent or unreadable)
+    and why not. Everything that asks about a stage's checkpoints reads them once, here."""
+
+    best: dict[str, Any] | None
+    best_problem: str | None  # None, "missing" or the load error
+    last: dict[str, Any] | None
+    last_problem: str | None  # None (also when missing: see ``last_exists``) or the load error
+    last_exists: bool
+
+    @property
+    def health(self) -> CheckpointHealth:
+        best, last = self.best or {}, self.last
+        config = best.get("config") if isinstance(best.get("config"), dict) else None
+        last_epoch, finished = None, False
+        if last is not None:
+            last_epoch, finished = int(last["state"]["epoch"]), bool(last.get("finished"))
+        return CheckpointHealth(self.best is not None, self.best_problem, best.get("metric"),
+                                best.get("config_hash"), config, last_epoch, finished, self.last_problem)
+
+
+def read_stage(layout: RunLayout, stage: str) -> StageFiles:
+    """Load ``best_model.pth`` and ``last.pth`` of ``stage`` once each, never trusting them blindly."""
+    best, best_problem = None, "missing"
     if layout.best(stage).exists():
         try:
-            payload = ckpt.load_checkpoint(layout.best(stage), required=("model", "config_hash"))
-            best_ok, best_problem = True, None
-            metric, config_hash = payload.get("metric"), payload["config_hash"]
-            config = payload.get("config") if isinstance(payload.get("config"), dict) else None
+            best, best_problem = ckpt.load_checkpoint(layout.best(stage), required=("model", "config_hash")), None
         except CheckpointError as exc:
             best_problem = str(exc)
-    last_epoch, finished, last_problem = None, False, None
+    last, last_problem = None, None
     if layout.last(stage).exists():
         try:
-            payload = ckpt.load_checkpoint(layout.last(stage), required=("model", "state"))
-            last_epoch, finished = int(payload["state"]["epoch"]), bool(payload.get("finished"))
-        except (CheckpointError, KeyError, TypeError, ValueError) as exc:
-            last_problem = str(exc)
-    return CheckpointHealth(best_ok, best_problem, metric, config_hash, config, last_epoch, finished, last_problem)
+            last = ckpt.load_checkpoint(layout.last(stage), required=("model", "state"))
+            int(last["state"]["epoch"])
+        except CheckpointError as exc:
+            last, last_problem = None, str(exc)
+        except (KeyError, TypeError, ValueError):
+            last, last_problem = None, f"{layout.last(stage)}: incomplete checkpoint, its training state is unusable"
+    return StageFiles(best, best_problem, last, last_problem, layout.last(stage).exists())
+
+
+def inspect_stage(layout: RunLayout, stage: str) -> CheckpointHealth:
+    return read_stage(layout, stage).health
 
 
 def rebuild_records(layout: RunLayout) -> dict[str, StageRecord]:

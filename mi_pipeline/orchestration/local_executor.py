@@ -17,9 +17,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from mi_pipeline.orchestration.plan import Step
 from mi_pipeline.orchestration.progress import ProgressFile
+
+ExecutorName = Literal["local", "slurm"]
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,16 @@ def plan_restart(step: Step, progress: ProgressFile) -> str | None:
     return token
 
 
-def resolve_executor(requested: str) -> str:
-    """``auto`` means SLURM when ``sbatch`` is on PATH, else local."""
-    if requested != "auto":
-        return requested
-    return "slurm" if shutil.which("sbatch") else "local"
+def resolve_executor(requested: str, remembered: str | None = None) -> tuple[ExecutorName, str]:
+    """The executor to use and why: as asked; for ``auto`` what the run was last submitted with, else
+    SLURM when ``sbatch`` is on PATH, else local processes."""
+    if requested in ("local", "slurm"):
+        return requested, "as asked"  # type: ignore[return-value]
+    if remembered in ("local", "slurm"):
+        return remembered, "this run was last submitted with it; --executor changes it"  # type: ignore[return-value]
+    if shutil.which("sbatch"):
+        return "slurm", f"sbatch is on PATH ({shutil.which('sbatch')}); --executor local runs here instead"
+    return "local", "no sbatch on PATH"
 
 
 def run_local(steps: list[Step], command: StageCommand, progress: ProgressFile) -> int:

@@ -1,26 +1,23 @@
-"""Carry out a plan: clear a run for *fresh*, record skipped steps, hand the steps to an executor.
-
-The ``submit`` command decides the mode (flag or the seed's menu) and prints; everything that
-changes the run directory or starts work is here, so the sbatch wrappers' helper and tests use the
-same steps.
+"""What a submission does to a run's files before its steps start: stop in-flight stages and clear
+the seed's list for mode *fresh*, record the skipped steps (``orchestration/submission.py`` calls these).
 """
 
 from __future__ import annotations
 
 import shutil
 import socket
+from pathlib import Path
 
-from mi_pipeline.config import Config
 from mi_pipeline.errors import UserError
 from mi_pipeline.layout import RunLayout
-from mi_pipeline.orchestration.local_executor import StageCommand, run_local
+from mi_pipeline.orchestration.jobs import cancel_jobs, jobs_in_folder, process_alive, wait_until_gone
 from mi_pipeline.orchestration.plan import Step
 from mi_pipeline.orchestration.progress import Progress, ProgressFile
 
 CANCEL_WAIT_S = 300.0  # how long fresh waits for cancelled jobs to finish saving and end
 
 
-def stop_in_flight(progress: Progress, progress_file: ProgressFile, job_folder: str = "logs/slurm",
+def stop_in_flight(progress: Progress, progress_file: ProgressFile, job_dir: Path,
                    wait_s: float = CANCEL_WAIT_S) -> list[str]:
     """Before mode fresh deletes anything: no stage of the run may still be running.
 
@@ -29,20 +26,12 @@ def stop_in_flight(progress: Progress, progress_file: ProgressFile, job_folder: 
     stage running as a local process is not ours to kill: that is an error naming it. Returns the
     job ids cancelled.
     """
-    from mi_pipeline.orchestration.status_report import process_alive
 
     for stage, record in progress.stages.items():
         if (record.executor == "local" and record.status == "running" and record.pid
                 and record.host == socket.gethostname() and process_alive(record)):
             raise UserError(f"{stage} is running in process {record.pid} on {record.host}; mode fresh would delete "
                             f"its files under it: stop it first (kill -TERM {record.pid}), then run fresh again")
-    from mi_pipeline.orchestration.slurm_executor import (
-        cancel_jobs,
-        jobs_in_folder,
-        wait_until_gone,
-    )
-
-    job_dir = progress_file.path.parent / job_folder
     if not any(r.executor == "slurm" and r.job_id for r in progress.stages.values()) and not jobs_in_folder(job_dir):
         return []
     cancelled = cancel_jobs(progress_file, "mode fresh", job_dir)
@@ -70,15 +59,3 @@ def record_skips(steps: list[Step], progress_file: ProgressFile) -> None:
             record = progress.stages[step.stage]
             if not step.run and record.status != "done":
                 record.status, record.note = "done", f"skipped: {step.reason}"
-
-
-def execute(steps: list[Step], command: StageCommand, progress_file: ProgressFile, cfg: Config,
-            executor: str) -> int:
-    """Run (local) or submit (slurm) the steps that run; the exit status for the command."""
-    record_skips(steps, progress_file)
-    if executor == "slurm":
-        from mi_pipeline.orchestration.slurm_executor import run_slurm
-
-        run_slurm(steps, command, progress_file, cfg)
-        return 0
-    return run_local(steps, command, progress_file)

@@ -35,11 +35,12 @@ def make_plan(mode: str, layout: RunLayout, progress: Progress, data_ready: bool
         raise ValueError(f"unknown mode {mode!r}")
     if mode == "fresh":
         return [Step(s, True, "fresh run") for s in STAGES]
-    steps = {s: _decide(mode, s, layout, progress, data_ready) for s in STAGES}
+    health = {s: inspect_stage(layout, s) for s in MODEL_STAGES}  # each stage's files read once
+    steps = {s: _decide(mode, s, health.get(s), progress, data_ready) for s in STAGES}
     if cfg is not None and mode == "resume":
         for stage in MODEL_STAGES:
             if not steps[stage].run:
-                steps[stage] = _config_check(stage, steps[stage], cfg, layout, force)
+                steps[stage] = _config_check(stage, steps[stage], cfg, health[stage], force)
     if retrain_from is not None:
         for stage in (retrain_from, *downstream(retrain_from)):
             steps[stage] = Step(stage, True, f"retrain from {retrain_from} requested", restart=stage != "data")
@@ -51,14 +52,14 @@ def make_plan(mode: str, layout: RunLayout, progress: Progress, data_ready: bool
     return [steps[s] for s in STAGES]
 
 
-def _decide(mode: str, stage: str, layout: RunLayout, progress: Progress, data_ready: bool) -> Step:
+def _decide(mode: str, stage: str, health: CheckpointHealth | None, progress: Progress, data_ready: bool) -> Step:
     record = progress.stages[stage]
     if stage == "data":
         if data_ready and (mode == "skip" or record.status == "done"):
             return Step(stage, False, "data cache present and matches the config")
         return Step(stage, True, "data cache missing or made with another config" if record.status == "done"
                     else "not prepared yet")
-    health = inspect_stage(layout, stage)
+    assert health is not None
     if mode == "skip":
         unfinished = _unfinished(health, record.status)
         if health.best_ok and unfinished is None:
@@ -80,13 +81,12 @@ def _decide(mode: str, stage: str, layout: RunLayout, progress: Progress, data_r
     return Step(stage, True, *_continue_or_restart(health, mode))
 
 
-def _config_check(stage: str, step: Step, cfg: Config, layout: RunLayout, force: bool) -> Step:
+def _config_check(stage: str, step: Step, cfg: Config, health: CheckpointHealth, force: bool) -> Step:
     """A finished stage against the current config: unchanged, more epochs, or a change to decide on.
 
     Also a finished stage whose ``last.pth`` exists but cannot be read: nothing says whether its
     training ended, so its dependants must not simply build on it -- the user decides.
     """
-    health = inspect_stage(layout, stage)
     if health.last_problem is not None:
         if force:
             return Step(stage, False, "last.pth is unreadable; best_model.pth kept as trained (--force)")

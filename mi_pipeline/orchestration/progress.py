@@ -19,9 +19,7 @@ import contextlib
 import dataclasses
 import json
 import os
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,89 +27,25 @@ from filelock import FileLock
 
 from mi_pipeline.errors import UserError
 from mi_pipeline.fsio import atomic_write_text, remove_stale_temps
-from mi_pipeline.layout import PROGRESS_FILE
+from mi_pipeline.layout import PROGRESS_FILE, RunLayout
+from mi_pipeline.orchestration.records import (
+    RECORD_VERSION,
+    STATES,
+    STATUSES,
+    Progress,
+    RecordError,
+    StageRecord,
+    done_from_state,
+    now,
+    state_from_done,
+)
 from mi_pipeline.stages.graph import STAGES
 
+__all__ = ["FILENAME", "STATES", "STATUSES", "LOCK_TIMEOUT_S", "Progress", "ProgressFile", "StageRecord",
+           "done_from_state", "now", "state_from_done"]
+
 FILENAME = PROGRESS_FILE  # one spelling: the run-directory contract owns it
-STATES = (
-    "step0_not_started",
-    "step1_data_prepared",
-    "step2_motion_trained",
-    "step3_registration_trained",
-    "step4_segmentation_trained",
-    "all_completed",
-)
-STATUSES = ("not_started", "pending", "running", "done", "failed")
 LOCK_TIMEOUT_S = 120.0
-
-
-@dataclass
-class StageRecord:
-    status: str = "not_started"
-    epoch: int = 0
-    epochs: int | None = None
-    best_metric: float | None = None
-    metric_name: str | None = None
-    attempts: int = 0  # times a process started training this stage
-    requeues: int = 0
-    job_id: str | None = None
-    executor: str | None = None  # "local" or "slurm"
-    pid: int | None = None
-    host: str | None = None
-    log: str | None = None
-    started: str | None = None
-    finished: str | None = None
-    updated: str | None = None
-    error: str | None = None
-    note: str | None = None
-    restart_token: str | None = None  # a planned restart not yet carried out (see stage_runner)
-
-    @classmethod
-    def from_dict(cls, raw: Any) -> "StageRecord":
-        if not isinstance(raw, dict):
-            return cls()
-        known = {f.name for f in dataclasses.fields(cls)}
-        record = cls(**{k: v for k, v in raw.items() if k in known})
-        if record.status not in STATUSES:
-            record.status = "not_started"
-        return record
-
-
-@dataclass
-class Progress:
-    stages: dict[str, StageRecord] = field(default_factory=lambda: {s: StageRecord() for s in STAGES})
-    notes: list[str] = field(default_factory=list)  # what reading had to repair; shown to the user
-
-    @property
-    def state(self) -> str:
-        return state_from_done([s for s in STAGES if self.stages[s].status == "done"])
-
-    def done(self, stage: str) -> bool:
-        return self.stages[stage].status == "done"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"version": 1, "state": self.state,
-                "stages": {s: dataclasses.asdict(self.stages[s]) for s in STAGES}}
-
-
-def state_from_done(done: list[str]) -> str:
-    """The seed's linear state: the last step N such that steps 1..N are all done."""
-    count = 0
-    for stage in STAGES:
-        if stage not in done:
-            break
-        count += 1
-    return "all_completed" if count == len(STAGES) else STATES[count]
-
-
-def done_from_state(state: str) -> list[str]:
-    """Stages a hand-written state declares done (step4 and all_completed both mean all four)."""
-    count = min(STATES.index(state), len(STAGES))
-    return list(STAGES[:count])
-
-
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 class ProgressFile:
@@ -122,6 +56,20 @@ class ProgressFile:
         self.lock_path = Path(run_dir) / f"{FILENAME}.lock"
         self.inspect_disk = inspect_disk
         self._read_only = False  # set by read() on a directory this user cannot write
+
+    @classmethod
+    def for_run(cls, layout: RunLayout) -> "ProgressFile":
+        """The record of a run (or a fold): what every command and job opens.
+
+        A corrupted record is always repaired the same way, whoever opens it: kept aside and rebuilt
+        from the checkpoints on disk (``health.rebuild_records``, which is only called then).
+        """
+        def on_disk() -> dict[str, StageRecord]:
+            from mi_pipeline.orchestration.health import rebuild_records
+
+            return rebuild_records(layout)
+
+        return cls(layout.root, inspect_disk=on_disk)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -192,8 +140,11 @@ class ProgressFile:
         detail = _parse_detail(rest)
         progress = Progress()
         if detail is not None:
-            for stage in STAGES:
-                progress.stages[stage] = StageRecord.from_dict(detail.get("stages", {}).get(stage))
+            _check_version(self.path, detail)
+            try:
+                progress = Progress.from_json(detail)
+            except RecordError as exc:
+                return self._rebuild(f"{exc}")
         if detail is None or detail.get("state") != state:
             self._apply_hand_written(progress, state)
         return progress
@@ -236,6 +187,14 @@ class ProgressFile:
         except OSError as exc:  # disk full, quota, read-only: the old record is intact (atomic write)
             raise UserError(f"{self.path}: cannot update the progress record ({exc.strerror or exc}); "
                             "the previous record is unchanged") from None
+
+
+def _check_version(path: Path, detail: dict[str, Any]) -> None:
+    """A record written by a newer mi_pipeline is refused, not read as ours with its news dropped."""
+    version = detail.get("version", RECORD_VERSION)
+    if isinstance(version, int) and not isinstance(version, bool) and version > RECORD_VERSION:
+        raise UserError(f"{path}: written by a newer mi_pipeline (record version {version}; this one reads "
+                        f"version {RECORD_VERSION}); use that version, or upgrade mi_pipeline")
 
 
 def _parse_detail(rest: str) -> dict[str, Any] | None:

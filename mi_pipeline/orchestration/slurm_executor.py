@@ -11,26 +11,21 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import re
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
 from mi_pipeline.config import Config, load_config
 from mi_pipeline.errors import UserError
+from mi_pipeline.orchestration import jobs
 from mi_pipeline.orchestration.container import python_command
 from mi_pipeline.orchestration.local_executor import StageCommand, plan_restart
 from mi_pipeline.orchestration.plan import Step
 from mi_pipeline.orchestration.progress import ProgressFile
 from mi_pipeline.stages.graph import UPSTREAM
-
-ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
-                 "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "PREEMPTED"}
-
 
 @dataclass(frozen=True)
 class StageJob:
@@ -77,7 +72,9 @@ class StageJob:
         import submitit
 
         cfg = load_config(self.command.config, self.command.overrides)
-        progress = ProgressFile(self.command.run_dir)
+        from mi_pipeline.layout import RunLayout
+
+        progress = ProgressFile.for_run(RunLayout(self.command.run_dir))
         with progress.update() as record:
             stage = record.stages[self.stage]
             stage.requeues += 1
@@ -87,34 +84,6 @@ class StageJob:
         if over:
             return None  # submitit then ends the job as failed
         return submitit.helpers.DelayedSubmission(replace(self, restart=False))  # the token stays: it is used up
-
-
-def job_states(job_ids: list[str]) -> dict[str, str]:
-    """SLURM state of each job id (sacct, which also knows finished jobs; squeue as a fallback)."""
-    ids = [j for j in job_ids if j]
-    if not ids:
-        return {}
-    states: dict[str, str] = {}
-    try:
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", ",".join(ids), "-o", "JobID,State"],
-                             capture_output=True, text=True, timeout=60, check=True).stdout
-        for line in out.splitlines():
-            job_id, _, state = line.partition("|")
-            if job_id in ids and state:
-                states[job_id] = state.split()[0]
-    except (OSError, subprocess.SubprocessError):
-        pass
-    missing = [j for j in ids if j not in states]
-    if missing:
-        try:
-            out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(missing)],
-                                 capture_output=True, text=True, timeout=60).stdout
-            for line in out.splitlines():
-                job_id, _, state = line.strip().partition(" ")
-                states[job_id] = state
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return states
 
 
 @dataclass
@@ -148,9 +117,9 @@ def run_slurm(steps: list[Step], command: StageCommand, progress: ProgressFile, 
 
     batch = batch if batch is not None else SubmitBatch()
     records = progress.read().stages
-    live = job_states([records[s.stage].job_id or "" for s in steps if records[s.stage].executor == "slurm"])
+    live = jobs.job_states([records[s.stage].job_id or "" for s in steps if records[s.stage].executor == "slurm"])
     to_submit = [s for s in steps if s.run and not (records[s.stage].executor == "slurm"
-                                                    and live.get(records[s.stage].job_id or "") in ACTIVE_STATES)]
+                                                    and live.get(records[s.stage].job_id or "") in jobs.ACTIVE_STATES)]
     # Inside the image when a container is configured; the image, then the resources, are checked
     # before anything is submitted. A fold binds the whole run (its data/cache links to the top's).
     slurm_python = python_command(cfg, RunLayout(command.run_dir).top.root,
@@ -237,58 +206,3 @@ def slurm_parameters(cfg: Config, stage: str, run_dir: Path, deps: list[str]) ->
         extra["kill-on-invalid-dep"] = "yes"
     params["slurm_additional_parameters"] = extra
     return params
-
-
-def wait_until_gone(job_ids: list[str], timeout_s: float, poll_s: float = 2.0) -> list[str]:
-    """Wait until none of ``job_ids`` is still in the queue; the ids still there at the timeout.
-
-    ``scancel`` returns at once, while a cancelled stage is still saving its position on SIGTERM:
-    whatever must not see those writes (mode fresh deleting the run) waits here first. sacct already
-    calls such a job CANCELLED while its processes run; squeue lists it (COMPLETING) until they end.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        live = [j for j in job_ids if j in queued_jobs()]
-        if not live or time.monotonic() >= deadline:
-            return live
-        time.sleep(poll_s)
-
-
-def queued_jobs() -> set[str]:
-    """Ids of every job squeue still lists (pending, running or completing)."""
-    try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
-        return set()
-    return {line.strip() for line in out.splitlines() if line.strip()}
-
-
-def cancel_jobs(progress: ProgressFile, why: str, job_dir: Path | None = None) -> list[str]:
-    """scancel the run's jobs that are still pending or running; record it.
-
-    The run's jobs are those the record names and, with ``job_dir``, every job that left a folder
-    or output file there (submitit's ``<job_dir>/<job id>/``, the wrappers' ``mi-<stage>-<job id>.out``):
-    a user who reset ``.training_progress`` by hand erased the record's job ids, not the jobs.
-    """
-    records = progress.read().stages
-    ids = {s: r.job_id for s, r in records.items() if r.executor == "slurm" and r.job_id}
-    found = [j for j in jobs_in_folder(job_dir) if j not in ids.values()] if job_dir is not None else []
-    states = job_states([*ids.values(), *found])
-    active = {s: j for s, j in ids.items() if states.get(j) in ACTIVE_STATES}
-    stray = [j for j in found if states.get(j) in ACTIVE_STATES]
-    if active or stray:
-        subprocess.run(["scancel", *active.values(), *stray], check=False, timeout=60)
-        for stage, job_id in active.items():
-            progress.update_stage(stage, status="failed", error=f"job {job_id} cancelled ({why})")
-    return [*active.values(), *stray]
-
-
-def jobs_in_folder(job_dir: Path) -> list[str]:
-    """SLURM job ids that left their mark in a run's job folder (see ``cancel_jobs``)."""
-    ids: set[str] = set()
-    if Path(job_dir).is_dir():
-        for entry in Path(job_dir).iterdir():
-            match = re.fullmatch(r"(?:mi-\w+-)?(\d+)(?:\.out)?", entry.name)
-            if match:
-                ids.add(match.group(1))
-    return sorted(ids, key=int)

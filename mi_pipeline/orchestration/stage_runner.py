@@ -9,30 +9,25 @@ Run again after a crash and it continues from ``last.pth``. It keeps the progres
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import socket
 import sys
 import traceback
 
 import torch
 
-from mi_pipeline.config import (
-    Config,
-    config_changes,
-    only_longer_training,
-    stage_hash,
-    to_dict,
-)
+from mi_pipeline.config import Config, stage_hash, to_dict
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.determinism import pick_device, setup_determinism
 from mi_pipeline.engine.distributed import World, device_for, init_world, shutdown
 from mi_pipeline.engine.runlog import StageLog
-from mi_pipeline.engine.trainer import FitContext, Interrupted, fit, set_aside
+from mi_pipeline.engine.trainer import RESUME_KEYS, FitContext, Interrupted, StartFrom, fit, set_aside
 from mi_pipeline.errors import CheckpointError, UserError
 from mi_pipeline.layout import RunLayout
-from mi_pipeline.orchestration.health import rebuild_records
+from mi_pipeline.orchestration import lease
 from mi_pipeline.orchestration.progress import ProgressFile, now
+from mi_pipeline.orchestration.resume import ResumeDecision, UpstreamPolicy, decide
 from mi_pipeline.stages.graph import UPSTREAM
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped on request with its position saved; run again to continue
@@ -71,7 +66,7 @@ class StageRecorder:
 
 
 def train_stage(stage: str, cfg: Config, layout: RunLayout, *, force: bool = False, restart: bool = False,
-                restart_token: str | None = None, on_upstream_change: str = "error", stop: StopFlag | None = None,
+                restart_token: str | None = None, on_upstream_change: UpstreamPolicy = "error", stop: StopFlag | None = None,
                 interrupted_status: str = "failed") -> int:
     """Run one stage and keep the record right; returns the process exit status.
 
@@ -101,47 +96,60 @@ def train_stage(stage: str, cfg: Config, layout: RunLayout, *, force: bool = Fal
 
 
 def _train_stage(stage: str, cfg: Config, layout: RunLayout, world: World, device: torch.device, *, force: bool,
-                 restart: bool, restart_token: str | None, on_upstream_change: str, stop: StopFlag,
+                 restart: bool, restart_token: str | None, on_upstream_change: UpstreamPolicy, stop: StopFlag,
                  interrupted_status: str) -> int:
     log = StageLog(layout.log_dir(stage), stage, files=world.is_main,
-                   prefix=f" rank {world.rank}" if world.distributed else "")
-    progress = ProgressFile(layout.root, inspect_disk=lambda: rebuild_records(layout))
+                   prefix=(f" rank {world.rank}" if world.distributed else "")
+                   + (f" fold {layout.fold_index}" if layout.fold_index is not None else ""))
+    progress = ProgressFile.for_run(layout)
     update = StageRecorder(progress, stage, enabled=world.is_main)
-    # Rank 0 alone reads the files and decides (another rank could otherwise look at last.pth while
-    # rank 0 moves it aside); the others learn the outcome, an error included, from the collective.
+    holder = lease.Holder.me()
+    # Rank 0 alone takes the lease, reads the files and decides (another rank could otherwise look at
+    # last.pth while rank 0 moves it aside); the others learn the outcome, an error included, from
+    # the collective. A refused lease leaves the record to its holder: nothing here is marked failed.
     problem: str | None = None
+    decision = ResumeDecision(False, None)
     upstream: dict[str, str] = {}
     if world.is_main:
         try:
-            restart = _decide_restart(stage, layout, progress, restart, restart_token, log)
-            upstream = _upstream_fingerprints(stage, layout)
-            restart = restart or _stale_against_upstream(stage, layout, upstream, on_upstream_change, force, log)
-            if restart:
-                _forget_epochs(progress, stage, layout)
+            before = lease.take(progress, stage, holder, str(log.train_log))
         except UserError as exc:
-            _mark_failed(update, log, str(exc))
-            problem = str(exc)
             if not world.distributed:
                 raise
+            before, problem = None, str(exc)
+        if before is not None:
+            log.info(f"starting {stage} (attempt {before.attempts + 1}, pid {os.getpid()}, "
+                     f"config {stage_hash(cfg, stage)})")
+            try:
+                restart = _take_restart_token(stage, layout, progress, restart, restart_token, log)
+                if stage != "data":
+                    upstream = _upstream_fingerprints(stage, layout)
+                    decision = decide(stage, cfg, layout, restart=restart, recorded_epoch=before.epoch,
+                                      upstream=upstream, on_upstream_change=on_upstream_change, force=force)
+                    for note in decision.notes:
+                        log.info(note)
+                    if decision.restart:  # the count starts again at once: a crash now is not lost work
+                        progress.update_stage(stage, epoch=0)
+            except UserError as exc:
+                _mark_failed(update, log, str(exc))
+                problem = str(exc)
+                if not world.distributed:
+                    raise
     if world.any(problem is not None):
         if problem is not None:
             raise UserError(problem)
         raise UserError(f"{stage}: rank 0 refused to start (see {log.train_log})")
-    restart = world.any(restart)
-    if not world.is_main:
+    if not world.is_main and stage != "data":
         upstream = _upstream_fingerprints(stage, layout)
-    record = progress.read().stages[stage]
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)  # requeues SLURM did itself count too
-    update(status="running", attempts=record.attempts + 1, pid=os.getpid(), requeues=max(record.requeues, restarts),
-           executor="slurm" if os.environ.get("SLURM_JOB_ID") else "local", host=socket.gethostname(),
-           job_id=os.environ.get("SLURM_JOB_ID"), log=str(log.train_log), started=now(), finished=None, error=None)
-    log.info(f"starting {stage} (attempt {record.attempts + 1}, pid {os.getpid()}, config {stage_hash(cfg, stage)})")
+        decision = _follow_rank0(layout, stage)
+    decision = ResumeDecision(world.any(decision.restart), decision.payload, decision.accept_config_change)
     stop.install(log)
     try:
-        setup_determinism(cfg.seed, cfg.threads, cfg.deterministic, device)
-        if stage == "data":
-            return _run_data(cfg, layout, update, log, world)
-        return _run_model_stage(stage, cfg, layout, update, log, device, world, upstream, stop, force, restart)
+        with lease.Heartbeat(progress, stage, holder) if world.is_main else contextlib.nullcontext():
+            setup_determinism(cfg.seed, cfg.threads, cfg.deterministic, device)
+            if stage == "data":
+                return _run_data(cfg, layout, update, log, world)
+            return _run_model_stage(stage, cfg, layout, update, log, device, world, upstream, stop, force, decision)
     except Interrupted as exc:
         message = f"interrupted by {stop.signal_name} at epoch {exc.state.epoch + 1}; resume continues from there"
         update(status=interrupted_status, epoch=exc.state.epoch, pid=None,
@@ -158,6 +166,15 @@ def _train_stage(stage: str, cfg: Config, layout: RunLayout, world: World, devic
         _mark_failed(update, log, f"{type(exc).__name__}: {exc}")
         print(f"error: {stage} failed: {type(exc).__name__}: {exc} (traceback in {log.train_log})", file=sys.stderr)
         return 1
+
+
+def _follow_rank0(layout: RunLayout, stage: str) -> ResumeDecision:
+    """A data-parallel rank other than 0 starts where rank 0 decided: from last.pth when rank 0 kept
+    one (it has set aside any it restarts from), else from epoch 1."""
+    if not layout.last(stage).exists():
+        return ResumeDecision(False, None)
+    return ResumeDecision(False, ckpt.load_checkpoint(layout.last(stage), required=RESUME_KEYS),
+                          accept_config_change=True)
 
 
 def _run_data(cfg: Config, layout: RunLayout, update: StageRecorder, log: StageLog, world: World) -> int:
@@ -182,7 +199,7 @@ def _run_data(cfg: Config, layout: RunLayout, update: StageRecorder, log: StageL
 
 def _run_model_stage(stage: str, cfg: Config, layout: RunLayout, update: StageRecorder, log: StageLog,
                      device: torch.device, world: World, upstream: dict[str, str], stop: StopFlag, force: bool,
-                     restart: bool) -> int:
+                     decision: ResumeDecision) -> int:
     from mi_pipeline.stages.registry import make_task
 
     optim = getattr(cfg, stage)
@@ -191,14 +208,11 @@ def _run_model_stage(stage: str, cfg: Config, layout: RunLayout, update: StageRe
     def on_epoch(state, metrics: dict[str, float]) -> None:
         update(epoch=state.epoch, epochs=optim.epochs, best_metric=state.best_metric, metric_name=task.metric_name)
 
-    more_epochs = _only_more_epochs(stage, cfg, layout)
-    if more_epochs:
-        log.info(f"only epoch counts changed ({stage}.epochs is {optim.epochs}): continuing from last.pth (the "
-                 f"learning-rate schedule is recomputed for the new total)")
     ctx = FitContext(ckpt_dir=layout.ckpt_dir(stage), log=log, seed=cfg.seed, config_hash=stage_hash(cfg, stage),
-                     accept_config_change=more_epochs,
-                     config=to_dict(cfg), device=device, upstream=upstream, restart=restart, force=force,
-                     world=world, performance=cfg.performance, stop_requested=stop, on_epoch=on_epoch)
+                     accept_config_change=decision.accept_config_change,
+                     config=to_dict(cfg), device=device, upstream=upstream, restart=decision.restart, force=force,
+                     world=world, performance=cfg.performance, stop_requested=stop, on_epoch=on_epoch,
+                     start_from=StartFrom(decision.payload))
     state = fit(task, optim, ctx)
     update(status="done", epoch=state.epoch, epochs=optim.epochs, best_metric=state.best_metric,
            metric_name=task.metric_name, finished=now(), pid=None, error=None, note=None)
@@ -206,62 +220,31 @@ def _run_model_stage(stage: str, cfg: Config, layout: RunLayout, update: StageRe
     return 0
 
 
-def _only_more_epochs(stage: str, cfg: Config, layout: RunLayout) -> bool:
-    """True when the stage's checkpoints were made under this config but for epoch counts (its own raised)."""
-    if not layout.last(stage).exists() or not layout.best(stage).exists():
-        return False
-    try:
-        last = ckpt.load_checkpoint(layout.last(stage), required=("config_hash",))
-        best = ckpt.load_checkpoint(layout.best(stage), required=("config_hash", "config"))
-    except CheckpointError:
-        return False  # the trainer reports an unreadable file itself
-    if last["config_hash"] == stage_hash(cfg, stage) or last["config_hash"] != best["config_hash"]:
-        return False
-    return only_longer_training(config_changes(best["config"], cfg, stage), stage)
-
-
 def _mark_failed(update: StageRecorder, log: StageLog, message: str) -> None:
     log.info(f"FAILED: {message}")
     update(status="failed", error=message, finished=now(), pid=None, log=str(log.train_log))
 
 
-def _decide_restart(stage: str, layout: RunLayout, progress: ProgressFile, restart: bool,
-                    restart_token: str | None, log: StageLog) -> bool:
+def _take_restart_token(stage: str, layout: RunLayout, progress: ProgressFile, restart: bool,
+                        restart_token: str | None, log: StageLog) -> bool:
     """Whether this attempt trains from scratch: asked now, or a planned restart not yet carried out.
 
     A planned restart's token is taken out of the record here, under its lock, and the old
     ``last.pth`` is set aside *before* that, so a crash in between repeats the set-aside (harmless:
     the file is gone) rather than losing the restart.
     """
-    if restart_token is not None:
-        with progress.update() as record:
-            entry = record.stages[stage]
-            if entry.restart_token == restart_token:
-                if stage != "data":
-                    set_aside(layout.last(stage), "restart")
-                entry.restart_token, entry.epoch = None, 0
-                log.info(f"planned restart ({restart_token}): training {stage} from scratch")
-                return True
-        log.info(f"restart {restart_token} was already carried out (this is a requeue): continuing")
-    if not restart:
-        _check_not_lost(stage, layout, progress.read().stages[stage].epoch)
+    if restart_token is None:
+        return restart
+    with progress.update() as record:
+        entry = record.stages[stage]
+        if entry.restart_token == restart_token:
+            if stage != "data":
+                set_aside(layout.last(stage), "restart")
+            entry.restart_token, entry.epoch = None, 0
+            log.info(f"planned restart ({restart_token}): training {stage} from scratch")
+            return True
+    log.info(f"restart {restart_token} was already carried out (this is a requeue): continuing")
     return restart
-
-
-def _forget_epochs(progress: ProgressFile, stage: str, layout: RunLayout) -> None:
-    """A restart starts the record's count again at once, so a crash before the first new epoch
-    does not look like lost work to the next attempt."""
-    if stage != "data" and layout.last(stage).exists():
-        set_aside(layout.last(stage), "restart")
-    progress.update_stage(stage, epoch=0)
-
-
-def _check_not_lost(stage: str, layout: RunLayout, recorded_epoch: int) -> None:
-    """Progress without a checkpoint means lost work: say so instead of silently starting over."""
-    if stage != "data" and recorded_epoch > 0 and not layout.last(stage).exists():
-        raise CheckpointError(
-            f"{layout.last(stage)}: missing, but the progress record says {stage} reached epoch {recorded_epoch}; "
-            f"refusing to start over silently (restore the file, or train with --restart)")
 
 
 def _upstream_fingerprints(stage: str, layout: RunLayout) -> dict[str, str]:
@@ -273,20 +256,3 @@ def _upstream_fingerprints(stage: str, layout: RunLayout) -> dict[str, str]:
             raise CheckpointError(f"{layout.best(up)}: missing; {stage} needs the trained {up} model (run {up} first)")
         prints[up] = ckpt.file_fingerprint(layout.best(up))
     return prints
-
-
-def _stale_against_upstream(stage: str, layout: RunLayout, upstream: dict[str, str], policy: str,
-                            force: bool, log: StageLog) -> bool:
-    """True when last.pth was trained on other upstream models and the policy says restart."""
-    if not upstream or force or not layout.last(stage).exists():
-        return False
-    try:
-        recorded = ckpt.load_checkpoint(layout.last(stage), required=("model",)).get("upstream", {})
-    except CheckpointError:
-        return False  # the trainer reports the unreadable file itself
-    if recorded == upstream or policy != "restart":
-        return False
-    kept = set_aside(layout.last(stage), "stale")
-    log.info(f"last.pth was trained on older upstream models ({', '.join(sorted(upstream))}): "
-             f"restarting {stage} from scratch (old file kept as {kept.name if kept else '-'})")
-    return True

@@ -7,13 +7,12 @@ running.
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
 from mi_pipeline.layout import RunLayout
-from mi_pipeline.orchestration.health import inspect_stage, rebuild_records
+from mi_pipeline.orchestration import jobs
+from mi_pipeline.orchestration.health import inspect_stage
 from mi_pipeline.orchestration.progress import ProgressFile, StageRecord
 from mi_pipeline.stages.graph import MODEL_STAGES, STAGES
 
@@ -21,9 +20,8 @@ TROUBLE_LINES = 5
 
 
 def collect(layout: RunLayout) -> dict[str, Any]:
-    progress = ProgressFile(layout.root, inspect_disk=lambda: rebuild_records(layout)).read()
-    slurm_ids = [r.job_id for r in progress.stages.values() if r.executor == "slurm" and r.job_id]
-    states = _slurm_states(slurm_ids)
+    progress = ProgressFile.for_run(layout).read()
+    states = jobs.slurm_states_of(list(progress.stages.values()))
     stages = {stage: _stage_report(layout, stage, progress.stages[stage], states) for stage in STAGES}
     report: dict[str, Any] = {"run_dir": str(layout.root), "state": progress.state, "stages": stages,
                               "notes": progress.notes}
@@ -33,26 +31,16 @@ def collect(layout: RunLayout) -> dict[str, Any]:
     return report
 
 
-def _slurm_states(job_ids: list[str]) -> dict[str, str]:
-    if not job_ids:
-        return {}
-    from mi_pipeline.orchestration.slurm_executor import job_states
-
-    return job_states(job_ids)
-
-
 def _stage_report(layout: RunLayout, stage: str, record: StageRecord, slurm: dict[str, str]) -> dict[str, Any]:
     status, detail = record.status, record.note
     slurm_state = slurm.get(record.job_id or "") if record.executor == "slurm" else None
-    if status in ("running", "pending") and record.executor != "slurm" and not process_alive(record):
+    if status in ("running", "pending") and record.executor != "slurm" and not jobs.process_alive(record):
         if status == "running":
             status, detail = "failed", f"process {record.pid} on {record.host} ended without reporting (killed?)"
         else:
             status, detail = "not_started", f"its submitter (pid {record.pid}) ended before starting it"
     if status in ("pending", "running") and slurm_state is not None:
-        from mi_pipeline.orchestration.slurm_executor import ACTIVE_STATES
-
-        if slurm_state in ACTIVE_STATES:
+        if slurm_state in jobs.ACTIVE_STATES:
             status = "running" if slurm_state in ("RUNNING", "COMPLETING") else "pending"
         elif slurm_state != "COMPLETED":
             status, detail = "failed", f"job {record.job_id} ended {slurm_state}"
@@ -68,27 +56,6 @@ def _stage_report(layout: RunLayout, stage: str, record: StageRecord, slurm: dic
     if status == "failed":
         report["trouble"] = _tail(layout.train_log(stage), TROUBLE_LINES)
     return report
-
-
-def process_alive(record: StageRecord) -> bool:
-    """Whether the process the record names is still running (True when it cannot be told from here)."""
-    if record.pid is None or record.host != socket.gethostname():
-        return True  # cannot tell from here: trust the record
-    try:
-        os.kill(record.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _is_zombie(record.pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    """A killed process whose parent died too can linger unreaped: it is not running."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _tail(path: Path, count: int) -> list[str]:

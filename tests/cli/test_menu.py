@@ -14,11 +14,13 @@ from mi_pipeline.orchestration.progress import FILENAME
 from tests.helpers import env
 
 
-def drive(run_dir: Path, answers: list[str], timeout: float = 60) -> tuple[int, str]:
+def drive(run_dir: Path, answers: list[str], timeout: float = 60, extra: tuple[str, ...] = (),
+          extra_env: dict[str, str] | None = None) -> tuple[int, str]:
     """Run submit without --mode on a terminal, answer each prompt, return (exit status, screen)."""
     leader, follower = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "mi_pipeline.submit", "--run-dir", str(run_dir),
-                             "--executor", "local"], stdin=follower, stdout=follower, stderr=follower, env=env())
+                             "--executor", "local", *extra], stdin=follower, stdout=follower, stderr=follower,
+                            env={**env(), **(extra_env or {})})
     os.close(follower)
     screen, pending = b"", list(answers)
     deadline = time.monotonic() + timeout
@@ -41,9 +43,20 @@ def drive(run_dir: Path, answers: list[str], timeout: float = 60) -> tuple[int, 
     return proc.returncode, screen.decode("utf-8", errors="replace")
 
 
-def test_menu_shows_progress_and_models_then_quits(tmp_path: Path) -> None:
+def test_menu_speaks_english_by_default(tmp_path: Path) -> None:
     (tmp_path / FILENAME).write_text("step2_motion_trained\n")
     code, screen = drive(tmp_path, ["4"])
+    assert code == 0, screen
+    assert "progress found: step2_motion_trained" in screen and "✗ motion model" in screen
+    for option in ("1) fresh", "2) resume", "3) skip", "4) quit", "enter 1-4"):
+        assert option in screen
+    assert "检测" not in screen and "请" not in screen
+
+
+def test_menu_shows_progress_and_models_then_quits_in_the_guides_chinese(tmp_path: Path) -> None:
+    """--lang zh (or MI_PIPELINE_LANG=zh): the original guide's prompts, with the English beside them."""
+    (tmp_path / FILENAME).write_text("step2_motion_trained\n")
+    code, screen = drive(tmp_path, ["4"], extra_env={"MI_PIPELINE_LANG": "zh"})
     assert code == 0, screen
     assert "检测到上次训练进度: step2_motion_trained" in screen
     assert "✗ 运动估计模型 (motion)" in screen  # the record says trained, but no model file is there

@@ -17,8 +17,9 @@ from mi_pipeline.data import cache
 from mi_pipeline.data import folds as split_file
 from mi_pipeline.errors import ConfigError, InputError, UserError
 from mi_pipeline.layout import RunLayout
-from mi_pipeline.orchestration.fold_setup import check_fold, prepare_folds, progress_file
-from mi_pipeline.orchestration.folds import plan_folds
+from mi_pipeline.orchestration.fold_setup import check_fold, prepare_folds
+from mi_pipeline.orchestration.progress import ProgressFile
+from mi_pipeline.orchestration.submission import make_run_plan
 from mi_pipeline.orchestration.plan import make_plan
 from mi_pipeline.orchestration.stage_runner import train_stage
 from mi_pipeline.orchestration.status_report import collect, render
@@ -36,7 +37,7 @@ def prepared(root: Path, k: int = 2, seed: int = 0) -> tuple[Config, RunLayout]:
         (cache.cache_dir(root) / f"{sid}.npz").touch()
     cache.write_splits(root, {"train": IDS[:4], "val": [IDS[4]], "test": TEST})
     top = RunLayout(root)
-    progress_file(top).update_stage("data", status="done")
+    ProgressFile.for_run(top).update_stage("data", status="done")
     prepare_folds(cfg, top)
     return cfg, top
 
@@ -46,7 +47,7 @@ def trained(layout: RunLayout) -> None:
     for stage in ("motion", "registration", "segmentation"):
         write_best(layout, stage)
         write_last(layout, stage, 2, 2)
-        progress_file(layout).update_stage(stage, status="done", epoch=2, epochs=2)
+        ProgressFile.for_run(layout).update_stage(stage, status="done", epoch=2, epochs=2)
 
 
 # --- the split file -------------------------------------------------------------------------------
@@ -125,7 +126,7 @@ def run(request, tmp_path: Path):
         layout = RunLayout(tmp_path)
 
         def plan(mode: str) -> dict:
-            steps = make_plan(mode, layout, progress_file(layout).read(), data_ready=True)
+            steps = make_plan(mode, layout, ProgressFile.for_run(layout).read(), data_ready=True)
             return {s.stage: (s.run, s.restart, s.reason) for s in steps}
 
         return layout, plan, layout
@@ -133,9 +134,9 @@ def run(request, tmp_path: Path):
     trained(top.fold(0))  # the other fold is finished, and must stay out of everything below
 
     def plan_fold(mode: str) -> dict:
-        plans = plan_folds(mode, cfg, top, progress_file(top).read(), data_ready=True)
-        assert not any(s.run for s in plans.folds[0]), f"fold 0 is done and untouched: {plans.folds[0]}"
-        return {s.stage: (s.run, s.restart, s.reason) for s in plans.folds[1]}
+        plans = make_run_plan(mode, cfg, top, data_ready=True)
+        assert not any(s.run for s in plans.fold_steps(0)), f"fold 0 is done and untouched: {plans.fold_steps(0)}"
+        return {s.stage: (s.run, s.restart, s.reason) for s in plans.fold_steps(1)}
 
     return top.fold(1), plan_fold, top
 
@@ -155,7 +156,7 @@ def test_a_hand_written_state_resumes_from_that_step_in_either_layout(run) -> No
     layout, plan, _ = run
     trained(layout)
     layout.progress.write_text("step2_motion_trained\n")  # the seed's "restart from step 3"
-    assert progress_file(layout).read().state == "step2_motion_trained"
+    assert ProgressFile.for_run(layout).read().state == "step2_motion_trained"
     got = plan("resume")
     assert got["motion"][0] is False and got["registration"][0] and got["segmentation"][0]
 
@@ -167,7 +168,7 @@ def test_a_corrupted_progress_file_is_rebuilt_in_either_layout(run) -> None:
     if not cache.read_manifest(layout.root):
         cache.write_manifest(layout.root, IDS, data_hash="x")
     layout.progress.write_bytes(b"\x00garbage{{")
-    progress = progress_file(layout).read()
+    progress = ProgressFile.for_run(layout).read()
     assert progress.state == "all_completed" and any("corrupted" in n for n in progress.notes)
     assert layout.progress.with_name(".training_progress.corrupt").read_bytes() == b"\x00garbage{{"
 
@@ -176,7 +177,7 @@ def test_the_menu_shows_state_and_models_in_either_layout(run) -> None:
     layout, _, top = run
     write_best(layout, "motion")
     layout.progress.write_text("step2_motion_trained\n")
-    header = submit_cli.menu_header(top, progress_file(top).read())
+    header = submit_cli.menu_header(top, ProgressFile.for_run(top).read(), "zh")
     label = "" if layout is top else f"[fold {layout.fold_index}] "
     assert f"{label}检测到上次训练进度: step2_motion_trained" in header
     block = header.split(f"{label}检测到上次训练进度")[1]
@@ -194,19 +195,20 @@ def test_each_fold_is_planned_on_its_own_record(tmp_path: Path) -> None:
         trained(top.fold(k))
     best = top.fold(2).best("registration")
     best.write_bytes(best.read_bytes()[:50])
-    plans = plan_folds("skip", cfg, top, progress_file(top).read(), data_ready=True)
+    plans = make_run_plan("skip", cfg, top, data_ready=True)
     assert not plans.data.run and "data cache present" in plans.data.reason
-    assert [s.stage for s in plans.folds[2] if s.run] == ["registration", "segmentation"]
-    assert not any(s.run for k in (0, 1) for s in plans.folds[k])
+    assert [s.stage for s in plans.fold_steps(2) if s.run] == ["registration", "segmentation"]
+    assert not any(s.run for k in (0, 1) for s in plans.fold_steps(k))
     assert "fold 2  restart registration" in "\n".join(plans.describe())
-    only = plan_folds("fresh", cfg, top, progress_file(top).read(), data_ready=True, only=1)
-    assert list(only.folds) == [1] and not only.data.run, "fresh for one fold keeps the shared data"
+    only = make_run_plan("fresh", cfg, top, data_ready=True, only=1)
+    assert [u.layout.fold_index for u in only.units[1:]] == [1] and not only.data.run, \
+        "fresh for one fold keeps the shared data"
 
 
 def test_status_shows_the_folds_as_a_table(tmp_path: Path) -> None:
     _, top = prepared(tmp_path, k=2)
     trained(top.fold(0))
-    progress_file(top.fold(1)).update_stage("motion", status="running", epoch=1, epochs=12, executor="local",
+    ProgressFile.for_run(top.fold(1)).update_stage("motion", status="running", epoch=1, epochs=12, executor="local",
                                             pid=os.getpid(), host=socket.gethostname())
     report = collect(top)
     assert set(report["folds"]) == {"0", "1"}

@@ -34,10 +34,11 @@ from mi_pipeline.config import load_config
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.trainer import Interrupted, TrainState, set_aside
 from mi_pipeline.layout import RunLayout
-from mi_pipeline.orchestration import pipeline, slurm_executor, stage_runner
+from mi_pipeline.orchestration import jobs, pipeline, slurm_executor, stage_runner
 from mi_pipeline.orchestration.local_executor import StageCommand
 from mi_pipeline.orchestration.plan import make_plan
 from mi_pipeline.orchestration.progress import STATES, ProgressFile
+from mi_pipeline.orchestration.submission import RunPlan, SlurmExecutor, Unit
 from mi_pipeline.stages.graph import MODEL_STAGES, STAGES, UPSTREAM
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -204,7 +205,7 @@ class RunModel:
     def submit(self, mode: str) -> None:
         progress = self.progress.read()
         if mode == "fresh":
-            pipeline.stop_in_flight(progress, self.progress, wait_s=5.0)
+            pipeline.stop_in_flight(progress, self.progress, self.layout.job_dir(), wait_s=5.0)
             pipeline.delete_for_fresh(self.layout, self.progress)
             self.scheduler.generation += 1
             self.seen_epoch = {s: 0 for s in MODEL_STAGES}
@@ -216,7 +217,7 @@ class RunModel:
         for step in steps:
             if step.restart:
                 self.restarted.add(step.stage)
-        pipeline.execute(steps, self.command, self.progress, self.cfg, "slurm")
+        SlurmExecutor().execute(RunPlan("resume", (Unit(self.layout, tuple(steps)),)), self.command, self.cfg)
 
     # --- invariants ------------------------------------------------------------------------------------
     def check(self) -> None:
@@ -323,11 +324,11 @@ def simulated_cluster(monkeypatch: pytest.MonkeyPatch):
 
     task = type("Task", (), {"metric_name": "score"})()
     monkeypatch.setattr(submitit, "AutoExecutor", SimExecutor)
-    monkeypatch.setattr(slurm_executor, "job_states", lambda ids: SimExecutor.scheduler.states(list(ids)))
+    monkeypatch.setattr(jobs, "job_states", lambda ids: SimExecutor.scheduler.states(list(ids)))
     monkeypatch.setattr(slurm_executor.subprocess, "run",
                         lambda argv, **kw: SimExecutor.scheduler.scancel(argv[1:]) if argv[0] == "scancel" else None)
-    monkeypatch.setattr(slurm_executor.time, "sleep", lambda s: None)
-    monkeypatch.setattr(slurm_executor, "queued_jobs",  # each poll lets time pass, as in SimExecutor.states
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    monkeypatch.setattr(jobs, "queued_jobs",  # each poll lets time pass, as in SimExecutor.states
                         lambda: {j for j, state in SimExecutor.scheduler.states(list(SimExecutor.scheduler.jobs)).items()
                                  if state in LIVE})
     monkeypatch.setattr(slurm_resources, "cluster_partitions", lambda: None)

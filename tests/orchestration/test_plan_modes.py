@@ -11,7 +11,7 @@ from mi_pipeline.engine.runlog import StageLog
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.plan import make_plan
 from mi_pipeline.orchestration.progress import ProgressFile
-from mi_pipeline.orchestration.stage_runner import _decide_restart
+from mi_pipeline.orchestration.stage_runner import _take_restart_token
 
 
 def write_best(layout: RunLayout, stage: str, epoch: int = 1) -> None:
@@ -59,14 +59,14 @@ def test_a_planned_restart_happens_once_however_often_the_job_reruns(tmp_path: P
     log = StageLog(layout.log_dir("motion"), "motion")
     write_last(layout, "motion", 7, 100)
     progress.update_stage("motion", epoch=7, restart_token="t1")
-    assert _decide_restart("motion", layout, progress, False, "t1", log) is True
+    assert _take_restart_token("motion", layout, progress, False, "t1", log) is True
     assert not layout.last("motion").exists() and layout.last("motion").with_name("last.pth.restart").exists()
     record = progress.read().stages["motion"]
     assert (record.restart_token, record.epoch) == (None, 0), "the record forgets the old epochs at once"
     write_last(layout, "motion", 2, 100)  # the restarted training got to epoch 2, then SLURM requeued it
     progress.update_stage("motion", epoch=2)
     set_aside_before = layout.last("motion").with_name("last.pth.restart").read_bytes()
-    assert _decide_restart("motion", layout, progress, False, "t1", log) is False
+    assert _take_restart_token("motion", layout, progress, False, "t1", log) is False
     assert layout.last("motion").exists(), "the requeued job continues from its last.pth"
     assert layout.last("motion").with_name("last.pth.restart").read_bytes() == set_aside_before, \
         "the set-aside copy of the old progress is never overwritten by a requeue"
