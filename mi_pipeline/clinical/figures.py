@@ -6,12 +6,15 @@ with units. Each builder returns the ``Figure`` (tests read its texts with ``fig
 ``save_figure`` renders it to PNG bytes in memory and writes them through ``fsio`` (temp file, fsync,
 rename), so a crash never leaves half a picture.
 
-* ``qc_figure``: per basal / mid / apical slice, ED, ES, motion magnitude ED->ES (mm) and the
-  segmentation overlay (myocardium, infarct);
+* ``qc_figure``: per basal (the most basal) / mid / apical slice, numbered from 0 as in report.json:
+  ED, ES, motion magnitude ED->ES (mm, over the myocardium only) and the segmentation overlay with
+  the AHA sectors numbered as the bull's-eye numbers them and the anterior RV-insertion mark, all
+  with orientation letters from the affine (a reader can check one against the other); a k-fold
+  ensemble's fold disagreement as a fifth column; the trust line under the title;
 * ``bullseye_figure``: AHA 17-segment bull's-eye of infarct extent (16 segments from the short-axis
   stack; the apical cap, 17, is drawn as not assessed);
-* ``evaluation_figures``: per stage the model versus its baseline, Bland-Altman of infarct size,
-  and the ROC of AHA-segment detection.
+* ``evaluation_figures``: per stage the model versus its baseline, Bland-Altman of infarct size
+  (with n, and a caveat below ``BLAND_ALTMAN_MIN_N``), and the ROC of AHA-segment detection.
 """
 
 from __future__ import annotations
