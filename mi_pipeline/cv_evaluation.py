@@ -64,6 +64,7 @@ def pool(sections: list[dict[str, Any]]) -> dict[str, Any]:
         labels = [v for s in sections for v in s["segment_roc"]["labels"]]
         scores = [v for s in sections for v in s["segment_roc"]["scores"]]
         out["segment_auc"] = metrics.roc_auc(scores, labels)
+        out["segment_roc"] = {"labels": labels, "scores": scores}
         true = [v for v in rows.get("infarct_percent_true", []) if v is not None]
         out["baseline_no_infarct"] = {"infarct_size_mae": metrics.summary(true)["mean"], "fp_infarct_percent": 0.0,
                                       "infarct_dice": 0.0 if any(rows.get("has_infarct", [])) else None,
@@ -81,7 +82,8 @@ def _ensemble_on(cfg: Config, run_dir: Path, split: str, data_root: Path | None,
     models = load_ensemble(cfg, fold_checkpoints(run_dir, stages), stages, inference_device(cfg))
     subjects, source = load_subjects(cfg, run_dir, split, data_root, fmt, log=log)
     log(f"evaluate: {len(models.folds)}-fold ensemble on {source}")
-    return {"source": source, "subjects": [s.id for s in subjects], "segmentation": eval_segmentation(models, subjects)}
+    return {"source": source, "subjects": [s.id for s in subjects],
+            "segmentation": eval_segmentation(models, subjects, log)}
 
 
 def format_cv_table(result: dict[str, Any]) -> str:
@@ -94,9 +96,11 @@ def format_cv_table(result: dict[str, Any]) -> str:
     ens = result.get("ensemble")
     if ens and "skipped" not in ens:
         text = format_table(ens)
-        rho = ens["segmentation"].get("uncertainty_error_spearman")
-        if "skipped" not in ens["segmentation"]:
-            text += f"\nfold disagreement vs infarct size error, Spearman rho: {'-' if rho is None else f'{rho:.3f}'}"
+        seg = ens["segmentation"]
+        if "skipped" not in seg:
+            rho = seg.get("uncertainty_error_spearman")
+            why = seg.get("uncertainty_error_spearman_note") or "not computable"
+            text += f"\nfold disagreement vs infarct size error, Spearman rho: {why if rho is None else f'{rho:.3f}'}"
         parts.append("--- ensemble of the folds ---\n" + text)
     elif ens:
         parts.append(f"--- ensemble of the folds --- skipped: {ens['skipped']}")

@@ -1,4 +1,4 @@
-"""Score every trained stage on held-out subjects (DESIGN.md §7): the library behind ``evaluate``.
+"""Score every trained stage on held-out subjects, beside trivial baselines: the library behind ``evaluate``.
 
 Subjects: the run's ``--split`` (default ``test``, from ``data/splits``, preprocessed cache), or
 ``--data-root DIR`` -- a separately generated dataset (e.g. a phantom made with another seed and
@@ -17,11 +17,14 @@ would. Each stage is scored beside its trivial baseline:
 
 Truth is the cine labels (phantom, ACDC/M&Ms ED/ES masks). A stage whose truth the data cannot
 provide is reported as skipped with the reason. Summary values are means over subjects; ``*_sd``
-and ``per_subject`` lists sit beside them.
+and ``per_subject`` lists sit beside them. A figure that cannot be computed (a rank correlation of
+fewer than 3 subjects) is None with a ``*_note`` saying why. Each stage's subject loop reports its
+progress through ``log`` (``engine.runlog.progress``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +32,11 @@ import numpy as np
 import torch
 
 from mi_pipeline import ensemble, metrics
+from mi_pipeline.clinical.trust import model_provenance
 from mi_pipeline.config import Config
 from mi_pipeline.data import cache
 from mi_pipeline.data.cache import Subject
+from mi_pipeline.engine.runlog import progress
 from mi_pipeline.errors import CheckpointError, InputError
 from mi_pipeline.inference import (
     Models,
@@ -79,9 +84,17 @@ def _t(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-def eval_motion(model: torch.nn.Module, subjects: list[Subject]) -> dict[str, Any]:
+def _silent(_: str) -> None:
+    return None
+
+
+def _each(subjects: list[Subject], what: str, log: Callable[[str], None]) -> Iterator[Subject]:
+    return progress(subjects, len(subjects), f"evaluate: {what}", log, "subject(s)")
+
+
+def eval_motion(model: torch.nn.Module, subjects: list[Subject], log: Callable[[str], None] = _silent) -> dict[str, Any]:
     rows = []
-    for s in subjects:
+    for s in _each(subjects, "motion", log):
         if s.cine_label is None:
             continue
         fields = motion.motion_fields(model, _t(s.cine))  # (Z, T, 2, H, W)
@@ -102,9 +115,10 @@ def eval_motion(model: torch.nn.Module, subjects: list[Subject]) -> dict[str, An
     return _summarise(rows, ("myo_dice", "myo_dice_identity", "folding_percent", "folding_percent_es"))
 
 
-def eval_registration(cfg: Config, model: torch.nn.Module, subjects: list[Subject]) -> dict[str, Any]:
+def eval_registration(cfg: Config, model: torch.nn.Module, subjects: list[Subject],
+                      log: Callable[[str], None] = _silent) -> dict[str, Any]:
     rows = []
-    for s in subjects:
+    for s in _each(subjects, "registration (with its QA)", log):
         if s.lge is None or s.lge_label is None:
             continue
         if s.cine_label is None:
@@ -128,9 +142,9 @@ def eval_registration(cfg: Config, model: torch.nn.Module, subjects: list[Subjec
     return out
 
 
-def eval_segmentation(models: Models, subjects: list[Subject]) -> dict[str, Any]:
+def eval_segmentation(models: Models, subjects: list[Subject], log: Callable[[str], None] = _silent) -> dict[str, Any]:
     rows, seg_labels, seg_scores = [], [], []
-    for s in subjects:
+    for s in _each(subjects, "segmentation" + (f" ({len(models.folds)}-fold ensemble)" if models.folds else ""), log):
         if s.cine_label is not None:
             truth, reference = s.cine_label[:, 0], "cine labels"
         elif models.registration is not None and s.lge is not None and s.lge_label is not None:
@@ -166,8 +180,9 @@ def eval_segmentation(models: Models, subjects: list[Subject]) -> dict[str, Any]
     out = _summarise(rows, ("infarct_dice", "myo_dice", "hd95_mm", "infarct_size_error", "fp_infarct_percent",
                             "infarct_percent_true", "infarct_percent_pred"))
     if models.folds:
-        out["uncertainty_error_spearman"] = metrics.spearman([r["ensemble_uncertainty"] for r in rows],
-                                                             [r["infarct_size_error"] for r in rows])
+        pairs = ([r["ensemble_uncertainty"] for r in rows], [r["infarct_size_error"] for r in rows])
+        out["uncertainty_error_spearman"] = metrics.spearman(*pairs)
+        out["uncertainty_error_spearman_note"] = spearman_note(*pairs)
     out["infarct_size_mae"] = out.pop("infarct_size_error")
     out["infarct_size_mae_sd"] = out.pop("infarct_size_error_sd")
     out["segment_auc"] = metrics.roc_auc(seg_scores, seg_labels)
@@ -184,6 +199,15 @@ def eval_segmentation(models: Models, subjects: list[Subject]) -> dict[str, Any]
         "fp_infarct_percent": 0.0,
     }
     return out
+
+
+def spearman_note(a: list[float], b: list[float]) -> str | None:
+    """Why ``metrics.spearman`` of these gives no value (None when it gives one)."""
+    if len(a) < 3:
+        return f"n = {len(a)} < 3 subjects: no rank correlation"
+    if np.ptp(np.asarray(a, float)) == 0 or np.ptp(np.asarray(b, float)) == 0:
+        return "one side is the same for every subject: no rank correlation"
+    return None
 
 
 def _summarise(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -233,13 +257,14 @@ def evaluate(cfg: Config, run_dir: Path, *, split: str = "test", data_root: Path
     models = load_models(cfg, ckpt_root, tuple(s for s in MODEL_STAGES if s in needed), device)
     result: dict[str, Any] = {"source": source, "subjects": [s.id for s in subjects],
                               "not_trained": [s for s in MODEL_STAGES if s not in trained],
-                              "checkpoints": models.checkpoints}
+                              "checkpoints": models.checkpoints,
+                              "trained_on": model_provenance(models.checkpoints[wanted[-1]])["summary"]}
     if "motion" in wanted:
-        result["motion"] = eval_motion(models.motion, subjects)
+        result["motion"] = eval_motion(models.motion, subjects, log)
     if "registration" in wanted:
-        result["registration"] = eval_registration(cfg, models.registration, subjects)
+        result["registration"] = eval_registration(cfg, models.registration, subjects, log)
     if "segmentation" in wanted:
-        result["segmentation"] = eval_segmentation(models, subjects)
+        result["segmentation"] = eval_segmentation(models, subjects, log)
     return result
 
 
@@ -263,6 +288,7 @@ def format_table(result: dict[str, Any]) -> str:
         return "-" if v is None else f"{v:.3f}"
 
     lines = [f"evaluated on {len(result['subjects'])} subject(s): {result['source']}",
+             *([f"models trained on: {result['trained_on']}"] if result.get("trained_on") else []),
              f"{'stage':13} {'measure':42} {'ours (mean ± sd)':>18} {'baseline':>10}  baseline is"]
     for stage, key, base, label, base_name in ROWS:
         sec = result.get(stage)

@@ -34,6 +34,7 @@ from torch import nn
 from mi_pipeline import config as config_mod
 from mi_pipeline import ensemble, metrics
 from mi_pipeline.clinical import io as clinical_io
+from mi_pipeline.clinical import trust
 from mi_pipeline.config import Config
 from mi_pipeline.data import folds as fold_split
 from mi_pipeline.data.cache import Subject
@@ -302,12 +303,21 @@ def segmentation_confidence(models: Models, subject: Subject, pred: np.ndarray) 
 
 
 def _qc_slices(levels: list[str | None], pred: np.ndarray) -> list[int]:
+    """The QC figure's rows: the most basal slice, the middle mid slice and the middle apical one."""
     chosen = []
     for name in ("basal", "mid", "apical"):
         ks = [k for k, lv in enumerate(levels) if lv == name]
         if ks:
-            chosen.append(ks[len(ks) // 2])
+            chosen.append(_most_basal(ks, levels) if name == "basal" else ks[len(ks) // 2])
     return chosen or [pred.shape[0] // 2]
+
+
+def _most_basal(basal: list[int], levels: list[str | None]) -> int:
+    """The basal slice furthest from the apex (``level_of_slices`` may number the stack either way)."""
+    apical = [k for k, lv in enumerate(levels) if lv in ("mid", "apical")]
+    if not apical:
+        return basal[0]
+    return max(basal, key=lambda k: abs(k - float(np.mean(apical))))
 
 
 def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models, cfg: Config,
@@ -327,6 +337,7 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
     save_nifti(seg, raw.cine_affine, folder / "infarct_seg.nii.gz")
     report = build_report(subject_id, cine_path, subject, raw, pred, models, cfg)
     report["confidence"] = segmentation_confidence(models, subject, pred)
+    report["trust"] = trust_section(models, cine_path, raw, report["confidence"]["plausibility"])
     # RV-anchored AHA segments, DICOM SEG, schema version; then the matplotlib figures (clinical_io)
     report = clinical_io.finish_report(report, subject, raw, pred, seg, folder)
     if agreement is not None:  # issue 15: the folds' interval and disagreement map beside the segmentation
@@ -335,7 +346,16 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
         report["ensemble"] = {**agreement.summary(), "checkpoints": [m.checkpoints for m in models.folds]}
         report["confidence"]["uncertainty"]["method"] += " (fold 0's models; the folds' disagreement is in ensemble)"
         report["outputs"]["uncertainty_nifti"] = ensemble.UNCERTAINTY_FILE
+    if report["trust"]["not_a_measurement"]:
+        report["warnings"].append(report["trust"]["line"])
     atomic_write_text(folder / "report.json", json.dumps(report, indent=1) + "\n")
     clinical_io.write_figures(folder, report, subject, fields, pred,
-                              _qc_slices(metrics.level_of_slices(pred > 0), pred))
+                              _qc_slices(metrics.level_of_slices(pred > 0), pred),
+                              uncertainty=agreement.uncertainty if agreement is not None else None)
     return report
+
+
+def trust_section(models: Models, cine_path: Path, raw: RawSubject, plausibility: dict[str, Any]) -> dict[str, Any]:
+    """report.json's ``trust``: the model's provenance and the verdict every output repeats (``clinical.trust``)."""
+    provenance = trust.model_provenance(models.checkpoints["segmentation"], folds=len(models.folds))
+    return trust.verdict(provenance, trust.input_from_phantom(cine_path, raw.dicom_stack), plausibility)

@@ -154,7 +154,10 @@ def test_evaluate_on_a_kfold_run_scores_held_out_folds_pooled_and_the_ensemble(t
         save_untrained(cfg, fold.root / "checkpoints", seed=k)
     assert run_main(evaluate.main, ["--run-dir", str(tmp_path), "--config", str(TINY), "--set", "cv.folds=2",
                                     "--stage", "segmentation", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert "evaluate: segmentation 2/2 subject(s)" in captured.err  # progress: a fold's held-out subjects
+    assert "evaluate: segmentation (2-fold ensemble) 1/1 subject(s)" in captured.err
     cv = result["cross_validation"]
     for k, fold in enumerate(folds):  # every fold on its own held-out subjects, and only those
         assert cv["folds"][str(k)]["subjects"] == cache.read_split(fold.root, "val")
@@ -168,11 +171,12 @@ def test_evaluate_on_a_kfold_run_scores_held_out_folds_pooled_and_the_ensemble(t
     rows = ens["segmentation"]["per_subject"]
     assert len(rows["ensemble_uncertainty"]) == len(ens["subjects"]) and rows["ensemble_uncertainty"][0] > 0
     assert ens["segmentation"]["uncertainty_error_spearman"] is None, "one test subject: no rank correlation"
+    assert ens["segmentation"]["uncertainty_error_spearman_note"] == "n = 1 < 3 subjects: no rank correlation"
     assert run_main(evaluate.main, ["--run-dir", str(tmp_path), "--config", str(TINY), "--set", "cv.folds=2",
                                     "--stage", "segmentation"]) == 0
     table = capsys.readouterr().out
     for part in ("--- fold 0 (held-out val) ---", "--- fold 1 (held-out val) ---", "--- pooled over folds ---",
-                 "--- ensemble of the folds ---", "fold disagreement vs infarct size error, Spearman rho: -"):
+                 "--- ensemble of the folds ---", "fold disagreement vs infarct size error, Spearman rho: n = 1 < 3 subjects: no rank correlation"):
         assert part in table, table
 
 

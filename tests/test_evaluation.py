@@ -32,6 +32,8 @@ def test_json_has_the_issue_keys(run: Path, capsys) -> None:
     assert run_main(evaluate.main, ["--run-dir", str(run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert len(result["subjects"]) == 2
+    # what the models learnt from, read from the checkpoint's stored config and the run's splits
+    assert result["trained_on"] == "phantom only (synthetic hearts): trained on 3 subject(s), best epoch chosen on 1"
     for stage, keys in KEYS.items():
         section = result[stage]
         for key in keys:

@@ -131,3 +131,73 @@ def test_report_carries_confidence(setup) -> None:
     verdict = confidence["plausibility"]
     assert verdict["reference"].startswith("physiological defaults") and isinstance(verdict["implausible"], bool)
     assert verdict["implausible"] == bool(verdict["reasons"])
+
+
+def test_report_trust_follows_the_number_everywhere(setup, capsys, monkeypatch) -> None:
+    """A phantom-only model on a cine that is not from the phantom says NOT A MEASUREMENT in report.json,
+    on the console and in both figures' titles; --strict exits 3 after writing everything. With the
+    phantom's marker beside the cine, the same model's verdict is the plausibility check's."""
+    import jsonschema
+
+    from mi_pipeline.clinical import figures, io
+    from mi_pipeline.data.phantom import MARKER
+
+    titles: dict[str, str] = {}
+    save = figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: (titles.__setitem__(Path(path).name, (
+        fig.get_suptitle(), fig._suptitle.get_color())), save(fig, path)))
+    tmp, _ = setup
+    cine = tmp / "data" / "s0" / "cine.nii.gz"
+    out = tmp / "out_trust"
+    argv = ["--cine", str(cine), "--out", str(out), "--run-dir", str(tmp / "run")]
+    assert run_main(predict.main, argv + ["--strict"]) == predict.STRICT_EXIT
+    captured = capsys.readouterr()
+    report = json.loads((out / "s0" / "report.json").read_text())
+    jsonschema.validate(report, io.report_schema())
+    trust = report["trust"]
+    assert trust["verdict"] == "not_a_measurement" and not trust["input_from_phantom"]
+    assert trust["model"]["phantom_only"] and trust["model"]["data_format"] == "phantom"
+    assert trust["line"] in report["warnings"] and len(trust["label"]) <= 64
+    assert f"s0: {trust['label']}: infarct" in captured.out and trust["line"] in captured.out
+    assert "--strict" in captured.err and (out / "s0" / "qc.png").is_file() and (out / "s0" / "bullseye.png").is_file()
+    for name in ("qc.png", "bullseye.png"):  # the figures' titles carry the verdict, in red
+        title, colour = titles[name]
+        assert "NOT A MEASUREMENT" in title and "phantom only" in title.replace("\n", " ") and colour == "#c00000"
+
+    (tmp / "data" / MARKER).write_text("{}")  # the cine now sits in a phantom dataset
+    try:
+        assert run_main(predict.main, argv) == 0
+    finally:
+        (tmp / "data" / MARKER).unlink()
+    trust = json.loads((out / "s0" / "report.json").read_text())["trust"]
+    implausible = trust["implausible"]
+    assert trust["input_from_phantom"] and trust["verdict"] == ("implausible" if implausible else "plausible")
+
+
+def test_provenance_counts_the_run_splits(tmp_path) -> None:
+    from mi_pipeline.clinical import trust
+
+    cfg = load_config(TINY)
+    save_untrained(cfg, tmp_path / "checkpoints", stages=("segmentation",))
+    splits = tmp_path / "data" / "splits"
+    splits.mkdir(parents=True)
+    for name, n in (("train", 7), ("val", 2), ("test", 3)):
+        (splits / f"{name}.txt").write_text("".join(f"s{i}\n" for i in range(n)))
+    path = registry.best_path(tmp_path / "checkpoints", "segmentation")
+    provenance = trust.model_provenance({"path": str(path), "fingerprint": ckpt.file_fingerprint(path)}, folds=0)
+    assert provenance["subjects"] == {"train": 7, "val": 2, "test": 3}
+    assert provenance["summary"] == "phantom only (synthetic hearts): trained on 7 subject(s), best epoch chosen on 2"
+
+
+@pytest.mark.parametrize("base_first", [True, False])
+def test_qc_basal_row_is_the_most_basal_slice(base_first: bool) -> None:
+    from mi_pipeline import metrics
+
+    yy, xx = np.mgrid[:40, :40]
+    r = np.hypot(yy - 20, xx - 20)
+    sizes = [15, 14, 13, 12, 10, 8] if base_first else [8, 10, 12, 13, 14, 15]
+    pred = np.stack([((r < s) & (r > s - 4)).astype(np.uint8) for s in sizes])
+    levels = metrics.level_of_slices(pred > 0)
+    rows = inference._qc_slices(levels, pred)
+    assert levels[rows[0]] == "basal" and rows[0] == (0 if base_first else 5)
+    assert [levels[k] for k in rows] == ["basal", "mid", "apical"]

@@ -1,4 +1,11 @@
-"""Cancel the run's pending and running SLURM jobs, and record it (on a k-fold run: every fold, or --fold k)."""
+"""Cancel the run's pending and running SLURM jobs, and record it (on a k-fold run: every fold, or --fold k).
+
+``python -m mi_pipeline.cancel --run-dir RUN [--fold k]``
+
+The jobs are those the run's record lists; each stage whose job is cancelled is recorded as failed
+("job N cancelled"), so ``submit --mode resume`` later continues it from its last checkpoint. Local
+runs are stopped with Ctrl-C.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from mi_pipeline.cli.common import (
     exit_process,
     run_main,
 )
+from mi_pipeline.cli.helptext import full_help
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.fold_setup import check_fold, existing_folds
 from mi_pipeline.orchestration.progress import ProgressFile
@@ -15,7 +23,7 @@ from mi_pipeline.orchestration.jobs import cancel_jobs
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = command_parser("cancel", __doc__)
+    parser = full_help(command_parser("cancel", __doc__), __doc__)
     add_run_dir_option(parser)
     parser.add_argument("--fold", type=int, default=None, metavar="k", help="k-fold run: cancel fold k's jobs only")
     args = parser.parse_args(argv)

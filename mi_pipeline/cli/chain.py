@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from mi_pipeline.cli.common import command_parser, exit_process, run_main
+from mi_pipeline.cli.helptext import full_help
 from mi_pipeline.config import load_config
 from mi_pipeline.orchestration import chain
 
@@ -22,24 +23,24 @@ def _pairs(items: list[str]) -> dict[str, str | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = command_parser("chain", __doc__)
+    parser = full_help(command_parser("chain", __doc__), __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("plan")
-    p.add_argument("config", type=Path)
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--fold", type=int, default=None)
-    p = sub.add_parser("record-jobs")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("note")
+    p = sub.add_parser("plan", help="print the stages to run, one per line (the wrappers submit them)")
+    p.add_argument("config", type=Path, help="YAML config")
+    p.add_argument("run_dir", type=Path, help="run root")
+    p.add_argument("--fold", type=int, default=None, help="k-fold run: fold k's chain")
+    p = sub.add_parser("record-jobs", help="record the SLURM job id of each stage")
+    p.add_argument("run_dir", type=Path, help="run root")
+    p.add_argument("note", help="why (kept in the record)")
     p.add_argument("jobs", nargs="+", metavar="STAGE=JOB_ID")
-    p = sub.add_parser("record")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("stage")
+    p = sub.add_parser("record", help="set fields of a stage's record (an empty value means none)")
+    p.add_argument("run_dir", type=Path, help="run root")
+    p.add_argument("stage", help="the stage whose record changes")
     p.add_argument("changes", nargs="*", metavar="KEY=VALUE")
-    p = sub.add_parser("may-requeue")
-    p.add_argument("config", type=Path)
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("stage")
+    p = sub.add_parser("may-requeue", help="exit 0 when the stage may be requeued, 1 when not (cap reached)")
+    p.add_argument("config", type=Path, help="YAML config (slurm.max_requeues; env MAX_REQUEUES overrides)")
+    p.add_argument("run_dir", type=Path, help="run root")
+    p.add_argument("stage", help="the stage asking")
     args = parser.parse_args(argv)
     return _dispatch(args)
 

@@ -1,8 +1,28 @@
-"""Score every trained stage on held-out subjects, beside trivial baselines (DESIGN.md §7).
+"""Score every trained stage on held-out subjects, beside the trivial baseline each must beat.
 
-``python -m mi_pipeline.evaluate --run-dir RUN [--split test | --data-root DIR --format F] [--json]``;
-what each figure means is in ``mi_pipeline/evaluation.py``. On a k-fold run: every fold on its held-out
-subjects, the pooled figures, and the folds' ensemble on the split (``mi_pipeline/cv_evaluation.py``).
+``python -m mi_pipeline.evaluate --run-dir RUN [--split test | --data-root DIR --format F] [--json]``
+
+Subjects: the run's --split (default test: subjects no stage trained or chose an epoch on), or a
+separate dataset with --data-root (e.g. a phantom generated with another seed), preprocessed as the
+data step does. Truth is the cine labels (or, for segmentation without them, the LGE labels carried
+into the cine by the registration model). What is scored, each beside its baseline:
+  motion        ED->ES myocardium Dice of the ED labels warped to ES (baseline: identity, no motion);
+                folding % (Jacobian determinant <= 0 in the myocardium)
+  registration  cine<->LGE myocardium Dice after vs before registration (baseline: no registration),
+                with how many subjects the per-subject QA kept at identity / rigid / affine / deformable
+  segmentation  from the cine alone, as predict runs it: infarct Dice and HD95 (mm) over subjects
+                with an infarct, myocardium Dice, infarct size error (points of % myocardium), infarct
+                % predicted where there is none, AHA-segment detection AUC (baseline: no infarct)
+Values are means over subjects (sd and n beside them, per-subject lists in --json). A stage the data
+cannot score (no labels, no LGE) is reported as skipped with the reason.
+
+k-fold run: every fold scored on its own held-out subjects, the pooled figures (each subject counted
+once), and the ensemble of the folds on --split with the rank correlation of its fold disagreement
+against its error (none below 3 subjects; the table says why). --fold k scores one fold as a run.
+Progress goes to stderr (a bar on a terminal, a line per tenth of the subjects otherwise).
+
+--figures DIR writes summary.png (model vs baseline), bland_altman.png (infarct size, with n and a
+caveat below 10 subjects) and segment_roc.png. Exit status: 0 done; 2 bad input (one error line).
 """
 
 from __future__ import annotations
@@ -17,6 +37,7 @@ from mi_pipeline.cli.common import (
     exit_process,
     run_main,
 )
+from mi_pipeline.cli.helptext import full_help
 from mi_pipeline.config import load_config
 from mi_pipeline.cv_evaluation import evaluate_cv, format_cv_table
 from mi_pipeline.data import cache
@@ -29,7 +50,7 @@ from mi_pipeline.stages.graph import MODEL_STAGES
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = command_parser("evaluate", __doc__)
+    p = full_help(command_parser("evaluate", __doc__), __doc__)
     add_run_options(p, config_help="YAML config (default: the config stored in the trained checkpoints)")
     p.add_argument("--split", default="test", choices=cache.SPLITS, help="which split of the run (default test)")
     p.add_argument("--data-root", type=Path, default=None,

@@ -1,4 +1,6 @@
-"""``python -m mi_pipeline.phantom --out DIR``: write the synthetic dataset in the generic layout.
+"""Write the built-in synthetic dataset (phantom hearts) in the generic layout, or as DICOM.
+
+``python -m mi_pipeline.phantom --out DIR [--subjects N] [--seed S] [--dicom series]``
 
 For trying the pipeline, or a site's tooling, without real data. Same generator as
 ``data.format: phantom``; the same arguments give the same voxel arrays. ``--dicom`` writes the
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 from mi_pipeline.cli.common import command_parser
+from mi_pipeline.cli.helptext import full_help
 from mi_pipeline.config import PhantomConfig
 from mi_pipeline.data.phantom import generate_dataset
 from mi_pipeline.errors import UserError
@@ -20,7 +23,7 @@ from mi_pipeline.errors import UserError
 
 def _parser() -> argparse.ArgumentParser:
     d = PhantomConfig()
-    p = command_parser("phantom", __doc__)
+    p = full_help(command_parser("phantom", __doc__), __doc__)
     p.add_argument("--out", required=True, type=Path, help="dataset folder to write (<out>/<subject>/...)")
     p.add_argument("--subjects", type=int, default=d.subjects, help=f"number of subjects (default {d.subjects})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")

@@ -1,4 +1,13 @@
-"""Where a run stands: state, per-stage detail (epoch, best metric, SLURM job) and recent trouble."""
+"""Where a run stands: state, per-stage detail (epoch, best metric, SLURM job) and recent trouble.
+
+``python -m mi_pipeline.status --run-dir RUN [--json] [--plot]``
+
+Reads the run's record (.training_progress) and checks it against what is really there: the
+checkpoints, live local processes and, where SLURM is available, the jobs it lists. On a k-fold run the
+folds are shown too. --plot writes logs/<stage>/curves.png per trained stage: training loss, each
+validation figure beside its baseline and the learning rate over epochs, with the best epoch and the
+validation metric that chose it marked. Exit status: 0; 2 when the run directory does not exist.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +20,14 @@ from mi_pipeline.cli.common import (
     exit_process,
     run_main,
 )
+from mi_pipeline.cli.helptext import full_help
 from mi_pipeline.errors import UserError
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.status_report import collect, render
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = command_parser("status", __doc__)
+    parser = full_help(command_parser("status", __doc__), __doc__)
     add_run_dir_option(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--plot", action="store_true",

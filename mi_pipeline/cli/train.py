@@ -1,6 +1,12 @@
 """Run one stage (what a job executes); run it again after a crash and it continues from last.pth.
 
-SIGUSR2, SIGTERM or Ctrl-C make the stage save its exact position and exit with status 75.
+``python -m mi_pipeline.train --stage STAGE [--config C] [--run-dir RUN]``
+
+submit runs this for every stage it plans (as a local process or a SLURM job); run it by hand to train
+one stage. The stage's files are RUN/checkpoints/<stage>/ (last.pth, best_model.pth) and
+RUN/logs/<stage>/ (train.log, metrics.jsonl). SIGUSR2, SIGTERM or Ctrl-C make the stage save its exact
+position and exit with status 75; running the same command again continues from there.
+Exit status: 0 done; 2 bad config or input (one error line); 75 stopped, resumable.
 """
 
 from __future__ import annotations
@@ -14,13 +20,15 @@ from mi_pipeline.cli.common import (
     load_run_config,
     run_main,
 )
+from mi_pipeline.cli.helptext import full_help
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.stages.graph import STAGES
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = command_parser("train", __doc__)
-    parser.add_argument("--stage", required=True, choices=STAGES)
+    parser = full_help(command_parser("train", __doc__), __doc__)
+    parser.add_argument("--stage", required=True, choices=STAGES,
+                        help="the stage to run: data (step 1), then motion, registration, segmentation")
     add_run_options(parser)
     parser.add_argument("--force", action="store_true", help="resume even if the config or upstream models changed")
     parser.add_argument("--restart", action="store_true", help="train from scratch (the old last.pth is kept aside)")

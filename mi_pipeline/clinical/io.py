@@ -129,19 +129,33 @@ def finish_report(report: dict[str, Any], subject: Subject, raw: Any, pred: np.n
 
 
 def write_figures(folder: Path, report: dict[str, Any], subject: Subject, fields: np.ndarray | None,
-                  pred: np.ndarray, slices: list[int]) -> None:
-    """``qc.png`` and ``bullseye.png`` beside the report (matplotlib, written atomically)."""
+                  pred: np.ndarray, slices: list[int], uncertainty: np.ndarray | None = None) -> None:
+    """``qc.png`` and ``bullseye.png`` beside the report (matplotlib, written atomically): both carry the
+    report's trust line (red when the number is not to be read as a measurement) and the same AHA anchor;
+    ``uncertainty`` (a k-fold ensemble's fold disagreement, crop grid) is a column of the QC figure."""
     from mi_pipeline.clinical import figures
+    from mi_pipeline.clinical.trust import alarm
 
     levels = metrics.level_of_slices(pred > 0)
+    verdict = report.get("trust")
+    line, red = (verdict["line"], alarm(verdict)) if verdict else (None, False)
     fig = figures.qc_figure(report["subject"], subject.cine, subject.es, fields, pred, slices, levels,
                             infarct_percent=report["infarct_percent"], ed_frame=report["frames"]["ed"],
-                            es_frame=report["frames"]["es"], spacing_mm=float(subject.spacing[0]))
+                            es_frame=report["frames"]["es"], spacing_mm=float(subject.spacing[0]),
+                            affine=subject.affine, anchor=report["aha_anchor"], uncertainty=uncertainty,
+                            trust=_wrap(line), alarm=red)
     figures.save_figure(fig, folder / "qc.png")
     extents = {int(s): v["extent_percent"] for s, v in report["aha_segments"].items()}
     anchor = report["aha_anchor"]
     label = {"rv_images": "anterior RV insertion point, found in the cine",
              "rv_labels": "anterior RV insertion point, from RV labels",
              "fixed": "FIXED crop-grid angle (RV insertion not found; numbering may be wrong)"}[anchor["method"]]
-    fig = figures.bullseye_figure(report["subject"], extents, anchor=label, infarct_percent=report["infarct_percent"])
+    fig = figures.bullseye_figure(report["subject"], extents, anchor=label, infarct_percent=report["infarct_percent"],
+                                  trust=_wrap(line, 70), alarm=red)
     figures.save_figure(fig, folder / "bullseye.png")
+
+
+def _wrap(line: str | None, width: int = 110) -> str | None:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(line, width)) if line else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,10 @@ class Outcome:
     lge_shape: tuple[int, ...] = ()
 
 
-def prepare_subjects(cfg: Config, root: Path, ids: list[str], staging: Path) -> list[Outcome]:
+def prepare_subjects(cfg: Config, root: Path, ids: list[str], staging: Path,
+                     done: Callable[[], None] = lambda: None) -> list[Outcome]:
     """Prepare ``ids`` into ``staging`` with up to ``cfg.data.workers`` processes; outcomes in ``ids`` order.
+    ``done`` is called as each subject's outcome arrives (progress).
 
     Every subject is validated even after a failure, so one run names every bad subject. With one
     worker and ``on_bad_subject: stop``, subjects after the first failure are only read (the run is
@@ -47,11 +50,16 @@ def prepare_subjects(cfg: Config, root: Path, ids: list[str], staging: Path) -> 
         for sid in ids:
             doomed = cfg.data.on_bad_subject == "stop" and any(o.error for o in outcomes)
             outcomes.append(prepare_one(cfg, root, sid, staging, validate_only=doomed))
+            done()
         return outcomes
     # spawn: the parent may hold torch's thread pools, which do not survive a fork
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         chunk = max(1, len(ids) // (workers * 8))
-        return list(pool.map(_prepare_star, [(cfg, root, sid, staging) for sid in ids], chunksize=chunk))
+        outcomes = []
+        for outcome in pool.map(_prepare_star, [(cfg, root, sid, staging) for sid in ids], chunksize=chunk):
+            outcomes.append(outcome)
+            done()
+        return outcomes
 
 
 def _prepare_star(args: tuple[Config, Path, str, Path]) -> Outcome:

@@ -25,6 +25,7 @@ from mi_pipeline.config import Config, PhantomConfig
 from mi_pipeline.data import adapters, cache, generic, phantom
 from mi_pipeline.data.cache import data_is_prepared  # noqa: F401  (callers import it from here too)
 from mi_pipeline.data.parallel import prepare_subjects
+from mi_pipeline.engine.runlog import Progress
 from mi_pipeline.errors import ConfigError, InputError
 from mi_pipeline.fsio import fsync_dir, remove_stale_temps
 
@@ -125,7 +126,11 @@ def prepare_data(cfg: Config, run_dir: Path, log: Callable[[str], None] = print)
     _clean_stale(data_dir)
     staging = data_dir / f".cache.tmp-{uuid.uuid4().hex[:8]}"  # staging/data/cache is the new cache
     try:
-        outcomes = prepare_subjects(cfg, root, todo, staging)
+        bar = Progress(len(todo), "data: preparing", log, unit="subject(s)")
+        try:
+            outcomes = prepare_subjects(cfg, root, todo, staging, done=bar.update)
+        finally:
+            bar.close()
         bad = {o.id: o.error for o in outcomes if o.error}
         for o in outcomes:  # in subject order, whatever the worker count
             if o.error:

@@ -1,7 +1,10 @@
 """Per-stage logs: ``train.log`` for people, ``metrics.jsonl`` (one object per epoch) for programs.
 
-Lines go to stderr as well, so a SLURM job's output file tells the same story. A tqdm bar is used
-only when stderr is a terminal; batch logs get a plain progress line at most every ``every_s``.
+Lines go to stderr as well, so a SLURM job's output file tells the same story. Progress on anything
+long (``Progress``, ``progress``: training batches, the data step's subjects, the registration QA,
+``evaluate``) is one way everywhere: a tqdm bar when stderr is a terminal; otherwise a plain line
+through the caller's log at every tenth of the work or every ``every_s`` seconds, whichever comes first
+(batches: by time only, an epoch's ten lines would drown the epoch lines).
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -85,26 +89,65 @@ class StageLog:
         return BatchProgress(self, total, initial, desc)
 
 
-class BatchProgress:
-    """tqdm on a terminal; otherwise a plain line now and then (batch logs stay readable)."""
+class Progress:
+    """tqdm on a terminal; otherwise a line through ``log`` at each ``every_fraction`` of ``total`` (None:
+    never) or after ``every_s`` seconds of silence, and one at the end, so a batch log shows the step is alive."""
 
-    def __init__(self, log: StageLog, total: int, initial: int, desc: str, every_s: float = 30.0) -> None:
-        self.log, self.total, self.done, self.desc, self.every_s = log, total, initial, desc, every_s
-        self.bar = tqdm(total=total, initial=initial, desc=desc, leave=False) if sys.stderr.isatty() else None
-        self.last_print = time.monotonic()
+    def __init__(self, total: int, desc: str, log: Callable[[str], None], *, initial: int = 0, unit: str = "",
+                 every_s: float = 30.0, every_fraction: float | None = 0.1) -> None:
+        self.total, self.done, self.desc, self.log, self.unit = total, initial, desc, log, unit
+        self.every_s, self.every_fraction = every_s, every_fraction
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit or "it", leave=False) \
+            if sys.stderr.isatty() else None
+        self.last_print, self.last_fraction = time.monotonic(), initial / total if total else 0.0
 
-    def update(self, loss: float) -> None:
-        self.done += 1
+    def update(self, n: int = 1, note: str = "") -> None:
+        self.done += n
         if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.4f}")
-        elif time.monotonic() - self.last_print >= self.every_s:
-            self.last_print = time.monotonic()
-            self.log.info(f"{self.desc} batch {self.done}/{self.total} loss {loss:.4f}")
+            self.bar.update(n)
+            if note:
+                self.bar.set_postfix_str(note)
+            return
+        fraction = self.done / self.total if self.total else 1.0
+        due_fraction = self.every_fraction is not None and fraction - self.last_fraction >= self.every_fraction - 1e-9
+        if due_fraction or time.monotonic() - self.last_print >= self.every_s:
+            self.last_print, self.last_fraction = time.monotonic(), fraction
+            self.log(self.line(note))
+
+    def line(self, note: str = "") -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        return f"{self.desc} {self.done}/{self.total}{unit}" + (f" {note}" if note else "")
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], total: int, desc: str, log: Callable[[str], None], unit: str = "") -> Iterator[T]:
+    """``items`` with ``Progress`` reported as each one is finished (the caller's loop body runs between)."""
+    bar = Progress(total, desc, log, unit=unit)
+    try:
+        for item in items:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+class BatchProgress(Progress):
+    """Training batches: the loss beside the count, a line by time only."""
+
+    def __init__(self, log: StageLog, total: int, initial: int, desc: str, every_s: float = 30.0) -> None:
+        super().__init__(total, desc, log.info, initial=initial, unit="batch", every_s=every_s, every_fraction=None)
+
+    def update(self, loss: float) -> None:  # type: ignore[override]
+        super().update(1, f"loss {loss:.4f}")
+
+    def line(self, note: str = "") -> str:
+        return f"{self.desc} batch {self.done}/{self.total}" + (f" {note}" if note else "")
 
 
 def _finite(record: dict[str, Any]) -> dict[str, Any]:

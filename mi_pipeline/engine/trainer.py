@@ -301,7 +301,7 @@ class _Saver:
         done = dataclasses.replace(state, epoch_losses=[])
         line = _epoch_line(done, self.epochs, task.metric_name, metrics, improved)
 
-        warning = task.baseline_warning(metrics)
+        warning = task.baseline_warning(metrics) if state.epoch >= self.epochs else None  # early epochs may trail it
 
         def committed() -> None:
             ctx.log.info(line)

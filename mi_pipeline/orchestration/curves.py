@@ -2,7 +2,9 @@
 
 ``python -m mi_pipeline.status --plot`` writes ``logs/<stage>/curves.png``: the training loss, every
 validation figure beside its baseline (``*_identity`` / ``*_before`` share the panel of the figure
-they are the baseline of), and the learning rate, over epochs; the best epoch is marked.
+they are the baseline of), and the learning rate, over epochs; the best epoch is marked, and the title
+and that metric's panel say which validation metric chose it (the ``metric_name`` recorded in the
+stage's ``best_model.pth``, higher or lower better as the stage's task defines it).
 """
 
 from __future__ import annotations
@@ -29,7 +31,23 @@ def _panels(records: list[dict[str, Any]]) -> list[list[str]]:
     return list(panels.values())
 
 
-def plot_stage(records: list[dict[str, Any]], stage: str, path: Path) -> Path:
+def best_epoch_metric(layout: RunLayout, stage: str) -> tuple[str, bool] | None:
+    """(metric name, higher is better) that picked ``stage``'s best epoch, from its best_model.pth; None
+    when there is none or it cannot be read (the curves are still drawn, without the claim)."""
+    from mi_pipeline.engine import checkpoint as ckpt
+    from mi_pipeline.errors import UserError
+    from mi_pipeline.stages import registry
+
+    try:
+        payload = ckpt.load_checkpoint(layout.best(stage), required=("metric_name",))
+    except (UserError, OSError):
+        return None
+    return str(payload["metric_name"]), bool(registry.stage(stage).task.higher_is_better)
+
+
+def plot_stage(records: list[dict[str, Any]], stage: str, path: Path,
+               chooser: tuple[str, bool] | None = None) -> Path:
+    """The stage's curves; ``chooser`` (see ``best_epoch_metric``) names the metric that picks the best epoch."""
     from matplotlib.figure import Figure
 
     panels = _panels(records)
@@ -44,10 +62,18 @@ def plot_stage(records: list[dict[str, Any]], stage: str, path: Path) -> Path:
             ax.plot(epochs, [float("nan") if v is None else v for v in values], style, marker=".", label=key)
         if best and keys[0] != "lr":
             ax.axvline(best[-1], color="grey", lw=0.8, ls=":", label=f"best (epoch {best[-1]})")
-        ax.set_title(keys[0])
+        picks = chooser is not None and chooser[0] in keys
+        ax.set_title(f"{keys[0]}\n(picks the best epoch)" if picks else keys[0],
+                     fontweight="bold" if picks else "normal")
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
-    fig.suptitle(f"{stage}: {len(records)} epoch(s)")
+    title = f"{stage}: {len(records)} epoch(s)"
+    if chooser is not None:
+        title += (f"; best epoch{f' {best[-1]}' if best else ''} chosen by validation {chooser[0]} "
+                  f"({'higher' if chooser[1] else 'lower'} is better)")
+    else:
+        title += "; no best_model.pth: the metric that picks the best epoch is not recorded"
+    fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
     return path
@@ -64,5 +90,6 @@ def plot_run(layout: RunLayout) -> list[Path]:
         records = [r for r in StageLog(layout.log_dir(stage), stage, files=False).read_metrics()
                    if isinstance(r.get("epoch"), int)]
         if records:
-            written.append(plot_stage(records, stage, layout.log_dir(stage) / "curves.png"))
+            written.append(plot_stage(records, stage, layout.log_dir(stage) / "curves.png",
+                                      best_epoch_metric(layout, stage)))
     return written

@@ -31,6 +31,7 @@ from mi_pipeline.config import Config
 from mi_pipeline.data.cache import Subject, SubjectStore
 from mi_pipeline.data.rows import DiskRows
 from mi_pipeline.engine import checkpoint as ckpt
+from mi_pipeline.engine.runlog import StageLog, progress
 from mi_pipeline.engine.task import Batch, TrainTask
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.metrics import dice
@@ -122,8 +123,8 @@ class SegmentationTask(TrainTask):
         reg_model, _ = common.load_frozen(registration.build_model(cfg), paths["registration"], "registration", device)
         motion_model = (common.load_frozen(motion.build_model(cfg), paths["motion"], "motion", device)[0]
                         if "motion" in paths else None)
-        self.train_x, self.train_y, train_qa = self._prepare(train, motion_model, reg_model)
-        self.val_x, registered, val_qa = self._prepare(val, motion_model, reg_model)
+        self.train_x, self.train_y, train_qa = self._prepare(train, motion_model, reg_model, "train")
+        self.val_x, registered, val_qa = self._prepare(val, motion_model, reg_model, "val")
         self._supervise(train, train_qa)
         self.registration_qa = {"train": [q.as_dict() for q in train_qa], "val": [q.as_dict() for q in val_qa],
                                 "summary_train": registration_qa.summary(train_qa),
@@ -159,15 +160,18 @@ class SegmentationTask(TrainTask):
                 f"subjects confident enough to supervise; validation targets: "
                 + ", ".join(f"{c} {n}" for c, n in v["chosen"].items()) + f"; details in {self.qa_path}"]
 
-    def _prepare(self, slices: SplitSlices, motion_model: nn.Module | None,
-                 reg_model: nn.Module) -> tuple[DiskRows, torch.Tensor, list[registration_qa.PairQA]]:
+    def _prepare(self, slices: SplitSlices, motion_model: nn.Module | None, reg_model: nn.Module,
+                 split: str) -> tuple[DiskRows, torch.Tensor, list[registration_qa.PairQA]]:
         """Network inputs (on disk, one row per slice), registered targets (uint8 classes) and the QA,
-        built one subject at a time so memory holds one subject's work, not the split's."""
+        built one subject at a time so memory holds one subject's work, not the split's (with progress:
+        the QA's rigid search takes seconds per subject, before the first epoch)."""
         first = slices.store.get(slices.ids[0]).cine
         inputs = DiskRows(len(slices), (in_channels(self.cfg), *first.shape[-2:]), np.float32,
                           RunLayout(self.run_dir).ckpt_dir(self.name))
         targets, qa, start = [], [], 0
-        for subject in slices.subjects():
+        log = StageLog(RunLayout(self.run_dir).log_dir(self.name), self.name,
+                       files=int(os.environ.get("RANK", "0")) == 0).info
+        for subject in progress(slices.subjects(), len(slices.ids), f"registration QA ({split})", log, "subject(s)"):
             registered, records = registration.register_subjects(self.cfg, reg_model, [subject])
             cine = torch.from_numpy(np.ascontiguousarray(subject.cine))
             fields = motion.motion_fields(motion_model, cine) if motion_model is not None else None

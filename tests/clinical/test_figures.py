@@ -34,11 +34,12 @@ def test_qc_figure_texts(qc_inputs, tmp_path) -> None:
     title = fig.get_suptitle()
     assert "patient_007" in title and "infarct 23.5 % of LV myocardium" in title
     assert "ED frame 3" in title and "ES frame 11" in title
-    for column in ("cine at ED (frame 3)", "cine at ES (frame 11)", "motion ED \u2192 ES", "segmentation on ED"):
+    for column in ("cine at ED (frame 3)", "cine at ES (frame 11)", "motion ED \u2192 ES (myocardium)",
+                   "segmentation on ED, AHA sectors"):
         assert column in texts
     assert {"myocardium", "infarct"} <= set(texts)  # the legend
     assert any(t.startswith("motion magnitude ED \u2192 ES (mm)") for t in texts)  # colour bar label with units
-    assert any(t.startswith("basal") for t in texts) and any(t.startswith("apical") for t in texts)
+    assert "basal\nslice 0 (0-based, of 0..4)" in texts and "apical\nslice 4 (0-based, of 0..4)" in texts
     assert sum(t.startswith("infarct ") and t.endswith(" %") for t in texts) == 3  # per-row number
     figures.save_figure(fig, tmp_path / "qc.png")
     assert (tmp_path / "qc.png").read_bytes()[:8] == PNG
@@ -74,7 +75,7 @@ def test_evaluation_figures_texts() -> None:
     assert not any(t.startswith("registration") for t in texts)  # skipped stage: no panel
     assert {"0.90", "0.50", "0.70", "0.95", "model", "baseline"} <= set(texts)
     ba = figures.figure_texts(figures.bland_altman_figure([10.0, 20.0, 0.0], [12.0, 19.0, 1.0], ["a", "b", "c"]))
-    assert "Bland\u2013Altman: infarct size" in ba and "bias +0.67 points" in ba and "n = 3 subjects" in ba
+    assert "Bland\u2013Altman: infarct size (n = 3 subjects)" in ba and "bias +0.67 points" in ba
     assert "predicted \u2212 true infarct size (points)" in ba
     roc = figures.figure_texts(figures.roc_figure([0.9, 0.8, 0.1, 0.3], [True, True, False, False], 1.0))
     assert "model (AUC 1.000)" in roc and "true positive rate (sensitivity)" in roc
@@ -84,3 +85,14 @@ def test_roc_points_match_definition() -> None:
     fpr, tpr = figures.roc_points([0.9, 0.4, 0.4, 0.1], [True, False, True, False])
     np.testing.assert_allclose(fpr, [0.0, 0.0, 0.5, 1.0])
     np.testing.assert_allclose(tpr, [0.0, 0.5, 1.0, 1.0])
+
+
+def test_a_kfold_evaluation_draws_its_pooled_figures(tmp_path) -> None:
+    seg = {"n_subjects": 4, "infarct_dice": 0.6, "segment_auc": 0.8, "baseline_no_infarct": {"segment_auc": 0.5},
+           "per_subject": {"subject": ["a", "b", "c", "d"], "infarct_percent_true": [10.0, 0.0, 20.0, 5.0],
+                           "infarct_percent_pred": [12.0, 1.0, 18.0, 4.0]},
+           "segment_roc": {"labels": [True, False, True, False], "scores": [0.5, 0.1, 0.4, 0.2]}}
+    result = {"source": "2 folds", "cross_validation": {"folds": {}, "pooled": {"subjects": list("abcd"),
+                                                                                "segmentation": seg}}}
+    written = figures.write_evaluation_figures(result, tmp_path)
+    assert sorted(p.rsplit("/", 1)[1] for p in written) == ["bland_altman.png", "segment_roc.png", "summary.png"]

@@ -37,7 +37,20 @@ def test_schema_is_a_valid_json_schema_in_the_package() -> None:
     jsonschema.validate(_minimal(), report_schema())
 
 
-@pytest.mark.parametrize("change", ["unknown_field", "missing_anchor", "segment_17", "bad_method", "percent_over_100"])
+def _trust() -> dict:
+    model = {"data_format": "phantom", "data_root": None, "phantom_only": True,
+             "subjects": {"train": 8, "val": 2, "test": 2}, "cv_folds": None, "summary": "phantom only"}
+    return {"verdict": "not_a_measurement", "implausible": False, "not_a_measurement": True,
+            "input_from_phantom": False, "label": "NOT A MEASUREMENT: phantom-trained model", "line": "x",
+            "model": model}
+
+
+def test_schema_accepts_the_trust_section() -> None:
+    jsonschema.validate({**_minimal(), "trust": _trust()}, report_schema())
+
+
+@pytest.mark.parametrize("change", ["unknown_field", "missing_anchor", "segment_17", "bad_method", "percent_over_100",
+                                    "bad_verdict", "long_label", "trust_without_model"])
 def test_schema_rejects(change: str) -> None:
     report = copy.deepcopy(_minimal())
     if change == "unknown_field":
@@ -46,6 +59,14 @@ def test_schema_rejects(change: str) -> None:
         del report["aha_anchor"]
     elif change == "segment_17":
         report["aha_segments"]["17"] = report["aha_segments"]["1"]
+    elif change in ("bad_verdict", "long_label", "trust_without_model"):
+        report["trust"] = _trust()
+        if change == "bad_verdict":
+            report["trust"]["verdict"] = "fine"
+        elif change == "long_label":
+            report["trust"]["label"] = "x" * 65
+        else:
+            del report["trust"]["model"]
     elif change == "bad_method":
         report["aha_anchor"]["method"] = "guess"
     else:

@@ -59,6 +59,9 @@ def test_setup_batch_loss_validate(tiny_cfg, upstream_run):
     fingerprints = task.upstream()
     assert fingerprints == {s: ckpt.file_fingerprint(upstream_run / "checkpoints" / s / "best_model.pth")
                             for s in ("motion", "registration")}
+    log = (upstream_run / "logs" / "segmentation" / "train.log").read_text()  # the QA's minute is not silent
+    assert "[segmentation] registration QA (train) 4/4 subject(s)" in log
+    assert "[segmentation] registration QA (val) 2/2 subject(s)" in log
 
 
 def test_targets_are_registered_lge_labels(tiny_cfg, synthetic_run, tiny_overrides, write_cache):
