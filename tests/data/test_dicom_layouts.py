@@ -1,0 +1,227 @@
+"""DICOM folders as hospitals, anonymisers and CD/DVD media send them, built from our own phantom export:
+each is read, its report written, and its one DICOM SEG written (valid for dciodvfy, pixels equal to the
+NIfTI mask) or a warning saying why not. Also: our export's UIDs and its validity as an MR Image IOD.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from mi_pipeline.cli import predict
+from mi_pipeline.cli.common import run_main
+from mi_pipeline.config import PhantomConfig, load_config
+from mi_pipeline.data.dicom import read_stack
+from mi_pipeline.data.dicom_export import write_series, write_subject_dicom
+from mi_pipeline.data.phantom import generate_subject
+from tests.data.dicom_checks import assert_seg_equals_mask, assert_valid, require_validators
+from tests.test_inference import TINY, save_untrained
+
+PARAMS = PhantomConfig(subjects=1, seed=77, size=64, slices=4, frames=8)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny untrained run and one phantom subject in the DICOM dataset layout (cine/, lge/, labels)."""
+    tmp = tmp_path_factory.mktemp("layouts")
+    save_untrained(load_config(TINY), tmp / "run" / "checkpoints")
+    write_subject_dicom(generate_subject(PARAMS, 0), tmp / "p1", seed=PARAMS.seed)
+    return tmp
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file())
+
+
+def _rewrite(folder: Path, change) -> None:
+    for i, f in enumerate(_files(folder)):
+        ds = pydicom.dcmread(f)
+        change(ds, i)
+        ds.save_as(f)
+
+
+def _dicomdir(cine: Path, dest: Path) -> Path:
+    """A CD root: DICOMDIR made by dcmtk's dcmmkdir, the images under DICOM/ with ISO 9660 names."""
+    require_validators()
+    if shutil.which("dcmmkdir") is None:
+        pytest.skip("dcmmkdir (dcmtk) not installed")
+    (dest / "DICOM").mkdir(parents=True)
+    for i, f in enumerate(_files(cine)):
+        shutil.copy(f, dest / "DICOM" / f"IM{i:06d}")
+    run = subprocess.run(["dcmmkdir", "--recurse", "--output-file", "DICOMDIR", "DICOM"], cwd=dest,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and (dest / "DICOMDIR").is_file(), run.stderr
+    return dest
+
+
+def _sr(path: Path, like: Path) -> None:
+    """A basic text structured report of the same study (no pixels, no geometry)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    src = pydicom.dcmread(like, stop_before_pixels=True)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = src.StudyInstanceUID, generate_uid(), "SR"
+    ds.PatientID, ds.ValueType = src.PatientID, "CONTAINER"
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+
+
+def _enhanced(cine: Path, dest: Path) -> None:
+    import highdicom as hd
+
+    sources = [pydicom.dcmread(f) for f in _files(cine)]
+    enhanced = hd.legacy.LegacyConvertedEnhancedMRImage(sources, series_instance_uid=hd.UID(), series_number=5,
+                                                         sop_instance_uid=hd.UID(), instance_number=1)
+    dest.mkdir(parents=True)
+    enhanced.save_as(dest / "ENHANCED.dcm")
+
+
+def _no_preamble(folder: Path) -> None:
+    for f in _files(folder):
+        f.write_bytes(f.read_bytes()[132:])  # without the 128-byte preamble and "DICM"
+
+
+def build(kind: str, base: Path, dest: Path) -> tuple[Path, list[str]]:
+    """The folder to give ``predict --dicom`` for ``kind``, and extra arguments."""
+    cine = base / "p1" / "cine"
+    if kind == "phantom_subject_folder":  # what `phantom --dicom` writes: cine/, lge/, labels, info.yaml
+        return base / "p1", []
+    if kind == "per_slice":
+        write_subject_dicom(generate_subject(PARAMS, 0), dest / "subject", per_slice_series=True, seed=PARAMS.seed)
+        return dest / "subject" / "cine", []
+    if kind == "dicomdir_cd_root":
+        return _dicomdir(cine, dest / "cd"), []
+    if kind == "enhanced_mr":
+        _enhanced(cine, dest / "enh")
+        return dest / "enh", []
+    folder = dest / "p1"
+    shutil.copytree(cine, folder)
+    if kind == "sr_beside":
+        _sr(folder / "SR00001.dcm", _files(folder)[0])
+    elif kind == "anonymised_dates":
+        def dates(ds, i):
+            ds.PatientBirthDate = "00000000"
+            ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20120000"
+        _rewrite(folder, dates)
+    elif kind == "birthdate_absent":
+        _rewrite(folder, lambda ds, i: delattr(ds, "PatientBirthDate"))
+    elif kind == "frame_of_reference_per_file":
+        _rewrite(folder, lambda ds, i: setattr(ds, "FrameOfReferenceUID", pydicom.uid.generate_uid()))
+    elif kind == "no_preamble":
+        _no_preamble(folder)
+    elif kind in ("two_series", "two_series_chosen"):
+        s = generate_subject(PARAMS, 0)
+        write_series(s.cine, s.cine_affine, dest / "b", patient_id="p1", series_number=7, frame_ms=s.frame_ms,
+                     description="cine SA repeat", study_uid=str(pydicom.dcmread(_files(folder)[0]).StudyInstanceUID))
+        for f in _files(dest / "b"):
+            shutil.copy(f, folder / f"B_{f.name}")
+        return folder, (["--series", "1"] if kind == "two_series_chosen" else [])
+    return folder, []
+
+
+KINDS = ("one_series", "per_slice", "phantom_subject_folder", "dicomdir_cd_root", "sr_beside", "enhanced_mr",
+         "anonymised_dates", "birthdate_absent", "frame_of_reference_per_file", "no_preamble", "two_series",
+         "two_series_chosen")
+EXPECTED_NOTE = {"sr_beside": "skipped 1 file(s): no image (structured report)", "dicomdir_cd_root": "DICOMDIR followed",
+                 "anonymised_dates": "PatientBirthDate=00000000 emptied", "birthdate_absent": "PatientBirthDate absent",
+                 "frame_of_reference_per_file": "frames of reference", "two_series": "highest SeriesNumber",
+                 "two_series_chosen": "--series 1: kept series 1"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_layout_is_read_reported_and_gets_a_valid_seg(base: Path, tmp_path: Path, kind: str, capsys) -> None:
+    import jsonschema
+
+    from mi_pipeline.clinical.io import report_schema
+
+    folder, extra = build(kind, base, tmp_path)
+    out = tmp_path / "out"
+    code = run_main(predict.main, ["--dicom", str(folder), "--out", str(out), "--run-dir", str(base / "run"), *extra])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    (subject,) = [p for p in out.iterdir() if p.is_dir()]
+    report = json.loads((subject / "report.json").read_text())
+    jsonschema.validate(report, report_schema())
+    assert (subject / "qc.png").is_file() and (subject / "bullseye.png").is_file()
+    assert report["frames"]["ed_method"].startswith("DICOM TriggerTime") and report["frames"]["ed"] == 0
+    if kind in EXPECTED_NOTE:
+        assert any(EXPECTED_NOTE[kind] in w for w in report["warnings"]), report["warnings"]
+    assert report["outputs"]["dicom_seg"] == ["infarct_seg.dcm"], report["warnings"]
+    seg_path = subject / "infarct_seg.dcm"
+    assert_valid(seg_path)
+    stack = read_stack(Path(report["cine"]), series=extra[1] if extra else None)
+    mask = np.asarray(nib.load(str(subject / "infarct_seg.nii.gz")).dataobj)
+    assert_seg_equals_mask(seg_path, [row[0] for row in stack.datasets], mask)
+    if kind == "two_series":  # the rule keeps series 7 (same image count, higher SeriesNumber)
+        assert {str(ds.SeriesNumber) for ds in stack.first_frame_datasets()} == {"7"}
+
+
+def test_seg_that_cannot_be_built_is_a_warning_after_the_result(base: Path, tmp_path: Path, capsys) -> None:
+    """Sources from two studies cannot share one SEG: the report says why, exit 0, everything else written."""
+    folder = tmp_path / "p1"
+    write_subject_dicom(generate_subject(PARAMS, 0), tmp_path / "s", per_slice_series=True, seed=PARAMS.seed)
+    shutil.copytree(tmp_path / "s" / "cine", folder)
+    first_series = pydicom.dcmread(_files(folder)[0]).SeriesInstanceUID
+    _rewrite(folder, lambda ds, i: setattr(ds, "StudyInstanceUID", "1.2.3.4") if ds.SeriesInstanceUID != first_series
+             else None)
+    code = run_main(predict.main, ["--dicom", str(folder), "--out", str(tmp_path / "o"), "--run-dir", str(base / "run")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    report = json.loads((tmp_path / "o" / "p1" / "report.json").read_text())
+    assert report["outputs"]["dicom_seg"] == [] and not (tmp_path / "o" / "p1" / "infarct_seg.dcm").exists()
+    assert any(w.startswith("DICOM SEG not written") for w in report["warnings"])
+    assert "warning: p1: DICOM SEG not written" in err
+    assert (tmp_path / "o" / "p1" / "qc.png").is_file() and (tmp_path / "o" / "p1" / "infarct_seg.nii.gz").is_file()
+
+
+def test_folder_of_subjects_goes_on_past_a_bad_one(base: Path, tmp_path: Path, capsys) -> None:
+    shutil.copytree(base / "p1" / "cine", tmp_path / "in" / "a")
+    (tmp_path / "in" / "b").mkdir()
+    shutil.copy(_files(base / "p1" / "cine")[0], tmp_path / "in" / "b" / "only.dcm")  # one image: not a stack
+    shutil.copytree(base / "p1" / "cine", tmp_path / "in" / "c")
+    code = run_main(predict.main, ["--dicom", str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+                                   "--run-dir", str(base / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (tmp_path / "o" / "a" / "report.json").is_file() and (tmp_path / "o" / "c" / "report.json").is_file()
+    assert "error: b: " in err and "1 of 3 subject(s) failed (b)" in err
+
+
+def _sops(folder: Path) -> set[str]:
+    return {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in folder.rglob("IM_*.dcm")}
+
+
+def test_export_uids_are_shared_only_by_the_same_image(tmp_path: Path) -> None:
+    a = generate_subject(PhantomConfig(subjects=1, seed=4242, size=64, slices=4, frames=8), 0)
+    b = generate_subject(PhantomConfig(subjects=1, seed=7, size=64, slices=4, frames=8), 0)
+    assert a.id == b.id  # same subject id, same patient id: the UIDs must still differ
+    write_subject_dicom(a, tmp_path / "a", seed=4242)
+    write_subject_dicom(b, tmp_path / "b", seed=7)
+    write_subject_dicom(a, tmp_path / "a_per_slice", seed=4242, per_slice_series=True)
+    write_subject_dicom(a, tmp_path / "a_again", seed=4242)
+    sa, sb = _sops(tmp_path / "a"), _sops(tmp_path / "b")
+    assert len(sa) == len(list((tmp_path / "a").rglob("IM_*.dcm")))  # unique inside one export
+    assert not sa & sb
+    # the cine's layout differs (other series): no shared image; the LGE is the same image in both, so it shares
+    assert not _sops(tmp_path / "a" / "cine") & _sops(tmp_path / "a_per_slice" / "cine")
+    assert _sops(tmp_path / "a" / "lge") == _sops(tmp_path / "a_per_slice" / "lge")
+    assert _sops(tmp_path / "a_again") == sa  # deterministic
+
+
+@pytest.mark.parametrize("per_slice", [False, True])
+def test_export_is_a_valid_mr_image_iod(tmp_path: Path, per_slice: bool) -> None:
+    write_subject_dicom(generate_subject(PARAMS, 0), tmp_path / "s", seed=PARAMS.seed, per_slice_series=per_slice)
+    for stack in ("cine", "lge"):
+        for f in _files(tmp_path / "s" / stack)[:3]:
+            assert_valid(f)
