@@ -203,3 +203,27 @@ def test_phantom_command_writes_the_dicom_layout(tmp_path) -> None:
     assert adapters.list_subjects("dicom", tmp_path) == ["phantom_001"]
     raw = adapters.load_subject("dicom", tmp_path, "phantom_001")
     assert raw.cine.shape == (64, 64, 3, 4) and raw.lge_label is not None and raw.cine_label is not None
+
+
+def test_dicom_layout_takes_ed_from_the_smallest_trigger_time(tmp_path) -> None:
+    """Without ed: in info.yaml, ED is the frame with the smallest TriggerTime, and the subject records how."""
+    import pydicom
+
+    from mi_pipeline.data import adapters
+    from mi_pipeline.data.dicom_export import write_subject_dicom
+
+    subject = generate_subject(PhantomConfig(subjects=1, seed=5, size=64, slices=3, frames=6), 0)
+    write_subject_dicom(subject, tmp_path / "s1")
+    (tmp_path / "s1" / "info.yaml").write_text("es: 3\n")
+    for f in (tmp_path / "s1" / "cine").iterdir():  # trigger times shifted: the scanner's order, not file order
+        ds = pydicom.dcmread(f)
+        ds.TriggerTime = f"{(float(ds.TriggerTime) + 500.0) % 600.0:.3f}"
+        ds.save_as(f)
+    shifted = [(t * subject.frame_ms + 500.0) % 600.0 for t in range(6)]
+    first = int(np.argmin(shifted))  # the phantom frame the scanner triggered first
+    raw = adapters.load_subject("dicom", tmp_path, "s1")
+    assert raw.ed == 0 and raw.ed_method == f"DICOM TriggerTime (smallest: {min(shifted):.3f} ms)".replace(".000 ", " ")
+    assert raw.cine[..., 0].sum() == subject.cine[..., first].astype(np.float32).sum()
+    (tmp_path / "s1" / "info.yaml").write_text("ed: 2\nes: 4\n")
+    raw = adapters.load_subject("dicom", tmp_path, "s1")
+    assert raw.ed == 2 and raw.ed_method == "given"
