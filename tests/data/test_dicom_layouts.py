@@ -225,3 +225,24 @@ def test_export_is_a_valid_mr_image_iod(tmp_path: Path, per_slice: bool) -> None
     for stack in ("cine", "lge"):
         for f in _files(tmp_path / "s" / stack)[:3]:
             assert_valid(f)
+
+
+def test_cohort_over_dicom_exports_has_a_row_for_every_subject(base: Path, tmp_path: Path) -> None:
+    """Anonymised, per-file-frame-of-reference and SEG-less subjects: every one has a row, none failed."""
+    import csv
+
+    from mi_pipeline import cohort
+
+    root = tmp_path / "in"
+    for kind in ("anonymised_dates", "frame_of_reference_per_file", "one_series"):
+        folder, _ = build(kind, base, tmp_path / kind)
+        shutil.copytree(folder, root / kind)
+    out = tmp_path / "out"
+    assert run_main(predict.main, ["--cohort", "--cine", str(root), "--out", str(out), "--run-dir",
+                                   str(base / "run")]) == 0
+    with open(out / cohort.TABLE) as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["subject"] for r in rows) == ["anonymised_dates", "frame_of_reference_per_file", "one_series"]
+    assert not [r for r in rows if r["flags"].startswith("failed")]
+    for r in rows:
+        assert (out / r["subject"] / "infarct_seg.dcm").is_file()
