@@ -139,6 +139,7 @@ EXPECTED_NOTE = {"sr_beside": "skipped 1 file(s): no image (structured report)",
                  "two_series_chosen": "--series 1: kept series 1"}
 
 
+@pytest.mark.slow  # one predict per layout (about 7 s each): the default suite and CI run them, the fast tier not
 @pytest.mark.parametrize("kind", KINDS)
 def test_layout_is_read_reported_and_gets_a_valid_seg(base: Path, tmp_path: Path, kind: str, capsys) -> None:
     import jsonschema
@@ -227,6 +228,7 @@ def test_export_is_a_valid_mr_image_iod(tmp_path: Path, per_slice: bool) -> None
             assert_valid(f)
 
 
+@pytest.mark.slow
 def test_cohort_over_dicom_exports_has_a_row_for_every_subject(base: Path, tmp_path: Path) -> None:
     """Anonymised, per-file-frame-of-reference and SEG-less subjects: every one has a row, none failed."""
     import csv
