@@ -29,6 +29,7 @@ import copy
 import datetime
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,15 @@ def _valid(vr: str, value: str) -> bool:
     return True
 
 
+_UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+
+def _valid_uid(value: str) -> bool:
+    """A UID as DICOM defines it: dot-separated numbers without leading zeros, at most 64 characters."""
+    return bool(value) and len(value) <= 64 and _UID.fullmatch(value) is not None
+
+
 def sanitised_copy(ds: Any) -> tuple[Any, list[str]]:
     """A copy of a source header that a DICOM writer accepts: invalid dates/times emptied, missing Type 2
     patient/study attributes present and empty; the keywords changed, for one note."""
@@ -123,6 +133,11 @@ def _sources(stack: DicomStack, ed_phase: int) -> tuple[list[Any], list[str]]:
         copies.append(clean)
         changes += [c for c in changed if c not in changes]
     notes = [f"DICOM SEG built from copies of the source headers: {', '.join(changes)}"] if changes else []
+    bad = sorted({keyword for ds in copies for keyword in _UID_KEYWORDS if not _valid_uid(str(ds.get(keyword, "")))})
+    if bad:
+        notes.append(f"DICOM SEG: the source's {', '.join(bad)} are not valid DICOM UIDs (e.g. leading zeros in a "
+                     "component); the SEG references them unchanged, so it attaches to these images but a strict "
+                     "validator reports the same values in it")
     frames_of_ref = {str(getattr(ds, "FrameOfReferenceUID", "")) for ds in copies}
     if len(frames_of_ref) > 1:
         first = str(getattr(copies[0], "FrameOfReferenceUID", ""))
@@ -171,9 +186,11 @@ def write_seg(stack: DicomStack, seg_xyz: np.ndarray, ed_phase: int, folder: str
     ``seg_xyz`` uint8 (X, Y, Z) on the cine grid: 0 background, 1 myocardium, 2 infarct.
     """
     try:
-        seg, notes = build_seg(stack, seg_xyz, ed_phase)
-        buffer = io.BytesIO()
-        seg.save_as(buffer)
+        with warnings.catch_warnings():  # pydicom's value warnings on the source's values: the notes say what matters
+            warnings.simplefilter("ignore", UserWarning)
+            seg, notes = build_seg(stack, seg_xyz, ed_phase)
+            buffer = io.BytesIO()
+            seg.save_as(buffer)
     except Exception as exc:  # noqa: BLE001 - the SEG is optional; any library failure becomes the warning
         text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         return SegResult(warning=f"DICOM SEG not written: the source headers do not allow it ({text}); "

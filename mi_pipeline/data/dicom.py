@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -414,7 +415,9 @@ def _decode(path: Path, name: str) -> np.ndarray:
     import pydicom
 
     try:
-        stored = pydicom.dcmread(path, force=True).pixel_array
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            stored = pydicom.dcmread(path, force=True).pixel_array
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds for broken pixel data; one line for the user
         text = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: {name}: cannot decode pixel data ({text})") from None
@@ -427,9 +430,11 @@ def _pixels(path: Path, name: str, size: tuple[int, int]) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut
 
     try:
-        ds = pydicom.dcmread(path, force=True)
-        stored = ds.pixel_array
-        values = apply_modality_lut(stored, ds)
+        with warnings.catch_warnings():  # header values were checked (and their warnings silenced) on reading
+            warnings.simplefilter("ignore", UserWarning)
+            ds = pydicom.dcmread(path, force=True)
+            stored = ds.pixel_array
+            values = apply_modality_lut(stored, ds)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds for broken pixel data; one line for the user
         text = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: {name}: cannot decode pixel data ({text})") from None

@@ -12,6 +12,7 @@ the whole folder:
   states, key-object selections, ...) are skipped with a note;
 * an enhanced (multi-frame) MR image is kept as one file; ``data.dicom`` reads its frames through the
   per-frame functional groups;
+* a second file with the SOPInstanceUID of one already read (a copy) is skipped;
 * labels, info files and figures beside the images (``.nii.gz``, ``.yaml``, ``.png``, ...) are not
   opened at all.
 
@@ -22,6 +23,7 @@ the notes and puts them into the report.
 from __future__ import annotations
 
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,20 +58,30 @@ def _plain_files(folder: Path) -> list[Path]:
 
 
 def read_header(path: Path) -> Any | None:
-    """The header of ``path`` (no pixels) when it is DICOM, with or without the preamble; None otherwise."""
+    """The header of ``path`` (no pixels) when it is DICOM, with or without the preamble; None otherwise.
+
+    Every value is decoded here, once, with pydicom's value warnings silenced: real exports carry values
+    its checks flag (anonymised dates ``00000000``, UIDs with leading zeros) that are read as they are;
+    what matters for our output is reported where it matters (``clinical.dicom_seg``'s notes).
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    try:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except InvalidDicomError:  # no "DICM" preamble: many older exports and some anonymisers
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        uid = ds.get("SOPClassUID") or ds.get("MediaStorageSOPClassUID") or (
-            ds.file_meta.get("MediaStorageSOPClassUID") if getattr(ds, "file_meta", None) is not None else None)
-        return ds if uid and "." in str(uid) else None
-    except Exception:  # noqa: BLE001 - a file that does not parse as DICOM is simply not DICOM here
-        return None
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except InvalidDicomError:  # no "DICM" preamble: many older exports and some anonymisers
+                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            uid = ds.get("SOPClassUID") or (
+                ds.file_meta.get("MediaStorageSOPClassUID") if getattr(ds, "file_meta", None) is not None else None)
+            if not (uid and "." in str(uid)):
+                return None
+            ds.walk(lambda _ds, _elem: None)  # decode every value now, nested ones included
+            return ds
+        except Exception:  # noqa: BLE001 - a file that does not parse as DICOM is simply not DICOM here
+            return None
 
 
 def _sop_class(ds: Any) -> str:
@@ -136,6 +148,7 @@ def find_images(folder: str | os.PathLike[str]) -> Found:
     found = Found()
     files, seen = _plain_files(folder), set()
     skipped: Counter[str] = Counter()
+    instances: set[str] = set()  # SOPInstanceUIDs read
     queue = list(files)
     while queue:
         path = queue.pop(0)
@@ -153,9 +166,13 @@ def find_images(folder: str | os.PathLike[str]) -> Found:
             queue.extend(referenced)
             continue
         reason = _skip_reason(ds)
+        sop = str(ds.get("SOPInstanceUID", "") or "")
+        if not reason and sop and sop in instances:
+            reason = "a copy of another file (the same SOPInstanceUID)"
         if reason:
             skipped[reason] += 1
             continue
+        instances.add(sop)
         found.headers.append((path, ds))
     for reason, count in sorted(skipped.items()):
         found.notes.append(f"{folder}: skipped {count} file(s): {reason}")

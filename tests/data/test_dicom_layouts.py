@@ -21,7 +21,7 @@ from mi_pipeline.config import PhantomConfig, load_config
 from mi_pipeline.data.dicom import read_stack
 from mi_pipeline.data.dicom_export import write_series, write_subject_dicom
 from mi_pipeline.data.phantom import generate_subject
-from tests.data.dicom_checks import assert_seg_equals_mask, assert_valid, require_validators
+from tests.data.dicom_checks import assert_seg_equals_mask, assert_valid, dciodvfy, require_validators
 from tests.test_inference import TINY, save_untrained
 
 PARAMS = PhantomConfig(subjects=1, seed=77, size=64, slices=4, frames=8)
@@ -47,11 +47,15 @@ def _rewrite(folder: Path, change) -> None:
         ds.save_as(f)
 
 
-def _dicomdir(cine: Path, dest: Path) -> Path:
-    """A CD root: DICOMDIR made by dcmtk's dcmmkdir, the images under DICOM/ with ISO 9660 names."""
-    require_validators()
+def _require_dcmmkdir() -> None:
+    require_validators()  # dcmtk is installed with dcmdump: under CI=true a missing one fails there
     if shutil.which("dcmmkdir") is None:
         pytest.skip("dcmmkdir (dcmtk) not installed")
+
+
+def _dicomdir(cine: Path, dest: Path) -> Path:
+    """A CD root: DICOMDIR made by dcmtk's dcmmkdir, the images under DICOM/ with ISO 9660 names."""
+    _require_dcmmkdir()
     (dest / "DICOM").mkdir(parents=True)
     for i, f in enumerate(_files(cine)):
         shutil.copy(f, dest / "DICOM" / f"IM{i:06d}")
@@ -102,6 +106,18 @@ def build(kind: str, base: Path, dest: Path) -> tuple[Path, list[str]]:
         return dest / "subject" / "cine", []
     if kind == "dicomdir_cd_root":
         return _dicomdir(cine, dest / "cd"), []
+    if kind == "dicomdir_beside_images":  # the DICOMDIR and the images it references in one folder: each read once
+        _require_dcmmkdir()
+        folder = dest / "flat"
+        folder.mkdir()
+        names = []
+        for i, f in enumerate(_files(cine)):
+            shutil.copy(f, folder / f"IM{i:06d}")
+            names.append(f"IM{i:06d}")
+        run = subprocess.run(["dcmmkdir", "--output-file", "DICOMDIR", *names], cwd=folder, capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        return folder, []
     if kind == "enhanced_mr":
         _enhanced(cine, dest / "enh")
         return dest / "enh", []
@@ -118,6 +134,12 @@ def build(kind: str, base: Path, dest: Path) -> tuple[Path, list[str]]:
         _rewrite(folder, lambda ds, i: delattr(ds, "PatientBirthDate"))
     elif kind == "frame_of_reference_per_file":
         _rewrite(folder, lambda ds, i: setattr(ds, "FrameOfReferenceUID", pydicom.uid.generate_uid()))
+    elif kind == "leading_zero_uids":  # as in public exports: UIDs with a leading zero in a component
+        def zeros(ds, i):
+            ds.StudyInstanceUID = "2.16.124.113543.6006.99.0898"
+            ds.SeriesInstanceUID = "2.16.124.113543.6006.99.0897"
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"2.16.124.113543.6006.99.07{i}"
+        _rewrite(folder, zeros)
     elif kind == "no_preamble":
         _no_preamble(folder)
     elif kind in ("two_series", "two_series_chosen"):
@@ -130,13 +152,13 @@ def build(kind: str, base: Path, dest: Path) -> tuple[Path, list[str]]:
     return folder, []
 
 
-KINDS = ("one_series", "per_slice", "phantom_subject_folder", "dicomdir_cd_root", "sr_beside", "enhanced_mr",
-         "anonymised_dates", "birthdate_absent", "frame_of_reference_per_file", "no_preamble", "two_series",
-         "two_series_chosen")
+KINDS = ("one_series", "per_slice", "phantom_subject_folder", "dicomdir_cd_root", "dicomdir_beside_images",
+         "sr_beside", "enhanced_mr", "anonymised_dates", "birthdate_absent", "frame_of_reference_per_file",
+         "leading_zero_uids", "no_preamble", "two_series", "two_series_chosen")
 EXPECTED_NOTE = {"sr_beside": "skipped 1 file(s): no image (structured report)", "dicomdir_cd_root": "DICOMDIR followed",
                  "anonymised_dates": "PatientBirthDate=00000000 emptied", "birthdate_absent": "PatientBirthDate absent",
                  "frame_of_reference_per_file": "frames of reference", "two_series": "highest SeriesNumber",
-                 "two_series_chosen": "--series 1: kept series 1"}
+                 "two_series_chosen": "--series 1: kept series 1", "leading_zero_uids": "are not valid DICOM UIDs"}
 
 
 @pytest.mark.slow  # one predict per layout (about 7 s each): the default suite and CI run them, the fast tier not
@@ -160,7 +182,11 @@ def test_layout_is_read_reported_and_gets_a_valid_seg(base: Path, tmp_path: Path
         assert any(EXPECTED_NOTE[kind] in w for w in report["warnings"]), report["warnings"]
     assert report["outputs"]["dicom_seg"] == ["infarct_seg.dcm"], report["warnings"]
     seg_path = subject / "infarct_seg.dcm"
-    assert_valid(seg_path)
+    if kind == "leading_zero_uids":  # the SEG must reference them unchanged: dciodvfy's errors are on those alone
+        errors, _ = dciodvfy(seg_path)
+        assert errors and all("Leading zeroes" in e or "invalid data values" in e for e in errors), errors
+    else:
+        assert_valid(seg_path)
     stack = read_stack(Path(report["cine"]), series=extra[1] if extra else None)
     mask = np.asarray(nib.load(str(subject / "infarct_seg.nii.gz")).dataobj)
     assert_seg_equals_mask(seg_path, [row[0] for row in stack.datasets], mask)
@@ -248,3 +274,22 @@ def test_cohort_over_dicom_exports_has_a_row_for_every_subject(base: Path, tmp_p
     assert not [r for r in rows if r["flags"].startswith("failed")]
     for r in rows:
         assert (out / r["subject"] / "infarct_seg.dcm").is_file()
+
+
+def test_find_images_names_every_skip_reason(base: Path, tmp_path: Path) -> None:
+    """Copies, non-DICOM files, a structured report and labels beside the images: one note per reason."""
+    from mi_pipeline.data.dicom_files import find_images
+
+    folder = tmp_path / "p1"
+    shutil.copytree(base / "p1" / "cine", folder)
+    images = _files(folder)
+    for f in images[:2]:
+        shutil.copy(f, folder / f"copy_{f.name}")
+    (folder / "README").write_text("exported by a PACS\n")
+    shutil.copy(base / "p1" / "cine_label.nii.gz", folder / "cine_label.nii.gz")  # never opened
+    _sr(folder / "SR00001", images[0])
+    found = find_images(folder)
+    assert sorted(p.name for p, _ in found.headers) == sorted(p.name for p in images)
+    assert sorted(found.notes) == sorted([f"{folder}: skipped 2 file(s): a copy of another file (the same SOPInstanceUID)",
+                                          f"{folder}: skipped 1 file(s): not DICOM",
+                                          f"{folder}: skipped 1 file(s): no image (structured report)"])
