@@ -129,8 +129,8 @@ def _resolve(base: Path, parts: list[str]) -> Path | None:
 def _skip_reason(ds: Any) -> str | None:
     """Why a DICOM object is not an image of a stack (None when it is one)."""
     sop = _sop_class(ds)
-    for prefix, name in _SOP_NAMES.items():
-        if sop.startswith(prefix):
+    for prefix, name in sorted(_SOP_NAMES.items(), key=lambda item: -len(item[0])):  # the most specific first
+        if sop == prefix or sop.startswith(prefix + "."):
             return f"no image ({name})"
     if "Rows" not in ds or "Columns" not in ds:
         return f"no image (SOP class {sop or 'unknown'})"
