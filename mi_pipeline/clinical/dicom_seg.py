@@ -108,10 +108,10 @@ def sanitised_copy(ds: Any) -> tuple[Any, list[str]]:
     out = copy.deepcopy(ds)
     changed = []
     for element in out:
-        if element.VR in ("DA", "TM") and element.VM == 1 and element.value not in (None, ""):
-            if not _valid(element.VR, str(element.value)):
-                changed.append(f"{element.keyword}={element.value!s} emptied")
-                element.value = ""
+        if (element.VR in ("DA", "TM") and element.VM == 1 and element.value not in (None, "")
+                and not _valid(element.VR, str(element.value))):
+            changed.append(f"{element.keyword}={element.value!s} emptied")
+            element.value = ""
     for keyword in _TYPE2_PATIENT_STUDY:
         if keyword not in out:
             setattr(out, keyword, "")
@@ -127,7 +127,8 @@ def _sources(stack: DicomStack, ed_phase: int) -> tuple[list[Any], list[str]]:
         headers = [pydicom.dcmread(stack.paths[0][ed_phase], stop_before_pixels=True, force=True)]
     else:
         headers = [stack.datasets[k][ed_phase] for k in range(len(stack.datasets))]
-    copies, changes = [], []
+    copies: list[Any] = []
+    changes: list[str] = []
     for ds in headers:
         clean, changed = sanitised_copy(ds)
         copies.append(clean)

@@ -59,7 +59,7 @@ class DicomStack:
 
     array: np.ndarray
     affine: np.ndarray
-    datasets: list[list[object]]
+    datasets: list[list[Any]]
     series: list[str]
     folder: Path
     description: str = ""
@@ -68,7 +68,7 @@ class DicomStack:
     frames: list[list[int | None]] = field(default_factory=list)  # 1-based frame of an enhanced file, else None
     paths: list[list[Path]] = field(default_factory=list)  # the file of each [slice][phase]
 
-    def first_frame_datasets(self, phase: int = 0) -> list[object]:
+    def first_frame_datasets(self, phase: int = 0) -> list[Any]:
         return [row[phase] for row in self.datasets]
 
 
@@ -77,7 +77,7 @@ def holds_dicom(folder: Path) -> bool:
     return dicom_files.holds_dicom(folder)
 
 
-def _series_name(ds: object) -> str:
+def _series_name(ds: Any) -> str:
     uid = str(getattr(ds, "SeriesInstanceUID", "?"))
     desc = str(getattr(ds, "SeriesDescription", "") or "").strip()
     number = getattr(ds, "SeriesNumber", None)
@@ -189,7 +189,7 @@ def _choose_overlapping(folder: Path, groups: dict[str, list[_Header]], position
     """Parallel series that hold the same slice positions: keep by the documented rule (most images, then
     highest SeriesNumber, then UID) and return (kept UIDs, one note per series left out)."""
     def rank(uid: str) -> tuple[int, int, str]:
-        number = getattr(groups[uid][0].ds, "SeriesNumber", None)
+        number = getattr(groups[uid][0].ds, "SeriesNumber", None) or -1
         try:
             n = int(number)
         except (TypeError, ValueError):
@@ -212,7 +212,7 @@ def _choose_overlapping(folder: Path, groups: dict[str, list[_Header]], position
     return kept, notes
 
 
-def _geometry(path: Path, ds: object, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+def _geometry(path: Path, ds: Any, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
     """(row cosine, column cosine, position, (rows, cols)) of one instance, with the PixelSpacing checked."""
     for tag in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns"):
         if getattr(ds, tag, None) in (None, ""):
@@ -235,7 +235,7 @@ def _geometry(path: Path, ds: object, name: str) -> tuple[np.ndarray, np.ndarray
     return row, col, ipp, (int(ds.Rows), int(ds.Columns))
 
 
-def _check_not_long_axis(name: str, ds: object, folder: Path) -> None:
+def _check_not_long_axis(name: str, ds: Any, folder: Path) -> None:
     text = " ".join(str(getattr(ds, tag, "") or "") for tag in ("SeriesDescription", "ProtocolName")).lower()
     text = text.replace("-", "").replace("long axis", "longaxis")  # "4-CH", "long axis" -> one word
     hit = next((w for w in re.split(r"[^a-z0-9]+", text) if w in LONG_AXIS_WORDS), None)

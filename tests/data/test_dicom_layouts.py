@@ -21,7 +21,12 @@ from mi_pipeline.config import PhantomConfig, load_config
 from mi_pipeline.data.dicom import read_stack
 from mi_pipeline.data.dicom_export import write_series, write_subject_dicom
 from mi_pipeline.data.phantom import generate_subject
-from tests.data.dicom_checks import assert_seg_equals_mask, assert_valid, dciodvfy, require_validators
+from tests.data.dicom_checks import (
+    assert_seg_equals_mask,
+    assert_valid,
+    dciodvfy,
+    require_validators,
+)
 from tests.test_inference import TINY, save_untrained
 
 PARAMS = PhantomConfig(subjects=1, seed=77, size=64, slices=4, frames=8)
@@ -59,7 +64,7 @@ def _dicomdir(cine: Path, dest: Path) -> Path:
     (dest / "DICOM").mkdir(parents=True)
     for i, f in enumerate(_files(cine)):
         shutil.copy(f, dest / "DICOM" / f"IM{i:06d}")
-    run = subprocess.run(["dcmmkdir", "--recurse", "--output-file", "DICOMDIR", "DICOM"], cwd=dest,
+    run = subprocess.run(["dcmmkdir", "--recurse", "--output-file", "DICOMDIR", "DICOM"], cwd=dest, check=False,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and (dest / "DICOMDIR").is_file(), run.stderr
     return dest
@@ -114,8 +119,8 @@ def build(kind: str, base: Path, dest: Path) -> tuple[Path, list[str]]:
         for i, f in enumerate(_files(cine)):
             shutil.copy(f, folder / f"IM{i:06d}")
             names.append(f"IM{i:06d}")
-        run = subprocess.run(["dcmmkdir", "--output-file", "DICOMDIR", *names], cwd=folder, capture_output=True,
-                             text=True, timeout=120)
+        run = subprocess.run(["dcmmkdir", "--output-file", "DICOMDIR", *names], cwd=folder, check=False,
+                             capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr
         return folder, []
     if kind == "enhanced_mr":
