@@ -12,10 +12,13 @@ Conventions (the same as dcm2niix, so a converted NIfTI and this reader agree):
   non-DICOM files skipped with a note, files without a preamble read);
 * files are grouped by SeriesInstanceUID; several *parallel* series (one slice each, the layout many
   scanners write) are merged into one stack;
-* when parallel series hold the same slice positions (a repeated acquisition, two exports of one
-  cine) the rule is: the series with the most images wins, ties to the highest SeriesNumber (the
-  later acquisition), then to the SeriesInstanceUID; each series left out is one note naming it and
-  why. ``series=`` (predict's ``--series UID|number``) keeps one series and ignores the others;
+* several series in one folder (a whole study, a CD): series described as long-axis or localiser
+  views are left out; the stack is the orientation holding the most images, and series in another
+  orientation or with another matrix or pixel spacing are left out; when parallel series hold the
+  same slice positions (a repeated acquisition, two exports of one cine) the series with the most
+  images wins, ties to the highest SeriesNumber (the later acquisition), then to the
+  SeriesInstanceUID. Each series left out is one note naming it and why. ``series=`` (predict's
+  ``--series UID|number``) keeps one series and ignores the others;
 * an enhanced (multi-frame) MR image is read frame by frame from its functional groups (plane
   position and orientation, pixel measures, trigger delay, rescale);
 * slices are ordered by their position along the slice normal (row direction x column direction of
@@ -235,13 +238,27 @@ def _geometry(path: Path, ds: Any, name: str) -> tuple[np.ndarray, np.ndarray, n
     return row, col, ipp, (int(ds.Rows), int(ds.Columns))
 
 
-def _check_not_long_axis(name: str, ds: Any, folder: Path) -> None:
+def _long_axis_word(ds: Any) -> str | None:
+    """The word of SeriesDescription / ProtocolName that names a long-axis or localiser view, if any."""
     text = " ".join(str(getattr(ds, tag, "") or "") for tag in ("SeriesDescription", "ProtocolName")).lower()
     text = text.replace("-", "").replace("long axis", "longaxis")  # "4-CH", "long axis" -> one word
-    hit = next((w for w in re.split(r"[^a-z0-9]+", text) if w in LONG_AXIS_WORDS), None)
-    if hit:
-        raise InputError(f"{folder}: {name}: looks like a long-axis or localiser view ({hit!r} in its description), "
-                         "not a short-axis stack; remove it from the folder")
+    return next((w for w in re.split(r"[^a-z0-9]+", text) if w in LONG_AXIS_WORDS), None)
+
+
+def _without_long_axis(folder: Path, groups: dict[str, list[_Header]], notes: list[str]) -> dict[str, list[_Header]]:
+    """The series not described as long-axis or localiser views; those are skipped with a note, or are one
+    error when nothing else is left."""
+    words = {uid: _long_axis_word(items[0].ds) for uid, items in groups.items()}
+    kept = {uid: items for uid, items in groups.items() if not words[uid]}
+    if not kept:
+        uid = next(iter(groups))
+        raise InputError(f"{folder}: {_series_name(groups[uid][0].ds)}: looks like a long-axis or localiser view "
+                         f"({words[uid]!r} in its description), not a short-axis stack; remove it from the folder")
+    for uid in groups:
+        if words[uid]:
+            notes.append(f"{folder}: skipped {_series_name(groups[uid][0].ds)}: a long-axis or localiser view "
+                         f"({words[uid]!r} in its description)")
+    return kept
 
 
 @dataclass
@@ -259,7 +276,6 @@ def _orientations(folder: Path, groups: dict[str, list[_Header]]) -> dict[str, t
     orient = {}
     for uid, items in groups.items():
         name = _series_name(items[0].ds)
-        _check_not_long_axis(name, items[0].ds, folder)
         first = None
         for h in items:
             row, col, _, size = _geometry(h.path, h.ds, name)
@@ -288,6 +304,7 @@ def read_stack(folder: str | os.PathLike[str], *, what: str = "cine", min_phases
     """
     folder = Path(folder)
     groups, notes = _read_headers(folder, series)
+    groups = _without_long_axis(folder, groups, notes)
     # orientation of every series; the stack is the orientation holding most instances
     orient = _orientations(folder, groups)
 
@@ -299,16 +316,21 @@ def read_stack(folder: str | os.PathLike[str], *, what: str = "cine", min_phases
     ref_uid = max(groups, key=lambda u: (parallel_count(u), len(groups[u]), u))
     row0, col0, size0, spacing0 = orient[ref_uid]
     normal = np.cross(row0, col0)
-    for uid, (row, col, size, spacing) in orient.items():
-        name = _series_name(groups[uid][0].ds)
+    ref_name = _series_name(groups[ref_uid][0].ds)
+    for uid, (row, col, size, spacing) in list(orient.items()):
+        name, why = _series_name(groups[uid][0].ds), ""
         if np.abs(row - row0).max() > ORIENTATION_TOL or np.abs(col - col0).max() > ORIENTATION_TOL:
             angle = float(np.degrees(np.arccos(np.clip(abs(np.cross(row, col) @ normal), 0, 1))))
-            raise InputError(f"{folder}: {name}: not parallel to the short-axis stack of "
-                             f"{_series_name(groups[ref_uid][0].ds)} (planes {angle:.0f} deg apart: a long-axis view "
-                             "or another acquisition?); give each stack its own folder or choose one with --series")
-        if size != size0 or not np.allclose(spacing, spacing0, atol=1e-4):
-            raise InputError(f"{folder}: {name}: matrix {size[0]}x{size[1]} / pixel spacing {spacing} mm differs from "
-                             f"{_series_name(groups[ref_uid][0].ds)} ({size0[0]}x{size0[1]}, {spacing0} mm)")
+            why = (f"not parallel to the short-axis stack of {ref_name} (planes {angle:.0f} deg apart: a long-axis "
+                   "view or another acquisition?)")
+        elif size != size0 or not np.allclose(spacing, spacing0, atol=1e-4):
+            why = (f"matrix {size[0]}x{size[1]} / pixel spacing {spacing} mm differs from {ref_name} "
+                   f"({size0[0]}x{size0[1]}, {spacing0} mm)")
+        if why and series is not None:  # the series asked for must be one stack
+            raise InputError(f"{folder}: {name}: {why}")
+        if why:
+            notes.append(f"{folder}: skipped {name}: {why}; read it alone with --series")
+            del groups[uid], orient[uid]
 
     # parallel series holding the same slice positions: one is kept by the rule, the others noted
     positions = {uid: {round(float(_ipp(h.ds) @ normal), 3) for h in items} for uid, items in groups.items()}

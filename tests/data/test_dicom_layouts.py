@@ -147,6 +147,15 @@ def build(kind: str, base: Path, dest: Path) -> tuple[Path, list[str]]:
         _rewrite(folder, zeros)
     elif kind == "no_preamble":
         _no_preamble(folder)
+    elif kind in ("long_axis_beside", "localizer_beside"):  # a whole study exported into one folder
+        s = generate_subject(PARAMS, 0)
+        affine = s.cine_affine.copy()
+        if kind == "long_axis_beside":  # a 4-chamber-like plane: same matrix, orthogonal to the stack
+            affine[:3, :3] = affine[:3, [0, 2, 1]]
+        write_series(np.repeat(s.cine[:, :, :1, :], 2, axis=2), affine, dest / "x", patient_id="p1", frame_ms=s.frame_ms,
+                     series_number=50, description="cine" if kind == "long_axis_beside" else "localizer")
+        for f in _files(dest / "x"):
+            shutil.copy(f, folder / f"X_{f.name}")
     elif kind in ("two_series", "two_series_chosen"):
         s = generate_subject(PARAMS, 0)
         write_series(s.cine, s.cine_affine, dest / "b", patient_id="p1", series_number=7, frame_ms=s.frame_ms,
@@ -159,11 +168,13 @@ def build(kind: str, base: Path, dest: Path) -> tuple[Path, list[str]]:
 
 KINDS = ("one_series", "per_slice", "phantom_subject_folder", "dicomdir_cd_root", "dicomdir_beside_images",
          "sr_beside", "enhanced_mr", "anonymised_dates", "birthdate_absent", "frame_of_reference_per_file",
-         "leading_zero_uids", "no_preamble", "two_series", "two_series_chosen")
+         "leading_zero_uids", "no_preamble", "two_series", "two_series_chosen", "long_axis_beside", "localizer_beside")
 EXPECTED_NOTE = {"sr_beside": "skipped 1 file(s): no image (structured report)", "dicomdir_cd_root": "DICOMDIR followed",
                  "anonymised_dates": "PatientBirthDate=00000000 emptied", "birthdate_absent": "PatientBirthDate absent",
                  "frame_of_reference_per_file": "frames of reference", "two_series": "highest SeriesNumber",
-                 "two_series_chosen": "--series 1: kept series 1", "leading_zero_uids": "are not valid DICOM UIDs"}
+                 "two_series_chosen": "--series 1: kept series 1", "leading_zero_uids": "are not valid DICOM UIDs",
+                 "long_axis_beside": "not parallel to the short-axis stack",
+                 "localizer_beside": "a long-axis or localiser view ('localizer' in its description)"}
 
 
 @pytest.mark.slow  # one predict per layout (about 7 s each): the default suite and CI run them, the fast tier not
