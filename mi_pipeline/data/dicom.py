@@ -2,9 +2,11 @@
 
 Why a module of its own: a cardiologist's cine arrives as a DICOM series, and DICOM's geometry is
 per file (ImagePositionPatient, ImageOrientationPatient, PixelSpacing) in LPS patient coordinates,
-while the rest of the pipeline works on arrays in NIfTI voxel order with a RAS affine. Everything
-that can go wrong in between (mixed series, a missing slice or phase, a long-axis view in the same
-folder, a multi-frame file) becomes one ``InputError`` naming the series and the problem.
+while the rest of the pipeline works on arrays in NIfTI voxel order with a RAS affine. What a
+folder holds beside the stack (other series, long-axis views, localisers) is left out with a note
+naming it and why; what makes the stack itself unreadable (a missing slice or phase, mixed
+orientations inside a series, undecodable pixels) is one ``InputError`` naming the series and the
+problem.
 
 Conventions (the same as dcm2niix, so a converted NIfTI and this reader agree):
 
