@@ -205,14 +205,17 @@ def _subject_name(cine: Path) -> str:
     return _SAFE.sub("_", name).strip("._-") or "subject"
 
 
-def read_cine(path: Path, subject_id: str, ed: int | None = None) -> RawSubject:
-    """A cine-only RawSubject from a 4D NIfTI (validated as in training); ``ed`` None = from the images."""
-    stack = clinical_io.read_dicom_cine(path) if Path(path).is_dir() else None  # a DICOM series folder
+def read_cine(path: Path, subject_id: str, ed: int | None = None, series: str | None = None) -> RawSubject:
+    """A cine-only RawSubject from a 4D NIfTI (validated as in training) or a DICOM folder (``series`` picks one);
+    ``ed`` None = from the DICOM trigger times when there are some, else from the images."""
+    stack = clinical_io.read_dicom_cine(path, series) if Path(path).is_dir() else None  # a DICOM series folder
     if stack is not None:
         cine, affine = stack.array, stack.affine
     else:
         cine, affine = load_image(path, ndim=4, what="cine (X x Y x slices x frames)", min_frames=2)
     ed_method = "given"
+    if ed is None and stack is not None and clinical_io.ed_from_trigger_times(stack) is not None:
+        ed, ed_method = clinical_io.ed_from_trigger_times(stack)  # type: ignore[misc]
     if ed is None:
         sp = np.linalg.norm(affine[:3, :3], axis=0)
         ed, ed_method = estimate_ed(cine, (float(sp[0]), float(sp[1]))), "image (end of diastasis before ES)"
@@ -321,8 +324,8 @@ def _most_basal(basal: list[int], levels: list[str | None]) -> int:
 
 
 def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models, cfg: Config,
-                ed: int | None = None) -> dict[str, Any]:
-    raw = read_cine(cine_path, subject_id, ed=ed)
+                ed: int | None = None, series: str | None = None) -> dict[str, Any]:
+    raw = read_cine(cine_path, subject_id, ed=ed, series=series)
     subject = preprocess_subject(raw, cfg.data)
     if subject.cine.shape[-1] % 16 or subject.cine.shape[-2] % 16:
         raise ConfigError(f"data.crop {cfg.data.crop} must be a multiple of 16")
@@ -338,7 +341,7 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
     report = build_report(subject_id, cine_path, subject, raw, pred, models, cfg)
     report["confidence"] = segmentation_confidence(models, subject, pred)
     report["trust"] = trust_section(models, cine_path, raw, report["confidence"]["plausibility"])
-    # RV-anchored AHA segments, DICOM SEG, schema version; then the matplotlib figures (clinical_io)
+    # RV-anchored AHA segments, schema version; then the matplotlib figures (clinical_io); the DICOM SEG last
     report = clinical_io.finish_report(report, subject, raw, pred, seg, folder)
     if agreement is not None:  # issue 15: the folds' interval and disagreement map beside the segmentation
         save_nifti(to_cine_grid(agreement.uncertainty, subject.affine, raw.cine_affine, raw.cine.shape[:3], order=1),
@@ -352,7 +355,7 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
     clinical_io.write_figures(folder, report, subject, fields, pred,
                               _qc_slices(metrics.level_of_slices(pred > 0), pred),
                               uncertainty=agreement.uncertainty if agreement is not None else None)
-    return report
+    return clinical_io.add_dicom_seg(report, raw, seg, folder)  # last: optional, a warning when it cannot be made
 
 
 def trust_section(models: Models, cine_path: Path, raw: RawSubject, plausibility: dict[str, Any]) -> dict[str, Any]:

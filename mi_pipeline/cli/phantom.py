@@ -44,7 +44,8 @@ def _write_dicom(out: Path, params: PhantomConfig, per_slice_series: bool) -> li
     from mi_pipeline.data.phantom import generate_subject, subject_id
 
     for index in range(params.subjects):
-        write_subject_dicom(generate_subject(params, index), out / subject_id(index), per_slice_series=per_slice_series)
+        write_subject_dicom(generate_subject(params, index), out / subject_id(index), per_slice_series=per_slice_series,
+                            seed=params.seed)
     return [subject_id(i) for i in range(params.subjects)]
 
 

@@ -35,6 +35,7 @@ from mi_pipeline.cli.common import (
 from mi_pipeline.cli.helptext import full_help
 from mi_pipeline.clinical.trust import alarm
 from mi_pipeline.config import load_config
+from mi_pipeline.errors import UserError
 from mi_pipeline.inference import (
     find_cines,
     inference_device,
@@ -66,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     add_config_options(p, config_help="YAML config (default: the one stored in the checkpoint)")
     p.add_argument("--fold", type=int, default=None, metavar="k",
                    help="k-fold run: fold k's models alone (default: the ensemble of every fold)")
+    p.add_argument("--series", default=None, metavar="UID|NUMBER",
+                   help="DICOM input: read this series alone (SeriesInstanceUID or SeriesNumber); by default parallel "
+                        "series holding the same slices are chosen by rule (most images, then highest SeriesNumber)")
     p.add_argument("--ed", default="auto",
-                   help="0-based ED frame of the cine(s), or 'auto' (default): found from the images")
+                   help="0-based ED frame of the cine(s), or 'auto' (default): the smallest DICOM TriggerTime, "
+                        "else found from the images")
     p.add_argument("--strict", action="store_true",
                    help="exit 3 when any result is implausible or not a measurement (outputs are written first)")
     args = p.parse_args(argv)
@@ -81,12 +86,22 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(cfg.threads)
     stages, device = inference_stages(cfg), inference_device(cfg)
     models = load_ensemble(cfg, folds, stages, device) if folds else load_models(cfg, ckpt_root, stages, device)
-    alarms = []
+    alarms, failed = [], []
     for subject_id, path in cines:
-        report = predict_one(subject_id, path, args.out, models, cfg, ed=ed)
+        try:
+            report = predict_one(subject_id, path, args.out, models, cfg, ed=ed, series=args.series)
+        except UserError as exc:
+            if len(cines) == 1:
+                raise
+            failed.append(subject_id)  # a folder of subjects goes on past a bad one; the status says so at the end
+            print(f"error: {subject_id}: {exc}", file=sys.stderr)
+            continue
         print(console_line(report, args.out / subject_id))
         if alarm(report["trust"]):
             alarms.append(f"{subject_id}: {report['trust']['label']}")
+    if failed:
+        raise UserError(f"{len(failed)} of {len(cines)} subject(s) failed ({', '.join(failed)}); the others' results "
+                        f"are in {args.out}")
     if args.strict and alarms:
         print(f"error: --strict: {len(alarms)} result(s) not to be read as measurements: {'; '.join(alarms)}",
               file=sys.stderr)

@@ -1,9 +1,11 @@
 """What ``predict`` adds for clinical use (issue 16), kept out of the command so it can move freely.
 
-``predict`` calls four functions here: ``find_dicom_cines`` / ``read_dicom_cine`` (DICOM series
-folders as input), ``finish_report`` (RV-anchored AHA segments, the input's description, the DICOM
-SEG when the input was DICOM, the report's schema version) and ``write_figures`` (the matplotlib QC
-figure and the bull's-eye). Each is a library function with no command-line concerns.
+``predict`` calls five functions here: ``find_dicom_cines`` / ``read_dicom_cine`` (DICOM series
+folders as input), ``finish_report`` (RV-anchored AHA segments, the input's description and what the
+DICOM reader skipped, the report's schema version), ``write_figures`` (the matplotlib QC figure and
+the bull's-eye) and, last, ``add_dicom_seg`` (the DICOM SEG for DICOM input: optional, never fatal,
+so it runs after the report, masks and figures are on disk). Each is a library function with no
+command-line concerns.
 """
 
 from __future__ import annotations
@@ -39,20 +41,29 @@ def _name(folder: Path) -> str:
     return _SAFE.sub("_", name).strip("._-") or "subject"
 
 
+def _is_nifti_cine(entry: Path) -> bool:
+    """A NIfTI file that could be a cine (labels and other derived maps beside a DICOM cine are not)."""
+    return entry.is_file() and entry.name.endswith((".nii.gz", ".nii")) and "_label" not in entry.name \
+        and not entry.name.startswith(("lge", "infarct"))
+
+
 def find_dicom_cines(path: Path) -> list[tuple[str, Path]]:
-    """(subject, DICOM folder) pairs: ``path`` itself when it holds DICOM files, else its sub-folders that do
-    (or their ``cine/`` folder, the DICOM dataset layout). Empty when there is no DICOM (NIfTI input)."""
+    """(subject, DICOM folder) pairs: ``path`` itself when it holds DICOM files (a DICOMDIR counts), a subject
+    folder of the DICOM dataset layout (its ``cine/``), else its sub-folders that hold DICOM (or their ``cine/``
+    folder). Empty when there is no DICOM (NIfTI input)."""
     path = Path(path)
     if not path.is_dir():
         return []
     if dicom.holds_dicom(path):
         return [(_name(path), path)]
+    if dicom.holds_dicom(path / "cine"):  # <subject>/cine/, lge/, labels: what `phantom --dicom` writes
+        return [(_name(path / "cine"), path / "cine")]
     found: list[tuple[str, Path]] = []
     nifti = False
     for entry in sorted(path.iterdir()):
         if entry.name.startswith("."):
             continue
-        if entry.is_file() and entry.name.endswith((".nii.gz", ".nii")):
+        if _is_nifti_cine(entry):
             nifti = True
         elif entry.is_dir():
             if dicom.holds_dicom(entry):
@@ -66,9 +77,23 @@ def find_dicom_cines(path: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def read_dicom_cine(folder: Path) -> dicom.DicomStack:
-    """The cine stack of a DICOM folder (one series, or one series per slice)."""
-    return dicom.read_stack(folder, what="cine", min_phases=2)
+def read_dicom_cine(folder: Path, series: str | None = None) -> dicom.DicomStack:
+    """The cine stack of a DICOM folder (one series, or one series per slice; ``series`` picks one by UID or
+    number); what the reader skipped or chose is printed, one line each, and reported by ``finish_report``."""
+    stack = dicom.read_stack(folder, what="cine", min_phases=2, series=series)
+    for note in stack.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return stack
+
+
+def ed_from_trigger_times(stack: dicom.DicomStack) -> tuple[int, str] | None:
+    """ED as the frame with the smallest TriggerTime (the R-wave trigger is end-diastole), and how it was found;
+    None when the headers carry no trigger times."""
+    times = stack.trigger_times_ms
+    if len(times) < 2 or len(set(times)) < 2:
+        return None
+    ed = int(np.argmin(times))
+    return ed, f"DICOM TriggerTime (smallest: {times[ed]:g} ms)"
 
 
 def anchor_for(subject: Subject, myo: np.ndarray) -> aha.Anchor:
@@ -96,7 +121,7 @@ def aha_section(myo: np.ndarray, inf: np.ndarray, anchor: aha.Anchor) -> dict[st
 
 def finish_report(report: dict[str, Any], subject: Subject, raw: Any, pred: np.ndarray, seg_xyz: np.ndarray,
                   folder: Path) -> dict[str, Any]:
-    """``build_report``'s dict completed to schema version 1; writes the DICOM SEG for DICOM input."""
+    """``build_report``'s dict completed to schema version 1 (the DICOM SEG is ``add_dicom_seg``'s, later)."""
     myo, inf = pred > 0, pred == 2
     anchor = anchor_for(subject, myo)
     warnings_list: list[str] = list(report.get("warnings", []))
@@ -115,10 +140,7 @@ def finish_report(report: dict[str, Any], subject: Subject, raw: Any, pred: np.n
     outputs: dict[str, Any] = {"segmentation_nifti": "infarct_seg.nii.gz", "qc_figure": "qc.png",
                                "bullseye_figure": "bullseye.png"}
     if stack is not None:
-        from mi_pipeline.clinical.dicom_seg import write_seg
-
-        paths = write_seg(stack, seg_xyz, int(raw.ed), folder)
-        outputs["dicom_seg"] = [p.name for p in paths]
+        warnings_list += stack.notes
         report["input"] = {"format": "dicom", "series_instance_uids": list(stack.series),
                            "series_description": stack.description, "shape": list(stack.array.shape)}
     else:
@@ -159,3 +181,20 @@ def _wrap(line: str | None, width: int = 110) -> str | None:
     import textwrap
 
     return "\n".join(textwrap.wrap(line, width)) if line else None
+
+
+def add_dicom_seg(report: dict[str, Any], raw: Any, seg_xyz: np.ndarray, folder: Path) -> dict[str, Any]:
+    """The DICOM SEG for a DICOM cine, written after everything else; ``report.json`` rewritten with its name,
+    or with the warning that says why there is none. Never raises for what the source headers hold."""
+    from mi_pipeline.clinical.dicom_seg import write_seg
+    from mi_pipeline.fsio import atomic_write_text
+
+    if raw.dicom_stack is None:
+        return report
+    result = write_seg(raw.dicom_stack, seg_xyz, int(raw.ed), folder, trust=report.get("trust", {}).get("label", ""))
+    report["outputs"]["dicom_seg"] = [p.name for p in result.paths]
+    report["warnings"] = list(report["warnings"]) + result.notes + ([result.warning] if result.warning else [])
+    if result.warning:
+        print(f"warning: {report['subject']}: {result.warning}", file=sys.stderr)
+    atomic_write_text(folder / "report.json", json.dumps(report, indent=1) + "\n")
+    return report

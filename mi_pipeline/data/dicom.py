@@ -2,14 +2,27 @@
 
 Why a module of its own: a cardiologist's cine arrives as a DICOM series, and DICOM's geometry is
 per file (ImagePositionPatient, ImageOrientationPatient, PixelSpacing) in LPS patient coordinates,
-while the rest of the pipeline works on arrays in NIfTI voxel order with a RAS affine. Everything
-that can go wrong in between (mixed series, a missing slice or phase, a long-axis view in the same
-folder, a multi-frame file) becomes one ``InputError`` naming the series and the problem.
+while the rest of the pipeline works on arrays in NIfTI voxel order with a RAS affine. What a
+folder holds beside the stack (other series, long-axis views, localisers) is left out with a note
+naming it and why; what makes the stack itself unreadable (a missing slice or phase, mixed
+orientations inside a series, undecodable pixels) is one ``InputError`` naming the series and the
+problem.
 
 Conventions (the same as dcm2niix, so a converted NIfTI and this reader agree):
 
+* which files are images is ``data.dicom_files``' job (DICOMDIR followed, non-image objects and
+  non-DICOM files skipped with a note, files without a preamble read);
 * files are grouped by SeriesInstanceUID; several *parallel* series (one slice each, the layout many
   scanners write) are merged into one stack;
+* several series in one folder (a whole study, a CD): series described as long-axis or localiser
+  views are left out; the stack is the orientation holding the most images, and series in another
+  orientation or with another matrix or pixel spacing are left out; when parallel series hold the
+  same slice positions (a repeated acquisition, two exports of one cine) the series with the most
+  images wins, ties to the highest SeriesNumber (the later acquisition), then to the
+  SeriesInstanceUID. Each series left out is one note naming it and why. ``series=`` (predict's
+  ``--series UID|number``) keeps one series and ignores the others;
+* an enhanced (multi-frame) MR image is read frame by frame from its functional groups (plane
+  position and orientation, pixel measures, trigger delay, rescale);
 * slices are ordered by their position along the slice normal (row direction x column direction of
   ImageOrientationPatient), ascending; phases by TriggerTime;
 * voxel axis 0 runs along the DICOM columns (the row direction), axis 1 along the rows, axis 2 along
@@ -22,12 +35,15 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from mi_pipeline.data import dicom_files
 from mi_pipeline.errors import InputError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -48,38 +64,25 @@ class DicomStack:
 
     array: np.ndarray
     affine: np.ndarray
-    datasets: list[list[object]]
+    datasets: list[list[Any]]
     series: list[str]
     folder: Path
     description: str = ""
     trigger_times_ms: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the reader skipped or chose, one line each
+    frames: list[list[int | None]] = field(default_factory=list)  # 1-based frame of an enhanced file, else None
+    paths: list[list[Path]] = field(default_factory=list)  # the file of each [slice][phase]
 
-    def first_frame_datasets(self, phase: int = 0) -> list[object]:
+    def first_frame_datasets(self, phase: int = 0) -> list[Any]:
         return [row[phase] for row in self.datasets]
 
 
-def is_dicom_file(path: Path) -> bool:
-    """A file with the DICOM preamble ("DICM" at byte 128): cheap, and no guessing on other files."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def dicom_files(folder: Path) -> list[Path]:
-    """DICOM files directly inside ``folder`` (hidden entries ignored), sorted by name."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file() and is_dicom_file(p))
-
-
 def holds_dicom(folder: Path) -> bool:
-    return folder.is_dir() and any(True for _ in dicom_files(folder))
+    """Whether ``folder`` holds DICOM files (with or without preamble, or a DICOMDIR)."""
+    return dicom_files.holds_dicom(folder)
 
 
-def _series_name(ds: object) -> str:
+def _series_name(ds: Any) -> str:
     uid = str(getattr(ds, "SeriesInstanceUID", "?"))
     desc = str(getattr(ds, "SeriesDescription", "") or "").strip()
     number = getattr(ds, "SeriesNumber", None)
@@ -87,36 +90,142 @@ def _series_name(ds: object) -> str:
     return f"{label}{uid}" + (f" ({desc})" if desc else "")
 
 
-def _read_headers(folder: Path) -> dict[str, list[tuple[Path, object]]]:
-    """Every DICOM header in ``folder``, grouped by SeriesInstanceUID (pixels not read yet)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+@dataclass
+class _Header:
+    """One image of the stack: a single-frame file, or one frame (1-based) of an enhanced multi-frame file."""
 
-    files = dicom_files(folder)
-    if not files:
-        raise InputError(f"{folder}: no DICOM files in this folder")
-    groups: dict[str, list[tuple[Path, object]]] = defaultdict(list)
-    for path in files:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
-            raise InputError(f"{path}: not a readable DICOM file ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})") from None
+    path: Path
+    ds: Any  # the file's header, or for a frame a flat copy with that frame's geometry and timing
+    frame: int | None = None
+
+
+def _item(ds: Any, keyword: str) -> Any:
+    """The first item of a functional-group sequence, or None."""
+    seq = ds.get(keyword) if ds is not None else None
+    return seq[0] if seq else None
+
+
+def _frame_value(groups: list[Any], sequence: str, keyword: str) -> Any:
+    """``keyword`` from ``sequence`` in the first functional group (per-frame, then shared) that has it."""
+    for group in groups:
+        item = _item(group, sequence)
+        if item is not None and keyword in item:
+            return item[keyword].value
+    return None
+
+
+def _frames_of(path: Path, ds: Any) -> list[_Header]:
+    """An enhanced multi-frame image as one flat header per frame (geometry, trigger time, rescale)."""
+    from pydicom.dataset import Dataset
+
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    shared = _item(ds, "SharedFunctionalGroupsSequence")
+    count = int(ds.get("NumberOfFrames", len(per_frame)) or 0)
+    if len(per_frame) != count:
+        raise InputError(f"{path}: enhanced image with {count} frames has {len(per_frame)} per-frame functional groups")
+    flat_base = Dataset()
+    for element in ds:
+        if element.keyword not in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence",
+                                   "NumberOfFrames", "PixelData"):
+            flat_base.add(element)
+    out = []
+    for index, group in enumerate(per_frame, start=1):
+        groups = [group, shared]
+        flat = Dataset()
+        flat.update(flat_base)
+        for sequence, keyword in (("PlanePositionSequence", "ImagePositionPatient"),
+                                  ("PlaneOrientationSequence", "ImageOrientationPatient"),
+                                  ("PixelMeasuresSequence", "PixelSpacing"),
+                                  ("PixelMeasuresSequence", "SliceThickness"),
+                                  ("PixelValueTransformationSequence", "RescaleSlope"),
+                                  ("PixelValueTransformationSequence", "RescaleIntercept")):
+            value = _frame_value(groups, sequence, keyword)
+            if value is not None:
+                setattr(flat, keyword, value)
+        trigger = _frame_value(groups, "CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime")
+        if trigger is None:
+            trigger = _frame_value(groups, "UnassignedPerFrameConvertedAttributesSequence", "TriggerTime")
+        if trigger is None:
+            trigger = _frame_value(groups, "UnassignedSharedConvertedAttributesSequence", "TriggerTime")
+        if trigger is not None:
+            flat.TriggerTime = trigger
+        out.append(_Header(path, flat, index))
+    return out
+
+
+def _read_headers(folder: Path, series: str | None = None) -> tuple[dict[str, list[_Header]], list[str]]:
+    """Every image header in ``folder`` (pixels not read yet), grouped by SeriesInstanceUID, and the notes of
+    what was skipped; ``series`` (a SeriesInstanceUID or SeriesNumber) keeps that series alone."""
+    found = dicom_files.find_images(folder)
+    if not found.headers:
+        extra = f" ({'; '.join(found.notes)})" if found.notes else ""
+        raise InputError(f"{folder}: no DICOM images in this folder{extra}")
+    groups: dict[str, list[_Header]] = defaultdict(list)
+    for path, ds in found.headers:
         uid = getattr(ds, "SeriesInstanceUID", None)
         if not uid:
             raise InputError(f"{path}: DICOM file has no SeriesInstanceUID")
-        groups[str(uid)].append((path, ds))
-    return groups
+        if "PerFrameFunctionalGroupsSequence" in ds:
+            groups[str(uid)].extend(_frames_of(path, ds))
+        else:
+            groups[str(uid)].append(_Header(path, ds))
+    notes = list(found.notes)
+    if series is not None:
+        groups, chosen_note = _only_series(folder, groups, series)
+        notes.append(chosen_note)
+    return groups, notes
 
 
-def _geometry(path: Path, ds: object, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+def _only_series(folder: Path, groups: dict[str, list[_Header]], wanted: str) -> tuple[dict[str, list[_Header]], str]:
+    """The series named by ``wanted`` (its UID or its SeriesNumber) alone, and a note naming those ignored."""
+    keep = [u for u, items in groups.items()
+            if wanted == u or wanted == str(getattr(items[0].ds, "SeriesNumber", "") or "")]
+    if not keep:
+        names = "; ".join(_series_name(items[0].ds) for items in groups.values())
+        raise InputError(f"{folder}: no series {wanted!r} here (UID or SeriesNumber); the folder holds: {names}")
+    ignored = [_series_name(groups[u][0].ds) for u in groups if u not in keep]
+    note = f"{folder}: --series {wanted}: kept {', '.join(_series_name(groups[u][0].ds) for u in keep)}" + (
+        f"; ignored {len(ignored)} other series ({'; '.join(ignored)})" if ignored else "")
+    return {u: groups[u] for u in keep}, note
+
+
+def _choose_overlapping(folder: Path, groups: dict[str, list[_Header]], positions: dict[str, set[float]]
+                        ) -> tuple[list[str], list[str]]:
+    """Parallel series that hold the same slice positions: keep by the documented rule (most images, then
+    highest SeriesNumber, then UID) and return (kept UIDs, one note per series left out)."""
+    def rank(uid: str) -> tuple[int, int, str]:
+        number = getattr(groups[uid][0].ds, "SeriesNumber", None) or -1
+        try:
+            n = int(number)
+        except (TypeError, ValueError):
+            n = -1
+        return (len(groups[uid]), n, uid)
+
+    kept: list[str] = []
+    notes = []
+    taken: list[float] = []
+    for uid in sorted(groups, key=rank, reverse=True):
+        clash = [p for p in positions[uid] if any(abs(p - q) <= POSITION_TOL_MM for q in taken)]
+        if clash:
+            winner = next(u for u in kept if any(abs(p - q) <= POSITION_TOL_MM for p in clash for q in positions[u]))
+            notes.append(f"{folder}: skipped {_series_name(groups[uid][0].ds)}: it holds slices that "
+                         f"{_series_name(groups[winner][0].ds)} also holds (kept by the rule: most images, then "
+                         "highest SeriesNumber; choose another with --series)")
+            continue
+        kept.append(uid)
+        taken.extend(positions[uid])
+    return kept, notes
+
+
+def _geometry(path: Path, ds: Any, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
     """(row cosine, column cosine, position, (rows, cols)) of one instance, with the PixelSpacing checked."""
     for tag in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns"):
         if getattr(ds, tag, None) in (None, ""):
             raise InputError(f"{path}: {name}: missing {tag}; cannot place the image in patient coordinates")
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
-        raise InputError(f"{path}: {name}: multi-frame (enhanced) DICOM with {frames} frames is not supported; "
-                         "export the series as classic single-frame images")
+        raise InputError(f"{path}: {name}: multi-frame image with {frames} frames but no per-frame functional "
+                         "groups (no geometry per frame); export the series as classic single-frame images")
     try:
         iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
         ipp = np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
@@ -131,49 +240,76 @@ def _geometry(path: Path, ds: object, name: str) -> tuple[np.ndarray, np.ndarray
     return row, col, ipp, (int(ds.Rows), int(ds.Columns))
 
 
-def _check_not_long_axis(name: str, ds: object, folder: Path) -> None:
+def _long_axis_word(ds: Any) -> str | None:
+    """The word of SeriesDescription / ProtocolName that names a long-axis or localiser view, if any."""
     text = " ".join(str(getattr(ds, tag, "") or "") for tag in ("SeriesDescription", "ProtocolName")).lower()
     text = text.replace("-", "").replace("long axis", "longaxis")  # "4-CH", "long axis" -> one word
-    hit = next((w for w in re.split(r"[^a-z0-9]+", text) if w in LONG_AXIS_WORDS), None)
-    if hit:
-        raise InputError(f"{folder}: {name}: looks like a long-axis or localiser view ({hit!r} in its description), "
-                         "not a short-axis stack; remove it from the folder")
+    return next((w for w in re.split(r"[^a-z0-9]+", text) if w in LONG_AXIS_WORDS), None)
+
+
+def _without_long_axis(folder: Path, groups: dict[str, list[_Header]], notes: list[str]) -> dict[str, list[_Header]]:
+    """The series not described as long-axis or localiser views; those are skipped with a note, or are one
+    error when nothing else is left."""
+    words = {uid: _long_axis_word(items[0].ds) for uid, items in groups.items()}
+    kept = {uid: items for uid, items in groups.items() if not words[uid]}
+    if not kept:
+        uid = next(iter(groups))
+        raise InputError(f"{folder}: {_series_name(groups[uid][0].ds)}: looks like a long-axis or localiser view "
+                         f"({words[uid]!r} in its description), not a short-axis stack; remove it from the folder")
+    for uid in groups:
+        if words[uid]:
+            notes.append(f"{folder}: skipped {_series_name(groups[uid][0].ds)}: a long-axis or localiser view "
+                         f"({words[uid]!r} in its description)")
+    return kept
 
 
 @dataclass
 class _Instance:
     path: Path
-    ds: object
+    ds: Any
     series: str
     position: float  # along the stack normal, mm
     ipp: np.ndarray
+    frame: int | None = None  # 1-based frame of an enhanced file
 
 
-def read_stack(folder: str | os.PathLike[str], *, what: str = "cine", min_phases: int = 2,
-               max_phases: int | None = None) -> DicomStack:
-    """The short-axis stack in ``folder`` (one series, or one parallel series per slice).
-
-    ``min_phases`` 2 for a cine; a 3D volume (LGE) reads with ``min_phases=1, max_phases=1``.
-    """
-    folder = Path(folder)
-    groups = _read_headers(folder)
-    # orientation of every series; the stack is the orientation holding most instances
-    orient: dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int], list[float]]] = {}
+def _orientations(folder: Path, groups: dict[str, list[_Header]]) -> dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int], list[float]]]:
+    """(row cosine, column cosine, matrix, pixel spacing) of every series, checked constant inside it."""
+    orient = {}
     for uid, items in groups.items():
-        name = _series_name(items[0][1])
-        _check_not_long_axis(name, items[0][1], folder)
+        name = _series_name(items[0].ds)
         first = None
-        for path, ds in items:
-            row, col, _, size = _geometry(path, ds, name)
-            spacing = [float(v) for v in ds.PixelSpacing]
+        for h in items:
+            row, col, _, size = _geometry(h.path, h.ds, name)
+            spacing = [float(v) for v in h.ds.PixelSpacing]
             if first is None:
                 first = (row, col, size, spacing)
             elif (np.abs(row - first[0]).max() > ORIENTATION_TOL or np.abs(col - first[1]).max() > ORIENTATION_TOL):
-                raise InputError(f"{folder}: {name}: mixed image orientations inside one series ({path.name} differs)")
+                raise InputError(f"{folder}: {name}: mixed image orientations inside one series ({h.path.name} differs)")
             elif size != first[2] or not np.allclose(spacing, first[3], atol=1e-4):
                 raise InputError(f"{folder}: {name}: mixed matrix size or pixel spacing inside one series "
-                                 f"({path.name}: {size[0]}x{size[1]}, {spacing} mm)")
-        orient[uid] = first  # type: ignore[assignment]
+                                 f"({h.path.name}: {size[0]}x{size[1]}, {spacing} mm)")
+        orient[uid] = first
+    return orient  # type: ignore[return-value]
+
+
+def _ipp(ds: Any) -> np.ndarray:
+    return np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
+
+
+def read_stack(folder: str | os.PathLike[str], *, what: str = "cine", min_phases: int = 2,
+               max_phases: int | None = None, series: str | None = None) -> DicomStack:
+    """The short-axis stack in ``folder`` (one series, or one parallel series per slice).
+
+    ``min_phases`` 2 for a cine; a 3D volume (LGE) reads with ``min_phases=1, max_phases=1``.
+    ``series`` (a SeriesInstanceUID or SeriesNumber) reads that series alone.
+    """
+    folder = Path(folder)
+    groups, notes = _read_headers(folder, series)
+    groups = _without_long_axis(folder, groups, notes)
+    # orientation of every series; the stack is the orientation holding most instances
+    orient = _orientations(folder, groups)
+
     def parallel_count(uid: str) -> int:  # instances in all series sharing this series' orientation
         row, col = orient[uid][0], orient[uid][1]
         return sum(len(groups[u]) for u, o in orient.items()
@@ -182,21 +318,28 @@ def read_stack(folder: str | os.PathLike[str], *, what: str = "cine", min_phases
     ref_uid = max(groups, key=lambda u: (parallel_count(u), len(groups[u]), u))
     row0, col0, size0, spacing0 = orient[ref_uid]
     normal = np.cross(row0, col0)
-    for uid, (row, col, size, spacing) in orient.items():
-        name = _series_name(groups[uid][0][1])
+    ref_name = _series_name(groups[ref_uid][0].ds)
+    for uid, (row, col, size, spacing) in list(orient.items()):
+        name, why = _series_name(groups[uid][0].ds), ""
         if np.abs(row - row0).max() > ORIENTATION_TOL or np.abs(col - col0).max() > ORIENTATION_TOL:
             angle = float(np.degrees(np.arccos(np.clip(abs(np.cross(row, col) @ normal), 0, 1))))
-            raise InputError(f"{folder}: {name}: not parallel to the short-axis stack of "
-                             f"{_series_name(groups[ref_uid][0][1])} (planes {angle:.0f} deg apart: a long-axis view "
-                             "or another acquisition?); give each stack its own folder")
-        if size != size0 or not np.allclose(spacing, spacing0, atol=1e-4):
-            raise InputError(f"{folder}: {name}: matrix {size[0]}x{size[1]} / pixel spacing {spacing} mm differs from "
-                             f"{_series_name(groups[ref_uid][0][1])} ({size0[0]}x{size0[1]}, {spacing0} mm)")
+            why = (f"not parallel to the short-axis stack of {ref_name} (planes {angle:.0f} deg apart: a long-axis "
+                   "view or another acquisition?)")
+        elif size != size0 or not np.allclose(spacing, spacing0, atol=1e-4):
+            why = (f"matrix {size[0]}x{size[1]} / pixel spacing {spacing} mm differs from {ref_name} "
+                   f"({size0[0]}x{size0[1]}, {spacing0} mm)")
+        if why and series is not None:  # the series asked for must be one stack
+            raise InputError(f"{folder}: {name}: {why}")
+        if why:
+            notes.append(f"{folder}: skipped {name}: {why}; read it alone with --series")
+            del groups[uid], orient[uid]
 
-    # slices: positions along the normal; each position must come from one series only
-    instances = [_Instance(path, ds, uid, float(np.asarray([float(v) for v in ds.ImagePositionPatient]) @ normal),
-                           np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64))
-                 for uid, items in groups.items() for path, ds in items]
+    # parallel series holding the same slice positions: one is kept by the rule, the others noted
+    positions = {uid: {round(float(_ipp(h.ds) @ normal), 3) for h in items} for uid, items in groups.items()}
+    kept, skipped = _choose_overlapping(folder, groups, positions)
+    notes += skipped
+    instances = [_Instance(h.path, h.ds, uid, float(_ipp(h.ds) @ normal), _ipp(h.ds), h.frame)
+                 for uid in kept for h in groups[uid]]
     instances.sort(key=lambda i: i.position)
     slices: list[list[_Instance]] = []
     for inst in instances:
@@ -204,34 +347,10 @@ def read_stack(folder: str | os.PathLike[str], *, what: str = "cine", min_phases
             slices[-1].append(inst)
         else:
             slices.append([inst])
-    for group in slices:
-        uids = sorted({i.series for i in group})
-        if len(uids) > 1:
-            names = " and ".join(_series_name(groups[u][0][1]) for u in uids[:2])
-            raise InputError(f"{folder}: {names} both hold a slice at {group[0].position:.1f} mm along the stack "
-                             "normal (repeated acquisition?); keep one of them")
     if len(slices) < 2:
-        raise InputError(f"{folder}: {_series_name(groups[ref_uid][0][1])}: a single slice position; a short-axis "
+        raise InputError(f"{folder}: {_series_name(groups[ref_uid][0].ds)}: a single slice position; a short-axis "
                          "stack needs at least 2 parallel slices")
-
-    # phases within each slice, by TriggerTime
-    ordered: list[list[_Instance]] = []
-    trigger_ref: list[float] = []
-    for group in slices:
-        name = _series_name(group[0].ds)
-        times = []
-        for inst in group:
-            value = getattr(inst.ds, "TriggerTime", None)
-            if value in (None, "") and len(group) > 1:
-                raise InputError(f"{inst.path}: {name}: no TriggerTime; cannot order the cardiac phases")
-            times.append(float(value) if value not in (None, "") else 0.0)
-        if len(set(times)) != len(times):
-            raise InputError(f"{folder}: {name}: two images of the slice at {group[0].position:.1f} mm share a "
-                             "TriggerTime (duplicate files or two acquisitions mixed)")
-        order = np.argsort(times, kind="stable")
-        ordered.append([group[i] for i in order])
-        if not trigger_ref:
-            trigger_ref = [times[i] for i in order]
+    ordered, trigger_ref = _order_phases(folder, slices)
     counts = [len(g) for g in ordered]
     if len(set(counts)) > 1:
         full = max(counts)
@@ -252,29 +371,81 @@ def read_stack(folder: str | os.PathLike[str], *, what: str = "cine", min_phases
                          f"({steps.min():.2f} to {steps.max():.2f} mm; a slice missing after "
                          f"{ordered[gap][0].position:.1f} mm?)")
 
-    array = np.empty((size0[1], size0[0], len(ordered), nt), dtype=np.float32)
-    datasets: list[list[object]] = []
-    for k, group in enumerate(ordered):
-        row_ds = []
-        for t, inst in enumerate(group):
-            array[:, :, k, t] = _pixels(inst.path, _series_name(inst.ds), size0).T
-            row_ds.append(inst.ds)
-        datasets.append(row_ds)
+    array = _read_pixels(ordered, size0)
+    name0 = _series_name(ordered[0][0].ds)
     if not np.isfinite(array).all():
-        raise InputError(f"{folder}: {_series_name(ordered[0][0].ds)}: pixel values are NaN or Inf after rescale")
+        raise InputError(f"{folder}: {name0}: pixel values are NaN or Inf after rescale")
     if float(array.max()) == float(array.min()):
-        raise InputError(f"{folder}: {_series_name(ordered[0][0].ds)}: image is constant "
-                         f"(every pixel = {float(array.min()):g})")
+        raise InputError(f"{folder}: {name0}: image is constant (every pixel = {float(array.min()):g})")
 
     lps = np.eye(4)
     lps[:3, 0] = row0 * spacing0[1]  # along a row = increasing column index, spaced by the column spacing
     lps[:3, 1] = col0 * spacing0[0]
     lps[:3, 2] = (ordered[-1][0].ipp - ordered[0][0].ipp) / (len(ordered) - 1)
     lps[:3, 3] = ordered[0][0].ipp
-    series = list(dict.fromkeys(g[0].series for g in ordered))
     desc = str(getattr(ordered[0][0].ds, "SeriesDescription", "") or "")
-    return DicomStack(array=array, affine=LPS_TO_RAS @ lps, datasets=datasets, series=series, folder=folder,
-                      description=desc, trigger_times_ms=trigger_ref)
+    return DicomStack(array=array, affine=LPS_TO_RAS @ lps, datasets=[[i.ds for i in g] for g in ordered],
+                      series=list(dict.fromkeys(g[0].series for g in ordered)), folder=folder, description=desc,
+                      trigger_times_ms=trigger_ref, notes=notes, frames=[[i.frame for i in g] for g in ordered],
+                      paths=[[i.path for i in g] for g in ordered])
+
+
+def _order_phases(folder: Path, slices: list[list[_Instance]]) -> tuple[list[list[_Instance]], list[float]]:
+    """Each slice's images ordered by TriggerTime, and the trigger times of the first slice."""
+    ordered: list[list[_Instance]] = []
+    trigger_ref: list[float] = []
+    for group in slices:
+        name = _series_name(group[0].ds)
+        times = []
+        for inst in group:
+            value = getattr(inst.ds, "TriggerTime", None)
+            if value in (None, "") and len(group) > 1:
+                raise InputError(f"{inst.path}: {name}: no TriggerTime; cannot order the cardiac phases")
+            times.append(float(value) if value not in (None, "") else 0.0)
+        if len(set(times)) != len(times):
+            raise InputError(f"{folder}: {name}: two images of the slice at {group[0].position:.1f} mm share a "
+                             "TriggerTime (duplicate files or two acquisitions mixed)")
+        order = np.argsort(times, kind="stable")
+        ordered.append([group[i] for i in order])
+        if not trigger_ref:
+            trigger_ref = [times[i] for i in order]
+    return ordered, trigger_ref
+
+
+def _read_pixels(ordered: list[list[_Instance]], size: tuple[int, int]) -> np.ndarray:
+    """float32 (X, Y, Z, T) through the modality LUT; an enhanced file is decoded once for all its frames."""
+    array = np.empty((size[1], size[0], len(ordered), len(ordered[0])), dtype=np.float32)
+    cache: dict[Path, np.ndarray] = {}
+    for k, group in enumerate(ordered):
+        for t, inst in enumerate(group):
+            name = _series_name(inst.ds)
+            if inst.frame is None:
+                array[:, :, k, t] = _pixels(inst.path, name, size).T
+                continue
+            if inst.path not in cache:
+                cache = {inst.path: _decode(inst.path, name)}
+            frames = cache[inst.path]
+            values = frames[inst.frame - 1].astype(np.float64)
+            slope, intercept = float(getattr(inst.ds, "RescaleSlope", 1) or 1), float(
+                getattr(inst.ds, "RescaleIntercept", 0) or 0)
+            if values.shape != size:
+                raise InputError(f"{inst.path}: {name}: frame {inst.frame} is {values.shape}, header says {size}")
+            array[:, :, k, t] = (values * slope + intercept).astype(np.float32).T
+    return array
+
+
+def _decode(path: Path, name: str) -> np.ndarray:
+    """Every frame's stored values of an enhanced file, (frames, rows, cols)."""
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            stored = pydicom.dcmread(path, force=True).pixel_array
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds for broken pixel data; one line for the user
+        text = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: {name}: cannot decode pixel data ({text})") from None
+    return stored if stored.ndim == 3 else stored[None]
 
 
 def _pixels(path: Path, name: str, size: tuple[int, int]) -> np.ndarray:
@@ -283,9 +454,11 @@ def _pixels(path: Path, name: str, size: tuple[int, int]) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut
 
     try:
-        ds = pydicom.dcmread(path)
-        stored = ds.pixel_array
-        values = apply_modality_lut(stored, ds)
+        with warnings.catch_warnings():  # header values were checked (and their warnings silenced) on reading
+            warnings.simplefilter("ignore", UserWarning)
+            ds = pydicom.dcmread(path, force=True)
+            stored = ds.pixel_array
+            values = apply_modality_lut(stored, ds)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds for broken pixel data; one line for the user
         text = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: {name}: cannot decode pixel data ({text})") from None

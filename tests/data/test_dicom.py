@@ -21,6 +21,7 @@ from mi_pipeline.config import PhantomConfig, load_config
 from mi_pipeline.data.dicom import read_stack
 from mi_pipeline.data.dicom_export import write_series
 from mi_pipeline.data.phantom import generate_subject, write_subject
+from tests.data.dicom_checks import assert_seg_equals_mask, assert_valid
 from tests.test_inference import TINY, save_untrained
 
 LAYOUTS = ("one_series", "series_per_slice")
@@ -90,21 +91,20 @@ def test_predict_on_dicom_equals_nifti_and_writes_a_seg(data, layout, capsys) ->
     np.testing.assert_array_equal(np.asarray(seg_d.dataobj).reshape(-1), a)  # the same prediction, voxel for voxel
 
     stack = read_stack(tmp / layout / "p1")
-    names = rep_d["outputs"]["dicom_seg"]
-    assert len(names) == len(stack.series)
-    seg_xyz = np.asarray(seg_d.dataobj)
-    for name in names:
-        seg = hd.seg.segread(out_d / "p1" / name)
-        assert [d.SegmentLabel for d in seg.SegmentSequence] == ["viable myocardium", "infarct"]
-        ref_series = seg.ReferencedSeriesSequence[0].SeriesInstanceUID
-        assert ref_series in stack.series
-        assert seg.StudyInstanceUID == stack.datasets[0][0].StudyInstanceUID
-        ks = [k for k in range(len(stack.datasets)) if stack.datasets[k][0].SeriesInstanceUID == ref_series]
-        ed = rep_d["frames"]["ed"]
-        sops = [stack.datasets[k][ed].SOPInstanceUID for k in ks]
-        infarct = seg.get_pixels_by_source_instance(source_sop_instance_uids=sops, segment_numbers=[2])[..., 0]
-        expected = np.stack([seg_xyz[:, :, k].T == 2 for k in ks])
-        np.testing.assert_array_equal(infarct.astype(bool), expected)
+    assert rep_d["outputs"]["dicom_seg"] == ["infarct_seg.dcm"]  # one SEG, even for one series per slice
+    assert rep_d["frames"]["ed_method"].startswith("DICOM TriggerTime")
+    ed = rep_d["frames"]["ed"]
+    seg = hd.seg.segread(out_d / "p1" / "infarct_seg.dcm")
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == ["viable myocardium", "infarct"]
+    assert seg.StudyInstanceUID == stack.datasets[0][0].StudyInstanceUID
+    referenced = {str(i.ReferencedSOPInstanceUID) for s in seg.ReferencedSeriesSequence
+                  for i in s.ReferencedInstanceSequence}
+    assert referenced == {str(stack.datasets[k][ed].SOPInstanceUID) for k in range(len(stack.datasets))}
+    assert {str(s.SeriesInstanceUID) for s in seg.ReferencedSeriesSequence} == set(stack.series)
+    assert "RESEARCH USE" in seg.ContentDescription
+    assert_seg_equals_mask(out_d / "p1" / "infarct_seg.dcm", [row[ed] for row in stack.datasets],
+                           np.asarray(seg_d.dataobj))
+    assert_valid(out_d / "p1" / "infarct_seg.dcm")
 
 
 def _copy(tmp: Path, layout: str, dest: Path) -> Path:
@@ -112,25 +112,13 @@ def _copy(tmp: Path, layout: str, dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.parametrize("case", ["long_axis_series", "incomplete_slice", "long_axis_description", "duplicate_stack",
-                                  "not_dicom_pixels"])
+@pytest.mark.parametrize("case", ["incomplete_slice", "long_axis_description", "not_dicom_pixels"])
 def test_bad_dicom_is_one_line_naming_the_series(data, case, tmp_path, capsys) -> None:
     import pydicom
 
     tmp, subject = data
     folder = tmp_path / "p1"
-    if case == "long_axis_series":
-        _copy(tmp, "series_per_slice", folder)
-        # a 4-chamber view: same matrix, orthogonal plane, its own series
-        frame = subject.cine[:, :, :1, :]
-        aff = subject.cine_affine.copy()
-        aff[:3, :3] = aff[:3, [0, 2, 1]] * [1, 1, 1]
-        write_series(np.repeat(frame, 2, axis=2), aff, tmp_path / "lax", patient_id="p1", description="cine",
-                     series_number=50, frame_ms=subject.frame_ms)
-        for f in sorted((tmp_path / "lax").iterdir()):
-            shutil.copy(f, folder / f"LAX_{f.name}")
-        expect = "not parallel"
-    elif case == "incomplete_slice":
+    if case == "incomplete_slice":
         _copy(tmp, "series_per_slice", folder)
         files = sorted(folder.iterdir())
         files[3].unlink()
@@ -142,13 +130,6 @@ def test_bad_dicom_is_one_line_naming_the_series(data, case, tmp_path, capsys) -
             ds.SeriesDescription = "cine 4CH retro"
             ds.save_as(f)
         expect = "long-axis"
-    elif case == "duplicate_stack":
-        _copy(tmp, "one_series", folder)
-        write_series(subject.cine, subject.cine_affine, tmp_path / "again", patient_id="p1", series_number=7,
-                     description="cine SA repeat", frame_ms=subject.frame_ms)
-        for f in sorted((tmp_path / "again").iterdir()):
-            shutil.copy(f, folder / f"B_{f.name}")
-        expect = "both hold a slice"
     else:
         _copy(tmp, "one_series", folder)
         target = sorted(folder.iterdir())[0]
@@ -211,3 +192,27 @@ def test_phantom_command_writes_the_dicom_layout(tmp_path) -> None:
     assert adapters.list_subjects("dicom", tmp_path) == ["phantom_001"]
     raw = adapters.load_subject("dicom", tmp_path, "phantom_001")
     assert raw.cine.shape == (64, 64, 3, 4) and raw.lge_label is not None and raw.cine_label is not None
+
+
+def test_dicom_layout_takes_ed_from_the_smallest_trigger_time(tmp_path) -> None:
+    """Without ed: in info.yaml, ED is the frame with the smallest TriggerTime, and the subject records how."""
+    import pydicom
+
+    from mi_pipeline.data import adapters
+    from mi_pipeline.data.dicom_export import write_subject_dicom
+
+    subject = generate_subject(PhantomConfig(subjects=1, seed=5, size=64, slices=3, frames=6), 0)
+    write_subject_dicom(subject, tmp_path / "s1")
+    (tmp_path / "s1" / "info.yaml").write_text("es: 3\n")
+    for f in (tmp_path / "s1" / "cine").iterdir():  # trigger times shifted: the scanner's order, not file order
+        ds = pydicom.dcmread(f)
+        ds.TriggerTime = f"{(float(ds.TriggerTime) + 500.0) % 600.0:.3f}"
+        ds.save_as(f)
+    shifted = [(t * subject.frame_ms + 500.0) % 600.0 for t in range(6)]
+    first = int(np.argmin(shifted))  # the phantom frame the scanner triggered first
+    raw = adapters.load_subject("dicom", tmp_path, "s1")
+    assert raw.ed == 0 and raw.ed_method == f"DICOM TriggerTime (smallest: {min(shifted):.3f} ms)".replace(".000 ", " ")
+    assert raw.cine[..., 0].sum() == subject.cine[..., first].astype(np.float32).sum()
+    (tmp_path / "s1" / "info.yaml").write_text("ed: 2\nes: 4\n")
+    raw = adapters.load_subject("dicom", tmp_path, "s1")
+    assert raw.ed == 2 and raw.ed_method == "given"

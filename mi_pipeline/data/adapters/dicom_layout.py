@@ -4,7 +4,8 @@
                      lge/             DICOM LGE short-axis stack (one image per slice position)
                      lge_label.nii.gz labels on the LGE grid: 0 bg, 1 LV cavity, 2 myo, 3 infarct, 4 no-reflow
                      cine_label.nii.gz  optional: true labels on the cine grid, 4D (evaluation truth)
-                     info.yaml        optional: ed: / es: (0-based, in trigger-time order)
+                     info.yaml        optional: ed: / es: (0-based, in trigger-time order); without ed:,
+                                      ED is the frame with the smallest TriggerTime (recorded in ed_method)
 
 Why NIfTI labels on DICOM images: annotation tools export NIfTI, and their voxel order need not be the
 reader's (dcm2niix and others may flip or swap axes). A label file is accepted when its voxel centres
@@ -81,4 +82,17 @@ def load_subject(root: Path, subject: str) -> RawSubject:
     raw = RawSubject(id=subject, folder=folder, cine=cine.array, cine_affine=cine.affine, lge=lge_img,
                      lge_affine=lge.affine, lge_label=lge_label, ed=ed, es=es, cine_label=cine_label, truth=truth)
     raw.cine_path, raw.lge_path, raw.lge_label_path = cine_dir, lge_dir, label_path
+    if not _info_gives_ed(folder / "info.yaml") and len(set(cine.trigger_times_ms)) > 1:
+        raw.ed = int(np.argmin(cine.trigger_times_ms))  # the R-wave trigger: end-diastole
+        raw.ed_method = f"DICOM TriggerTime (smallest: {cine.trigger_times_ms[raw.ed]:g} ms)"
     return raw
+
+
+def _info_gives_ed(path: Path) -> bool:
+    """Whether ``info.yaml`` names the ED frame (already validated by ``read_info``)."""
+    import yaml
+
+    if not path.is_file():
+        return False
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return isinstance(data, dict) and data.get("ed") is not None
