@@ -1,5 +1,6 @@
-"""List what a run no longer needs (set-aside checkpoints, interrupted writes' temp files, staging
-leftovers) with sizes; delete it only with ``--yes`` or after you confirm. Never touches what a resume needs.
+"""List what a run no longer needs (set-aside checkpoints, interrupted writes' temp files, staging leftovers) with sizes, and delete it with --yes or after you confirm.
+
+Never touches what a resume needs.
 
 Refuses a directory that is not a run; follows no symbolic link; what is deleted is looked for again
 just before (a stage that started while you read the list keeps its files).
@@ -10,12 +11,13 @@ from __future__ import annotations
 import sys
 
 from mi_pipeline.cli.common import add_run_dir_option, command_parser, exit_process, run_main
+from mi_pipeline.cli.helptext import full_help
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.reclaim import find_reclaimable, human, remove
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = command_parser("clean", __doc__)
+    p = full_help(command_parser("clean", __doc__), __doc__)
     add_run_dir_option(p)
     p.add_argument("--yes", action="store_true", help="delete without asking")
     p.add_argument("--min-age-s", type=float, default=600.0,

@@ -20,13 +20,14 @@ from pathlib import Path
 
 from mi_pipeline import cohort
 from mi_pipeline.cli.common import add_config_options, add_run_dir_option, command_parser, model_source, parse_ed
+from mi_pipeline.cli.helptext import full_help
 from mi_pipeline.config import Config, ContainerConfig, SlurmConfig, load_config
 from mi_pipeline.errors import CheckpointError, UserError
 from mi_pipeline.layout import RunLayout
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = command_parser("predict", __doc__)
+    p = full_help(command_parser("predict", __doc__), __doc__)
     p.add_argument("--cohort", action="store_true", required=True, help="cohort mode (this help)")
     p.add_argument("--cine", required=True, type=Path, help="folder of cines (*.nii.gz or <subject>/cine.nii.gz)")
     p.add_argument("--out", required=True, type=Path, help="output folder (DIR/<subject>/..., DIR/cohort.csv)")

@@ -15,7 +15,6 @@ import pytest
 from mi_pipeline.cli import COMMANDS
 
 REPO = Path(__file__).resolve().parents[2]
-OWNED_ELSEWHERE = {"clean": "cli/clean.py's description is its docstring's first line, cut mid-sentence"}
 
 
 def _help(command: str, *extra: str) -> str:
@@ -40,7 +39,7 @@ def _documented(command: str) -> dict[str, set[str]]:
     return found
 
 
-@pytest.mark.parametrize("command", sorted(set(COMMANDS) - {"submit"}))
+@pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_help_lists_every_documented_option_and_cites_only_repository_files(command: str) -> None:
     for mode, options in _documented(command).items():
         text = _help(command, *([mode] if mode else []))
@@ -53,10 +52,8 @@ def test_help_lists_every_documented_option_and_cites_only_repository_files(comm
             assert (REPO / source).is_file(), f"{command}: cites {source}"
 
 
-@pytest.mark.parametrize("command", sorted(set(COMMANDS) - {"submit"}))
+@pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_description_is_a_whole_sentence(command: str) -> None:
-    if command in OWNED_ELSEWHERE:
-        pytest.xfail(OWNED_ELSEWHERE[command])
     text = _help(command)
     description = text.split("\n\n")[1].replace("\n", " ").strip()
     assert description.endswith((".", ")")), f"{command}: description stops mid-sentence: {description!r}"
