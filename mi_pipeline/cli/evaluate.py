@@ -39,10 +39,8 @@ from mi_pipeline.cli.common import (
 )
 from mi_pipeline.cli.helptext import full_help
 from mi_pipeline.config import load_config
-from mi_pipeline.cv_evaluation import evaluate_cv, format_cv_table
 from mi_pipeline.data import cache
 from mi_pipeline.data.folds import fold_roots
-from mi_pipeline.evaluation import evaluate, format_table, run_config
 from mi_pipeline.fsio import atomic_write_text
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.fold_setup import check_fold
@@ -65,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figures", type=Path, default=None,
                    help="write summary.png, bland_altman.png and segment_roc.png to this folder")
     args = p.parse_args(argv)
+    from mi_pipeline.cv_evaluation import evaluate_cv, format_cv_table  # torch: after --help, not before
+    from mi_pipeline.evaluation import evaluate, format_table, run_config
+
     run_dir = args.run_dir.resolve()
     folds = fold_roots(run_dir)
     check_fold(args.fold, len(folds), str(run_dir))

@@ -17,7 +17,6 @@ from pathlib import Path
 from mi_pipeline.cli.common import command_parser
 from mi_pipeline.cli.helptext import full_help
 from mi_pipeline.config import PhantomConfig
-from mi_pipeline.data.phantom import generate_dataset
 from mi_pipeline.errors import UserError
 
 
@@ -62,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dicom:
             ids = _write_dicom(args.out, params, per_slice_series=args.dicom == "series-per-slice")
         else:
+            from mi_pipeline.data.phantom import generate_dataset  # nibabel and scipy: after --help
+
             ids = generate_dataset(args.out, params)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

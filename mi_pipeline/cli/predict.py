@@ -21,8 +21,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 from mi_pipeline.cli.common import (
     add_config_options,
     add_run_dir_option,
@@ -33,18 +31,8 @@ from mi_pipeline.cli.common import (
     run_main,
 )
 from mi_pipeline.cli.helptext import full_help
-from mi_pipeline.clinical.trust import alarm
 from mi_pipeline.config import load_config
 from mi_pipeline.errors import UserError
-from mi_pipeline.inference import (
-    find_cines,
-    inference_device,
-    load_ensemble,
-    load_models,
-    predict_one,
-    stored_config,
-)
-from mi_pipeline.stages.registry import inference_stages
 
 STRICT_EXIT = 3
 
@@ -76,6 +64,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strict", action="store_true",
                    help="exit 3 when any result is implausible or not a measurement (outputs are written first)")
     args = p.parse_args(argv)
+    import torch  # the models' libraries load after --help and a bad command line, not before
+
+    from mi_pipeline.inference import (
+        find_cines,
+        inference_device,
+        load_ensemble,
+        load_models,
+        predict_one,
+        stored_config,
+    )
+    from mi_pipeline.clinical.trust import alarm
+    from mi_pipeline.stages.registry import inference_stages
+
     ed = parse_ed(args.ed)
     ckpt_root, folds = model_source(args.run_dir, args.checkpoints, args.fold)
     cines = find_cines(args.cine)
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def console_line(report: dict, folder: Path) -> str:
     """One subject's result with the verdict beside the number (the same trust line as report.json)."""
+    from mi_pipeline.clinical.trust import alarm
+
     interval = report.get("ensemble", {}).get("infarct_percent_interval")
     span = f" [folds {interval[0]:.1f}..{interval[1]:.1f}]" if interval else ""
     verdict = report["trust"]

@@ -55,6 +55,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("mi_pipeline.train", ("--help",)),
     ("mi_pipeline.clean", ("--help",)),
     ("mi_pipeline", ("chain", "--help")),
+    ("mi_pipeline.predict", ("--help",)),
+    ("mi_pipeline.predict", ("--cohort", "--help")),
+    ("mi_pipeline.evaluate", ("--help",)),
+    ("mi_pipeline.phantom", ("--help",)),
 ])
 def test_everyday_commands_start_without_torch(trained: Path, module: str, args: tuple[str, ...]) -> None:
     """status, cancel and the plan read checkpoints through their metadata (no torch), so they answer
