@@ -50,9 +50,10 @@ def make_run(root: Path) -> None:
                                              "finished": True, "config_hash": "h"})
 
 
-def cpu_seconds(argv: list[str], env: dict[str, str]) -> float:
+def cpu_seconds(argv: list[str], env: dict[str, str], cwd: Path) -> float:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    subprocess.run([sys.executable, *argv], env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=False)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
@@ -70,7 +71,7 @@ def main() -> int:
         print(f"{'command':20} {'median CPU s':>13} {'max CPU s':>10}")
         for name, template in COMMANDS:
             argv = [part.format(run=run) for part in template]
-            times = [cpu_seconds(argv, env) for _ in range(args.repeats)]
+            times = [cpu_seconds(argv, env, args.package_path.resolve()) for _ in range(args.repeats)]
             print(f"{name:20} {statistics.median(times):13.2f} {max(times):10.2f}")
     return 0
 

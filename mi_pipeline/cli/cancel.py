@@ -16,10 +16,11 @@ from mi_pipeline.cli.common import (
     run_main,
 )
 from mi_pipeline.cli.helptext import full_help
-from mi_pipeline.layout import RunLayout
+from mi_pipeline.config import load_config
+from mi_pipeline.layout import DEFAULT_JOB_DIR, RunLayout
 from mi_pipeline.orchestration.fold_setup import check_fold, existing_folds
-from mi_pipeline.orchestration.progress import ProgressFile
 from mi_pipeline.orchestration.jobs import cancel_jobs
+from mi_pipeline.orchestration.progress import ProgressFile
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,8 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     folds = existing_folds(top)
     check_fold(args.fold, len(folds), str(top.root))
     targets = [top.fold(args.fold)] if args.fold is not None else [top, *folds]
+    job_dir = load_config(top.config_file).slurm.job_dir if top.config_file.is_file() else DEFAULT_JOB_DIR
     cancelled = [job for layout in targets
-                 for job in cancel_jobs(ProgressFile.for_run(layout), "cancel command", layout.job_dir())]
+                 for job in cancel_jobs(ProgressFile.for_run(layout), "cancel command", layout.job_dir(job_dir))]
     print(f"cancelled: {' '.join(cancelled)}" if cancelled else "no pending or running jobs for this run")
     return 0
 
