@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mi_pipeline.stages.graph import STAGES
+from mi_pipeline.graph import STAGES
 
 # One small cohort member; the crop holds the heart at 2.5 mm (80 mm field of view).
 CONFIG = """\

@@ -8,8 +8,8 @@ executors and containers, ``stages/`` the stage graph, the three trained stages 
 ``errors`` and ``fsio`` are the foundations everything else stands on.
 """
 
-from mi_pipeline import _moved
+from mi_pipeline import compat
 
 __version__ = "0.1.0"
 
-_moved.install()
+compat.install()

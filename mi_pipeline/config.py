@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from mi_pipeline.errors import ConfigError
-from mi_pipeline.stages.graph import MODEL_STAGES, config_sections
+from mi_pipeline.graph import MODEL_STAGES, config_sections
 
 # Mixed precision: off (float32), bf16 (bfloat16 autocast, no loss scaling) or fp16 (float16 autocast +
 # GradScaler). YAML reads a bare ``off`` as false, and configs before this version wrote ``amp: true``,
@@ -342,7 +342,7 @@ class PerformanceConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class CvConfig:
-    """k-fold cross-validation (issue 15): ``folds`` 0 trains one split as before; K >= 2 trains K folds.
+    """k-fold cross-validation: ``folds`` 0 trains one split as before; K >= 2 trains K folds.
 
     Not part of any stage hash: a fold's identity is its folder (``folds/<k>/``) and the split file
     ``data/splits/folds.json``, which is written once and checked, never silently changed.

@@ -1,4 +1,4 @@
-"""Cross-validated evaluation of a k-fold run (issue 15): the library behind ``evaluate`` on such a run.
+"""Cross-validated evaluation of a k-fold run: the library behind ``evaluate`` on such a run.
 
 * every fold scored on its own held-out subjects (the fold's ``val`` split, which its models never
   trained on), exactly as ``evaluation.evaluate`` scores a run;
@@ -20,8 +20,8 @@ from mi_pipeline.config import Config
 from mi_pipeline.data import cache
 from mi_pipeline.data import folds as fold_split
 from mi_pipeline.evaluation import eval_segmentation, evaluate, format_table, load_subjects
+from mi_pipeline.graph import MODEL_STAGES
 from mi_pipeline.inference import fold_checkpoints, inference_device, load_ensemble
-from mi_pipeline.stages.graph import MODEL_STAGES
 from mi_pipeline.stages.registry import inference_stages
 
 

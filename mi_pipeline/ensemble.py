@@ -1,4 +1,4 @@
-"""A k-fold ensemble's arithmetic (issue 15): mean probabilities, fold disagreement, an interval.
+"""A k-fold ensemble's arithmetic: mean probabilities, fold disagreement, an interval.
 
 Input everywhere is the folds' softmax outputs for one subject, ``(K, Z, C, H, W)`` (fold, slice,
 class 0 background / 1 myocardium / 2 infarct, rows, columns). The ensemble label is the argmax of

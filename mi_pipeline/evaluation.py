@@ -38,6 +38,7 @@ from mi_pipeline.data import cache
 from mi_pipeline.data.cache import Subject
 from mi_pipeline.engine.runlog import progress
 from mi_pipeline.errors import CheckpointError, InputError
+from mi_pipeline.graph import MODEL_STAGES
 from mi_pipeline.inference import (
     Models,
     fold_probabilities,
@@ -47,7 +48,6 @@ from mi_pipeline.inference import (
     stored_config,
 )
 from mi_pipeline.stages import common, motion, registration, registration_qa, registry
-from mi_pipeline.stages.graph import MODEL_STAGES
 
 # --- subjects -------------------------------------------------------------------------------------
 
@@ -123,7 +123,7 @@ def eval_registration(cfg: Config, model: torch.nn.Module, subjects: list[Subjec
             continue
         if s.cine_label is None:
             continue
-        # issue 14: the QA's per-subject choice (identity / rigid / affine / deformable), as segmentation uses it
+        # the QA's per-subject choice (identity / rigid / affine / deformable), as segmentation uses it
         warped, qa = registration.register_subject(cfg, model, _t(s.lge), _t(s.lge_label).long(), _t(s.cine[:, 0]),
                                                    float(s.spacing[0]), s.id)
         truth = common.myo(_t(s.cine_label[:, 0]).long()).numpy()
@@ -172,7 +172,7 @@ def eval_segmentation(models: Models, subjects: list[Subject], log: Callable[[st
             "fp_infarct_percent": None if has else pred_pct,
             "segments_infarcted": int(sum(labels)), "segments": len(labels),
         })
-        if agreement is not None:  # issue 15: does the folds' disagreement say where the ensemble errs?
+        if agreement is not None:  # does the folds' disagreement say where the ensemble errs?
             rows[-1]["ensemble_uncertainty"] = agreement.mean_uncertainty(p_myo)
     if not rows:
         return {"skipped": "no truth for these subjects (needs cine labels, or LGE + labels and a trained "
@@ -305,7 +305,7 @@ def format_table(result: dict[str, Any]) -> str:
             b = sec.get(base) if base else None
         lines.append(f"{stage:13} {label:42} {ours:>18} {fmt(b) if base else '':>10}  {base_name}")
     chosen = (result.get("registration") or {}).get("chosen")
-    if chosen:  # issue 14: what the registration QA kept per subject
+    if chosen:  # what the registration QA kept per subject
         lines.append(f"{'registration':13} QA kept per subject: " + ", ".join(f"{c} {n}" for c, n in chosen.items())
                      + f"; worse than unregistered (Dice -0.01): {result['registration']['worse_than_unregistered']}")
     if result.get("not_trained"):

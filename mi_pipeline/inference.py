@@ -60,7 +60,7 @@ class Models:
     registration: nn.Module | None = None
     segmentation: nn.Module | None = None
     checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # A k-fold ensemble (issue 15): its members, one per fold. The fields above are then fold 0's,
+    # A k-fold ensemble: its members, one per fold. The fields above are then fold 0's,
     # used where one model must answer (the TTA confidence, the QC figure's motion).
     folds: list["Models"] = field(default_factory=list)
 
@@ -343,7 +343,7 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
     report["trust"] = trust_section(models, cine_path, raw, report["confidence"]["plausibility"])
     # RV-anchored AHA segments, schema version; then the matplotlib figures (clinical_io); the DICOM SEG last
     report = clinical_io.finish_report(report, subject, raw, pred, seg, folder)
-    if agreement is not None:  # issue 15: the folds' interval and disagreement map beside the segmentation
+    if agreement is not None:  # the folds' interval and disagreement map beside the segmentation
         save_nifti(to_cine_grid(agreement.uncertainty, subject.affine, raw.cine_affine, raw.cine.shape[:3], order=1),
                    raw.cine_affine, folder / ensemble.UNCERTAINTY_FILE)
         report["ensemble"] = {**agreement.summary(), "checkpoints": [m.checkpoints for m in models.folds]}

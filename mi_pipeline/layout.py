@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mi_pipeline.engine.checkpoint import BEST, LAST
-from mi_pipeline.stages.graph import MODEL_STAGES
+from mi_pipeline.graph import MODEL_STAGES
 
 PROGRESS_FILE = ".training_progress"
 CONFIG_FILE = "config.yaml"

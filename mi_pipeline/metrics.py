@@ -1,4 +1,4 @@
-"""Quality measures of DESIGN.md §7, as the field computes them.
+"""Quality measures per stage (motion, registration, segmentation, infarct size), as the field computes them.
 
 Dice is counted exactly here (checked against MONAI's ``compute_dice``); MONAI provides the 95th-percentile Hausdorff distance in mm
 (``compute_hausdorff_distance`` with ``spacing``) and ROC AUC (``compute_roc_auc``); they are used

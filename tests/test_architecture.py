@@ -17,12 +17,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mi_pipeline"
 # Lower number = nearer the ground. A module may import its own layer and the layers below it.
 # An entry ending in "." covers everything inside that package; others name one module exactly.
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
-    (0, ("mi_pipeline", "mi_pipeline._moved", "mi_pipeline.errors", "mi_pipeline.fsio", "mi_pipeline.stages",
-         "mi_pipeline.stages.graph", "mi_pipeline.cli")),
+    (0, ("mi_pipeline", "mi_pipeline.compat", "mi_pipeline.errors", "mi_pipeline.fsio", "mi_pipeline.graph",
+         "mi_pipeline.cli")),
     (1, ("mi_pipeline.config",)),
     (2, ("mi_pipeline.engine", "mi_pipeline.engine.", "mi_pipeline.data", "mi_pipeline.data.", "mi_pipeline.metrics",
          "mi_pipeline.layout", "mi_pipeline.ensemble")),
-    (3, ("mi_pipeline.stages.", "mi_pipeline.clinical", "mi_pipeline.clinical.")),
+    (3, ("mi_pipeline.stages", "mi_pipeline.stages.", "mi_pipeline.clinical", "mi_pipeline.clinical.")),
     (4, ("mi_pipeline.inference", "mi_pipeline.evaluation", "mi_pipeline.cv_evaluation", "mi_pipeline.cohort")),
     (5, ("mi_pipeline.orchestration", "mi_pipeline.orchestration.")),
     (6, ("mi_pipeline.cli.", "mi_pipeline.__main__", "mi_pipeline.submit", "mi_pipeline.train", "mi_pipeline.status",

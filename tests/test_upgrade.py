@@ -21,7 +21,7 @@ OLD_PATHS = ("mi_pipeline.slurm_executor", "mi_pipeline.executors", "mi_pipeline
 
 @pytest.mark.parametrize("old", OLD_PATHS)
 def test_old_module_paths_are_the_new_modules(old: str) -> None:
-    from mi_pipeline._moved import MOVED
+    from mi_pipeline.compat import MOVED
 
     module = importlib.import_module(old)
     assert module is importlib.import_module(MOVED[old])

@@ -20,11 +20,11 @@ import torch
 
 from mi_pipeline.config import Config, load_config
 from mi_pipeline.engine.task import TrainTask
-from mi_pipeline.stages.graph import MODEL_STAGES
+from mi_pipeline.graph import MODEL_STAGES
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "configs" / "demo.yaml"
-TRAINED_STAGES = MODEL_STAGES  # the one list (stages/graph.py)
+TRAINED_STAGES = MODEL_STAGES  # the one list (graph.py)
 
 # A small phantom (5 subjects, 3 slices, 48-pixel crop, 4 frames): every stage has a few batches.
 SMALL_DATA = ("data.phantom.subjects=5", "data.phantom.size=64", "data.phantom.slices=3", "data.phantom.frames=8",

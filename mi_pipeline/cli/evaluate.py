@@ -42,9 +42,9 @@ from mi_pipeline.config import load_config
 from mi_pipeline.data import cache
 from mi_pipeline.data.folds import fold_roots
 from mi_pipeline.fsio import atomic_write_text
+from mi_pipeline.graph import MODEL_STAGES
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.fold_setup import check_fold
-from mi_pipeline.stages.graph import MODEL_STAGES
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch  # the models' libraries load after --help and a bad command line, not before
 
+    from mi_pipeline.clinical.trust import alarm
     from mi_pipeline.inference import (
         find_cines,
         inference_device,
@@ -74,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
         predict_one,
         stored_config,
     )
-    from mi_pipeline.clinical.trust import alarm
     from mi_pipeline.stages.registry import inference_stages
 
     ed = parse_ed(args.ed)

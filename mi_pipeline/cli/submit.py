@@ -21,13 +21,13 @@ from mi_pipeline.cli.common import (
 from mi_pipeline.config import Config
 from mi_pipeline.data.folds import folds_path, read_folds
 from mi_pipeline.errors import UserError
+from mi_pipeline.graph import MODEL_STAGES
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.fold_setup import existing_folds
 from mi_pipeline.orchestration.health import inspect_stage
 from mi_pipeline.orchestration.local_executor import StageCommand, resolve_executor
 from mi_pipeline.orchestration.progress import Progress, ProgressFile
 from mi_pipeline.orchestration.submission import SubmitRequest, submit
-from mi_pipeline.stages.graph import MODEL_STAGES
 
 MODES = ("fresh", "resume", "skip")
 LANGUAGES = ("en", "zh")

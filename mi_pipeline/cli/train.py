@@ -21,8 +21,8 @@ from mi_pipeline.cli.common import (
     run_main,
 )
 from mi_pipeline.cli.helptext import full_help
+from mi_pipeline.graph import STAGES
 from mi_pipeline.layout import RunLayout
-from mi_pipeline.stages.graph import STAGES
 
 
 def main(argv: list[str] | None = None) -> int:

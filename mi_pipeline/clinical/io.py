@@ -1,4 +1,4 @@
-"""What ``predict`` adds for clinical use (issue 16), kept out of the command so it can move freely.
+"""What ``predict`` adds for clinical use, kept out of the command so it can move freely.
 
 ``predict`` calls five functions here: ``find_dicom_cines`` / ``read_dicom_cine`` (DICOM series
 folders as input), ``finish_report`` (RV-anchored AHA segments, the input's description and what the

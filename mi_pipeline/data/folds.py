@@ -1,4 +1,4 @@
-"""The k-fold split file ``data/splits/folds.json``: written once, then only checked (issue 15).
+"""The k-fold split file ``data/splits/folds.json``: written once, then only checked.
 
 Like nnU-Net's ``splits_final.json``: a list of ``{"train": [...], "val": [...]}``, one per fold,
 by subject (patient), so no subject's images are ever on both sides. The held-out test subjects are

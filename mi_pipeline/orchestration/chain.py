@@ -15,9 +15,9 @@ from typing import Literal
 
 from mi_pipeline.config import Config
 from mi_pipeline.errors import UserError
+from mi_pipeline.graph import UPSTREAM
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.progress import ProgressFile, now
-from mi_pipeline.stages.graph import UPSTREAM
 
 
 def _progress_file(root: Path) -> ProgressFile:

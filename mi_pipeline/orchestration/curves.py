@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from mi_pipeline.clinical.figures import save_figure
+from mi_pipeline.graph import MODEL_STAGES
 from mi_pipeline.layout import RunLayout
-from mi_pipeline.stages.graph import MODEL_STAGES
 
 BASELINE_SUFFIXES = ("_identity", "_before", "_baseline")
 NOT_CURVES = ("epoch", "step", "best", "seconds", "labels_available")

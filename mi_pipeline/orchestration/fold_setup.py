@@ -1,9 +1,9 @@
-"""A k-fold run's folders (issue 15): the split file applied, one run directory per fold.
+"""A k-fold run's folders: the split file applied, one run directory per fold.
 
 A fold is an ordinary run directory (``layout.RunLayout.fold``): its own record with the seed's
 states, checkpoints and logs, and a ``data/`` whose split lists are the fold's and whose cache is a
 link to the run's one cache. The data stage calls ``prepare_folds`` when it finishes, ``submit``
-before it plans; ``orchestration/folds.py`` plans and runs the folds.
+before it plans; ``orchestration/submission.py`` plans and runs the folds.
 """
 
 from __future__ import annotations

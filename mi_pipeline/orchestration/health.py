@@ -12,9 +12,9 @@ from typing import Any
 from mi_pipeline.data import cache
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.errors import CheckpointError
+from mi_pipeline.graph import MODEL_STAGES, STAGES
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.records import StageRecord
-from mi_pipeline.stages.graph import MODEL_STAGES, STAGES
 
 
 @dataclass(frozen=True)

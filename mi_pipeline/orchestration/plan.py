@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mi_pipeline.config import Config, config_changes, only_longer_training, stage_hash
+from mi_pipeline.errors import UserError
+from mi_pipeline.graph import MODEL_STAGES, NEEDS_LGE, STAGES, downstream
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.health import CheckpointHealth, inspect_stage
 from mi_pipeline.orchestration.progress import Progress
-from mi_pipeline.errors import UserError
-from mi_pipeline.stages.graph import MODEL_STAGES, NEEDS_LGE, STAGES, downstream
 
 MODES = ("fresh", "resume", "skip")
 

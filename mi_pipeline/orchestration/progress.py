@@ -27,6 +27,7 @@ from filelock import FileLock
 
 from mi_pipeline.errors import UserError
 from mi_pipeline.fsio import atomic_write_text, remove_stale_temps
+from mi_pipeline.graph import STAGES
 from mi_pipeline.layout import PROGRESS_FILE, RunLayout
 from mi_pipeline.orchestration.records import (
     RECORD_VERSION,
@@ -39,7 +40,6 @@ from mi_pipeline.orchestration.records import (
     now,
     state_from_done,
 )
-from mi_pipeline.stages.graph import STAGES
 
 __all__ = ["FILENAME", "STATES", "STATUSES", "LOCK_TIMEOUT_S", "Progress", "ProgressFile", "StageRecord",
            "done_from_state", "now", "state_from_done"]

@@ -35,10 +35,10 @@ from pathlib import Path
 
 from mi_pipeline.data import folds as fold_split
 from mi_pipeline.errors import UserError
+from mi_pipeline.graph import MODEL_STAGES, STAGES
 from mi_pipeline.layout import PROGRESS_FILE, RunLayout
 from mi_pipeline.orchestration import lease
 from mi_pipeline.orchestration.progress import ProgressFile
-from mi_pipeline.stages.graph import MODEL_STAGES, STAGES
 
 SET_ASIDE = ("restart", "stale")
 STAGING = (".cache.tmp-", ".cache.old-", ".phantom.tmp-", ".phantom.old-")

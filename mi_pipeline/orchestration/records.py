@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from mi_pipeline.stages.graph import STAGES
+from mi_pipeline.graph import STAGES
 
 RECORD_VERSION = 1
 STATES = (

@@ -20,13 +20,14 @@ from typing import Any, NoReturn
 
 from mi_pipeline.config import Config, load_config
 from mi_pipeline.errors import UserError
+from mi_pipeline.graph import UPSTREAM
 from mi_pipeline.orchestration import jobs
 from mi_pipeline.orchestration.container import python_command
 from mi_pipeline.orchestration.local_executor import StageCommand, plan_restart
 from mi_pipeline.orchestration.plan import Step
 from mi_pipeline.orchestration.private import owner_only
 from mi_pipeline.orchestration.progress import ProgressFile
-from mi_pipeline.stages.graph import UPSTREAM
+
 
 @dataclass(frozen=True)
 class StageJob:

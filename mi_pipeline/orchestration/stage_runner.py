@@ -24,11 +24,11 @@ from mi_pipeline.engine.distributed import World, device_for, init_world, shutdo
 from mi_pipeline.engine.runlog import StageLog
 from mi_pipeline.engine.trainer import RESUME_KEYS, FitContext, Interrupted, StartFrom, fit, set_aside
 from mi_pipeline.errors import CheckpointError, UserError
+from mi_pipeline.graph import UPSTREAM
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration import lease
 from mi_pipeline.orchestration.progress import ProgressFile, now
 from mi_pipeline.orchestration.resume import ResumeDecision, UpstreamPolicy, decide
-from mi_pipeline.stages.graph import UPSTREAM
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped on request with its position saved; run again to continue
 
@@ -187,7 +187,7 @@ def _run_data(cfg: Config, layout: RunLayout, update: StageRecorder, log: StageL
             check_settings(layout.root, cfg.cv.folds, cfg.data.split_seed)
         summary = prepare_data(cfg, layout.root, log=log.info)
         log.info(f"data prepared: {summary}")
-        if cfg.cv.folds:  # the split file and fold folders, before any fold job can start (issue 15)
+        if cfg.cv.folds:  # the split file and fold folders, before any fold job can start
             from mi_pipeline.data.cache import read_split
             from mi_pipeline.orchestration.fold_setup import prepare_folds
 

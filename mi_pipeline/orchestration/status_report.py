@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from mi_pipeline.data import folds as fold_split
+from mi_pipeline.graph import MODEL_STAGES, STAGES
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration import jobs
 from mi_pipeline.orchestration.health import inspect_stage
 from mi_pipeline.orchestration.progress import STATES, ProgressFile, StageRecord
-from mi_pipeline.stages.graph import MODEL_STAGES, STAGES
 
 TROUBLE_LINES = 5
 

@@ -23,8 +23,8 @@ from typing import Literal, Protocol
 from filelock import FileLock, Timeout
 
 from mi_pipeline.config import Config, dump_yaml
-from mi_pipeline.data.folds import check_settings
 from mi_pipeline.data.cache import data_is_prepared, lge_available
+from mi_pipeline.data.folds import check_settings
 from mi_pipeline.errors import UserError
 from mi_pipeline.fsio import atomic_write_text
 from mi_pipeline.layout import RunLayout

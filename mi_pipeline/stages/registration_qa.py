@@ -1,4 +1,4 @@
-"""Registration that cannot make things worse: per-subject QA and fallback (issue 14).
+"""Registration that cannot make things worse: per-subject QA and fallback.
 
 For every cine/LGE pair (one subject: its LGE slices against its cine ED slices) four candidate
 fields are built on the cine grid, from the simplest to the most flexible:

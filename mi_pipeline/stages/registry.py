@@ -2,7 +2,7 @@
 
 Everything that needs a stage's behaviour -- the stage runner (``make_task``), inference and
 evaluation (``load_best``), the benchmarks -- asks here, so adding or changing a stage touches one
-table. The stage graph itself (names, dependencies, config sections) is ``stages/graph.py``.
+table. The stage graph itself (names, dependencies, config sections) is ``graph.py``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from mi_pipeline.config import Config, stage_hash
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.task import TrainTask
 from mi_pipeline.errors import CheckpointError
+from mi_pipeline.graph import MODEL_STAGES
 from mi_pipeline.stages import common, motion, registration, segmentation
-from mi_pipeline.stages.graph import MODEL_STAGES
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,11 @@ from mi_pipeline.data import folds as split_file
 from mi_pipeline.errors import ConfigError, InputError, UserError
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.fold_setup import check_fold, prepare_folds
-from mi_pipeline.orchestration.progress import ProgressFile
-from mi_pipeline.orchestration.submission import make_run_plan
 from mi_pipeline.orchestration.plan import make_plan
+from mi_pipeline.orchestration.progress import ProgressFile
 from mi_pipeline.orchestration.stage_runner import train_stage
 from mi_pipeline.orchestration.status_report import collect, render
+from mi_pipeline.orchestration.submission import make_run_plan
 from tests.orchestration.test_plan_modes import TINY, write_best, write_last
 
 IDS = [f"s{i}" for i in range(6)]

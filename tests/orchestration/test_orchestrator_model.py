@@ -33,13 +33,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from mi_pipeline.config import load_config
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.trainer import Interrupted, TrainState, set_aside
+from mi_pipeline.graph import MODEL_STAGES, STAGES, UPSTREAM
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration import jobs, pipeline, slurm_executor, stage_runner
 from mi_pipeline.orchestration.local_executor import StageCommand
 from mi_pipeline.orchestration.plan import make_plan
 from mi_pipeline.orchestration.progress import STATES, ProgressFile
 from mi_pipeline.orchestration.submission import RunPlan, SlurmExecutor, Unit
-from mi_pipeline.stages.graph import MODEL_STAGES, STAGES, UPSTREAM
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 OVERRIDES = ("motion.epochs=3", "registration.epochs=2", "segmentation.epochs=2")

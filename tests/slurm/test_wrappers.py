@@ -187,9 +187,9 @@ def test_a_refused_sbatch_cancels_what_this_call_submitted_and_says_so(slurm_clu
 
 def test_the_wrappers_take_a_fold(slurm_cluster, tmp_path: Path) -> None:
     """k-fold (issue 15): the chain without --fold is the shared data job; with --fold k, fold k's models."""
-    from tests.helpers import wait_folds_done
-
     import yaml
+
+    from tests.helpers import wait_folds_done
 
     raw = yaml.safe_load(TINY.read_text())
     raw["cv"], raw["motion"]["epochs"] = {"folds": 2}, 2  # as short as a chain gets

@@ -1,10 +1,19 @@
-"""Old import paths of modules that moved, so runs and jobs made by earlier versions keep working.
+"""What keeps runs and jobs made by earlier versions working: every shim, in one table.
 
-A SLURM job pickled by submitit before the move names its callable by the old path (e.g.
+| since | what changed | the shim | may go when |
+|---|---|---|---|
+| 0.1.0 -> now | modules moved into ``orchestration/`` | ``MOVED`` below: old import paths resolve | no 0.1.0 job pickle can still be requeued |
+| now | ``stages/graph.py`` became ``graph.py`` | ``MOVED`` | no job pickled before the move is queued |
+| 0.1.0 -> now | ``amp: true/false`` became ``off/bf16/fp16`` | ``config.AMP_FROM_BOOL`` | configs with booleans are rewritten |
+| 0.1.0 -> now | a planned restart is a record token, not ``StageJob.restart`` | ``StageJob.restart`` read on the first attempt only | no 0.1.0 job pickle remains |
+| 0.1.0 -> now | new config keys | ``config.HASHED_WHEN_CHANGED``: hashed only when set | checkpoints of 0.1.0 runs are retrained |
+| now | the cache manifest counts LGE subjects | an older manifest without the count reads as "unknown" | old caches are re-prepared |
+
+A SLURM job pickled by submitit before a move names its callable by the old path (e.g.
 ``mi_pipeline.slurm_executor.StageJob``, holding a ``mi_pipeline.executors.StageCommand``); when it
-starts or is requeued after an upgrade, unpickling imports that path. Each old name here resolves
-to the module object at its new home -- the same module, not a copy -- so there is still one
-definition of everything.
+starts or is requeued after an upgrade, unpickling imports that path. Each old name resolves to the
+module object at its new home -- the same module, not a copy -- so there is still one definition of
+everything.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ MOVED: dict[str, str] = {
     "mi_pipeline.plan": "mi_pipeline.orchestration.plan",
     "mi_pipeline.progress": "mi_pipeline.orchestration.progress",
     "mi_pipeline.container": "mi_pipeline.orchestration.container",
+    "mi_pipeline.stages.graph": "mi_pipeline.graph",
 }
 
 
