@@ -486,7 +486,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     for item in overrides:
         _apply_override(raw, item)
         source = f"{source} (with --set)" if "--set" not in source else source
-    return _build(Config, raw, prefix="", source=source)
+    cfg: Config = _build(Config, raw, prefix="", source=source)
+    return cfg
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -554,7 +555,7 @@ def _build(cls: type, raw: Any, *, prefix: str, source: str) -> Any:
 def _coerce(tp: Any, value: Any, *, key: str, source: str) -> Any:
     """Check ``value`` against type hint ``tp``; convert where YAML is naturally loose (int->float, list->tuple)."""
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, prefix=f"{key}.", source=source)
     if origin is Literal:
         if tp == AmpMode and isinstance(value, bool):  # `amp: off` reads as false; legacy `amp: true`
@@ -607,7 +608,8 @@ def _coerce(tp: Any, value: Any, *, key: str, source: str) -> Any:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain, JSON/YAML-safe dict of a config (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    plain: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    return plain
 
 
 # Keys added after 0.1.0 count in a stage's hash only when set to something other than their default,
@@ -710,4 +712,4 @@ def _flatten(value: Any, prefix: str) -> dict[str, Any]:
 
 
 def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return str(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -17,6 +17,7 @@ from mi_pipeline.config import Config
 from mi_pipeline.errors import UserError
 from mi_pipeline.graph import UPSTREAM
 from mi_pipeline.layout import RunLayout
+from mi_pipeline.orchestration.plan import Step
 from mi_pipeline.orchestration.progress import ProgressFile, now
 
 
@@ -81,7 +82,7 @@ class ChainLine:
         return " ".join((self.verb, self.stage, *self.fields))
 
 
-def _entries(steps: list, progress_file: ProgressFile) -> list[ChainLine]:
+def _entries(steps: list[Step], progress_file: ProgressFile) -> list[ChainLine]:
     from mi_pipeline.orchestration.jobs import ACTIVE_STATES, job_states
     from mi_pipeline.orchestration.local_executor import plan_restart
 

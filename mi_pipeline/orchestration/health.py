@@ -25,7 +25,7 @@ class CheckpointHealth:
     best_problem: str | None  # None, "missing" or the load error
     best_metric: float | None
     best_config_hash: str | None
-    best_config: dict | None  # the config best_model.pth was trained with (None: not recorded)
+    best_config: dict[str, Any] | None  # the config best_model.pth was trained with (None: not recorded)
     last_epoch: int | None  # completed epochs in last.pth (None: no usable last.pth)
     last_finished: bool
     last_problem: str | None
@@ -61,7 +61,8 @@ def read_stage(layout: RunLayout, stage: str, *, full: bool = False) -> StageFil
     all, for training to continue from.
     """
     load_last = ckpt.load_checkpoint if full else ckpt.read_metadata
-    best, best_problem = None, "missing"
+    best: dict[str, Any] | None = None
+    best_problem: str | None = "missing"
     if layout.best(stage).exists():
         try:
             best, best_problem = ckpt.read_metadata(layout.best(stage), required=("model", "config_hash")), None

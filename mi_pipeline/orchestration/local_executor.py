@@ -117,7 +117,7 @@ def run_child(argv: list[str], grace_s: float = 600.0) -> int:
         raise
 
 
-def _wait_ignoring_interrupts(child: subprocess.Popen, grace_s: float) -> None:
+def _wait_ignoring_interrupts(child: subprocess.Popen[bytes], grace_s: float) -> None:
     deadline = time.monotonic() + grace_s
     while child.poll() is None and time.monotonic() < deadline:
         try:

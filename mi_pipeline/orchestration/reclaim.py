@@ -173,7 +173,7 @@ def remove(items: list[Reclaimable]) -> int:
     return freed
 
 
-def human(size: int) -> str:
+def human(size: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if size < 1024 or unit == "GB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"

@@ -135,8 +135,9 @@ def run_slurm(steps: list[Step], command: StageCommand, progress: ProgressFile, 
             continue
         record = records[step.stage]
         if step not in to_submit:
-            job_of[step.stage] = record.job_id  # type: ignore[assignment]
-            print(f"  {step.stage}: job {record.job_id} is {live[record.job_id]}: kept (no duplicate submitted)")
+            job_id = record.job_id or ""  # a kept step's record names its live job
+            job_of[step.stage] = job_id
+            print(f"  {step.stage}: job {job_id} is {live[job_id]}: kept (no duplicate submitted)")
             continue
         deps = [job_of[up] for up in UPSTREAM[step.stage] if up in job_of]
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cfg.slurm.max_requeues,
@@ -215,7 +216,7 @@ def slurm_parameters(cfg: Config, stage: str, run_dir: Path, deps: list[str]) ->
         if res[key]:
             params[f"slurm_{key}"] = res[key]
     extra: dict[str, Any] = {"requeue": True}  # sites whose default is --no-requeue would refuse the requeue
-    extra.update(item.split("=", 1) for item in cfg.slurm.extra)
+    extra.update(tuple(item.split("=", 1)) for item in cfg.slurm.extra)
     if deps:
         extra["dependency"] = "afterok:" + ":".join(deps)
         extra["kill-on-invalid-dep"] = "yes"

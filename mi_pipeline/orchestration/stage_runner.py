@@ -22,7 +22,7 @@ from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.determinism import pick_device, setup_determinism
 from mi_pipeline.engine.distributed import World, device_for, init_world, shutdown
 from mi_pipeline.engine.runlog import StageLog
-from mi_pipeline.engine.trainer import RESUME_KEYS, FitContext, Interrupted, StartFrom, fit, set_aside
+from mi_pipeline.engine.trainer import RESUME_KEYS, FitContext, Interrupted, StartFrom, TrainState, fit, set_aside
 from mi_pipeline.errors import CheckpointError, UserError
 from mi_pipeline.graph import UPSTREAM
 from mi_pipeline.layout import RunLayout
@@ -207,7 +207,7 @@ def _run_model_stage(stage: str, cfg: Config, layout: RunLayout, update: StageRe
     optim = getattr(cfg, stage)
     task = make_task(stage, cfg, layout.root)
 
-    def on_epoch(state, metrics: dict[str, float]) -> None:
+    def on_epoch(state: TrainState, metrics: dict[str, float]) -> None:
         update(epoch=state.epoch, epochs=optim.epochs, best_metric=state.best_metric, metric_name=task.metric_name)
 
     ctx = FitContext(ckpt_dir=layout.ckpt_dir(stage), log=log, seed=cfg.seed, config_hash=stage_hash(cfg, stage),

@@ -90,7 +90,7 @@ def render(report: dict[str, Any]) -> str:
 def render_folds(folds: dict[str, dict[str, Any]]) -> str:
     """One row per fold: its seed state, then each model stage's status, epoch and job."""
     def cell(info: dict[str, Any]) -> str:
-        text = info["status"]
+        text = str(info["status"])
         if info.get("epochs"):
             text += f" {info['epoch']}/{info['epochs']}"
         if info.get("job_id") and info["status"] in ("pending", "running", "failed"):
