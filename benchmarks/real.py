@@ -85,21 +85,14 @@ def myocardium_inside(raw: RawSubject, crop_affine: np.ndarray, crop: int) -> bo
     return bool(np.all((vox[:2] >= 1.0) & (vox[:2] <= crop - 2.0)))
 
 
-def locate(raw: RawSubject, spacing: tuple[float, float]) -> tuple[tuple[float, float], str]:
-    """The label-free LV centre and the name of the method that gave it."""
-    if hasattr(preprocess, "locate_lv"):
-        found = preprocess.locate_lv(raw.cine, spacing)
-        return found.center, found.method
-    return preprocess.lv_center_heuristic(raw.cine, spacing), "temporal_std"
-
-
 def rv_check(raw: RawSubject, centre: tuple[float, float], cfg: DataConfig) -> tuple[int, int, list[float]]:
     """(mid slices, RV found on the slice itself, errors in degrees where found) on the crop grid."""
     sub = preprocess.preprocess_subject(raw, cfg, center=centre)
     lab = sub.cine_label[:, 0]
     myo, rv = np.isin(lab, MYO_CODES), lab == RV_CODE
     truth = aha.anchor_from_labels(rv, myo, sub.affine, float(sub.spacing[0]))
-    found = aha.anchor_from_images(sub.cine[:, 0], myo, sub.affine, float(sub.spacing[0]))
+    found = aha.anchor_from_images(sub.cine[:, 0], myo, sub.affine, float(sub.spacing[0]),
+                                   motion=sub.cine.std(axis=1))
     mids = [k for k, level in enumerate(metrics.level_of_slices(myo)) if level == "mid" and truth.found[k]]
     errors = [aha.angle_error_deg(float(truth.angles_deg[k]), float(found.angles_deg[k]))
               for k in mids if found.found[k]]
@@ -109,10 +102,11 @@ def rv_check(raw: RawSubject, centre: tuple[float, float], cfg: DataConfig) -> t
 def evaluate(raw: RawSubject, cfg: DataConfig) -> SubjectRow:
     sp = np.linalg.norm(raw.cine_affine[:3, :3], axis=0)
     spacing = (float(sp[0]), float(sp[1]))
-    centre, method = locate(raw, spacing)
+    found = preprocess.locate(raw)
+    centre, method = found.center, found.method
     want = label_centre(raw)
     error = float(np.hypot((centre[0] - want[0]) * spacing[0], (centre[1] - want[1]) * spacing[1]))
-    sub = preprocess.preprocess_subject(unlabelled(raw), cfg, center=centre)
+    sub = preprocess.preprocess_subject(unlabelled(raw), cfg)  # centre and crop size found as predict finds them
     crop_ok = myocardium_inside(raw, sub.affine, sub.cine.shape[2])
     mids, found, errors = rv_check(raw, label_centre(raw), cfg)
     ed_err = None
