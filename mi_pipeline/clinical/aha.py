@@ -228,7 +228,7 @@ def anchor_from_images(cine_ed: np.ndarray, myo: np.ndarray, affine: np.ndarray,
         if not has_myo[k]:
             per_slice.append(None)
             continue
-        cavity = ndimage.binary_fill_holes(myo[k]) & ~myo[k]
+        cavity = ndimage.binary_fill_holes(ndimage.binary_closing(myo[k], iterations=3)) & ~myo[k]  # basal rings open
         if cavity.sum() < 4:
             per_slice.append(None)
             continue
@@ -262,6 +262,24 @@ def anchor_from_labels(rv: np.ndarray, myo: np.ndarray, affine: np.ndarray, spac
         profile = _band_profile(rv[k].astype(np.float32), myo[k], spacing_mm, order=0)
         per_slice.append(_insertion_from_flags(profile > 0.3, apex_view, strength=profile))
     return _finish("rv_labels", per_slice, has_myo)
+
+
+def anchor_summary(anchor: Anchor) -> dict:
+    """What a reader needs to know about the numbering, for every output that shows segments.
+
+    ``method``: ``rv_insertion`` (numbered from the anterior RV insertion found in the images or the RV
+    labels) or ``fixed_angle`` (the crop grid's fixed angle: segment numbers may not match anatomy);
+    ``source``: the ``Anchor.method``; ``why``: on which slices it was found, or why it fell back.
+    """
+    with_myo = [k for k, a in enumerate(anchor.angles_deg) if a is not None]
+    found = [k for k in with_myo if anchor.found[k]]
+    if anchor.method == "fixed":
+        return {"method": "fixed_angle", "source": anchor.method,
+                "why": anchor.warning or "no RV insertion point found on any slice"}
+    why = f"RV insertion found on {len(found)} of {len(with_myo)} slices with myocardium"
+    if len(found) < len(with_myo):
+        why += "; the others use the mean angle of those"
+    return {"method": "rv_insertion", "source": anchor.method, "why": why}
 
 
 def segment_map(reference_myo: np.ndarray, anchor: Anchor) -> np.ndarray:
