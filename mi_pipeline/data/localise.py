@@ -37,6 +37,7 @@ MIN_RING = 0.6  # share of that band darker than the threshold: the RV touches t
 MIN_MOTION = 0.15  # border motion relative to the slice's strongest, below which a pool does not beat
 LINK_MM = 12.0  # pools on other slices within this distance support a candidate
 FOLLOW_MM = 28.0  # how far the LV pool may drift between slices (breath-holds, oblique axis)
+MIN_SLICES = 2  # slices the LV must be found on (with a neighbour's support), unless the stack has one
 MAX_AREA_RATIO = 2.5  # a pool this much larger than the others is merged with a neighbour
 THRESHOLD_FRACTIONS = (0.35, 0.45, 0.55, 0.65)  # of the way from dark (20th percentile) to bright (99th) tissue
 WALL_MM = 10.0  # LV wall added to a pool's radius when weighting slices (and sizing the crop)
@@ -222,7 +223,7 @@ def _follow(cands: list[Candidate], spacing: tuple[float, float]) -> list[Candid
         return []
     median_area = float(np.median([c.area_px for c in chosen]))
     chosen = [c for c in chosen if c.area_px <= MAX_AREA_RATIO * median_area]
-    return [c for c in chosen if len(chosen) < 3 or _supported(c, chosen, spacing)]
+    return [c for c in chosen if _supported(c, chosen, spacing)]
 
 
 def _supported(c: Candidate, chosen: list[Candidate], spacing: tuple[float, float]) -> bool:
@@ -235,15 +236,12 @@ def locate_lv(cine: np.ndarray, spacing: tuple[float, float], fallback=None) -> 
     """The LV of a 4D X x Y x Z x T cine (see the module docstring); ``fallback`` gives the old centre."""
     weight = _centre_weight(cine.shape[:2])
     cands = [c for k in range(cine.shape[2]) for c in _slice_candidates(k, cine[:, :, k], spacing, weight)]
-    if not cands:
+    best = (_follow(cands, spacing) if cine.shape[2] > 1 else [max(cands, key=lambda c: c.score)]) if cands else []
+    if len(best) < min(MIN_SLICES, cine.shape[2]):
         centre = fallback(cine, spacing) if fallback else ((cine.shape[0] - 1) / 2, (cine.shape[1] - 1) / 2)
-        return LvLocation(center=centre, radius_mm=None, method="temporal_std_fallback",
-                          why="no round, beating, ringed bright blood pool on any slice")
-    best = _follow(cands, spacing) if cands else []
-    if not best:
-        centre = fallback(cine, spacing) if fallback else ((cine.shape[0] - 1) / 2, (cine.shape[1] - 1) / 2)
-        return LvLocation(center=centre, radius_mm=None, method="temporal_std_fallback",
-                          why="no round, beating, ringed bright blood pool on any slice")
+        why = (f"no round, beating, ringed bright blood pool at the same place on {MIN_SLICES} slices or more"
+               if cands else "no round, beating, ringed bright blood pool on any slice")
+        return LvLocation(center=centre, radius_mm=None, method="temporal_std_fallback", why=why)
     # weighted like the LV's cross-section (pool plus a wall), as the labels' centre of cavity + myocardium is
     radii = np.sqrt(np.array([c.area_px for c in best], dtype=float) * spacing[0] * spacing[1] / np.pi)
     areas = (radii + WALL_MM) ** 2
