@@ -251,3 +251,9 @@ def locate_lv(cine: np.ndarray, spacing: tuple[float, float], fallback=None) -> 
     radius = float(np.max(np.hypot((pts[:, 0] - ci) * spacing[0], (pts[:, 1] - cj) * spacing[1])))
     return LvLocation(center=(ci, cj), radius_mm=radius, method="blood_pool",
                       slices=tuple(sorted(c.slice for c in best)))
+
+
+def describe(found: LvLocation) -> dict:
+    """How the crop centre was found, for a report: method, why (a fallback's reason), slices, pool radius."""
+    return {"method": found.method, "why": found.why, "slices": list(found.slices),
+            "pool_radius_mm": None if found.radius_mm is None else round(found.radius_mm, 1)}

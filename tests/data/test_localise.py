@@ -45,3 +45,9 @@ def test_crop_spacing_grows_only_for_a_heart_that_does_not_fit() -> None:
     assert sub.spacing[0] == pytest.approx(small)
     myo = np.isin(sub.cine_label, (2, 3))
     assert not (myo[..., 0, :].any() or myo[..., -1, :].any() or myo[..., :, 0].any() or myo[..., :, -1].any())
+
+
+def test_describe_names_method_and_reason() -> None:
+    cine = np.random.default_rng(1).random((48, 48, 3, 4)).astype(np.float32)
+    text = localise.describe(localise.locate_lv(cine, (1.5, 1.5)))
+    assert text["method"] == "temporal_std_fallback" and text["why"] and text["pool_radius_mm"] is None
