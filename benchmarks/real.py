@@ -34,11 +34,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mi_pipeline import metrics  # noqa: E402
-from mi_pipeline.clinical import aha  # noqa: E402
-from mi_pipeline.config import DataConfig  # noqa: E402
-from mi_pipeline.data import adapters, preprocess  # noqa: E402
-from mi_pipeline.data.generic import RawSubject  # noqa: E402
+from mi_pipeline import metrics
+from mi_pipeline.clinical import aha
+from mi_pipeline.config import DataConfig
+from mi_pipeline.data import adapters, preprocess
+from mi_pipeline.data.generic import RawSubject
 
 CENTRE_MM, RV_DEG, TARGET = 5.0, 20.0, 0.9
 RV_CODE, MYO_CODES, LV_CODES = 5, (2, 3, 4), (1, 2, 3, 4)
@@ -140,7 +140,7 @@ def print_table(rows: list[SubjectRow], summary: dict) -> None:
     print(f"{'subject':<12} {'centre mm':>9} {'method':<22} {'crop mm':>7} {'crop ok':>7} {'RV found':>9} "
           f"{'RV <=20':>8} {'ED err':>6}")
     for r in rows:
-        print(f"{r.subject:<12} {r.centre_mm:>9.1f} {r.method:<22} {r.crop_mm:>7.0f} {str(r.crop_ok):>7} "
+        print(f"{r.subject:<12} {r.centre_mm:>9.1f} {r.method:<22} {r.crop_mm:>7.0f} {r.crop_ok!s:>7} "
               f"{r.rv_found:>4}/{r.mid_slices:<4} {r.rv_within:>4}/{r.mid_slices:<3} "
               f"{'-' if r.ed_err is None else r.ed_err:>6}")
     print(f"pooled: {summary['subjects']} subjects; centre <= 5 mm {summary['centre_within_5mm']:.0%} "

@@ -178,7 +178,7 @@ def _pools(k: int, cine_k: np.ndarray, peak: np.ndarray, motion: np.ndarray, thr
         if ring < MIN_RING or beat < MIN_MOTION:
             continue
         ci, cj = ndimage.center_of_mass(mask)
-        centre_prior = float(weight[int(round(ci)), int(round(cj))])
+        centre_prior = float(weight[round(ci), round(cj)])
         score = roundness * ring * beat * centre_prior
         out.append(Candidate(slice=k, center=(float(ci), float(cj)), area_px=int(mask.sum()), score=float(score),
                              extent_px=np.argwhere(mask), curve=_curve(cine_k, mask)))

@@ -198,7 +198,7 @@ def normalise(x: np.ndarray, valid: np.ndarray, path: Path) -> np.ndarray:
 def preprocess_subject(raw: RawSubject, cfg: DataConfig, center: tuple[float, float] | None = None) -> Subject:
     """Resample, crop, normalise; see the module docstring. ``center`` overrides the crop centre, which is
     otherwise the labels' LV centre, or, without labels, where ``locate`` finds the LV."""
-    nx, ny, nz, nt = raw.cine.shape
+    _, _, nz, nt = raw.cine.shape
     cine_path = raw.cine_path or raw.folder / "cine.nii.gz"
     found = None
     if center is None:
