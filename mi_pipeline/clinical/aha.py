@@ -100,25 +100,6 @@ def _band_profile(values: np.ndarray, myo: np.ndarray, spacing_mm: float, order:
     return samples.mean(axis=1)
 
 
-def _longest_run(flags: np.ndarray) -> tuple[int, int] | None:
-    """(first, length) of the longest circular run of True; None when all or nothing is True."""
-    if flags.all() or not flags.any():
-        return None
-    start = int(np.argmin(flags))  # a False: unroll the circle from there
-    rolled = np.roll(flags, -start)
-    best, cur_start, cur_len, best_len = None, 0, 0, 0
-    for i, f in enumerate(rolled):
-        if f:
-            if cur_len == 0:
-                cur_start = i
-            cur_len += 1
-            if cur_len > best_len:
-                best_len, best = cur_len, cur_start
-        else:
-            cur_len = 0
-    return ((best + start) % len(flags), best_len) if best is not None else None
-
-
 def _world_dir(affine: np.ndarray, angle_deg: float) -> np.ndarray:
     """RAS direction of an in-plane angle on the crop grid (rows = axis 0, cols = axis 1)."""
     phi = np.radians(angle_deg)
