@@ -35,6 +35,8 @@ BAND_MM = (3.5, 8.0)  # where the RV blood pool is looked for, outside the LV ep
 MIN_ARC_DEG, MAX_ARC_DEG = 40.0, 250.0
 ANTERIOR_RAS = np.array([0.0, 1.0, 1.0]) / np.sqrt(2.0)
 SEPTUM_SPAN_DEG = 120.0  # two 60-degree segments (2 and 3) between the insertion points
+RV_RAS = np.array([0.77, 0.55, -0.19]) / np.linalg.norm([0.77, 0.55, -0.19])  # LV -> RV, mean of real hearts
+PRIOR_FLOOR = 0.25  # weight of a bright arc pointing away from RV_RAS (a rotated heart can still be found)
 RV_WALL_MM = 3.0  # normal RV free wall 2-5 mm: the insertion point lies one wall beyond the end of the bright blood
 
 
@@ -98,25 +100,6 @@ def _band_profile(values: np.ndarray, myo: np.ndarray, spacing_mm: float, order:
     return samples.mean(axis=1)
 
 
-def _longest_run(flags: np.ndarray) -> tuple[int, int] | None:
-    """(first, length) of the longest circular run of True; None when all or nothing is True."""
-    if flags.all() or not flags.any():
-        return None
-    start = int(np.argmin(flags))  # a False: unroll the circle from there
-    rolled = np.roll(flags, -start)
-    best, cur_start, cur_len, best_len = None, 0, 0, 0
-    for i, f in enumerate(rolled):
-        if f:
-            if cur_len == 0:
-                cur_start = i
-            cur_len += 1
-            if cur_len > best_len:
-                best_len, best = cur_len, cur_start
-        else:
-            cur_len = 0
-    return ((best + start) % len(flags), best_len) if best is not None else None
-
-
 def _world_dir(affine: np.ndarray, angle_deg: float) -> np.ndarray:
     """RAS direction of an in-plane angle on the crop grid (rows = axis 0, cols = axis 1)."""
     phi = np.radians(angle_deg)
@@ -132,19 +115,54 @@ def angle_of_world_dir(affine: np.ndarray, direction: np.ndarray) -> float:
     return float(np.degrees(np.arctan2(-(direction @ u0), direction @ u1)) % 360.0)
 
 
-def _insertion_from_flags(flags: np.ndarray, affine: np.ndarray) -> tuple[float, int] | None:
-    """(anterior insertion angle, septum direction) from per-angle 'RV here' flags, or None."""
-    run = _longest_run(flags)
-    if run is None:
+def viewed_from_apex(affine: np.ndarray, myo: np.ndarray) -> bool:
+    """Whether the slices, as displayed (row 0 on top), are seen from the apex toward the base.
+
+    The base is the end of the stack with the larger myocardium (``metrics.level_of_slices``' rule);
+    the display looks along columns x rows. Why it matters: seen from the apex, the septum runs
+    counter-clockwise from the anterior RV insertion point to the inferior one; seen from the base,
+    clockwise. That is anatomy, so the anterior end of the RV arc follows from it whatever the
+    heart's orientation in the scanner (patient axes only break a tie when the stack has no base).
+    """
+    areas = np.asarray(myo, bool).reshape(myo.shape[0], -1).sum(axis=1)
+    idx = np.nonzero(areas)[0]
+    half = len(idx) // 2
+    if half == 0 or areas[idx[:half]].sum() == areas[idx[len(idx) - half:]].sum():
+        return bool(_world_dir(affine, 90.0) @ ANTERIOR_RAS >= 0)  # no base to tell: patient axes
+    base_first = areas[idx[:half]].sum() > areas[idx[len(idx) - half:]].sum()
+    apex_dir = affine[:3, 2] * (1.0 if base_first else -1.0)
+    u0 = affine[:3, 0] / np.linalg.norm(affine[:3, 0])
+    u1 = affine[:3, 1] / np.linalg.norm(affine[:3, 1])
+    return bool(np.cross(u1, u0) @ apex_dir < 0)
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(first, length) of every circular run of True."""
+    if flags.all() or not flags.any():
+        return []
+    start = int(np.argmin(flags))
+    rolled = np.roll(flags, -start)
+    edges = np.diff(np.concatenate([[0], rolled.astype(np.int8), [0]]))
+    firsts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
+    return [((int(a) + start) % len(flags), int(b - a)) for a, b in zip(firsts, ends)]
+
+
+def _insertion_from_flags(flags: np.ndarray, apex_view: bool, strength: np.ndarray | None = None
+                          ) -> tuple[float, int] | None:
+    """(anterior insertion angle, septum direction) from per-angle 'RV here' flags, or None.
+
+    The RV is the run of a plausible arc length with the highest mean ``strength`` (default: the first);
+    its counter-clockwise-first end is the anterior insertion when seen from the apex, its last end
+    when seen from the base (``viewed_from_apex``).
+    """
+    weight = np.ones(len(flags)) if strength is None else strength
+    runs = [(a, n) for a, n in _runs(flags) if MIN_ARC_DEG <= n <= MAX_ARC_DEG]
+    if not runs:
         return None
-    first, length = run
-    if not MIN_ARC_DEG <= length <= MAX_ARC_DEG:
-        return None
+    first, length = max(runs, key=lambda r: float(np.take(weight, range(r[0], r[0] + r[1]), mode="wrap").mean()))
     a = float(ANGLES[first])  # the run goes counter-clockwise from a to b
     b = float(ANGLES[(first + length - 1) % len(ANGLES)]) + 1.0
-    if _world_dir(affine, a) @ ANTERIOR_RAS >= _world_dir(affine, b) @ ANTERIOR_RAS:
-        return a % 360.0, 1
-    return b % 360.0, -1
+    return (a % 360.0, 1) if apex_view else (b % 360.0, -1)
 
 
 def _finish(method: str, per_slice: list[tuple[float, int] | None], has_myo: list[bool]) -> Anchor:
@@ -172,19 +190,26 @@ def fixed_anchor(has_myo: list[bool], warning: str) -> Anchor:
                   found=[False] * len(has_myo), direction=1, warning=warning)
 
 
-def anchor_from_images(cine_ed: np.ndarray, myo: np.ndarray, affine: np.ndarray, spacing_mm: float) -> Anchor:
+def anchor_from_images(cine_ed: np.ndarray, myo: np.ndarray, affine: np.ndarray, spacing_mm: float,
+                       motion: np.ndarray | None = None) -> Anchor:
     """Anterior RV insertion per slice from the ED cine: the arc just outside the LV where blood is bright.
 
-    ``cine_ed`` (Z, H, W) intensities (bright blood); ``myo`` (Z, H, W) myocardium (infarct included).
-    The threshold sits halfway between the slice's myocardium and its LV blood pool.
+    ``cine_ed`` (Z, H, W) intensities (bright blood); ``myo`` (Z, H, W) myocardium (infarct included);
+    ``motion`` (Z, H, W), optional: the cine's temporal standard deviation. The threshold sits halfway
+    between the slice's myocardium and its LV blood pool. Real slices show several bright arcs outside
+    the LV (epicardial fat, atria, vessels): the RV is the one with the most contrast, times its motion
+    when given (blood beats, fat does not), times a soft prior toward where the RV lies in patients
+    (``RV_RAS``, floored at ``PRIOR_FLOOR`` so that a heart turned in the chest is still found).
     """
     per_slice: list[tuple[float, int] | None] = []
     has_myo = [bool(m.any()) for m in myo]
+    apex_view = viewed_from_apex(affine, myo)
+    prior = PRIOR_FLOOR + (1.0 - PRIOR_FLOOR) * np.clip([_world_dir(affine, a) @ RV_RAS for a in ANGLES], 0.0, 1.0)
     for k in range(myo.shape[0]):
         if not has_myo[k]:
             per_slice.append(None)
             continue
-        cavity = ndimage.binary_fill_holes(myo[k]) & ~myo[k]
+        cavity = ndimage.binary_fill_holes(ndimage.binary_closing(myo[k], iterations=3)) & ~myo[k]  # basal rings open
         if cavity.sum() < 4:
             per_slice.append(None)
             continue
@@ -195,7 +220,10 @@ def anchor_from_images(cine_ed: np.ndarray, myo: np.ndarray, affine: np.ndarray,
         profile = _band_profile(cine_ed[k], myo[k], spacing_mm, order=1)
         flags = profile > muscle + 0.5 * (blood - muscle)
         flags = ndimage.binary_closing(np.concatenate([flags, flags, flags]), iterations=3)[len(flags):2 * len(flags)]
-        found = _insertion_from_flags(flags, affine)
+        strength = (profile - muscle) * prior
+        if motion is not None:
+            strength = strength * _band_profile(motion[k], myo[k], spacing_mm, order=1)
+        found = _insertion_from_flags(flags, apex_view, strength=strength)
         if found is not None:  # the bright arc is the RV blood; the wall attaches one wall thickness further out
             wall_deg = float(np.degrees(RV_WALL_MM / _band_radius_mm(myo[k], spacing_mm)))
             found = ((found[0] - found[1] * wall_deg) % 360.0, found[1])
@@ -207,13 +235,32 @@ def anchor_from_labels(rv: np.ndarray, myo: np.ndarray, affine: np.ndarray, spac
     """Anterior RV insertion per slice from an RV label mask (ACDC, M&Ms) on the same grid."""
     per_slice: list[tuple[float, int] | None] = []
     has_myo = [bool(m.any()) for m in myo]
+    apex_view = viewed_from_apex(affine, myo)
     for k in range(myo.shape[0]):
         if not has_myo[k] or not rv[k].any():
             per_slice.append(None)
             continue
         profile = _band_profile(rv[k].astype(np.float32), myo[k], spacing_mm, order=0)
-        per_slice.append(_insertion_from_flags(profile > 0.3, affine))
+        per_slice.append(_insertion_from_flags(profile > 0.3, apex_view, strength=profile))
     return _finish("rv_labels", per_slice, has_myo)
+
+
+def anchor_summary(anchor: Anchor) -> dict:
+    """What a reader needs to know about the numbering, for every output that shows segments.
+
+    ``method``: ``rv_insertion`` (numbered from the anterior RV insertion found in the images or the RV
+    labels) or ``fixed_angle`` (the crop grid's fixed angle: segment numbers may not match anatomy);
+    ``source``: the ``Anchor.method``; ``why``: on which slices it was found, or why it fell back.
+    """
+    with_myo = [k for k, a in enumerate(anchor.angles_deg) if a is not None]
+    found = [k for k in with_myo if anchor.found[k]]
+    if anchor.method == "fixed":
+        return {"method": "fixed_angle", "source": anchor.method,
+                "why": anchor.warning or "no RV insertion point found on any slice"}
+    why = f"RV insertion found on {len(found)} of {len(with_myo)} slices with myocardium"
+    if len(found) < len(with_myo):
+        why += "; the others use the mean angle of those"
+    return {"method": "rv_insertion", "source": anchor.method, "why": why}
 
 
 def segment_map(reference_myo: np.ndarray, anchor: Anchor) -> np.ndarray:

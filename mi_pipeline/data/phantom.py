@@ -230,7 +230,56 @@ class _Body:
         return body, fat, tex
 
 
-def _draw(params: PhantomConfig, index: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Grid:
+    """A subject's cine grid: ``size`` x ``size`` pixels of ``spacing_mm``, ``slices`` of ``thickness_mm``."""
+
+    size: int
+    spacing_mm: float
+    thickness_mm: float
+    slices: int
+    frames: int
+
+
+@dataclass(frozen=True)
+class ElasticChange:
+    """The LGE's smooth in-plane elastic change: two sine terms per axis (amplitude mm, wave number, phase)."""
+
+    amp: np.ndarray
+    k: np.ndarray
+    phase: np.ndarray
+
+
+@dataclass(frozen=True)
+class SubjectDraw:
+    """Every random choice of one subject, drawn in a fixed order (see ``_draw``).
+
+    ``rotation``/``origin``: the cine plane's direction cosines (with the scanner's flips) and origin;
+    ``lge_*``: the LGE's own plane, origin, spacing and matrix; ``breath_hold``: the cine-to-LGE pose
+    change as written to ``info.json``; ``cine_contrast``/``lge_contrast``: tissue signals (blood, myo,
+    scar, tissue, fat, lung); ``noise``/``bias``: Rician noise level and bias-field coefficients, (cine, LGE).
+    """
+
+    heart: _Heart
+    body: _Body
+    grid: Grid
+    rotation: np.ndarray
+    origin: np.ndarray
+    ed: int
+    es_offset: int
+    lge_rotation: np.ndarray
+    lge_origin: np.ndarray
+    lge_spacing_mm: float
+    lge_size: int
+    breath_hold: dict[str, Any]
+    elastic: ElasticChange
+    cine_contrast: dict[str, float]
+    lge_contrast: dict[str, float]
+    noise: tuple[float, float]
+    bias: tuple[np.ndarray, np.ndarray]
+
+
+def _draw(params: PhantomConfig, index: int) -> SubjectDraw:
     """All random draws of one subject, in a fixed order (so the bytes are stable for a seed)."""
     rng = np.random.default_rng([params.seed, index])
     u = rng.uniform
@@ -306,29 +355,27 @@ def _draw(params: PhantomConfig, index: int) -> dict[str, Any]:
     through = u(-params.lge_slice_offset, params.lge_slice_offset) * th
     move = rot @ np.array([shift * math.cos(direction), shift * math.sin(direction), through])
     tilt_axis = rot @ np.array([u(-2, 2), u(-2, 2), 0.0])
-    bh = {
+    breath_hold = {
         "rotation_deg": [round(float(tilt_axis[0]), 3), round(float(tilt_axis[1]), 3), 0.0],
         "in_plane_rotation_deg": round(float(spin), 3),
         "plane_normal": [round(float(v), 6) for v in rot[:, 2]],
         "translation_mm": [round(float(v), 3) for v in move],
         "center_mm": [round(float(v), 3) for v in heart_world],
     }
-    elastic = {
-        "amp": u(0.4, 1.2, size=(2, 2)),
-        "k": 2 * np.pi / u(60, 120, size=(2, 2)),
-        "phase": u(0, 2 * np.pi, size=(2, 2)),
-    }
-    return {
-        "heart": heart, "body": body, "rot": rot, "origin": origin, "ed": ed, "es_offset": es_offset,
-        "rot_l": rot_l, "origin_l": origin_l, "sp_l": sp_l, "n_l": n_l, "bh": bh, "elastic": elastic,
-        "cine_contrast": {"blood": u(0.85, 1.0), "myo": u(0.25, 0.35), "tissue": u(0.2, 0.3), "fat": u(0.6, 0.8),
-                          "lung": u(0.03, 0.06)},
-        "lge_contrast": {"blood": u(0.5, 0.65), "myo": u(*params.lge_remote_signal), "scar": u(0.9, 1.0),
-                         "tissue": u(0.18, 0.28), "fat": u(*params.lge_fat_signal), "lung": u(0.02, 0.04)},
-        "noise": (u(*params.noise_range), u(*params.noise_range)),
-        "grid": {"n": n, "sp": sp, "th": th, "z": z, "frames": frames},
-        "bias": (u(-0.15, 0.15, size=3), u(-0.15, 0.15, size=3)),
-    }
+    elastic = ElasticChange(amp=u(0.4, 1.2, size=(2, 2)), k=2 * np.pi / u(60, 120, size=(2, 2)),
+                            phase=u(0, 2 * np.pi, size=(2, 2)))
+    return SubjectDraw(
+        heart=heart, body=body, rotation=rot, origin=origin, ed=ed, es_offset=es_offset,
+        lge_rotation=rot_l, lge_origin=origin_l, lge_spacing_mm=sp_l, lge_size=n_l, breath_hold=breath_hold,
+        elastic=elastic,
+        cine_contrast={"blood": u(0.85, 1.0), "myo": u(0.25, 0.35), "tissue": u(0.2, 0.3), "fat": u(0.6, 0.8),
+                       "lung": u(0.03, 0.06)},
+        lge_contrast={"blood": u(0.5, 0.65), "myo": u(*params.lge_remote_signal), "scar": u(0.9, 1.0),
+                      "tissue": u(0.18, 0.28), "fat": u(*params.lge_fat_signal), "lung": u(0.02, 0.04)},
+        noise=(u(*params.noise_range), u(*params.noise_range)),
+        grid=Grid(size=n, spacing_mm=sp, thickness_mm=th, slices=z, frames=frames),
+        bias=(u(-0.15, 0.15, size=3), u(-0.15, 0.15, size=3)),
+    )
 
 
 def breath_hold_matrix(bh: dict[str, Any]) -> np.ndarray:
@@ -413,10 +460,8 @@ def generate_subject(params: PhantomConfig, index: int, inplane_rotation_deg: fl
     planes differently would record. The LGE is unchanged. 0 gives the dataset's own bytes.
     """
     d = _draw(params, index)
-    heart: _Heart = d["heart"]
-    body: _Body = d["body"]
-    g = d["grid"]
-    n, sp, th, z, frames = g["n"], g["sp"], g["th"], g["z"], g["frames"]
+    heart, body, g = d.heart, d.body, d.grid
+    n, sp, th, z, frames = g.size, g.spacing_mm, g.thickness_mm, g.slices, g.frames
     noise_rng = np.random.default_rng([params.seed, index, 1])
 
     # ---- cine -----------------------------------------------------------------------------
@@ -431,42 +476,41 @@ def generate_subject(params: PhantomConfig, index: int, inplane_rotation_deg: fl
     x, y, kf = (i * sp).astype(np.float32), (j * sp).astype(np.float32), k.astype(np.float32)
     body_f = body.fields(x, y, kf * th, sp)
     geom = heart.geometry(x, y, kf)
-    es_phase = d["es_offset"] / frames
+    es_phase = d.es_offset / frames
     cine = np.empty((n, n, z, frames), dtype=np.float32)
     cine_label = np.empty((n, n, z, frames), dtype=np.uint8)
     for f in range(frames):
-        c = float(contraction(((f - d["ed"]) % frames) / frames, es_phase))
+        c = float(contraction(((f - d.ed) % frames) / frames, es_phase))
         fields = heart.fields(geom, c, sp)
-        cine[..., f] = _compose(fields, body_f, d["cine_contrast"], lge=False)
+        cine[..., f] = _compose(fields, body_f, d.cine_contrast, lge=False)
         cine_label[..., f] = fields["label"]
-    cine_i16 = _acquire(cine, x, y, n * sp, d["noise"][0], d["bias"][0], noise_rng)
+    cine_i16 = _acquire(cine, x, y, n * sp, d.noise[0], d.bias[0], noise_rng)
     affine = np.eye(4)
-    affine[:3, :3] = d["rot"] @ np.diag([sp, sp, th])
-    affine[:3, 3] = d["origin"]
+    affine[:3, :3] = d.rotation @ np.diag([sp, sp, th])
+    affine[:3, 3] = d.origin
     cine_affine = affine @ grid_rot  # = affine unless the grid is rotated
 
     # ---- LGE: its grid -> world -> undo breath-hold -> cine physical frame -> elastic -> heart --
-    n_l, sp_l = d["n_l"], d["sp_l"]
+    n_l, sp_l = d.lge_size, d.lge_spacing_mm
     affine_l = np.eye(4)
-    affine_l[:3, :3] = d["rot_l"] @ np.diag([sp_l, sp_l, th])
-    affine_l[:3, 3] = d["origin_l"]
+    affine_l[:3, :3] = d.lge_rotation @ np.diag([sp_l, sp_l, th])
+    affine_l[:3, 3] = d.lge_origin
     il, jl, kl = np.meshgrid(np.arange(n_l), np.arange(n_l), np.arange(z), indexing="ij")
     vox = np.stack([il, jl, kl, np.ones_like(il)], axis=-1).reshape(-1, 4).T.astype(np.float64)
-    to_phys = np.linalg.inv(affine) @ np.linalg.inv(breath_hold_matrix(d["bh"])) @ affine_l
+    to_phys = np.linalg.inv(affine) @ np.linalg.inv(breath_hold_matrix(d.breath_hold)) @ affine_l
     phys = (to_phys @ vox)[:3].T.reshape(n_l, n_l, z, 3).astype(np.float32)
     px, py, pk = phys[..., 0] * sp, phys[..., 1] * sp, phys[..., 2]
-    el = d["elastic"]
-    amp, kw, ph = (el[key].tolist() for key in ("amp", "k", "phase"))
+    amp, kw, ph = d.elastic.amp.tolist(), d.elastic.k.tolist(), d.elastic.phase.tolist()
     ex = amp[0][0] * np.sin(kw[0][0] * px + ph[0][0]) + amp[0][1] * np.sin(kw[0][1] * py + ph[0][1])
     ey = amp[1][0] * np.sin(kw[1][0] * py + ph[1][0]) + amp[1][1] * np.sin(kw[1][1] * px + ph[1][1])
     px, py = px + ex, py + ey  # smooth in-plane elastic change, ~1 mm
     fields_l = heart.fields(heart.geometry(px, py, pk), 0.0, sp_l)
-    lge = _compose(fields_l, body.fields(px, py, pk * th, sp_l), d["lge_contrast"], lge=True)
+    lge = _compose(fields_l, body.fields(px, py, pk * th, sp_l), d.lge_contrast, lge=True)
     xl, yl = il * sp_l, jl * sp_l
-    lge_i16 = _acquire(lge, xl, yl, n_l * sp_l, d["noise"][1], d["bias"][1], noise_rng)
+    lge_i16 = _acquire(lge, xl, yl, n_l * sp_l, d.noise[1], d.bias[1], noise_rng)
     lge_label = fields_l["label"]
 
-    ed, es = d["ed"], (d["ed"] + d["es_offset"]) % frames
+    ed, es = d.ed, (d.ed + d.es_offset) % frames
     ed_lab = cine_label[..., ed]
     myo_ed = int(np.isin(ed_lab, (2, 3)).sum())
     info = {
@@ -484,9 +528,9 @@ def generate_subject(params: PhantomConfig, index: int, inplane_rotation_deg: fl
             "ed_wall_base_mm": round(float(heart.w0), 3),
             "epicardial_motion_base_mm": round(float(heart.epi_in), 3),
             "thickening_infarct": round(float(heart.inf_tf), 3) if heart.infarct else None,
-            "rv_insertion_anterior_ras": _rv_insertion_truth(heart, d["rot"], sp),
-            "breath_hold": {**d["bh"],
-                            "matrix": [[round(float(v), 6) for v in row] for row in breath_hold_matrix(d["bh"])]},
+            "rv_insertion_anterior_ras": _rv_insertion_truth(heart, d.rotation, sp),
+            "breath_hold": {**d.breath_hold, "matrix": [[round(float(v), 6) for v in row]
+                                                         for row in breath_hold_matrix(d.breath_hold)]},
         },
     }
     return PhantomSubject(

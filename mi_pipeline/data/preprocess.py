@@ -1,7 +1,7 @@
 """Raw subject -> cache ``Subject``: one resampling from the source grids onto a cropped cine grid.
 
-Why one resampling: the target grid (in-plane spacing ``data.spacing_mm``, ``data.crop`` pixels
-square around the LV, the cine's own slices) is defined in world coordinates, and every array
+Why one resampling: the target grid (``data.crop`` pixels square around the LV, the cine's own
+slices; in-plane spacing ``data.spacing_mm``, coarser when the heart would not fit: see ``crop_spacing``) is defined in world coordinates, and every array
 (cine frames, cine labels, LGE, LGE labels) is sampled onto it once through its own affine. That
 keeps labels exact (nearest neighbour) and puts the LGE on the cine grid with only the breath-hold
 offset left between them. Voxel axis 2 stays the slice axis (short-axis stacks are never permuted
@@ -18,7 +18,11 @@ from scipy import ndimage
 from mi_pipeline.config import DataConfig
 from mi_pipeline.data.cache import Subject
 from mi_pipeline.data.generic import RawSubject
+from mi_pipeline.data.localise import LvLocation, locate_lv
 from mi_pipeline.errors import InputError
+
+CROP_MARGIN_MM = 22.0  # around the LV blood pool found: wall (10-12 mm) and basal slices' drift the pools miss
+SPACING_TOLERANCE = 0.03  # a heart that nearly fits keeps the configured grid (and the cache its content)
 
 
 def canonical_inplane(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +41,9 @@ def canonical_inplane(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def lv_center_heuristic(cine: np.ndarray, spacing: tuple[float, float]) -> tuple[float, float]:
-    """Label-free LV centre (voxel coordinates along cine axes 0, 1) of a 4D X x Y x Z x T cine.
+    """Label-free LV centre (voxel coordinates along cine axes 0, 1) of a 4D X x Y x Z x T cine: the fallback
+    of ``localise.locate_lv`` (5-18 mm off on real hearts, so it is only used, and named, when no checked
+    blood pool is found).
 
     The beating heart is where intensity changes most over the cycle: the temporal standard
     deviation, averaged over slices, weighted toward the image centre and smoothed at ~10 mm, peaks
@@ -56,6 +62,36 @@ def lv_center_heuristic(cine: np.ndarray, spacing: tuple[float, float]) -> tuple
     mask = blobs == blobs[peak]
     ci, cj = ndimage.center_of_mass(smooth * mask)
     return float(ci), float(cj)
+
+
+def locate(raw: RawSubject) -> LvLocation:
+    """The label-free LV location of a raw cine (``localise.locate_lv``, the motion-map peak as fallback)."""
+    sp = np.linalg.norm(raw.cine_affine[:3, :3], axis=0)
+    return locate_lv(raw.cine, (float(sp[0]), float(sp[1])), fallback=lv_center_heuristic)
+
+
+def crop_spacing(raw: RawSubject, center: tuple[float, float], cfg: DataConfig,
+                 found: LvLocation | None = None) -> float:
+    """In-plane spacing of the crop: ``data.spacing_mm``, or coarser so the whole heart fits in ``data.crop``.
+
+    Why: a fixed 64 px x 1.6 mm (102 mm) crop cuts off dilated hearts. The half-width the heart needs is
+    the farthest labelled myocardium voxel (any frame) from ``center`` when the subject has labels, else
+    the LV blood pool's radius found plus ``CROP_MARGIN_MM``; with neither, the configured spacing.
+    Hearts that fit (within ``SPACING_TOLERANCE``) keep the configured spacing.
+    """
+    need = None
+    if raw.cine_label is not None:
+        myo = np.isin(raw.cine_label, (2, 3, 4)).any(axis=(2, 3))
+        if myo.any():
+            sp = np.linalg.norm(raw.cine_affine[:3, :2], axis=0)
+            ii, jj = np.nonzero(myo)
+            need = float(np.max(np.hypot((ii - center[0]) * sp[0], (jj - center[1]) * sp[1])))
+    elif found is not None and found.radius_mm is not None:
+        need = found.radius_mm + CROP_MARGIN_MM
+    if need is None:
+        return cfg.spacing_mm
+    wanted = 2.0 * need / (cfg.crop - 2)  # the outermost pixel ring stays clear
+    return wanted if wanted > cfg.spacing_mm * (1.0 + SPACING_TOLERANCE) else cfg.spacing_mm
 
 
 def _label_center(raw: RawSubject) -> tuple[float, float] | None:
@@ -127,14 +163,14 @@ def estimate_es(cine: np.ndarray, spacing: float) -> int:
 def estimate_ed(cine: np.ndarray, spacing: tuple[float, float], tolerance: float = 0.05) -> int:
     """Label-free ED frame of a raw 4D X x Y x Z x T cine (for cines whose frame 0 is not ED).
 
-    The blood pool within 25 mm of the LV centre (``lv_center_heuristic``) is least bright at ES;
+    The blood pool within 25 mm of the LV centre (``localise.locate_lv``) is least bright at ES;
     ED is the last frame, in the half cycle before ES, whose brightness is within ``tolerance`` of
     that half cycle's maximum (the end of diastasis, where contraction begins).
     """
     nx, ny, _, nt = cine.shape
     if nt < 3:
         return 0
-    ci, cj = lv_center_heuristic(cine, spacing)
+    ci, cj = locate_lv(cine, spacing, fallback=lv_center_heuristic).center
     ii, jj = np.mgrid[:nx, :ny]
     disc = np.hypot((ii - ci) * spacing[0], (jj - cj) * spacing[1]) < 25.0
     curve = cine[disc].mean(axis=(0, 1)) if disc.any() else cine.mean(axis=(0, 1, 2))
@@ -160,13 +196,18 @@ def normalise(x: np.ndarray, valid: np.ndarray, path: Path) -> np.ndarray:
 
 
 def preprocess_subject(raw: RawSubject, cfg: DataConfig, center: tuple[float, float] | None = None) -> Subject:
-    """Resample, crop, normalise; see the module docstring. ``center`` overrides the crop centre."""
-    nx, ny, nz, nt = raw.cine.shape
+    """Resample, crop, normalise; see the module docstring. ``center`` overrides the crop centre, which is
+    otherwise the labels' LV centre, or, without labels, where ``locate`` finds the LV."""
+    _, _, nz, nt = raw.cine.shape
     cine_path = raw.cine_path or raw.folder / "cine.nii.gz"
-    src_sp = np.linalg.norm(raw.cine_affine[:3, :3], axis=0)
+    found = None
     if center is None:
-        center = _label_center(raw) or lv_center_heuristic(raw.cine, (float(src_sp[0]), float(src_sp[1])))
-    dst = target_affine(raw.cine_affine, center, cfg.spacing_mm, cfg.crop)
+        center = _label_center(raw)
+    if center is None:
+        found = locate(raw)
+        center = found.center
+    spacing_mm = crop_spacing(raw, center, cfg, found)
+    dst = target_affine(raw.cine_affine, center, spacing_mm, cfg.crop)
     shape = (cfg.crop, cfg.crop, nz)
 
     a, b, wgt = resample_frames(nt, raw.ed, cfg.frames)
@@ -201,8 +242,8 @@ def preprocess_subject(raw: RawSubject, cfg: DataConfig, center: tuple[float, fl
                 raise InputError(f"{label_path}: no myocardium inside the crop around the LV "
                                  f"(LGE and cine do not show the same heart?)")
 
-    es = _es_index(raw, cfg.frames, cine, cfg.spacing_mm)
-    spacing = (cfg.spacing_mm, cfg.spacing_mm, float(np.linalg.norm(raw.cine_affine[:3, 2])))
+    es = _es_index(raw, cfg.frames, cine, spacing_mm)
+    spacing = (spacing_mm, spacing_mm, float(np.linalg.norm(raw.cine_affine[:3, 2])))
     return Subject(id=raw.id, cine=cine, es=es, spacing=spacing, affine=dst, lge=lge, lge_label=lge_label,
                    cine_label=cine_label)
 

@@ -149,7 +149,7 @@ def test_physiological_wall_and_motion() -> None:
 def test_infarct_thickening_falls_with_transmurality() -> None:
     """The cine must carry the scar's depth: a subendocardial scar thickens, a transmural one not."""
     params = PhantomConfig(subjects=24, seed=3, size=64, slices=4, frames=8)
-    heart = next(d["heart"] for i in range(24) if (d := _draw(params, i))["heart"].infarct)
+    heart = next(d.heart for i in range(24) if (d := _draw(params, i)).heart.infarct)
     radius = np.arange(0.0, 45.0, 0.05)  # a ray through the middle of the scar
     x = heart.cx + radius * math.cos(heart.inf_angle)
     y = heart.cy + radius * math.sin(heart.inf_angle)
