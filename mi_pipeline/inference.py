@@ -39,8 +39,9 @@ from mi_pipeline.config import Config
 from mi_pipeline.data import folds as fold_split
 from mi_pipeline.data.cache import Subject
 from mi_pipeline.data.generic import RawSubject
+from mi_pipeline.data.localise import describe as describe_location
 from mi_pipeline.data.nifti import load_image
-from mi_pipeline.data.preprocess import estimate_ed, preprocess_subject, sample
+from mi_pipeline.data.preprocess import estimate_ed, locate, preprocess_subject, sample
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.errors import CheckpointError, ConfigError, InputError
 from mi_pipeline.fsio import atomic_path, atomic_write_text
@@ -326,7 +327,8 @@ def _most_basal(basal: list[int], levels: list[str | None]) -> int:
 def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models, cfg: Config,
                 ed: int | None = None, series: str | None = None) -> dict[str, Any]:
     raw = read_cine(cine_path, subject_id, ed=ed, series=series)
-    subject = preprocess_subject(raw, cfg.data)
+    found = locate(raw)  # the LV the crop is centred on, reported with how it was found
+    subject = preprocess_subject(raw, cfg.data, found=found)
     if subject.cine.shape[-1] % 16 or subject.cine.shape[-2] % 16:
         raise ConfigError(f"data.crop {cfg.data.crop} must be a multiple of 16")
     if models.folds:
@@ -341,6 +343,7 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
     report = build_report(subject_id, cine_path, subject, raw, pred, models, cfg)
     report["confidence"] = segmentation_confidence(models, subject, pred)
     report["trust"] = trust_section(models, cine_path, raw, report["confidence"]["plausibility"])
+    report["localisation"] = describe_location(found)
     # RV-anchored AHA segments, schema version; then the matplotlib figures (clinical_io); the DICOM SEG last
     report = clinical_io.finish_report(report, subject, raw, pred, seg, folder)
     if agreement is not None:  # the folds' interval and disagreement map beside the segmentation

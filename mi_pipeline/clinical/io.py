@@ -104,7 +104,7 @@ def anchor_for(subject: Subject, myo: np.ndarray) -> aha.Anchor:
         anchor = aha.anchor_from_labels(subject.cine_label[:, 0] == RV_LABEL, myo, subject.affine, spacing)
         if anchor.method != "fixed":
             return anchor
-    return aha.anchor_from_images(subject.cine[:, 0], myo, subject.affine, spacing)
+    return aha.anchor_from_images(subject.cine[:, 0], myo, subject.affine, spacing, motion=subject.cine.std(axis=1))
 
 
 RV_LABEL = 5  # cache code of the right ventricle (ACDC, M&Ms labels)
@@ -130,7 +130,7 @@ def finish_report(report: dict[str, Any], subject: Subject, raw: Any, pred: np.n
         print(f"warning: {report['subject']}: {anchor.warning}", file=sys.stderr)
     warnings_list += anchor.notes
     report["aha_segments"] = aha_section(myo, inf, anchor)
-    report["aha_anchor"] = anchor.to_json()
+    report["aha_anchor"] = {**anchor.to_json(), "why": aha.anchor_summary(anchor)["why"]}
     report["aha_note"] = ("segments: 6/6/4 sectors at basal/mid/apical thirds of the slices with myocardium; "
                           + ("numbered from the anterior RV insertion point (segment 2 starts there, toward the "
                              "septum)" if anchor.method != "fixed" else

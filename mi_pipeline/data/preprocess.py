@@ -195,12 +195,15 @@ def normalise(x: np.ndarray, valid: np.ndarray, path: Path) -> np.ndarray:
     return np.where(valid, np.clip((x - lo) / (hi - lo), 0.0, 1.0), 0.0).astype(np.float32)
 
 
-def preprocess_subject(raw: RawSubject, cfg: DataConfig, center: tuple[float, float] | None = None) -> Subject:
+def preprocess_subject(raw: RawSubject, cfg: DataConfig, center: tuple[float, float] | None = None,
+                       found: LvLocation | None = None) -> Subject:
     """Resample, crop, normalise; see the module docstring. ``center`` overrides the crop centre, which is
-    otherwise the labels' LV centre, or, without labels, where ``locate`` finds the LV."""
+    otherwise the labels' LV centre, or, without labels, where ``locate`` finds the LV (``found``: a
+    ``locate`` the caller already made, e.g. to report it)."""
     _, _, nz, nt = raw.cine.shape
     cine_path = raw.cine_path or raw.folder / "cine.nii.gz"
-    found = None
+    if center is None and found is not None:
+        center = found.center
     if center is None:
         center = _label_center(raw)
     if center is None:
