@@ -13,7 +13,6 @@ run (unless ``capturable``), so reading them never waits for the device.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,9 +21,8 @@ from torch import nn
 
 from mi_pipeline.config import OptimConfig, PerformanceConfig
 from mi_pipeline.engine import trainer
-from mi_pipeline.engine.checkpoint_writer import CheckpointWriter
 from mi_pipeline.engine.runlog import StageLog
-from mi_pipeline.engine.trainer import FitContext, LossReader, TrainState, fit
+from mi_pipeline.engine.trainer import FitContext, LossReader, fit
 from tests.engine.toy_task import ToyTask
 
 OURS = (str(Path(trainer.__file__).resolve().parents[1]), str(Path(__file__).resolve().parent))
@@ -91,20 +89,3 @@ def test_non_finite_loss_fails_with_its_batch_index() -> None:
     with pytest.raises(FloatingPointError, match="loss is nan at batch 3"):
         reader.add(3, torch.tensor(3.0))
     assert reader.values == [1.0, 2.0]
-
-
-def test_mid_epoch_interval_stretches_to_one_percent_of_a_save() -> None:
-    """``checkpoint_every_s`` is a floor: a save that cost 2 s moves the next one to >= 200 s away."""
-    writer = CheckpointWriter(background=False)
-    saver = trainer._Saver(None, writer, None, None, None, None, {}, 1,  # type: ignore[arg-type]
-                           PerformanceConfig(checkpoint_every_s=10.0))
-    state = TrainState(step=7)
-    saver.saved_at = time.monotonic() - 11
-    assert saver.mid_epoch_due(state)
-    writer.last_cost_s = 2.0
-    assert not saver.mid_epoch_due(state)
-    saver.saved_at = time.monotonic() - 201
-    assert saver.mid_epoch_due(state)
-    off = trainer._Saver(None, writer, None, None, None, None, {}, 1,  # type: ignore[arg-type]
-                         PerformanceConfig(checkpoint_every_s=0, checkpoint_every_steps=5))
-    assert not off.mid_epoch_due(TrainState(step=7)) and off.mid_epoch_due(TrainState(step=10))
