@@ -333,10 +333,13 @@ class PerformanceConfig:
     pin_memory: bool = False  # page-locked batches, copied to the GPU with non_blocking=True (CUDA)
     prefetch_factor: int = 2  # batches each worker builds ahead (with num_workers > 0)
     async_checkpoint: bool = True  # write checkpoints on a background thread (engine/checkpoint_writer.py)
+    # mid-epoch last.pth (bounds what a kill -9 loses); 0 = epoch ends only. Not hashed: a cadence is not a result
+    checkpoint_every_s: float = 300.0  # at most this many seconds of steps redone (stretched to keep a save < 1 %)
+    checkpoint_every_steps: int = 0  # also every N optimizer steps (0 = off)
 
     def __post_init__(self) -> None:
         _check_amp(self)
-        _non_negative(self, "num_workers")
+        _non_negative(self, "num_workers", "checkpoint_every_s", "checkpoint_every_steps")
         _positive(self, "prefetch_factor")
 
 

@@ -34,8 +34,11 @@ class StampedTask(WrappedTask):
     as it happens (the count survives a kill)."""
 
     def __init__(self, task: TrainTask, freeze_after: int | None = None, marker: Path | None = None,
-                 release: Callable[[], bool] = lambda: False, trace: Path | None = None) -> None:
+                 release: Callable[[], bool] = lambda: False, trace: Path | None = None,
+                 syncs: Callable[[], int] = lambda: 0) -> None:
         super().__init__(task)
+        self.sync_count = syncs
+        self.syncs: list[int] = []  # host reads of tensor values so far, at each loss call (benchmarks/peers/syncs.py)
         self.freeze_after, self.marker, self.release, self.trace = freeze_after, marker, release, trace
         self.losses: list[tuple[float, float]] = []
         self.validations: list[tuple[float, float, float, float]] = []  # wall, cpu at start; wall, cpu at end
@@ -69,6 +72,7 @@ class StampedTask(WrappedTask):
         if not self.threads:
             self.threads.append(torch.get_num_threads())
         self.losses.append((time.time(), time.process_time()))
+        self.syncs.append(self.sync_count())
         return self.task.loss(model, batch)
 
     def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:

@@ -18,7 +18,13 @@ way that tool resumes. From the processes' own timestamps:
 * start-up: process start (the parent's ``Popen``) -> first loss call, fresh and resuming, in wall
   time and in the process's own CPU seconds up to that call (imports, set-up, loading the checkpoint);
 * kill -9: steps the resumed process trains minus the steps that were left (= steps redone), and
-  whether its final weights equal the uninterrupted run's, bit for bit.
+  whether its final weights equal the uninterrupted run's, bit for bit. Ours writes a mid-epoch
+  ``last.pth`` every ``OURS_EVERY_STEPS`` steps here (``performance.checkpoint_every_steps``; in
+  production ``checkpoint_every_s``, 300 s, on epochs of minutes to hours) -- the peers as documented:
+  Lightning's ``ModelCheckpoint`` and MONAI's ``CheckpointSaver`` at epoch ends;
+* host syncs per step: reads of tensor values (``.item()``, ``bool(t)``, ...; benchmarks/peers/syncs.py)
+  between consecutive loss calls inside an epoch, median; the task's own (the motion loss reads its
+  two parts) are the bare loop's count, so a tool's own is its count minus the bare loop's.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from typing import Any
 
 TOOLS = ("bare", "ours", "lightning", "monai")
 PEER_MODULES = {"lightning": "lightning", "monai": "ignite"}
+OURS_EVERY_STEPS = 4  # ours: a mid-epoch last.pth every 4 steps (10 per epoch): a kill -9 redoes at most 4
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -52,9 +59,11 @@ class Preset:
 # other whenever a neighbour takes a core, which swings step times several-fold; one thread's CPU
 # time is barely moved by the neighbours. (Same threads for all four is what matters.)
 # 4 train subjects x 4 slices x 5 frame pairs = 80 samples: 10 batches of 8 at 32 px.
-FULL = Preset("full", ("threads=1", "data.phantom.subjects=8", "data.phantom.size=64", "data.phantom.slices=4",
+# performance.checkpoint_every_steps is read by ours alone (the other tools never look at it).
+CADENCE = f"performance.checkpoint_every_steps={OURS_EVERY_STEPS}"
+FULL = Preset("full", ("threads=1", CADENCE, "data.phantom.subjects=8", "data.phantom.size=64", "data.phantom.slices=4",
                        "data.phantom.frames=6", "data.crop=32", "data.frames=6"), epochs=3, repeats=3)
-QUICK = Preset("quick", ("threads=1", "data.phantom.subjects=5", "data.phantom.size=64", "data.phantom.slices=2",
+QUICK = Preset("quick", ("threads=1", CADENCE, "data.phantom.subjects=5", "data.phantom.size=64", "data.phantom.slices=2",
                          "data.phantom.frames=4", "data.crop=32", "data.frames=4"), epochs=2, repeats=1)
 PRESETS = {p.name: p for p in (FULL, QUICK)}
 
@@ -197,6 +206,9 @@ def cut(record: dict[str, Any]) -> dict[str, Any]:
             steps_cpu.append(cpus[i + 1] - cpus[i])
     step = median(steps)
     step_cpu = median(steps_cpu)
+    counts = record.get("syncs") or []
+    syncs = [counts[i + 1] - counts[i] for e in range(epochs) for i in range(e * nb, (e + 1) * nb - 1)
+             if i + 1 < len(counts)]
     ends, ends_cpu = [], []
     validations = [(w1 - w0, c1 - c0) for w0, c0, w1, c1 in record["validations"]]
     for e in range(epochs - 1):
@@ -214,6 +226,7 @@ def cut(record: dict[str, Any]) -> dict[str, Any]:
             "save_blocked_s": median([w for w, _ in blocked.values()]),
             "save_blocked_cpu_s": median([c for _, c in blocked.values()]),
             "background_write_s": median([w for _, w in record.get("writes", [])]),
+            "syncs_per_step": median(syncs),
             "validation_s": median([w for w, _ in validations]), "first_step_s": walls[0] - record["spawned"],
             "first_step_cpu_s": cpus[0]}
 
@@ -222,11 +235,14 @@ def figures(raw: dict[str, Any], tools: tuple[str, ...]) -> dict[str, Any]:
     per_tool: dict[str, dict[str, Any]] = {}
     for tool in tools:
         (ratios, ratios_cpu, stalls, stalls_cpu, extra_end, extra_end_cpu, writes, steps, ends, fresh, fresh_cpu, resumed,
-         resumed_cpu, redone, identical, same_as_bare) = ([] for _ in range(16))
+         resumed_cpu, redone, identical, same_as_bare, syncs, own_syncs) = ([] for _ in range(18))
         files: dict[str, int] = {}
         for rep in raw["repeats"]:
             full, bare = cut(rep["full"][tool]), cut(rep["full"]["bare"])
             steps.append(full["step_s"])
+            if full["syncs_per_step"] is not None and bare["syncs_per_step"] is not None:
+                syncs.append(full["syncs_per_step"])
+                own_syncs.append(full["syncs_per_step"] - bare["syncs_per_step"])
             ends.append(full["epoch_end_s"])
             fresh.append(full["first_step_s"])
             fresh_cpu.append(full["first_step_cpu_s"])
@@ -265,6 +281,7 @@ def figures(raw: dict[str, Any], tools: tuple[str, ...]) -> dict[str, Any]:
             "resume_starts_s": [_r(x) for x in resumed],
             "fresh_start_cpu_s": _r(median(fresh_cpu)), "resume_start_cpu_s": _r(median(resumed_cpu)),
             "resume_starts_cpu_s": [_r(x) for x in resumed_cpu],
+            "syncs_per_step": syncs, "own_syncs_per_step": own_syncs,
             "steps_redone_after_kill": redone, "bit_identical_after_kill": identical,
             "weights_equal_bare_loop": same_as_bare,
             "resumed_from": [rep["killed"][tool].get("resumed_from") for rep in raw["repeats"] if tool in rep["killed"]],

@@ -8,7 +8,7 @@ NAMES = {"bare": "bare loop (baseline)", "ours": "ours (mi_pipeline engine)", "l
          "monai": "MONAI SupervisedTrainer"}
 HEADER = ("tool", "step overhead (vs bare loop)", "checkpoint stall per epoch (loop blocked)", "checkpoint size",
           "resume start-up: process start -> first step", "steps redone after kill -9", "bit-identical after kill -9",
-          "requeue round trip: signal -> training again")
+          "host syncs per step", "requeue round trip: signal -> training again")
 
 
 def _yes_no(values: list[bool]) -> str:
@@ -44,6 +44,15 @@ def _requeue(results: dict[str, Any], tool: str) -> str:
             f"bit-identical {_yes_no(entry['bit_identical'])}")
 
 
+def _syncs(f: dict[str, Any], tool: str) -> str:
+    total, own = f.get("syncs_per_step") or [], f.get("own_syncs_per_step") or []
+    if not total:
+        return "-"
+    if tool == "bare":
+        return f"{_redone([round(x) for x in total])} (the task's own)"
+    return f"{_redone([round(x) for x in own])} own (+ the task's)"
+
+
 def rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
     out = []
     for tool, f in results["tools"].items():
@@ -64,7 +73,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
         start = (f"{f['resume_start_s']:.1f} s, {f.get('resume_start_cpu_s') or 0:.2f} s CPU (fresh {fresh})"
                  if f["resume_start_s"] is not None else f"- (fresh {fresh})")
         out.append((NAMES[tool], step, stall, size, start, _redone(f["steps_redone_after_kill"]),
-                    _yes_no(f["bit_identical_after_kill"]), _requeue(results, tool) if tool != "bare" else "-"))
+                    _yes_no(f["bit_identical_after_kill"]), _syncs(f, tool),
+                    _requeue(results, tool) if tool != "bare" else "-"))
     return out
 
 

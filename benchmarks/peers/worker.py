@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.peers.data import StampedTask, num_batches, weights_sha256
+from benchmarks.peers.syncs import SyncCounter
 from benchmarks.peers.tools import STAGE, TOOLS, TRAIN
 from mi_pipeline.config import load_config
 from mi_pipeline.engine.determinism import setup_determinism
@@ -71,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         release = lambda: any(args.out.glob("hpc_ckpt_*.ckpt"))
     else:
         release = lambda: False
+    counter = SyncCounter().install()
     task = StampedTask(make_task(STAGE, cfg, args.data_run), freeze_after=args.freeze_after if restarts == 0 else None,
-                       marker=args.marker, release=release, trace=args.out / "steps.log" if args.trace else None)
+                       marker=args.marker, release=release, trace=args.out / "steps.log" if args.trace else None,
+                       syncs=lambda: counter.count)
     task.setup(device)
     extra: dict[str, object] = {"slurm": args.slurm}
     if args.stop_on_signal:
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         if job:
             subprocess.run(["scontrol", "requeue", job], check=False)
         status = EXIT_REQUEUED
-    record.update({"finished": time.time(), "losses": task.losses, "validations": task.validations,
+    record.update({"finished": time.time(), "losses": task.losses, "syncs": task.syncs, "validations": task.validations,
                    "saves": task.saves, "writes": task.writes,
                    "threads": task.threads[0] if task.threads else None})
     temp = args.out / f".result-{index}.json.tmp"

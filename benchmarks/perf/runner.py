@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, help="scratch folder, kept afterwards (default: a temp dir, removed)")
     parser.add_argument("--markdown", type=Path, help="also write the figures as Markdown tables here")
     parser.add_argument("--skip-slurm", action="store_true", help="do not submit to SLURM even when sbatch is there")
+    parser.add_argument("--only", type=lambda text: tuple(t.strip() for t in text.split(",") if t.strip()),
+                        help="comma-separated sections to run, e.g. orchestration,engine,checkpoint (checkpoint needs "
+                             "the other two: the trained run and the engine's step time)")
     return parser.parse_args(argv)
 
 
@@ -89,9 +92,16 @@ def cpu_seconds() -> float:
                                                   resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
-def run_sections(bench: Bench, results: dict[str, Any], skip_slurm: bool, start: float) -> dict[str, str]:
+def run_sections(bench: Bench, results: dict[str, Any], skip_slurm: bool, start: float,
+                 only: tuple[str, ...] | None = None) -> dict[str, str]:
     errors: dict[str, str] = {}
+    unknown = set(only or ()) - {name for name, _ in SECTIONS}
+    if unknown:
+        raise SystemExit(f"error: --only: unknown section(s) {', '.join(sorted(unknown))}")
     for name, measure in SECTIONS:
+        if only and name not in only:
+            results.setdefault("skipped_sections", []).append(name)
+            continue
         if name == "slurm" and (skip_slurm or not bench.preset.slurm):
             why = "--skip-slurm" if skip_slurm else f"not part of the {bench.preset.name} preset (run without --quick)"
             results["slurm"] = {"skipped": why}
@@ -139,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(preset, args.config.resolve(), work, torch.device(args.device))
         setup_determinism(bench.cfg.seed, bench.cfg.threads, bench.cfg.deterministic, bench.device)
         results: dict[str, Any] = {"meta": meta(args, argv, bench)}
-        results["errors"] = run_sections(bench, results, args.skip_slurm, start)
+        results["errors"] = run_sections(bench, results, args.skip_slurm, start, args.only)
         results["targets"] = target_rows(results)
         results["meta"].update(seconds=round(clock() - start, 1), cpu_s=round(cpu_seconds(), 1),
                                peak_rss_mb=round(peak_rss_mb(), 1), machine_end=machine_snapshot())

@@ -10,6 +10,12 @@ Exactness comes from three rules (see shared notes on MONAI/torch determinism):
 The ``performance`` switches (engine/performance.py) keep these rules: batches may be built ahead in
 background workers because their content depends only on (seed, epoch, batch); the model keeps its
 un-compiled module for checkpoints; amp's GradScaler is part of the saved state.
+
+Two things keep a GPU busy: the loop never waits for the device per step (losses stay on the
+device and are read, finite-checked and shown every ``SYNC_EVERY`` steps, one copy for all), and
+checkpoints are written in the background. What a kill -9 can lose is bounded by a mid-epoch
+``last.pth`` (``performance.checkpoint_every_s`` / ``checkpoint_every_steps``): the same exact
+position a stop signal saves, so resuming from it is bit-exact.
 """
 
 from __future__ import annotations
@@ -85,6 +91,10 @@ class StartFrom:
     payload: dict[str, Any] | None
 
 
+SYNC_EVERY = 50  # steps between host reads of the losses; a NaN fails the run at most this many steps late
+SAVE_SHARE = 0.01  # a mid-epoch save may cost at most 1 % of training: its interval stretches to cost / SAVE_SHARE
+
+
 def batch_seed(seed: int, epoch: int, batch: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + batch) % (2**63 - 1)
 
@@ -137,7 +147,7 @@ def fit(task: TrainTask, optim: OptimConfig, ctx: FitContext) -> TrainState:
     num_batches = math.ceil(task.num_train_samples() / optim.batch_size)
     builder = BatchBuilder(task, ctx.seed, optim.batch_size, world)
     writer = CheckpointWriter(background=perf.async_checkpoint)
-    saver = _Saver(ctx, writer, model, optimizer, scheduler, scaler, upstream, optim.epochs)
+    saver = _Saver(ctx, writer, model, optimizer, scheduler, scaler, upstream, optim.epochs, perf)
     try:
         with performance.BatchStream(builder, builder.positions(state, optim.epochs), perf, ctx.device) as stream:
             while state.epoch < optim.epochs:
@@ -166,17 +176,21 @@ def _train_epoch(task: TrainTask, net: torch.nn.Module, optim: OptimConfig, perf
     """The rest of epoch ``state.epoch`` from batch ``state.batch``; returns the epoch's batch losses.
     A stop request saves the exact position (mid-epoch) and raises Interrupted."""
     net.train()
-    losses = state.epoch_losses  # saved with a mid-epoch stop: the resumed epoch's train_loss is the same
+    losses = LossReader(state.epoch_losses)  # saved with a mid-epoch stop: the resumed epoch's train_loss is the same
     bar = ctx.log.progress(num_batches, state.batch, f"epoch {state.epoch + 1}/{optim.epochs}")
     for batch_index in range(state.batch, num_batches):
         if builder.keeps(batch_index):  # a remainder too small to give every rank a sample is dropped
             batch = stream.next((state.epoch, batch_index))
-            losses.append(_step(task, net, batch, optimizer, scaler, optim, perf, ctx.device, batch_index))
+            losses.add(batch_index, _step(task, net, batch, optimizer, scaler, optim, perf, ctx.device, batch_index))
             state.step += 1
         state.batch = batch_index + 1
-        bar.update(losses[-1] if losses else float("nan"))
+        bar.update(losses.last())
         saver.writer.poll()  # epoch lines and record updates of checkpoints now on disk
+        if ctx.world.is_main and state.batch < num_batches and saver.mid_epoch_due(state):
+            losses.read()  # a non-finite loss fails here, before its weights can reach last.pth
+            saver.mid_epoch(state)
         if ctx.world.any(ctx.stop_requested()) and state.batch < num_batches:
+            losses.read()
             bar.close()
             stream.close()
             if ctx.world.is_main:
@@ -186,8 +200,39 @@ def _train_epoch(task: TrainTask, net: torch.nn.Module, optim: OptimConfig, perf
                              f"batch {state.batch}/{num_batches})")
             ctx.world.barrier()
             raise Interrupted(state)
+    losses.read()
     bar.close()
-    return losses
+    return losses.values
+
+
+class LossReader:
+    """The epoch's step losses: kept on the device as they come and read to the host every
+    ``SYNC_EVERY`` steps in one copy, instead of a ``loss.item()`` (a GPU pipeline drain) per step.
+    The finite check happens at the read and names the first bad batch; a save or a stop reads
+    first, so no checkpoint ever holds weights stepped past a non-finite loss."""
+
+    def __init__(self, values: list[float], every: int | None = None) -> None:
+        self.values, self.every = values, every or SYNC_EVERY
+        self._pending: list[tuple[int, torch.Tensor]] = []
+
+    def add(self, batch_index: int, loss: torch.Tensor) -> None:
+        self._pending.append((batch_index, loss))
+        if len(self._pending) >= self.every:
+            self.read()
+
+    def read(self) -> None:
+        """One host copy for every pending loss; FloatingPointError at the first non-finite one."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        for (index, _), value in zip(pending, torch.stack([loss for _, loss in pending]).tolist(), strict=True):
+            if not math.isfinite(value):
+                raise FloatingPointError(f"loss is {value} at batch {index + 1}")
+            self.values.append(value)
+
+    def last(self) -> float:
+        """The newest loss read so far (what a progress line shows; no sync)."""
+        return self.values[-1] if self.values else float("nan")
 
 
 class BatchBuilder:
@@ -220,8 +265,9 @@ class BatchBuilder:
 
 def _step(task: TrainTask, net: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
           scaler: torch.amp.GradScaler, optim: OptimConfig, perf: PerformanceConfig, device: torch.device,
-          batch_index: int) -> float:
-    """One optimizer step; returns the loss."""
+          batch_index: int) -> torch.Tensor:
+    """One optimizer step; returns the loss, detached and still on the device (no host sync here:
+    LossReader checks it is finite, ``batch_index`` is for the compile error's context only)."""
     try:
         with performance.autocast(perf, device):
             loss, _parts = task.loss(net, batch)
@@ -230,8 +276,6 @@ def _step(task: TrainTask, net: torch.nn.Module, batch: dict[str, torch.Tensor],
             raise RuntimeError(f"torch.compile failed on the {task.name} model ({performance.first_line(exc)}); "
                                "set performance.compile: false") from None
         raise
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss.item()} at batch {batch_index + 1}")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if optim.grad_clip > 0:
@@ -239,7 +283,7 @@ def _step(task: TrainTask, net: torch.nn.Module, batch: dict[str, torch.Tensor],
         torch.nn.utils.clip_grad_norm_(net.parameters(), optim.grad_clip)
     scaler.step(optimizer)
     scaler.update()
-    return loss.item()
+    return loss.detach()
 
 
 def _end_epoch(task: TrainTask, model: torch.nn.Module, ctx: FitContext, state: TrainState,
@@ -283,9 +327,29 @@ class _Saver:
 
     def __init__(self, ctx: FitContext, writer: CheckpointWriter, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                 scaler: torch.amp.GradScaler, upstream: dict[str, str], epochs: int) -> None:
+                 scaler: torch.amp.GradScaler, upstream: dict[str, str], epochs: int,
+                 perf: PerformanceConfig | None = None) -> None:
         self.ctx, self.writer, self.model, self.optimizer = ctx, writer, model, optimizer
         self.scheduler, self.scaler, self.upstream, self.epochs = scheduler, scaler, upstream, epochs
+        perf = perf or PerformanceConfig()
+        self.every_s, self.every_steps = perf.checkpoint_every_s, perf.checkpoint_every_steps
+        self.saved_at = time.monotonic()  # the last last.pth handed to the writer (epoch end or mid-epoch)
+
+    def mid_epoch_due(self, state: TrainState) -> bool:
+        """Time for a mid-epoch last.pth: every ``every_steps`` steps, or ``every_s`` seconds after the
+        last save, stretched to 1/SAVE_SHARE times what the previous save cost (so saving stays < 1 %
+        of training on any machine, whatever the checkpoint's size)."""
+        if self.every_steps and state.step % self.every_steps == 0:
+            return True
+        interval = max(self.every_s, self.writer.last_cost_s / SAVE_SHARE)
+        return bool(self.every_s) and time.monotonic() - self.saved_at >= interval
+
+    def mid_epoch(self, state: TrainState) -> None:
+        """The exact position, in the background; a line in the log once it is durable."""
+        where = f"epoch {state.epoch + 1}, batch {state.batch}, step {state.step}"
+        self.writer.save(self.ctx.ckpt_dir / ckpt.LAST, self.last_payload(state, {}),
+                         lambda: self.ctx.log.info(f"mid-epoch last.pth saved ({where})"))
+        self.saved_at = time.monotonic()
 
     def record_epoch(self, task: TrainTask, state: TrainState, metrics: dict[str, float]) -> None:
         """The metrics line, then best, then last: last.pth is the commit point. A crash before it is
@@ -311,6 +375,7 @@ class _Saver:
             ctx.on_epoch(done, metrics)
 
         best = [(ctx.ckpt_dir / ckpt.BEST, self.best_payload(task, state, metrics), None)] if improved else []
+        self.saved_at = time.monotonic()
         self.writer.save_all([*best, (ctx.ckpt_dir / ckpt.LAST, self.last_payload(state, metrics), committed)])
 
     def last(self, state: TrainState, metrics: dict[str, float]) -> None:

@@ -107,7 +107,8 @@ def test_smoke_ours_killed_mid_epoch_resumes_bit_identical(tmp_path):
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     figs = json.loads(out.read_text())["tools"]["ours"]
-    assert figs["steps_redone_after_kill"] == [1]  # killed mid-epoch 2: that epoch's first step is redone
+    # killed mid-epoch 2, ours resumes from its newest mid-epoch last.pth (one every OURS_EVERY_STEPS steps)
+    assert 0 <= figs["steps_redone_after_kill"][0] <= race.OURS_EVERY_STEPS, figs["steps_redone_after_kill"]
     assert figs["bit_identical_after_kill"] == [True]
     assert figs["weights_equal_bare_loop"] == [True]
     assert figs["threads"] == [1]

@@ -93,3 +93,22 @@ def test_engine_times_cut_steps_at_the_next_batch_or_validation() -> None:
 def test_target_rows_mark_each_stage() -> None:
     rows = target_rows({"engine_overhead_ratio": {"motion": 1.01, "registration": 1.2}, "cache_speedup": 12.0})
     assert [(r["stage"], r["met"]) for r in rows] == [("motion", True), ("registration", False), (None, True)]
+
+
+def test_only_runs_the_named_sections_and_refuses_unknown_ones() -> None:
+    from benchmarks.perf import runner
+
+    ran: list[str] = []
+    sections = tuple((name, lambda _bench, name=name: ran.append(name) or {}) for name, _ in runner.SECTIONS)
+    results: dict = {"meta": {"section_s": {}, "section_cpu_s": {}}}
+    original = runner.SECTIONS
+    runner.SECTIONS = sections
+    try:
+        bench = SimpleNamespace(preset=SimpleNamespace(slurm=False, name="quick"))
+        assert runner.run_sections(bench, results, True, 0.0, ("engine", "checkpoint")) == {}  # type: ignore[arg-type]
+        assert ran == ["engine", "checkpoint"]
+        assert "cache" in results["skipped_sections"]
+        with pytest.raises(SystemExit, match="unknown section"):
+            runner.run_sections(bench, results, True, 0.0, ("nope",))  # type: ignore[arg-type]
+    finally:
+        runner.SECTIONS = original

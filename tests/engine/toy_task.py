@@ -74,9 +74,12 @@ class ConvToyTask(ToyTask):
 def main(argv: list[str] | None = None) -> int:
     """Run a toy task through the real engine with performance switches, in its own process.
 
-    usage: python toy_task.py RUN_DIR EPOCHS [--conv [--dropout P]] [--sleep S] [--signal-after N] [--set performance.KEY=VALUE ...]
+    usage: python toy_task.py RUN_DIR EPOCHS [--conv [--dropout P]] [--sleep S] [--signal-after N] [--kill-after N]
+                              [--set performance.KEY=VALUE ...]
     ``--signal-after N`` sends SIGUSR2 to the whole process group (workers included, as SLURM may) at
     the N-th stop check (one per batch, one per epoch end): a deterministic mid-epoch stop.
+    ``--kill-after N`` sends itself SIGKILL at the N-th stop check, 0.5 s later (a background write
+    handed over before then is on disk: the toy's files are a few kB): a deterministic kill -9.
     Exit 75 when stopped with the position saved, 2 with a one-line error (as mi_pipeline.train).
     """
     import argparse
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--signal-after", type=int, default=0)
+    parser.add_argument("--kill-after", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
     device = torch.device("cpu")
@@ -111,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def stop_requested() -> bool:
             checks["n"] += 1
+            if checks["n"] == args.kill_after:
+                time.sleep(0.5)
+                os.kill(os.getpid(), signal.SIGKILL)
             if checks["n"] == args.signal_after:
                 os.killpg(os.getpgrp(), signal.SIGUSR2)
                 deadline = time.monotonic() + 10

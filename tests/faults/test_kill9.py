@@ -100,3 +100,43 @@ def test_data_step_cleans_temp_files_of_a_killed_run(tmp_path: Path, prepared_ru
     done = cli("train", "--stage", "data", "--config", TINY, "--run-dir", str(run))
     assert done.returncode == 0, done.stderr[-2000:]
     assert not harness.temp_files(run), harness.temp_files(run)
+
+
+TOY = Path(__file__).resolve().parents[1] / "engine" / "toy_task.py"
+EVERY_STEPS = 3  # the mid-epoch cadence under test (performance.checkpoint_every_steps)
+
+
+def _toy(run_dir: Path, *args: str, expect: int = 0) -> str:
+    import subprocess
+    import sys
+
+    from tests.helpers import env
+
+    proc = subprocess.run([sys.executable, str(TOY), str(run_dir), "3", "--sleep", "0.01", *args], env=env(),
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == expect, proc.stderr[-3000:]
+    return proc.stderr
+
+
+def test_kill9_mid_epoch_redoes_at_most_the_checkpoint_interval(tmp_path: Path) -> None:
+    """A real SIGKILL in the middle of epoch 2: with a mid-epoch last.pth every 3 steps, the resumed run
+    redoes at most 3 steps (not the 6 of the unfinished epoch) and ends bit-identical to an uninterrupted
+    run, which is itself bit-identical to one that never saves mid-epoch (saving changes nothing)."""
+    cadence = ("--set", f"performance.checkpoint_every_steps={EVERY_STEPS}", "--set", "performance.checkpoint_every_s=0")
+    _toy(tmp_path / "plain", "--set", "performance.checkpoint_every_s=0")
+    _toy(tmp_path / "ref", *cadence)
+    run = tmp_path / "run"
+    # stop check 15 = epoch 2, batch 6 (8 batches per epoch, one check per batch and one per epoch end): 14 steps trained
+    _toy(run, *cadence, "--kill-after", "15", expect=-signal.SIGKILL)
+    saved = harness.ckpt.load_checkpoint(harness.ckpt_dir(run) / "last.pth")["state"]
+    trained = 14
+    assert (saved["epoch"], saved["batch"]) == (1, 4), saved  # the save at step 12, inside epoch 2
+    redone = trained - saved["step"]
+    assert 0 <= redone <= EVERY_STEPS, f"{redone} steps redone with a checkpoint every {EVERY_STEPS}"
+    log = _toy(run, *cadence)
+    assert "resuming from last.pth at epoch 2, batch 5" in log
+    for name in ("last.pth", "best_model.pth"):
+        final = harness.weights(harness.ckpt_dir(run) / name)
+        assert harness.same_weights(final, harness.weights(harness.ckpt_dir(tmp_path / "ref") / name)), name
+        assert harness.same_weights(final, harness.weights(harness.ckpt_dir(tmp_path / "plain") / name)), name
+    assert not harness.temp_files(run)
