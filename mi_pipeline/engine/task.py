@@ -49,8 +49,9 @@ class TrainTask(abc.ABC):
         """Collate (and augment, using only ``generator``) the samples at ``indices``."""
 
     @abc.abstractmethod
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """Scalar training loss and any named parts of it worth logging."""
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Scalar training loss and any named parts of it worth logging, as detached tensors on the
+        device (reading them to the host here would stall a GPU every step; the loop reads in batches)."""
 
     def notes(self) -> list[str]:
         """Lines worth a place in the stage log once ``setup`` has run (e.g. how the targets were made)."""

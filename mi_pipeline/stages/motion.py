@@ -122,9 +122,9 @@ class MotionTask(TrainTask):
         smooth = self.smoothness(ddf)
         return sim + self.cfg.motion.smooth_weight * smooth, sim, smooth, ddf
 
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total, sim, smooth, _ = self._losses(model, batch["moving"], batch["fixed"])
-        return total, {"similarity": sim.item(), "smoothness": smooth.item()}
+        return total, {"similarity": sim.detach(), "smoothness": smooth.detach()}
 
     def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Validation in batches of VAL_BATCH pairs (then slices), each read from the cache on demand."""

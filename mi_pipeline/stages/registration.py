@@ -255,9 +255,9 @@ class RegistrationTask(TrainTask):
             loss = loss + r.mask_dice_weight * parts["mask_dice"]
         return loss, parts, total_ddf
 
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, parts, _ = self._losses(model, batch)
-        return loss, {k: v.item() for k, v in parts.items()}
+        return loss, {k: v.detach() for k, v in parts.items()}
 
     def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Validation in batches of VAL_BATCH slices, each read from the cache on demand."""

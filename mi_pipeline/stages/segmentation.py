@@ -213,7 +213,7 @@ class SegmentationTask(TrainTask):
             y = torch.stack([common.flip_image(y[i], fh, fw) for i, (fh, fw) in enumerate(flips)])
         return {"image": x.to(device), "label": y.unsqueeze(1).to(device)}
 
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss = self.criterion(model(batch["image"]), batch["label"])
         return loss, {}
 

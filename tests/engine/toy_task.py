@@ -37,9 +37,9 @@ class ToyTask(TrainTask):
         x = self.x[indices]
         return {"x": x + 0.01 * torch.randn(x.shape, generator=generator), "y": self.y[indices]}
 
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss = nn.functional.mse_loss(model(batch["x"]), batch["y"])
-        return loss, {"mse": loss.item()}
+        return loss, {"mse": loss.detach()}
 
     def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         return {"neg_mse": -nn.functional.mse_loss(model(self.x), self.y).item()}
