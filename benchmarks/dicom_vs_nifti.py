@@ -91,7 +91,7 @@ def _angle_score(run_dir: Path, nifti_dir: Path, anchor: dict, truth: dict) -> t
                             ed=yaml.safe_load((nifti_dir / "info.yaml").read_text())["ed"])  # the crop grid ignores ed
     sub = preprocess_subject(raw, cfg.data)
     within = total = 0
-    for k, (got, direction) in enumerate(zip(anchor["anterior_insertion_deg"], truth["rv_insertion_anterior_ras"])):
+    for _k, (got, direction) in enumerate(zip(anchor["anterior_insertion_deg"], truth["rv_insertion_anterior_ras"])):
         if direction is None or got is None:
             continue
         total += 1

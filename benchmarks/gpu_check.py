@@ -206,7 +206,7 @@ def checkpoint_stall(size: Size, device: torch.device, work: Path) -> dict[str, 
     writer = CheckpointWriter(background=True)
     waits, costs = [], []
     try:
-        for i in range(max(3, size.repeats)):
+        for _i in range(max(3, size.repeats)):
             _sync(device)
             started = time.perf_counter()
             writer.save(work / "stall" / "last.pth", {"model": model.state_dict(), "optimizer": optimizer.state_dict()})

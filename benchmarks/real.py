@@ -11,7 +11,8 @@ under test. Per subject and pooled it reports:
 - ``crop_ok``: whether the crop built around that centre holds the whole labelled myocardium of the
   ED and ES frames (no voxel of it outside, nor on the outermost pixel ring);
 - ``rv``: on mid-ventricular slices (the middle third of the slices with myocardium) of a crop centred
-  on the labels (so that a localisation miss does not count twice), whether the RV insertion was found in the ED cine on the slice itself, and the anterior insertion angle's error
+  on the labels (so that a localisation miss does not count twice), whether the RV insertion was found in the ED cine
+  on the slice itself, and the anterior insertion angle's error
   against the one the RV labels give (the labelled myocardium is the mask both use, so this measures
   the anchoring alone, not a segmentation model);
 - ``ed_err``: frames between the image-based ED and the dataset's ED, when the cine has >= 3 frames.

@@ -32,7 +32,6 @@ from mi_pipeline.cli import predict  # noqa: E402
 from mi_pipeline.cli.common import run_main  # noqa: E402
 from mi_pipeline.data import dicom_files  # noqa: E402
 
-
 SUMMARY_ERROR = "Dicom dataset contains invalid data values"
 
 

@@ -1,13 +1,16 @@
 """What keeps runs and jobs made by earlier versions working: every shim, in one table.
 
-| since | what changed | the shim | may go when |
-|---|---|---|---|
-| 0.1.0 -> now | modules moved into ``orchestration/`` | ``MOVED`` below: old import paths resolve | no 0.1.0 job pickle can still be requeued |
-| now | ``stages/graph.py`` became ``graph.py`` | ``MOVED`` | no job pickled before the move is queued |
-| 0.1.0 -> now | ``amp: true/false`` became ``off/bf16/fp16`` | ``config.AMP_FROM_BOOL`` | configs with booleans are rewritten |
-| 0.1.0 -> now | a planned restart is a record token, not ``StageJob.restart`` | ``StageJob.restart`` read on the first attempt only | no 0.1.0 job pickle remains |
-| 0.1.0 -> now | new config keys | ``config.HASHED_WHEN_CHANGED``: hashed only when set | checkpoints of 0.1.0 runs are retrained |
-| now | the cache manifest counts LGE subjects | an older manifest without the count reads as "unknown" | old caches are re-prepared |
+- 0.1.0: modules moved into ``orchestration/``. Shim: ``MOVED`` below (old import paths resolve).
+  May go when no 0.1.0 job pickle can still be requeued.
+- ``stages/graph.py`` became ``graph.py``. Shim: ``MOVED``. May go when no job pickled before the move is queued.
+- 0.1.0: ``amp: true/false`` became ``off/bf16/fp16``. Shim: ``config.AMP_FROM_BOOL``. May go when configs
+  with booleans are rewritten.
+- 0.1.0: a planned restart became a record token instead of ``StageJob.restart``. Shim: ``StageJob.restart``
+  is read on a job's first attempt only. May go when no 0.1.0 job pickle remains.
+- Config keys added after 0.1.0. Shim: ``config.HASHED_WHEN_CHANGED`` (hashed only when set). May go when
+  checkpoints of 0.1.0 runs are retrained.
+- The cache manifest counts LGE subjects. Shim: a manifest without the count reads as "unknown". May go
+  when old caches are re-prepared.
 
 A SLURM job pickled by submitit before a move names its callable by the old path (e.g.
 ``mi_pipeline.slurm_executor.StageJob``, holding a ``mi_pipeline.executors.StageCommand``); when it

@@ -63,7 +63,7 @@ class Models:
     checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
     # A k-fold ensemble: its members, one per fold. The fields above are then fold 0's,
     # used where one model must answer (the TTA confidence, the QC figure's motion).
-    folds: list["Models"] = field(default_factory=list)
+    folds: list[Models] = field(default_factory=list)
 
 
 def stored_config(ckpt_root: Path, stage: str = "segmentation") -> Config:
@@ -275,7 +275,8 @@ def build_report(subject_id: str, cine_path: Path, subject: Subject, raw: RawSub
         "infarct_percent": round(metrics.infarct_percent(myo, inf), 2),
         "myocardium_ml": round(float(myo.sum()) * voxel_ml, 2),
         "infarct_ml": round(float(inf.sum()) * voxel_ml, 2),
-        "frames": {"ed": int(raw.ed), "ed_method": raw.ed_method, "es": int(round(es_source)) % nt, "es_exact": round(float(es_source), 3),
+        "frames": {"ed": int(raw.ed), "ed_method": raw.ed_method, "es": int(round(es_source)) % nt,
+                   "es_exact": round(float(es_source), 3),
                    "source_frames": int(nt), "kept_frames": int(n_out), "es_index_kept": int(subject.es),
                    "es_method": "info" if raw.es is not None else "image (least bright blood pool)"},
         "per_slice": per_slice,

@@ -98,7 +98,7 @@ class RunLayout:
     def folds_dir(self) -> Path:
         return self.root / FOLDS_DIR
 
-    def fold(self, k: int) -> "RunLayout":
+    def fold(self, k: int) -> RunLayout:
         """Fold ``k``'s run directory (``folds/<k>``): the seed layout, sharing the top's data cache."""
         return RunLayout(self.folds_dir / str(k))
 
@@ -110,7 +110,7 @@ class RunLayout:
         return None
 
     @property
-    def top(self) -> "RunLayout":
+    def top(self) -> RunLayout:
         """The run that holds this fold (itself for a run without folds)."""
         return RunLayout(self.root.parent.parent) if self.fold_index is not None else self
 

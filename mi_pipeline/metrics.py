@@ -1,6 +1,7 @@
 """Quality measures per stage (motion, registration, segmentation, infarct size), as the field computes them.
 
-Dice is counted exactly here (checked against MONAI's ``compute_dice``); MONAI provides the 95th-percentile Hausdorff distance in mm
+Dice is counted exactly here (checked against MONAI's ``compute_dice``); MONAI provides the 95th-percentile Hausdorff
+distance in mm
 (``compute_hausdorff_distance`` with ``spacing``) and ROC AUC (``compute_roc_auc``); they are used
 as they are. What MONAI has no notion of is written here and checked against independent
 implementations in ``tests/test_metrics.py``: infarct size as % of myocardium, the AHA 16-segment

@@ -176,7 +176,8 @@ def test_evaluate_on_a_kfold_run_scores_held_out_folds_pooled_and_the_ensemble(t
                                     "--stage", "segmentation"]) == 0
     table = capsys.readouterr().out
     for part in ("--- fold 0 (held-out val) ---", "--- fold 1 (held-out val) ---", "--- pooled over folds ---",
-                 "--- ensemble of the folds ---", "fold disagreement vs infarct size error, Spearman rho: n = 1 < 3 subjects: no rank correlation"):
+                 "--- ensemble of the folds ---",
+                 "fold disagreement vs infarct size error, Spearman rho: n = 1 < 3 subjects: no rank correlation"):
         assert part in table, table
 
 

@@ -14,7 +14,8 @@ writes a marker and waits; the parent sends the tool's preemption signal to the 
 * MONAI's trainer has no preemption handling (no signal handler, no requeue): not run.
 
 SLURM then holds the requeued job (reason BeginTime: credential expiry + 1 s, ~11 s on this
-cluster; releasing it early makes slurmd refuse the launch), the same for every tool. Figures: signal -> first step of the requeued process (wall); steps lost = steps trained by
+cluster; releasing it early makes slurmd refuse the launch), the same for every tool. Figures: signal -> first step of
+the requeued process (wall); steps lost = steps trained by
 both processes together minus an uninterrupted run's; the final weights vs the uninterrupted run of
 the same tool in the local race (same machine, same threads), bit for bit.
 """

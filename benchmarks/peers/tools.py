@@ -15,7 +15,8 @@ returns the trained model. The adapters are thin and follow each tool's document
 * MONAI: ``SupervisedTrainer`` with an ``Inferer`` that returns the task's loss (so its own
   iteration does zero_grad / forward / backward / step and fires its events), ``decollate=False``
   (nothing to post-process), ``optim_set_to_none=True`` (its default False zero-fills every
-  gradient and lets backward accumulate into it; PyTorch's own default is True), ``LrScheduleHandler(epoch_level=True)``, ``CheckpointSaver(save_dict=
+  gradient and lets backward accumulate into it; PyTorch's own default is True),
+  ``LrScheduleHandler(epoch_level=True)``, ``CheckpointSaver(save_dict=
   {net, opt, sched, trainer}, save_interval=1, n_saved=1, save_key_metric=True)``; resumed with
   ``CheckpointLoader`` from the newest ``checkpoint_epoch=N.pt``.
 * ours: ``engine.trainer.fit`` with the product's defaults (background checkpoint writes).

@@ -17,9 +17,9 @@ from typing import Any
 from benchmarks.perf.timing import clock
 from benchmarks.perf.workspace import Bench, python_module, run_child
 from mi_pipeline.engine.runlog import StageLog
+from mi_pipeline.graph import MODEL_STAGES, STAGES
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.progress import ProgressFile
-from mi_pipeline.graph import MODEL_STAGES, STAGES
 
 PIPELINE_TIMEOUT_S = 1800.0
 

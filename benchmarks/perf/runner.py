@@ -67,7 +67,8 @@ NO_CUDA = "error: --device cuda: no CUDA device is visible on this machine (run 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=DESCRIPTION)
     parser.add_argument("--json", type=Path, help="write the results here (JSON)")
-    parser.add_argument("--quick", action="store_true", help="small phantom, few steps and repeats, no SLURM (~2 minutes on idle cores)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small phantom, few steps and repeats, no SLURM (~2 minutes on idle cores)")
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tests: smaller still
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where to train (cuda adds the GPU switch table)")

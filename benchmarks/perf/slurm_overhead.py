@@ -19,8 +19,8 @@ from typing import Any
 
 from benchmarks.perf.timing import median
 from benchmarks.perf.workspace import Bench, python_module, run_child
-from mi_pipeline.orchestration.progress import ProgressFile
 from mi_pipeline.graph import UPSTREAM
+from mi_pipeline.orchestration.progress import ProgressFile
 
 SETTINGS = ("slurm.gpus_per_node=0", "slurm.cpus_per_task=1", "slurm.mem_gb=1", "slurm.time_min=20", "device=cpu")
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",

@@ -1,4 +1,7 @@
-"""List what a run no longer needs (set-aside checkpoints, interrupted writes' temp files, staging leftovers) with sizes, and delete it with --yes or after you confirm.
+"""List what a run no longer needs (set-aside and temp files, staging leftovers) and delete it with --yes.
+
+What is listed: set-aside checkpoints, interrupted writes' temp files and staging leftovers, with
+their sizes; without --yes you are asked before anything is deleted.
 
 Never touches what a resume needs.
 

@@ -273,7 +273,10 @@ class _Instance:
     frame: int | None = None  # 1-based frame of an enhanced file
 
 
-def _orientations(folder: Path, groups: dict[str, list[_Header]]) -> dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int], list[float]]]:
+Orientation = tuple[np.ndarray, np.ndarray, tuple[int, int], list[float]]
+
+
+def _orientations(folder: Path, groups: dict[str, list[_Header]]) -> dict[str, Orientation]:
     """(row cosine, column cosine, matrix, pixel spacing) of every series, checked constant inside it."""
     orient = {}
     for uid, items in groups.items():

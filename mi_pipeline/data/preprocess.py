@@ -1,7 +1,8 @@
 """Raw subject -> cache ``Subject``: one resampling from the source grids onto a cropped cine grid.
 
 Why one resampling: the target grid (``data.crop`` pixels square around the LV, the cine's own
-slices; in-plane spacing ``data.spacing_mm``, coarser when the heart would not fit: see ``crop_spacing``) is defined in world coordinates, and every array
+slices; in-plane spacing ``data.spacing_mm``, coarser when the heart would not fit: see ``crop_spacing``) is defined
+in world coordinates, and every array
 (cine frames, cine labels, LGE, LGE labels) is sampled onto it once through its own affine. That
 keeps labels exact (nearest neighbour) and puts the LGE on the cine grid with only the breath-hold
 offset left between them. Voxel axis 2 stays the slice axis (short-axis stacks are never permuted

@@ -87,7 +87,8 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict[
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise CheckpointError(f"{path}: refused to load, it holds objects a weights-only load does not allow ({first[:160]})") from None
+        raise CheckpointError(f"{path}: refused to load, it holds objects a weights-only load does not allow "
+                              f"({first[:160]})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: unreadable checkpoint, truncated or corrupted ({reason})") from None
@@ -203,6 +204,6 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _as_python_state(value: Any) -> tuple:
+def _as_python_state(value: Any) -> tuple[Any, ...]:
     version, internal, gauss = value
     return (version, tuple(internal), gauss)

@@ -71,7 +71,7 @@ def _one_thread() -> Iterator[None]:
             torch.set_num_threads(threads)
 
 
-def _write_in_order(items: list[tuple]) -> float:
+def _write_in_order(items: list[tuple[Any, ...]]) -> float:
     """Write each (path, payload[, then]) in turn; the first failure stops the rest. Returns the
     CPU seconds this thread spent (what the write takes from training on busy cores)."""
     started = time.thread_time()
@@ -82,7 +82,7 @@ def _write_in_order(items: list[tuple]) -> float:
     return time.thread_time() - started
 
 
-def _write_in_background(items: list[tuple]) -> float:
+def _write_in_background(items: list[tuple[Any, ...]]) -> float:
     """``_write_in_order`` on the writer thread, handing the GIL back to the training thread sooner."""
     default = sys.getswitchinterval()
     sys.setswitchinterval(min(default, WRITE_SWITCH_S))

@@ -130,7 +130,7 @@ def apply_model_switches(model: nn.Module, perf: PerformanceConfig, device: torc
 
 def to_memory_format(model: nn.Module, perf: PerformanceConfig, device: torch.device) -> nn.Module:
     if perf.channels_last:
-        return model.to(device=device, memory_format=torch.channels_last)
+        return model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload,no-any-return]
     return model.to(device)
 
 
@@ -139,7 +139,7 @@ def compile_model(module: nn.Module, perf: PerformanceConfig, device: torch.devi
         return module
     inductor_follows_determinism()
     check_compile_works(device)
-    return torch.compile(module)
+    return torch.compile(module)  # type: ignore[return-value]  # an OptimizedModule: a Module that runs compiled
 
 
 def check_compile_works(device: torch.device) -> None:
@@ -188,7 +188,7 @@ def batch_to_device(batch: Batch, perf: PerformanceConfig, device: torch.device)
     return out
 
 
-class _Positions(torch.utils.data.Dataset):
+class _Positions(torch.utils.data.Dataset):  # type: ignore[type-arg]
     """Map-style view of the positions to build: item i is (position, batch) of ``positions[i]``."""
 
     def __init__(self, build: Callable[[int, int], Batch], positions: Sequence[Position]) -> None:

@@ -85,7 +85,7 @@ class StageLog:
         if self.files:
             self.tensorboard.add(_finite(record))
 
-    def progress(self, total: int, initial: int, desc: str) -> "BatchProgress":
+    def progress(self, total: int, initial: int, desc: str) -> BatchProgress:
         return BatchProgress(self, total, initial, desc)
 
 

@@ -277,7 +277,7 @@ def _step(task: TrainTask, net: torch.nn.Module, batch: dict[str, torch.Tensor],
                                "set performance.compile: false") from None
         raise
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
     if optim.grad_clip > 0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(net.parameters(), optim.grad_clip)
@@ -300,9 +300,9 @@ def _end_epoch(task: TrainTask, model: torch.nn.Module, ctx: FitContext, state: 
     scheduler.step()
     state.epoch += 1
     state.batch = 0
-    train_loss = sum(losses) / len(losses) if losses else float("nan")
+    train_loss = float(sum(losses)) / len(losses) if losses else float("nan")
     state.epoch_losses = []
-    return {"train_loss": train_loss, "lr": lr, "seconds": round(time.monotonic() - started, 3), **metrics}
+    return {"train_loss": train_loss, "lr": float(lr), "seconds": round(time.monotonic() - started, 3), **metrics}
 
 
 def _is_better(value: float | None, best: float | None, higher_is_better: bool) -> bool:

@@ -63,7 +63,7 @@ def python_command(cfg: Config, run_dir: Path, extra_paths: Iterable[Path | str]
     return shlex.join(argv)
 
 
-def automatic_binds(cfg: "Config", run_dir: Path, extra_paths: Iterable[Path | str] = ()) -> list[str]:
+def automatic_binds(cfg: Config, run_dir: Path, extra_paths: Iterable[Path | str] = ()) -> list[str]:
     """Bind specs for a job: run root, job folder, data.root, ``extra_paths`` (each at its own path), then ``binds``."""
     c = cfg.container
     run_dir = Path(run_dir).absolute()
@@ -120,7 +120,7 @@ def check_podman_image(image: str) -> None:
                           f"{(found.stderr.strip().splitlines() or ['?'])[-1]}")
 
 
-def podman_command(cfg: "Config", run_dir: Path, extra_paths: Iterable[Path | str] = ()) -> str:
+def podman_command(cfg: Config, run_dir: Path, extra_paths: Iterable[Path | str] = ()) -> str:
     """The ``slurm_python`` for ``runtime: podman``: ``podman run --rm ... --entrypoint python IMAGE``.
 
     The same folders as for apptainer are bound (``-v src:src``), the working directory is the run

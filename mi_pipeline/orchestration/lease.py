@@ -39,7 +39,7 @@ class Holder:
     job_id: str | None
 
     @classmethod
-    def me(cls) -> "Holder":
+    def me(cls) -> Holder:
         return cls(socket.gethostname(), os.getpid(), os.environ.get("SLURM_JOB_ID"))
 
     def owns(self, record: StageRecord) -> bool:
@@ -109,7 +109,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{stage}", daemon=True)
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 

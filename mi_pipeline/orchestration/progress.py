@@ -58,7 +58,7 @@ class ProgressFile:
         self._read_only = False  # set by read() on a directory this user cannot write
 
     @classmethod
-    def for_run(cls, layout: RunLayout) -> "ProgressFile":
+    def for_run(cls, layout: RunLayout) -> ProgressFile:
         """The record of a run (or a fold): what every command and job opens.
 
         A corrupted record is always repaired the same way, whoever opens it: kept aside and rebuilt

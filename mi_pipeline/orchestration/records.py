@@ -58,7 +58,7 @@ class StageRecord:
     restart_token: str | None = None  # a planned restart not yet carried out (see stage_runner)
 
     @classmethod
-    def from_dict(cls, raw: Any, where: str = "stage") -> "StageRecord":
+    def from_dict(cls, raw: Any, where: str = "stage") -> StageRecord:
         """A record from its JSON form; ``RecordError`` naming the key when a value has the wrong type.
 
         Keys this version does not know are ignored (a record from the same version with extra
@@ -111,7 +111,7 @@ class Progress:
                 "stages": {s: dataclasses.asdict(self.stages[s]) for s in STAGES}}
 
     @classmethod
-    def from_json(cls, detail: dict[str, Any]) -> "Progress":
+    def from_json(cls, detail: dict[str, Any]) -> Progress:
         """The record's JSON part, validated: ``RecordError`` on a wrong shape or type."""
         stages = detail.get("stages", {})
         if not isinstance(stages, dict):

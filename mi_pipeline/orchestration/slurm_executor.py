@@ -216,7 +216,9 @@ def slurm_parameters(cfg: Config, stage: str, run_dir: Path, deps: list[str]) ->
         if res[key]:
             params[f"slurm_{key}"] = res[key]
     extra: dict[str, Any] = {"requeue": True}  # sites whose default is --no-requeue would refuse the requeue
-    extra.update(tuple(item.split("=", 1)) for item in cfg.slurm.extra)
+    for item in cfg.slurm.extra:
+        key, _, value = item.partition("=")
+        extra[key] = value
     if deps:
         extra["dependency"] = "afterok:" + ":".join(deps)
         extra["kill-on-invalid-dep"] = "yes"

@@ -206,8 +206,8 @@ def choose(cfg: Config, scores: dict[str, float], folding_percent: float) -> tup
     return ranked[0], ranked[1]
 
 
-def register_pair(cfg: Config, network: Network, refine: Refine, lge: torch.Tensor, lge_label: torch.Tensor, cine_ed: torch.Tensor,
-                  spacing_mm: float, subject: str = "") -> tuple[torch.Tensor, PairQA]:
+def register_pair(cfg: Config, network: Network, refine: Refine, lge: torch.Tensor, lge_label: torch.Tensor,
+                  cine_ed: torch.Tensor, spacing_mm: float, subject: str = "") -> tuple[torch.Tensor, PairQA]:
     """One subject: LGE (Z, H, W), its labels (Z, H, W) and the cine ED frames (Z, H, W) -> the LGE labels
     in cine space by the chosen candidate (Z, H, W uint8, CPU) and the QA record."""
     device = cine_ed.device

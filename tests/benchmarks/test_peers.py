@@ -23,8 +23,8 @@ def record(tool: str, nb: int, epochs: int, step: float, end_extra: float = 0.0,
            spawned: float = 0.0, first: float = 5.0, saves: list | None = None) -> dict:
     """A worker result with evenly spaced steps, a 0.1-s validation and ``end_extra`` at each epoch end."""
     losses, validations, t = [], [], first
-    for e in range(epochs):
-        for b in range(nb):
+    for _e in range(epochs):
+        for _b in range(nb):
             losses.append((t, t / 2))
             t += step
         validations.append((t, t / 2, t + 0.1, (t + 0.1) / 2))

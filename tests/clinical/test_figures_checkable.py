@@ -124,7 +124,8 @@ def test_bland_altman_states_n_and_a_caveat_and_clips_no_label(n: int) -> None:
     renderer = canvas.get_renderer()
     frame = fig.bbox
     ax = fig.axes[0]
-    labels = [*ax.texts, ax.title, ax.xaxis.label, ax.yaxis.label, *fig.texts, *fig.legends[0].get_texts(), *([fig._suptitle] if fig._suptitle else [])]
+    labels = [*ax.texts, ax.title, ax.xaxis.label, ax.yaxis.label, *fig.texts, *fig.legends[0].get_texts(),
+              *([fig._suptitle] if fig._suptitle else [])]
     for text in (t for t in labels if t.get_text().strip()):  # tick labels outside the view are never drawn
         box = text.get_window_extent(renderer)
         inside = ax.bbox if text in ax.texts else frame

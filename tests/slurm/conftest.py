@@ -16,8 +16,8 @@ import datetime as dt
 import os
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
 import pytest
 
@@ -45,7 +45,7 @@ def _run(args: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def _parse_time(value: str) -> Optional[dt.datetime]:
+def _parse_time(value: str) -> dt.datetime | None:
     value = value.strip()
     if not value or value in {"Unknown", "None", "N/A"}:
         return None
@@ -59,9 +59,9 @@ class SacctRecord:
     job_id: str
     state: str  # first word of sacct's State, e.g. "COMPLETED", "CANCELLED", "REQUEUED"
     raw_state: str  # as sacct printed it, e.g. "CANCELLED by 0"
-    submit: Optional[dt.datetime]
-    start: Optional[dt.datetime]
-    end: Optional[dt.datetime]
+    submit: dt.datetime | None
+    start: dt.datetime | None
+    end: dt.datetime | None
     exit_code: str  # "<exit>:<signal>"
 
     @property
@@ -103,7 +103,7 @@ def sacct_job(job_id: str | int, *, all_runs: bool = False) -> list[SacctRecord]
     return records
 
 
-def sacct_state(job_id: str | int) -> Optional[SacctRecord]:
+def sacct_state(job_id: str | int) -> SacctRecord | None:
     """The latest run of ``job_id`` as sacct sees it, or None when sacct has no row yet."""
     rows = [r for r in sacct_job(job_id) if r.job_id == str(job_id)]
     return rows[-1] if rows else None
@@ -125,7 +125,7 @@ def wait_for_sacct(
         time.sleep(0.5)
 
 
-def squeue_state(job_id: str | int) -> Optional[tuple[str, str]]:
+def squeue_state(job_id: str | int) -> tuple[str, str] | None:
     """(state, reason) from squeue, or None when the controller no longer lists the job."""
     proc = _run(["squeue", "-h", "-j", str(job_id), "-o", "%T|%r"])
     line = proc.stdout.strip().splitlines()

@@ -73,7 +73,7 @@ def test_folds_run_side_by_side_and_usr2_requeues_one_fold_alone(slurm_cluster, 
     overlapping = {(fold_of[a.job_id], fold_of[b.job_id]) for a in records.values() for b in records.values()
                    if fold_of[a.job_id] < fold_of[b.job_id] and a.start < b.end and b.start < a.end}
     assert overlapping, f"no two folds' jobs ran at the same time: {records}"
-    for k, j in jobs.items():  # within a fold the chain order holds
+    for j in jobs.values():  # within a fold the chain order holds
         assert records[j["segmentation"]].start >= records[j["motion"]].end
     text = run_module("mi_pipeline.status", "--run-dir", str(run_dir)).stdout
     assert f"folds: {K}" in text and text.count("all_completed") == K
