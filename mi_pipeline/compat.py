@@ -3,11 +3,11 @@
 - 0.1.0: modules moved into ``orchestration/``. Shim: ``MOVED`` below (old import paths resolve).
   May go when no 0.1.0 job pickle can still be requeued.
 - ``stages/graph.py`` became ``graph.py``. Shim: ``MOVED``. May go when no job pickled before the move is queued.
-- 0.1.0: ``amp: true/false`` became ``off/bf16/fp16``. Shim: ``config.AMP_FROM_BOOL``. May go when configs
+- 0.1.0: ``amp: true/false`` became ``off/bf16/fp16``. Shim: ``config/compat.AMP_FROM_BOOL``. May go when configs
   with booleans are rewritten.
 - 0.1.0: a planned restart became a record token instead of ``StageJob.restart``. Shim: ``StageJob.restart``
   is read on a job's first attempt only. May go when no 0.1.0 job pickle remains.
-- Config keys added after 0.1.0. Shim: ``config.HASHED_WHEN_CHANGED`` (hashed only when set). May go when
+- Config keys added after 0.1.0. Shim: ``config/compat.HASHED_WHEN_CHANGED`` (hashed only when set). May go when
   checkpoints of 0.1.0 runs are retrained.
 - The cache manifest counts LGE subjects. Shim: a manifest without the count reads as "unknown". May go
   when old caches are re-prepared.

@@ -71,7 +71,7 @@ def stored_config(ckpt_root: Path, stage: str = "segmentation") -> Config:
     path = registry.best_path(ckpt_root, stage)
     payload = ckpt.load_checkpoint(path, required=("model", "config"))
     try:
-        return config_mod._build(Config, payload["config"], prefix="", source=f"{path} (stored config)")
+        return config_mod.from_dict(payload["config"], source=f"{path} (stored config)")
     except ConfigError as exc:
         raise ConfigError(f"{exc}; pass --config") from None
 

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mi_pipeline"
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (0, ("mi_pipeline", "mi_pipeline.compat", "mi_pipeline.errors", "mi_pipeline.fsio", "mi_pipeline.graph",
          "mi_pipeline.cli")),
-    (1, ("mi_pipeline.config",)),
+    (1, ("mi_pipeline.config", "mi_pipeline.config.")),
     (2, ("mi_pipeline.engine", "mi_pipeline.engine.", "mi_pipeline.data", "mi_pipeline.data.", "mi_pipeline.metrics",
          "mi_pipeline.layout", "mi_pipeline.ensemble")),
     (3, ("mi_pipeline.stages", "mi_pipeline.stages.", "mi_pipeline.clinical", "mi_pipeline.clinical.")),

@@ -18,10 +18,9 @@ import pytest
 import torch
 
 from mi_pipeline.config import (
-    Config,
     OptimConfig,
     PerformanceConfig,
-    _build,
+    from_dict,
     load_config,
     stage_hash,
 )
@@ -70,7 +69,7 @@ def test_amp_modes_and_legacy_booleans_load(tmp_path: Path, text: str, stage_amp
 
 def test_python_callers_and_stored_old_configs_keep_the_booleans() -> None:
     assert OptimConfig(amp=True).amp == "fp16" and OptimConfig(amp=False).amp == "off"  # type: ignore[arg-type]
-    old = _build(Config, {"motion": {"amp": False}, "segmentation": {"amp": True}}, prefix="", source="last.pth")
+    old = from_dict({"motion": {"amp": False}, "segmentation": {"amp": True}}, source="last.pth")
     assert (old.motion.amp, old.segmentation.amp) == ("off", "fp16")
     with pytest.raises(ValueError, match="amp must be one of"):
         PerformanceConfig(amp="fp8")  # type: ignore[arg-type]

@@ -1,35 +1,24 @@
-"""Run configuration: YAML -> frozen dataclasses, validated once at the edge.
+"""The run configuration's schema: frozen dataclasses, every key with its type, default and bounds.
 
-Every key has a type and a default here; a YAML key that is unknown or of the wrong type is an
-error that names the key path and the file. ``--set section.key=value`` overrides are parsed as
-YAML scalars and validated the same way. ``stage_hash`` fingerprints what a stage's result depends
-on, and is stored in every checkpoint so that resume can refuse a changed config.
+Validation lives with each section (``__post_init__``): a bad value is one line that says what to
+do. Reading YAML into these is ``loading.py``; what a stage's result depends on is ``fingerprints.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import math
 import re
-import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from mi_pipeline.errors import ConfigError
-from mi_pipeline.graph import MODEL_STAGES, config_sections
+from mi_pipeline.config.compat import AMP_FROM_BOOL
 
 # Mixed precision: off (float32), bf16 (bfloat16 autocast, no loss scaling) or fp16 (float16 autocast +
 # GradScaler). YAML reads a bare ``off`` as false, and configs before this version wrote ``amp: true``,
 # which meant float16 + GradScaler: booleans map here (true -> fp16, false -> off).
 AmpMode = Literal["off", "bf16", "fp16"]
 AMP_MODES: tuple[str, ...] = typing.get_args(AmpMode)
-AMP_FROM_BOOL: dict[bool, str] = {False: "off", True: "fp16"}
 
 # Bounds past any real use: a value beyond them is a typo, refused with one line before it costs anything.
 MAX_THREADS = 1024
@@ -37,11 +26,6 @@ MAX_FOLDS = 100
 MAX_EPOCHS = 1_000_000
 MAX_BATCH = 65_536
 MAX_CONFIG_BYTES = 1 << 20
-
-
-# --------------------------------------------------------------------------------------------
-# Schema
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -473,246 +457,3 @@ def _check_amp(obj: object) -> None:
         object.__setattr__(obj, "amp", AMP_FROM_BOOL[value])
     elif value is not None and value not in AMP_MODES:
         raise ValueError(f"amp must be one of {' | '.join(AMP_MODES)}, got {value!r}")
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------------
-
-
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read ``path`` (None = all defaults), apply ``section.key=value`` overrides, validate."""
-    source = str(path) if path is not None else "<defaults>"
-    raw: dict[str, Any] = {}
-    if path is not None:
-        raw = _read_yaml(Path(path))
-    for item in overrides:
-        _apply_override(raw, item)
-        source = f"{source} (with --set)" if "--set" not in source else source
-    cfg: Config = _build(Config, raw, prefix="", source=source)
-    return cfg
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        if path.exists() and not path.is_file():  # /dev/zero, a fifo or a folder would hang or read forever
-            raise ConfigError(f"{path}: not a regular file; --config takes a YAML file")
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path}: {path.stat().st_size} bytes, too large for a config "
-                              f"(at most {MAX_CONFIG_BYTES // 1024} KiB)")
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file (a config is UTF-8 YAML)") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    return raw
-
-
-def _apply_override(raw: dict[str, Any], item: str) -> None:
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {item!r}: expected section.key=value")
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        value = text
-    node = raw
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {item!r}: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def _build(cls: type, raw: Any, *, prefix: str, source: str) -> Any:
-    where = prefix.rstrip(".") or "<top level>"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {where} must be a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"{source}: unknown key {prefix}{key} (known here: {known})")
-    kwargs = {}
-    for name, value in raw.items():
-        kwargs[name] = _coerce(hints[name], value, key=f"{prefix}{name}", source=source)
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{source}: {where}: {exc}") from None
-
-
-def _coerce(tp: Any, value: Any, *, key: str, source: str) -> Any:
-    """Check ``value`` against type hint ``tp``; convert where YAML is naturally loose (int->float, list->tuple)."""
-    origin = typing.get_origin(tp)
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return _build(tp, value, prefix=f"{key}.", source=source)
-    if origin is Literal:
-        if tp == AmpMode and isinstance(value, bool):  # `amp: off` reads as false; legacy `amp: true`
-            return AMP_FROM_BOOL[value]
-        if value not in typing.get_args(tp):
-            choices = " | ".join(map(str, typing.get_args(tp)))
-            raise ConfigError(f"{source}: {key} must be one of {choices}, got {value!r}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key=key, source=source)
-    if origin is tuple:
-        (item_tp, *_rest) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
-        return tuple(_coerce(item_tp, v, key=f"{key}[{i}]", source=source) for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string; users mean the number
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{source}: {key} must be a number, and finite, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
-        return value
-    raise ConfigError(f"{source}: {key} has an unsupported type {tp!r}")  # a schema bug
-
-
-# --------------------------------------------------------------------------------------------
-# Hashing and dumping
-# --------------------------------------------------------------------------------------------
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain, JSON/YAML-safe dict of a config (tuples become lists)."""
-    plain: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    return plain
-
-
-# Keys added after 0.1.0 count in a stage's hash only when set to something other than their default,
-# so a run started before they existed still resumes (its checkpoints' hashes still match).
-HASHED_WHEN_CHANGED: tuple[str, ...] = (
-    "data.phantom.cine_labels", "data.phantom.vary", "data.phantom.slices_range", "data.phantom.frames_range",
-    "data.phantom.spacing_range_mm", "data.phantom.fov_range_mm", "data.phantom.slice_thickness_range_mm",
-    "data.phantom.lge_spacing_range_mm", "data.phantom.heart_offset_mm", "data.phantom.breath_hold_shift_mm",
-    "data.phantom.breath_hold_rotation_deg", "data.phantom.lge_slice_offset", "data.phantom.lge_remote_signal",
-    "data.phantom.lge_fat_signal", "data.phantom.noise_range", "registration.qa_max_shift_mm",
-    "registration.qa_max_rotation_deg", "registration.qa_margin", "registration.qa_max_folding_percent",
-    "registration.qa_min_agreement", "data.exclude", "data.on_bad_subject",
-)
-NOT_HASHED: tuple[str, ...] = ("data.workers", "data.cache_budget_mb")
-"""Settings that change how fast or in how much memory a result is made, never the result itself."""
-
-
-def _drop_new_defaults(relevant: dict[str, Any]) -> None:
-    defaults = to_dict(Config())
-    for dotted in HASHED_WHEN_CHANGED:
-        *path, key = dotted.split(".")
-        here, default = relevant, defaults
-        for part in path:
-            here, default = here.get(part, {}), default[part]
-        if key in here and here[key] == default[key]:
-            del here[key]
-    for dotted in NOT_HASHED:
-        *path, key = dotted.split(".")
-        here = relevant
-        for part in path:
-            here = here.get(part, {})
-        here.pop(key, None)
-
-
-def stage_hash(cfg: Config, stage: str) -> str:
-    """Stable fingerprint of everything ``stage``'s result depends on (its sections, seed, threads).
-
-    Of the performance switches only those that change the arithmetic count: each trained section
-    carries its resolved ``amp`` (off and fp16 written as the false/true of older versions, so the
-    hashes of runs started before amp had modes stay the same), and ``channels_last``/``compile``
-    are added when on. Worker count, pinning, cuDNN autotuning and background checkpoint writes are
-    left out on purpose.
-    """
-    full = to_dict(cfg)
-    relevant = {"seed": full["seed"], "threads": full["threads"], "deterministic": full["deterministic"]}
-    sections = config_sections(stage)
-    relevant.update({section: full[section] for section in sections})
-    for section in sections:
-        if "amp" in relevant[section]:
-            amp = cfg.performance_for(section).amp
-            relevant[section] = {**relevant[section], "amp": {"off": False, "fp16": True}.get(amp, amp)}
-    _drop_new_defaults(relevant)
-    perf = cfg.performance
-    numeric = {name: True for name in ("channels_last", "compile") if getattr(perf, name)}
-    if numeric and stage in MODEL_STAGES:
-        relevant["performance"] = numeric
-    blob = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def config_changes(stored: dict[str, Any], cfg: Config, stage: str) -> list[tuple[str, Any, Any]]:
-    """``(key, stored value, current value)`` for each setting ``stage``'s result depends on that
-    differs between a checkpoint's stored config and ``cfg`` (keys a stored config lacks are new
-    settings, not changes). The plan shows these when a finished stage's config changed."""
-    current = to_dict(cfg)
-    changes: list[tuple[str, Any, Any]] = []
-    for top in ("seed", "threads", "deterministic"):
-        if top in stored and stored[top] != current[top]:
-            changes.append((top, stored[top], current[top]))
-    for section in config_sections(stage):
-        old, new = _flatten(stored.get(section, {}), section), _flatten(current[section], section)
-        changes += [(key, old[key], value) for key, value in new.items()
-                    if key in old and old[key] != value and key not in NOT_HASHED]
-    return changes
-
-
-def only_longer_training(changes: list[tuple[str, Any, Any]], stage: str) -> bool:
-    """True when ``changes`` are epoch counts only: ``stage``'s own raised, or its upstream stages'.
-
-    Training longer is not a different experiment: resume continues from last.pth. An upstream
-    stage's longer training matters only if it changed that stage's best model, which dependants
-    see through its fingerprint (the upstream-change rule), not through the config.
-    """
-    if not changes:
-        return False
-    for key, old, new in changes:
-        section, _, name = key.partition(".")
-        if name != "epochs" or (section == stage and not new > old):
-            return False
-    return True
-
-
-def _flatten(value: Any, prefix: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        return {prefix: value}
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        out.update(_flatten(item, f"{prefix}.{key}"))
-    return out
-
-
-def dump_yaml(cfg: Config) -> str:
-    return str(yaml.safe_dump(to_dict(cfg), sort_keys=False))
