@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -73,8 +74,33 @@ def resolve_executor(requested: str, remembered: str | None = None) -> tuple[Exe
     return "local", "no sbatch on PATH"
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM to the submitter (``kill``, a batch system ending it) is handled like Ctrl-C: the running
+    stage is told to save its position, the later steps are recorded as not started, and the
+    submitter exits -- instead of dying alone and leaving its stage running with no one to start the
+    rest."""
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (a test driving the executor): nothing to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_local(steps: list[Step], command: StageCommand, progress: ProgressFile) -> int:
     """Run the planned steps one after another; return the first non-zero exit status (or 0)."""
+    with _sigterm_as_interrupt():
+        return _run_steps(steps, command, progress)
+
+
+def _run_steps(steps: list[Step], command: StageCommand, progress: ProgressFile) -> int:
     for step in steps:
         if step.run:
             # pid/host of this submitter: status can tell a pending stage whose submitter died
