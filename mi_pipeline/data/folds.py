@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from mi_pipeline.config import load_config
 from mi_pipeline.data import cache
 from mi_pipeline.errors import ConfigError, InputError
 from mi_pipeline.fsio import atomic_write_text
@@ -32,11 +33,26 @@ def folds_path(run_dir: Path) -> Path:
 
 def fold_roots(run_dir: Path) -> list[Path]:
     """The run's folds (``folds/<k>``), in fold order: the K this split file lists, whether or not their
-    folders exist ([] without a split file). The one answer every command uses: a copied or left-over
-    folder under ``folds/`` is not a fold, and a deleted one is still there, missing."""
+    folders exist. The one answer every command uses: a copied or left-over folder under ``folds/`` is
+    not a fold, and a deleted one is still there, missing.
+
+    Before the data stage has written the split file (a k-fold submission whose data job is still
+    queued), the K is the one the run's own ``config.yaml`` plans, so ``status`` and ``cancel`` see the
+    folds' queued jobs; [] when neither says the run has folds.
+    """
     content = read_folds(run_dir)
     top = RunLayout(Path(run_dir))
-    return [] if content is None else [top.fold(k).root for k in range(len(content["folds"]))]
+    count = len(content["folds"]) if content is not None else _planned_folds(top)
+    return [top.fold(k).root for k in range(count)]
+
+
+def _planned_folds(top: RunLayout) -> int:
+    if not top.config_file.is_file():
+        return 0
+    try:
+        return load_config(top.config_file).cv.folds
+    except ConfigError:
+        return 0  # a damaged config.yaml: the commands that need it say so themselves
 
 
 def unlisted_folders(run_dir: Path) -> list[Path]:

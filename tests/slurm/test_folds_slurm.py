@@ -76,7 +76,8 @@ def test_folds_run_side_by_side_and_usr2_requeues_one_fold_alone(slurm_cluster, 
     for j in jobs.values():  # within a fold the chain order holds
         assert records[j["segmentation"]].start >= records[j["motion"]].end
     text = run_module("mi_pipeline.status", "--run-dir", str(run_dir)).stdout
-    assert f"folds: {K}" in text and text.count("all_completed") == K
+    assert f"folds: {K}" in text and text.split(f"folds: {K}")[1].count("all_completed") == K, text
+    assert text.splitlines()[1].startswith("state: all_completed (the least advanced of 3 folds"), text
 
 
 def test_resume_after_scancel_of_two_folds_resubmits_those_two_only(slurm_cluster, tmp_path: Path) -> None:
