@@ -47,6 +47,7 @@ from mi_pipeline.inference import (
     segment_subject,
     stored_config,
 )
+from mi_pipeline.layout import RunLayout
 from mi_pipeline.stages import common, motion, registration, registration_qa, registry
 
 # --- subjects -------------------------------------------------------------------------------------
@@ -240,7 +241,7 @@ def run_config(ckpt_root: Path) -> Config:
 def evaluate(cfg: Config, run_dir: Path, *, split: str = "test", data_root: Path | None = None,
              fmt: str | None = None, stages: tuple[str, ...] | None = None, ckpt_root: Path | None = None,
              log=print) -> dict[str, Any]:
-    ckpt_root = ckpt_root or run_dir / "checkpoints"
+    ckpt_root = ckpt_root or RunLayout(run_dir).checkpoints
     trained = trained_stages(ckpt_root)
     wanted = tuple(stages) if stages else tuple(trained)
     if not wanted:

@@ -93,7 +93,7 @@ def fold_checkpoints(run_dir: Path, stages: tuple[str, ...] = ("segmentation",))
     quietly be another model than the one the user cross-validated.
     """
     layout = RunLayout(Path(run_dir))
-    roots = [root / "checkpoints" for root in fold_split.fold_roots(layout.root)]
+    roots = [RunLayout(root).checkpoints for root in fold_split.fold_roots(layout.root)]
     for extra in fold_split.unlisted_folders(layout.root):
         print(f"warning: {extra}: not one of the {len(roots)} folds of {fold_split.folds_path(layout.root)}; "
               f"ignored", file=sys.stderr)
@@ -291,13 +291,13 @@ def build_report(subject_id: str, cine_path: Path, subject: Subject, raw: RawSub
 
 
 def segmentation_confidence(models: Models, subject: Subject, pred: np.ndarray) -> dict[str, Any]:
-    """Issue 14: TTA uncertainty and a plausibility flag for ``pred`` (see ``stages/seg_confidence``)."""
+    """TTA uncertainty and a plausibility flag for ``pred`` (see ``stages/seg_confidence``)."""
     cine = torch.from_numpy(np.ascontiguousarray(subject.cine))
     fields = (motion.motion_fields(models.motion, cine)
               if models.motion is not None and models.cfg.segmentation.motion_features else None)
     x = segmentation.segmentation_inputs(cine, fields)
     _, uncertainty = seg_confidence.tta_predict(models.segmentation, x, cine.shape[1])
-    shape_file = Path(models.checkpoints["segmentation"]["path"]).parents[2] / "logs" / "segmentation" / \
+    shape_file = RunLayout.holding(models.checkpoints["segmentation"]["path"]).log_dir("segmentation") / \
         seg_confidence.SHAPE_FILE
     ranges, source = seg_confidence.DEFAULT_RANGES, "physiological defaults (no training targets' shape record)"
     if shape_file.is_file():

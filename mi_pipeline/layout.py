@@ -98,6 +98,11 @@ class RunLayout:
     def folds_dir(self) -> Path:
         return self.root / FOLDS_DIR
 
+    @classmethod
+    def holding(cls, checkpoint: str | Path) -> RunLayout:
+        """The run a checkpoint file belongs to (``<root>/checkpoints/<stage>/<file>``)."""
+        return cls(Path(checkpoint).resolve().parents[2])
+
     def fold(self, k: int) -> RunLayout:
         """Fold ``k``'s run directory (``folds/<k>``): the seed layout, sharing the top's data cache."""
         return RunLayout(self.folds_dir / str(k))

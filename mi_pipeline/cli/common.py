@@ -119,9 +119,9 @@ def model_source(run_dir: Path | None, checkpoints: Path | None, fold: int | Non
     run = RunLayout(run_dir if run_dir is not None else Path("."))
     if fold is not None:
         check_fold(fold, len(fold_roots(run.root)), str(run.root))
-        return run.fold(fold).root / "checkpoints", []
+        return run.fold(fold).checkpoints, []
     folds = fold_checkpoints(run.root)
-    return (folds[0] if folds else run.root / "checkpoints"), folds
+    return (folds[0] if folds else run.checkpoints), folds
 
 
 def parse_ed(value: str) -> int | None:

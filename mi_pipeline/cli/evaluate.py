@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.config is not None or args.overrides:
         cfg = load_config(args.config, args.overrides)
     else:
-        cfg = run_config((folds[0] if folds else run_dir) / "checkpoints")
+        cfg = run_config(RunLayout(folds[0] if folds else run_dir).checkpoints)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     stages = tuple(args.stage) if args.stage else None
     if folds:

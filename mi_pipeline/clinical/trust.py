@@ -25,6 +25,7 @@ from mi_pipeline.data import cache
 from mi_pipeline.data.phantom import MARKER
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.errors import InputError
+from mi_pipeline.layout import RunLayout
 
 PHANTOM_MANUFACTURER = "mi_pipeline phantom"
 VERDICTS = ("plausible", "implausible", "not_a_measurement")
@@ -40,11 +41,11 @@ def _split_sizes(run_root: Path) -> dict[str, int] | None:
 
 @lru_cache(maxsize=8)
 def _provenance(path: str, fingerprint: str) -> dict[str, Any]:
-    payload = ckpt.load_checkpoint(Path(path), required=("config",))
+    payload = ckpt.read_metadata(Path(path), required=("config",))  # plain values only: no tensors loaded
     data = (payload.get("config") or {}).get("data") or {}
     folds = int(((payload.get("config") or {}).get("cv") or {}).get("folds") or 0)
     fmt = str(data.get("format", "unknown"))
-    sizes = _split_sizes(Path(path).parents[2])
+    sizes = _split_sizes(RunLayout.holding(path).root)
     phantom = fmt == "phantom"
     what = "phantom only (synthetic hearts)" if phantom else f"{fmt} data ({data.get('root') or 'root not recorded'})"
     if sizes is not None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.plan import Step
 from mi_pipeline.orchestration.progress import ProgressFile
 
@@ -116,7 +117,7 @@ def _run_steps(steps: list[Step], command: StageCommand, progress: ProgressFile)
             _not_started_after(steps, step, progress, "interrupted (Ctrl-C)")
             raise
         if returncode != 0:
-            log = command.run_dir / "logs" / step.stage / "train.log"
+            log = RunLayout(command.run_dir).train_log(step.stage)
             print(f"error: step {step.stage} failed (exit status {returncode}); see {log}. "
                   f"Later steps were not started; fix the cause and run: submit --mode resume", file=sys.stderr)
             _not_started_after(steps, step, progress, f"{step.stage} failed")
