@@ -10,7 +10,8 @@ Model, per subject (all draws from ``numpy.random.default_rng([seed, index])``):
   shrink toward the apex; a slightly elliptic cavity; an RV crescent on the patient's right;
 * a cardiac cycle: contraction ``c(t)`` rises smoothly from 0 at ED to 1 at ES (~35-40 % of the
   cycle), falls during rapid filling and stays 0 during diastasis. Physiological numbers (published CMR
-  figures for normal hearts; docs/QUALITY.md compares them with real images): ED wall 7-10 mm at the base, x0.8 toward the apex (~5.5-10 mm), ED endocardial radius
+  figures for normal hearts; docs/QUALITY.md compares them with real images): ED wall 7-10 mm at the
+  base, x0.8 toward the apex (~5.5-10 mm), ED endocardial radius
   21-27 mm; the wall thickens by ``tf`` (40-80 %, more toward the apex) times ``c`` and mostly
   inward: the epicardium moves in by only 2-4 mm (scaled by how much the sector thickens), the
   endocardium follows, so ED and ES myocardium overlap (mid-slice ED-vs-ES Dice ~0.5); an optional
