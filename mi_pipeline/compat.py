@@ -8,7 +8,9 @@
 - 0.1.0: a planned restart became a record token instead of ``StageJob.restart``. Shim: ``StageJob.restart``
   is read on a job's first attempt only. May go when no 0.1.0 job pickle remains.
 - Config keys added after 0.1.0. Shim: ``config/compat.HASHED_WHEN_CHANGED`` (hashed only when set). May go when
-  checkpoints of 0.1.0 runs are retrained.
+  checkpoints of 0.1.0 runs are retrained. One of them changes what an unfinished stage does when it resumes:
+  ``motion.label_dice_weight`` (default 1) adds the cine labels' Dice to motion's loss where every training
+  subject has cine labels, also for a motion stage started before the key existed.
 - The cache manifest counts LGE subjects. Shim: a manifest without the count reads as "unknown". May go
   when old caches are re-prepared.
 

@@ -156,10 +156,14 @@ class MotionConfig(OptimConfig):
     smooth_weight: float = 0.5
     smooth_loss: Literal["diffusion", "bending"] = "diffusion"  # 1st- or 2nd-derivative regulariser
     lncc_kernel: int = 9  # LNCC window (pixels, odd)
+    # Dice of the warped ED myocardium against the ES myocardium, added to the loss of the ED -> ES
+    # training pairs when every training subject carries cine labels (ACDC, M&Ms, a labelled phantom;
+    # ED and ES are the frames such datasets annotate); ignored, and said so in the log, without them
+    label_dice_weight: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _non_negative(self, "smooth_weight")
+        _non_negative(self, "smooth_weight", "label_dice_weight")
         _positive(self, "lncc_kernel")
         if len(self.channels) < 2 or len(self.channels) % 2:
             raise ValueError("channels must list an even number (>= 2) of widths: (down, up) pairs per level")

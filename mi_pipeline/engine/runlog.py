@@ -143,8 +143,9 @@ class BatchProgress(Progress):
     def __init__(self, log: StageLog, total: int, initial: int, desc: str, every_s: float = 30.0) -> None:
         super().__init__(total, desc, log.info, initial=initial, unit="batch", every_s=every_s, every_fraction=None)
 
-    def update(self, loss: float) -> None:  # type: ignore[override]
-        super().update(1, f"loss {loss:.4f}")
+    def update(self, loss: float | None) -> None:  # type: ignore[override]
+        """``loss``: the newest one read (the loop reads them in batches), None before the first read."""
+        super().update(1, f"loss {loss:.4f}" if loss is not None else "")
 
     def line(self, note: str = "") -> str:
         return f"{self.desc} batch {self.done}/{self.total}" + (f" {note}" if note else "")

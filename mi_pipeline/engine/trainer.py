@@ -230,9 +230,9 @@ class LossReader:
                 raise FloatingPointError(f"loss is {value} at batch {index + 1}")
             self.values.append(value)
 
-    def last(self) -> float:
-        """The newest loss read so far (what a progress line shows; no sync)."""
-        return self.values[-1] if self.values else float("nan")
+    def last(self) -> float | None:
+        """The newest loss read so far (what a progress line shows; no sync); None before the first read."""
+        return self.values[-1] if self.values else None
 
 
 class BatchBuilder:

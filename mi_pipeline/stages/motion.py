@@ -2,7 +2,9 @@
 
 One sample is one (slice, frame t) pair with t = 1..T-1: moving = the ED frame, fixed = frame t.
 The net predicts a displacement field on frame t's grid that pulls the ED frame onto frame t;
-loss = LNCC (or MSE) + smooth_weight x diffusion (or bending) regulariser.
+loss = LNCC (or MSE) + smooth_weight x diffusion (or bending) regulariser, plus, where every training
+subject carries cine labels (ACDC, M&Ms, a labelled phantom), label_dice_weight x Dice loss of the warped
+ED myocardium against the ES myocardium on the ED -> ES pairs: the one pair such datasets annotate.
 
 Validation (``myo_dice``): the ED myocardium warped to ES vs the true ES myocardium, averaged over
 the validation slices that show myocardium, with the identity baseline (``myo_dice_identity``) and
@@ -19,6 +21,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from monai.losses import DiceLoss
 from monai.networks.nets import VoxelMorph, VoxelMorphUNet
 from torch import nn
 
@@ -74,6 +77,14 @@ def motion_fields(model: nn.Module, cine: torch.Tensor, batch: int = VAL_BATCH) 
     return torch.cat(out).reshape(n, t, 2, h, w)
 
 
+def supervision_note(weight: float, labels: bool) -> str:
+    """One line for the log: whether the training pairs learn from the cine labels, and why (not)."""
+    if weight > 0 and labels:
+        return f"training on image similarity + ED -> ES myocardium Dice of the cine labels (weight {weight:g})"
+    why = "motion.label_dice_weight is 0" if labels else "not every training subject has cine labels"
+    return f"training on image similarity alone ({why})"
+
+
 class MotionTask(TrainTask):
     name = "motion"
     metric_name = "myo_dice"
@@ -84,6 +95,7 @@ class MotionTask(TrainTask):
         self.run_dir = Path(run_dir)
         self.similarity = common.similarity_loss(cfg.motion.similarity, lncc_kernel=cfg.motion.lncc_kernel)
         self.smoothness = common.smoothness_loss(cfg.motion.smooth_loss)
+        self.label_dice = DiceLoss(reduction="none")
 
     def setup(self, device: torch.device) -> None:
         def check(subject: Subject) -> None:
@@ -96,6 +108,7 @@ class MotionTask(TrainTask):
         slices = torch.arange(len(self.train))
         frames = torch.arange(1, self.cfg.data.frames)
         self.pairs = torch.cartesian_prod(slices, frames)  # (N*(T-1), 2): (slice, t)
+        self.supervised = self.cfg.motion.label_dice_weight > 0 and self.train.has("cine_label")
         self.val = SplitSlices(store, "val", check, where="motion validation")
         self.val_has_labels = self.val.has("cine_label")
         if not self.val_has_labels:  # no cine labels: no Dice; the image similarity decides, named as such
@@ -104,6 +117,9 @@ class MotionTask(TrainTask):
     def build_model(self) -> nn.Module:
         return build_model(self.cfg)
 
+    def notes(self) -> list[str]:
+        return [supervision_note(self.cfg.motion.label_dice_weight, self.train.has("cine_label"))]
+
     def num_train_samples(self) -> int:
         return int(self.pairs.shape[0])
 
@@ -111,10 +127,16 @@ class MotionTask(TrainTask):
         sl, t = self.pairs[indices].unbind(1)
         cine = self.train.rows("cine", sl)  # (B, T, H, W)
         rows = torch.arange(cine.shape[0])
-        return {
+        batch = {
             "moving": cine[rows, 0].unsqueeze(1).to(device),
             "fixed": cine[rows, t].unsqueeze(1).to(device),
         }
+        if self.supervised:  # the ED and ES labels of each pair; only pairs at ES count in the loss
+            labels = self.train.rows("cine_label", sl).long()
+            batch["moving_myo"] = common.myo(labels[rows, 0]).unsqueeze(1).float().to(device)
+            batch["fixed_myo"] = common.myo(labels[rows, t]).unsqueeze(1).float().to(device)
+            batch["at_es"] = (t == self.train.es[sl]).float().to(device)
+        return batch
 
     def _losses(self, model: nn.Module, moving: torch.Tensor, fixed: torch.Tensor):
         ddf = predict_ddf(model, moving, fixed)
@@ -123,8 +145,15 @@ class MotionTask(TrainTask):
         return sim + self.cfg.motion.smooth_weight * smooth, sim, smooth, ddf
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        total, sim, smooth, _ = self._losses(model, batch["moving"], batch["fixed"])
-        return total, {"similarity": sim.detach(), "smoothness": smooth.detach()}
+        total, sim, smooth, ddf = self._losses(model, batch["moving"], batch["fixed"])
+        parts = {"similarity": sim.detach(), "smoothness": smooth.detach()}
+        if "at_es" in batch:
+            per_pair = self.label_dice(common.warp(batch["moving_myo"], ddf), batch["fixed_myo"]).flatten()
+            weight = batch["at_es"]
+            label_loss = (per_pair * weight).sum() / weight.sum().clamp(min=1.0)
+            total = total + self.cfg.motion.label_dice_weight * label_loss
+            parts["label_dice"] = label_loss.detach()
+        return total, parts
 
     def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Validation in batches of VAL_BATCH pairs (then slices), each read from the cache on demand."""

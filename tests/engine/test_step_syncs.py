@@ -21,7 +21,7 @@ from torch import nn
 
 from mi_pipeline.config import OptimConfig, PerformanceConfig
 from mi_pipeline.engine import trainer
-from mi_pipeline.engine.runlog import StageLog
+from mi_pipeline.engine.runlog import BatchProgress, StageLog
 from mi_pipeline.engine.trainer import FitContext, LossReader, fit
 from tests.engine.toy_task import ToyTask
 
@@ -89,3 +89,22 @@ def test_non_finite_loss_fails_with_its_batch_index() -> None:
     with pytest.raises(FloatingPointError, match="loss is nan at batch 3"):
         reader.add(3, torch.tensor(3.0))
     assert reader.values == [1.0, 2.0]
+
+
+def test_a_progress_line_before_the_first_read_shows_no_loss_rather_than_nan() -> None:
+    """Losses are read in batches, so early progress lines have none yet: they say nothing, not 'loss nan'."""
+    lines: list[str] = []
+    bar = BatchProgress(LogLines(lines), total=10, initial=0, desc="[toy] epoch 1/1", every_s=0.0)
+    reader = LossReader([], every=4)
+    reader.add(0, torch.tensor(0.5))
+    bar.update(reader.last())
+    reader.read()
+    bar.update(reader.last())
+    assert lines == ["[toy] epoch 1/1 batch 1/10", "[toy] epoch 1/1 batch 2/10 loss 0.5000"]
+
+
+class LogLines:
+    """The one thing a progress bar needs of a stage log: ``info``."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.info = lines.append
