@@ -40,7 +40,8 @@ from mi_pipeline.fsio import atomic_write_text
 DONE = "done.json"
 TABLE = "cohort.csv"
 STATE_DIR = ".cohort"
-COLUMNS = ("subject", "infarct_percent", "myocardium_ml", "infarct_ml", "flags", "cine")
+COLUMNS = ("subject", "infarct_percent", "myocardium_ml", "infarct_ml", "verdict", "aha_numbering", "flags", "model",
+           "cine")
 
 
 def state_dir(out: Path) -> Path:
@@ -173,15 +174,22 @@ def _compute(out: Path, sid: str, cine: Path, predict: Callable[[str, Path], dic
 
 
 def table_row(report: dict[str, Any]) -> dict[str, Any]:
-    """The cohort table's columns from one subject's report.json."""
+    """The cohort table's columns from one subject's report.json: the number with its verdict (plausible,
+    implausible, not_a_measurement), how the AHA segments were numbered and what the model learnt from,
+    so a row read alone says how far to trust it."""
     flags = []
     confidence = report.get("confidence", {})
     if confidence.get("plausibility", {}).get("implausible"):
         flags.append("implausible_shape")
     if report.get("warnings"):
         flags.append(f"warnings:{len(report['warnings'])}")
+    trust = report.get("trust") or {}
+    anchor = (report.get("aha_anchor") or {}).get("method")
     return {"infarct_percent": report["infarct_percent"], "myocardium_ml": report["myocardium_ml"],
-            "infarct_ml": report["infarct_ml"], "flags": ";".join(flags), "cine": report.get("cine", "")}
+            "infarct_ml": report["infarct_ml"], "verdict": trust.get("verdict", ""),
+            "aha_numbering": "" if anchor is None else "fixed_angle" if anchor == "fixed" else "rv_insertion",
+            "flags": ";".join(flags), "model": (trust.get("model") or {}).get("summary", ""),
+            "cine": report.get("cine", "")}
 
 
 def write_table(out: Path, subjects: list[tuple[str, Path]]) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from mi_pipeline import cohort
 from mi_pipeline.cli import predict
 from mi_pipeline.cli.common import run_main
+from mi_pipeline.clinical.trust import VERDICTS
 from mi_pipeline.config import PhantomConfig, load_config
 from mi_pipeline.data.phantom import generate_subject, write_subject
 from tests.test_inference import TINY, save_untrained
@@ -51,6 +53,13 @@ def test_cohort_resumes_without_computing_twice(cines: Path, capsys) -> None:
     assert sorted(done) == ["c0", "c1", "c2", "c3", "c9"]  # each computed exactly once
     ok = [r for r in rows if r["subject"] != "c9"]
     assert all(0.0 <= float(r["infarct_percent"]) <= 100.0 and float(r["myocardium_ml"]) >= 0 for r in ok)
+    # a row read alone says how far to trust it: the verdict, the AHA numbering used, what the model learnt from
+    for row in ok:
+        report = json.loads((out / row["subject"] / "report.json").read_text())
+        assert row["verdict"] == report["trust"]["verdict"] and row["verdict"] in VERDICTS
+        assert row["model"] == report["trust"]["model"]["summary"] and "phantom only" in row["model"]
+        assert row["aha_numbering"] in ("rv_insertion", "fixed_angle")
+    assert rows[-1]["verdict"] == "" and rows[-1]["model"] == ""  # a failed subject has no number to judge
     assert rows[-1]["flags"].startswith("failed: ") and "c9" in rows[-1]["flags"]
     assert (out / "c1" / "report.json").is_file() and not list(out.glob(".cohort.csv.*.tmp"))
     assert run_main(predict.main, base) == 0  # all done: nothing to compute

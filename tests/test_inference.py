@@ -159,6 +159,8 @@ def test_report_trust_follows_the_number_everywhere(setup, capsys, monkeypatch) 
     assert trust["model"]["phantom_only"] and trust["model"]["data_format"] == "phantom"
     assert trust["line"] in report["warnings"] and len(trust["label"]) <= 64
     assert f"s0: {trust['label']}: infarct" in captured.out and trust["line"] in captured.out
+    fixed = report["aha_anchor"]["method"] == "fixed"
+    assert ("numbered from a FIXED angle" in captured.out) == fixed, (report["aha_anchor"], captured.out)
     assert "--strict" in captured.err and (out / "s0" / "qc.png").is_file() and (out / "s0" / "bullseye.png").is_file()
     for name in ("qc.png", "bullseye.png"):  # the figures' titles carry the verdict, in red
         title, colour = titles[name]
@@ -201,3 +203,14 @@ def test_qc_basal_row_is_the_most_basal_slice(base_first: bool) -> None:
     rows = inference._qc_slices(levels, pred)
     assert levels[rows[0]] == "basal" and rows[0] == (0 if base_first else 5)
     assert [levels[k] for k in rows] == ["basal", "mid", "apical"]
+
+
+@pytest.mark.parametrize("method", ["fixed", "images"])
+def test_the_console_line_names_a_fixed_angle_numbering(method: str) -> None:
+    """Where the RV insertion was not found, the console says so beside the number, not only report.json."""
+    report = {"subject": "s1", "infarct_percent": 12.0, "infarct_ml": 3.0, "frames": {"ed": 0, "es": 9},
+              "trust": {"verdict": "plausible", "label": "plausible", "line": "model: x; result: plausible"},
+              "aha_anchor": {"method": method, "why": "no RV insertion point found on any slice"}}
+    line = predict.console_line(report, Path("/out/s1"))
+    assert line.startswith("s1: infarct 12.0% of myocardium")
+    assert ("FIXED angle, not the patient's RV insertion: no RV insertion point found" in line) == (method == "fixed")

@@ -111,16 +111,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console_line(report: dict, folder: Path) -> str:
-    """One subject's result with the verdict beside the number (the same trust line as report.json)."""
+    """One subject's result with the verdict beside the number (the same trust line as report.json), and
+    a line when the AHA segments could not be anchored to the RV (report.json's ``aha_anchor``)."""
     from mi_pipeline.clinical.trust import alarm
 
     interval = report.get("ensemble", {}).get("infarct_percent_interval")
     span = f" [folds {interval[0]:.1f}..{interval[1]:.1f}]" if interval else ""
     verdict = report["trust"]
     mark = f"{verdict['label']}: " if alarm(verdict) else ""
+    anchor = report.get("aha_anchor") or {}
+    fixed = ("\n    AHA segments numbered from a FIXED angle, not the patient's RV insertion: "
+             f"{anchor.get('why') or 'RV insertion not found'}") if anchor.get("method") == "fixed" else ""
     return (f"{report['subject']}: {mark}infarct {report['infarct_percent']:.1f}%{span} of myocardium "
             f"({report['infarct_ml']:.1f} ml), ED frame {report['frames']['ed']}, ES frame "
-            f"{report['frames']['es']} -> {folder}\n    {verdict['line']}")
+            f"{report['frames']['es']} -> {folder}\n    {verdict['line']}{fixed}")
 
 if __name__ == "__main__":
     exit_process(run_main(main))
