@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
 import zlib
 from pathlib import Path
 
@@ -63,10 +64,37 @@ def _squeeze_to(path: Path, shape: tuple[int, ...], ndim: int, what: str) -> tup
     return shape
 
 
+class SpacingWarning(UserWarning):
+    """A file whose affine and header voxel sizes disagree (read with the header's; see ``_affine``)."""
+
+
+def _header_spacing(affine: np.ndarray, img: nib.Nifti1Image) -> np.ndarray:
+    """``affine`` with its voxel sizes taken from the header's pixdim when the two disagree.
+
+    Why: some public datasets (ACDC's NIfTI files) carry an sform with unit-length axes while pixdim
+    holds the true voxel size; ITK, and so SimpleITK and nnU-Net, read spacing from pixdim. Trusting
+    the sform there would make every voxel 1 mm: crops, volumes and millilitres all wrong.
+    """
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
+    lin = affine[:3, :3]
+    norms = np.linalg.norm(lin, axis=0)
+    if zooms.size < 3 or not np.all(np.isfinite(zooms)) or np.any(zooms <= 0) or np.any(norms <= 0):
+        return affine
+    if np.allclose(norms, zooms, rtol=0.01):
+        return affine
+    fixed = affine.copy()
+    fixed[:3, :3] = lin / norms * zooms
+    warnings.warn(f"{img.get_filename()}: the affine's voxel sizes {np.round(norms, 4).tolist()} mm disagree with the "
+                  f"header's pixdim {np.round(zooms, 4).tolist()} mm; using pixdim (as ITK does) with the affine's "
+                  "orientation", SpacingWarning, stacklevel=2)
+    return fixed
+
+
 def _affine(path: Path, img: nib.Nifti1Image) -> np.ndarray:
     affine = np.asarray(img.affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise InputError(f"{path}: affine has non-finite values")
+    affine = _header_spacing(affine, img)
     lin = affine[:3, :3]
     spacing = np.linalg.norm(lin, axis=0)
     if np.any(spacing < 1e-6) or abs(np.linalg.det(lin)) < 1e-9 * max(float(np.prod(spacing)), 1e-30):

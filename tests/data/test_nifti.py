@@ -12,7 +12,7 @@ import pytest
 
 from mi_pipeline.config import PhantomConfig
 from mi_pipeline.data import generic
-from mi_pipeline.data.nifti import load_image, load_label
+from mi_pipeline.data.nifti import SpacingWarning, load_image, load_label
 from mi_pipeline.data.phantom import generate_dataset
 from mi_pipeline.errors import InputError
 
@@ -221,3 +221,35 @@ def test_cine_label_for_other_subject(tmp_path: Path, phantom_root: Path) -> Non
     label = np.asarray(nib.load(str(folder / "cine_label.nii.gz")).dataobj)
     _save(folder / "cine_label.nii.gz", label[:, :, :2], nib.load(str(folder / "cine.nii.gz")).affine)
     _expect(folder / "cine_label.nii.gz", "does not match", lambda: generic.load_subject(tmp_path, "case"))
+
+
+def test_unit_sform_with_true_pixdim_reads_the_pixdim_spacing(tmp_path: Path) -> None:
+    """ACDC's files: sform (code 2) with unit-length axes, the true voxel size only in pixdim. Read as ITK
+    (and so nnU-Net) reads them -- spacing from pixdim, orientation from the sform -- with a warning, for
+    the image and its labels alike (they stay on one grid)."""
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    img = nib.Nifti1Image(_cine(), flip)
+    img.header.set_zooms((1.5625, 1.5625, 10.0, 1.0))
+    img.set_sform(flip, code=2)
+    img.set_qform(None, code=0)
+    nib.save(img, str(tmp_path / "cine.nii.gz"))
+    labels = np.zeros((16, 16, 3), dtype=np.uint8)
+    labels[4:12, 4:12] = 2
+    lab = nib.Nifti1Image(labels, flip)
+    lab.header.set_zooms((1.5625, 1.5625, 10.0))
+    lab.set_sform(flip, code=2)
+    nib.save(lab, str(tmp_path / "gt.nii.gz"))
+    assert np.allclose(nib.load(str(tmp_path / "cine.nii.gz")).affine[:3, :3], flip[:3, :3])  # nibabel: 1 mm
+    with pytest.warns(SpacingWarning, match="pixdim"):
+        _, affine = load_image(tmp_path / "cine.nii.gz", ndim=4)
+    np.testing.assert_allclose(affine, np.diag([-1.5625, -1.5625, 10.0, 1.0]))
+    with pytest.warns(SpacingWarning):
+        load_label(tmp_path / "gt.nii.gz", shape=(16, 16, 3), affine=affine)
+
+
+def test_consistent_files_read_without_a_spacing_warning(tmp_path: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpacingWarning)
+        load_image(_save(tmp_path / "cine.nii.gz", _cine()), ndim=4)
