@@ -12,9 +12,10 @@ ring of myocardium, at about the same place on consecutive slices. So:
 2. a candidate is *rejected* unless it is round (minor/major axis >= ``MIN_AXIS_RATIO``, solidity >=
    ``MIN_SOLIDITY``), of a cavity's size (``DIAMETER_MM``), changes over the cycle (moving border), and
    is ringed by darker tissue (>= ``MIN_RING`` of the pixels ``RING_MM`` outside it);
-3. accepted candidates are grouped across slices by in-plane position (``LINK_MM``); the group with the
-   most evidence (summed score over slices) is the LV; its centre is the area-weighted mean of its
-   members' centres, and its extent (for sizing the crop) the farthest member pixel from that centre.
+3. accepted candidates are chained across slices (a pool links to one within ``LINK_MM`` on the one or
+   two slices before it); the chain with the most evidence (summed score) is the LV; its centre is the
+   area-weighted mean of its members' centres, and its extent (for sizing the crop) the farthest
+   member pixel from that centre.
 
 When no candidate passes, the old motion-map peak is used and the method is named
 ``temporal_std_fallback`` with the reason, so outputs can say that the crop was not checked.
@@ -36,9 +37,8 @@ RING_MM = (2.0, 6.0)  # where the myocardium lies outside the blood pool
 MIN_RING = 0.6  # share of that band darker than the threshold: the RV touches the LV on one side only
 MIN_MOTION = 0.15  # border motion relative to the slice's strongest, below which a pool does not beat
 LINK_MM = 12.0  # pools on other slices within this distance support a candidate
-FOLLOW_MM = 28.0  # how far the LV pool may drift between slices (breath-holds, oblique axis)
+JUMP_MM = 28.0  # the farthest the LV pool may move between neighbouring slices (breath-holds, oblique axis)
 MIN_SLICES = 2  # slices the LV must be found on (with a neighbour's support), unless the stack has one
-MAX_AREA_RATIO = 2.5  # a pool this much larger than the others is merged with a neighbour
 THRESHOLD_FRACTIONS = (0.35, 0.45, 0.55, 0.65)  # of the way from dark (20th percentile) to bright (99th) tissue
 WALL_MM = 10.0  # LV wall added to a pool's radius when weighting slices (and sizing the crop)
 CENTRE_WEIGHT_FRACTION = 0.35  # image-centre prior: a Gaussian of this fraction of the field of view
@@ -189,41 +189,51 @@ def _near(c: Candidate, centre: tuple[float, float], spacing: tuple[float, float
     return float(np.hypot((c.center[0] - centre[0]) * spacing[0], (c.center[1] - centre[1]) * spacing[1]))
 
 
-def _weighted_median(values: list[float], weights: list[float]) -> float:
-    order = np.argsort(values)
-    cum = np.cumsum(np.asarray(weights, dtype=float)[order])
-    return float(np.asarray(values)[order][int(np.searchsorted(cum, cum[-1] / 2))])
+def _in_phase(cands: list[Candidate], beat: np.ndarray) -> list[Candidate]:
+    return [c for c in cands if float(c.curve @ beat) > 0]
 
 
-def _follow(cands: list[Candidate], spacing: tuple[float, float]) -> list[Candidate]:
-    """One pool per slice: the best-scoring near the consensus of the slices' best pools.
+def _best_chain(cands: list[Candidate], spacing: tuple[float, float]) -> list[Candidate]:
+    """At most one pool per slice, each linked to one on the one or two slices before it, with the
+    largest summed score. A link longer than ``LINK_MM`` counts its pool's score less (a Gaussian
+    beyond it), and none is longer than ``JUMP_MM``: neighbouring slices are separate breath-holds."""
+    order = sorted(cands, key=lambda c: c.slice)
+    total = [c.score for c in order]
+    before: list[int | None] = [None] * len(order)
+    for i, c in enumerate(order):
+        for j in range(i):
+            o = order[j]
+            gap, distance = c.slice - o.slice, _near(o, c.center, spacing)
+            if not 0 < gap <= 2 or distance > JUMP_MM:
+                continue
+            gain = c.score * float(np.exp(-0.5 * (max(0.0, distance - LINK_MM) / LINK_MM) ** 2))
+            if total[j] + gain > total[i]:
+                total[i], before[i] = total[j] + gain, j
+    end: int | None = int(np.argmax(total))
+    chain = []
+    while end is not None:
+        chain.append(order[end])
+        end = before[end]
+    return chain[::-1]
 
-    Why a consensus and a tolerance rather than one fixed position: slices are separate breath-holds
-    and the LV axis is oblique, so the pool drifts by up to ~20 mm from slice to slice. The consensus
-    is the score-weighted median of each slice's best pool, so a few slices whose best pool is the RV
-    or a merged blob do not move it; pools that brighten when the slices' best pools darken (atria
-    fill while the ventricles empty) are left out; pools much larger than the chosen ones' median (the LV
-    merged with its neighbours) are left out.
+
+def _track(cands: list[Candidate], spacing: tuple[float, float]) -> list[Candidate]:
+    """The LV: the chain of pools with the most evidence along the stack.
+
+    Why a chain, not a consensus position: the LV is the one round, ringed, beating pool that runs
+    through most of the stack, drifting between slices (separate breath-holds, an oblique axis); a
+    great vessel or an atrium can outscore it on the two or three basal slices it appears on, and a
+    median over the slices' winners then lands between the two (51-64 mm off on real hearts). Pools
+    that brighten when the first chain darkens (an atrium filling while the ventricle empties) are
+    dropped and the chain is found again among the rest; then pools with no chain member near them on
+    the next slices are dropped (an isolated jump is another structure, not the LV drifting).
     """
-    best = [max((c for c in cands if c.slice == k), key=lambda c: c.score) for k in sorted({c.slice for c in cands})]
-    beat = np.sum([c.score * c.curve for c in best], axis=0)
-    cands = [c for c in cands if float(c.curve @ beat) > 0]  # in phase with the ventricle, not an atrium
-    best = [c for c in best if float(c.curve @ beat) > 0]
-    if not best:
+    first = _best_chain(cands, spacing)
+    in_phase = _in_phase(cands, np.sum([c.score * c.curve for c in first], axis=0))
+    if not in_phase:
         return []
-    weights = [c.score for c in best]
-    centre = (_weighted_median([c.center[0] for c in best], weights),
-              _weighted_median([c.center[1] for c in best], weights))
-    chosen = []
-    for k in sorted({c.slice for c in cands}):
-        near = [c for c in cands if c.slice == k and _near(c, centre, spacing) <= FOLLOW_MM]
-        if near:
-            chosen.append(max(near, key=lambda c: c.score * np.exp(-0.5 * (_near(c, centre, spacing) / LINK_MM) ** 2)))
-    if not chosen:
-        return []
-    median_area = float(np.median([c.area_px for c in chosen]))
-    chosen = [c for c in chosen if c.area_px <= MAX_AREA_RATIO * median_area]
-    return [c for c in chosen if _supported(c, chosen, spacing)]
+    chain = _best_chain(in_phase, spacing)
+    return [c for c in chain if _supported(c, chain, spacing)]
 
 
 def _supported(c: Candidate, chosen: list[Candidate], spacing: tuple[float, float]) -> bool:
@@ -236,7 +246,7 @@ def locate_lv(cine: np.ndarray, spacing: tuple[float, float], fallback=None) -> 
     """The LV of a 4D X x Y x Z x T cine (see the module docstring); ``fallback`` gives the old centre."""
     weight = _centre_weight(cine.shape[:2])
     cands = [c for k in range(cine.shape[2]) for c in _slice_candidates(k, cine[:, :, k], spacing, weight)]
-    best = (_follow(cands, spacing) if cine.shape[2] > 1 else [max(cands, key=lambda c: c.score)]) if cands else []
+    best = (_track(cands, spacing) if cine.shape[2] > 1 else [max(cands, key=lambda c: c.score)]) if cands else []
     if len(best) < min(MIN_SLICES, cine.shape[2]):
         centre = fallback(cine, spacing) if fallback else ((cine.shape[0] - 1) / 2, (cine.shape[1] - 1) / 2)
         why = (f"no round, beating, ringed bright blood pool at the same place on {MIN_SLICES} slices or more"

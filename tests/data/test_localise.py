@@ -51,3 +51,31 @@ def test_describe_names_method_and_reason() -> None:
     cine = np.random.default_rng(1).random((48, 48, 3, 4)).astype(np.float32)
     text = localise.describe(localise.locate_lv(cine, (1.5, 1.5)))
     assert text["method"] == "temporal_std_fallback" and text["why"] and text["pool_radius_mm"] is None
+
+
+def _disc(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
+
+
+def test_a_vessel_brighter_than_the_lv_on_the_basal_slices_does_not_pull_the_centre() -> None:
+    """A bright, round, beating vessel on half the slices outscores the LV there; the LV's pool runs
+    through every slice, drifting a little, so the chain along the stack is the LV's (a median over the
+    slices' winners lands between the two)."""
+    shape, slices, frames, spacing = (96, 96), 8, 8, (1.5, 1.5)
+    cine = np.full(shape + (slices, frames), 0.1, dtype=np.float32)
+    lv = (52.0, 48.0)
+    vessel = (30.0, 62.0)  # ~39 mm away
+    for k in range(slices):
+        drift = (lv[0] + 0.4 * k, lv[1] - 0.3 * k)
+        for t in range(frames):
+            squeeze = np.sin(np.pi * t / frames)
+            cine[_disc(shape, drift, 19.0 - 1.5 * squeeze), k, t] = 0.35  # myocardium
+            cine[_disc(shape, drift, 12.0 - 4.0 * squeeze), k, t] = 0.75  # blood pool, largest at ED
+            if k < slices // 2:
+                cine[_disc(shape, vessel, 7.0 + 1.5 * squeeze), k, t] = 1.0
+    cine += np.random.default_rng(0).normal(0.0, 0.01, cine.shape).astype(np.float32)
+    found = localise.locate_lv(cine, spacing)
+    assert found.method == "blood_pool" and len(found.slices) >= slices - 1, localise.describe(found)
+    want = (lv[0] + 0.4 * (slices - 1) / 2, lv[1] - 0.3 * (slices - 1) / 2)
+    assert np.hypot((found.center[0] - want[0]) * spacing[0], (found.center[1] - want[1]) * spacing[1]) <= 3.0, found
