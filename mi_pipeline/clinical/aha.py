@@ -33,7 +33,7 @@ from scipy import ndimage
 from mi_pipeline import metrics
 
 ANGLES = np.arange(0.0, 360.0, 1.0)
-BAND_MM = (3.5, 8.0)  # where the RV blood pool is looked for, outside the LV epicardium
+BAND_MM = (3.5, 8.0)  # where RV labels are read, outside the LV epicardium (the images: CONTACT_MM)
 MIN_ARC_DEG, MAX_ARC_DEG = 40.0, 250.0
 ANTERIOR_RAS = np.array([0.0, 1.0, 1.0]) / np.sqrt(2.0)
 SEPTUM_SPAN_DEG = 120.0  # two 60-degree segments (2 and 3) between the insertion points
@@ -317,8 +317,8 @@ def _choose_along_stack(candidates: list[list[_Candidate]]) -> list[tuple[float,
     slice whose best candidate lies more than ``STACK_TOLERANCE_DEG`` from the circular median of its
     neighbours' choices (``STACK_WINDOW`` slices either side, two at least) is decided again, each
     candidate's score now weighted by exp(-(distance / STACK_TOLERANCE_DEG)^2): a much weaker region
-    that agrees does not replace a strong one just outside the tolerance, and a single slice that
-    only has disagreeing candidates keeps its own (it cannot tell which is right).
+    that agrees does not replace a strong one just outside the tolerance, and a slice whose candidates
+    all disagree is not emptied (borrowing from the neighbours is no safer than its own evidence).
     """
     chosen = [max(c, key=lambda x: x.score) if c else None for c in candidates]
     for _ in range(len(candidates)):
