@@ -42,6 +42,7 @@ PRIOR_FLOOR = 0.25  # weight of a bright arc pointing away from RV_RAS (a rotate
 RV_WALL_MM = 3.0  # normal RV free wall 2-5 mm: the insertion point lies one wall beyond the end of the bright blood
 BLOOD_LEVEL = 0.5  # a pixel is blood when brighter than halfway from the slice's myocardium to its LV blood
 CONTACT_MM = BAND_MM[1]  # a bright region touches the LV where it comes this close to the epicardium
+MIN_CONTACT_DEG = MIN_ARC_DEG / 2  # an RV's bright part can touch less than its label (dark tips; ~30 deg, thick wall)
 STACK_WINDOW = 2  # neighbouring slices either side that a slice's insertion point is checked against
 STACK_TOLERANCE_DEG = 30.0  # how far a slice may disagree with them before another candidate is preferred
 
@@ -271,7 +272,7 @@ def _contact_arc(region: np.ndarray, angle: np.ndarray, beyond: np.ndarray) -> t
     flags = np.zeros(len(ANGLES), bool)
     flags[angle[region & (beyond <= CONTACT_MM)]] = True
     flags = ndimage.binary_closing(np.concatenate([flags, flags, flags]), iterations=3)[len(flags):2 * len(flags)]
-    runs = [(a, n) for a, n in _runs(flags) if MIN_ARC_DEG <= n <= MAX_ARC_DEG]
+    runs = [(a, n) for a, n in _runs(flags) if MIN_CONTACT_DEG <= n <= MAX_ARC_DEG]
     return max(runs, key=lambda r: r[1]) if runs else None
 
 
