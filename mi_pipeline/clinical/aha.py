@@ -11,14 +11,16 @@ Angles are in the convention of ``metrics``: degrees counter-clockwise from the 
 the slice is displayed (row 0 on top), around the slice's myocardial centroid. Arrays are (Z, H, W)
 on a crop grid whose ``affine`` maps (row, col, slice) voxels to RAS millimetres.
 
-In the images the RV shows as the arc of bright blood just outside the LV (3.5-8 mm beyond the
-epicardium); its ends are moved outward by one RV free-wall thickness (3 mm), because a reader puts the
-insertion point where the RV *wall* meets the LV (without that, the phantom's truth is missed by a
-systematic ~7 degrees toward the septum; with it, ~2).
+In the images the RV is the blood pool beside the LV: a bright region, deep as well as long, that
+beats, touches the epicardium along a plausible arc and lies where the RV lies in patients; its
+insertion points are the ends of that contact arc, moved outward by one RV free-wall thickness (3 mm),
+because a reader puts the insertion point where the RV *wall* meets the LV (without that, the
+phantom's truth is missed by a systematic ~7 degrees toward the septum; with it, ~2). Each slice's
+choice is checked against its neighbours', since the insertion point turns slowly along the stack.
 
-Which of the RV's two insertion points is anterior comes from patient coordinates: the anterior one
-lies further toward anterior+superior (RAS +y +z). Which way the septum runs from it (counter-
-clockwise or clockwise in the image) follows from where the RV is, so mirrored acquisitions work too.
+Which of the RV's two insertion points is anterior follows from the view's chirality
+(``viewed_from_apex``): seen from the apex the septum runs counter-clockwise from it, seen from the
+base clockwise, whatever the heart's orientation in the scanner.
 """
 
 from __future__ import annotations
@@ -31,13 +33,18 @@ from scipy import ndimage
 from mi_pipeline import metrics
 
 ANGLES = np.arange(0.0, 360.0, 1.0)
-BAND_MM = (3.5, 8.0)  # where the RV blood pool is looked for, outside the LV epicardium
+BAND_MM = (3.5, 8.0)  # where RV labels are read, outside the LV epicardium (the images: CONTACT_MM)
 MIN_ARC_DEG, MAX_ARC_DEG = 40.0, 250.0
 ANTERIOR_RAS = np.array([0.0, 1.0, 1.0]) / np.sqrt(2.0)
 SEPTUM_SPAN_DEG = 120.0  # two 60-degree segments (2 and 3) between the insertion points
 RV_RAS = np.array([0.77, 0.55, -0.19]) / np.linalg.norm([0.77, 0.55, -0.19])  # LV -> RV, mean of real hearts
 PRIOR_FLOOR = 0.25  # weight of a bright arc pointing away from RV_RAS (a rotated heart can still be found)
 RV_WALL_MM = 3.0  # normal RV free wall 2-5 mm: the insertion point lies one wall beyond the end of the bright blood
+BLOOD_LEVEL = 0.5  # a pixel is blood when brighter than halfway from the slice's myocardium to its LV blood
+CONTACT_MM = BAND_MM[1]  # a bright region touches the LV where it comes this close to the epicardium
+MIN_CONTACT_DEG = MIN_ARC_DEG / 2  # an RV's bright part can touch less than its label (dark tips; ~30 deg, thick wall)
+STACK_WINDOW = 2  # neighbouring slices either side that a slice's insertion point is checked against
+STACK_TOLERANCE_DEG = 30.0  # how far a slice may disagree with them before another candidate is preferred
 
 
 @dataclass
@@ -160,9 +167,34 @@ def _insertion_from_flags(flags: np.ndarray, apex_view: bool, strength: np.ndarr
     if not runs:
         return None
     first, length = max(runs, key=lambda r: float(np.take(weight, range(r[0], r[0] + r[1]), mode="wrap").mean()))
-    a = float(ANGLES[first])  # the run goes counter-clockwise from a to b
-    b = float(ANGLES[(first + length - 1) % len(ANGLES)]) + 1.0
-    return (a % 360.0, 1) if apex_view else (b % 360.0, -1)
+    return _anterior_end(first, length, apex_view)
+
+
+def _anterior_end(first: int, length: int, apex_view: bool) -> tuple[float, int]:
+    """(anterior insertion angle, septum direction) of an RV arc running counter-clockwise from ``first``.
+
+    Seen from the apex the septum runs counter-clockwise from the anterior insertion, so that is the
+    arc's first end; seen from the base it is the last end, and the septum runs clockwise.
+    """
+    if apex_view:
+        return float(ANGLES[first]) % 360.0, 1
+    return (float(ANGLES[(first + length - 1) % len(ANGLES)]) + 1.0) % 360.0, -1
+
+
+def _circular_mean(angles: list[float]) -> float:
+    vec = np.array([[np.cos(np.radians(a)), np.sin(np.radians(a))] for a in angles])
+    return float(np.degrees(np.arctan2(vec[:, 1].mean(), vec[:, 0].mean())) % 360.0)
+
+
+def _nearest_found(per_slice: list[tuple[float, int] | None], k: int) -> float:
+    """Angle for slice ``k`` borrowed from the nearest slices that have one of their own (both when as near).
+
+    Why the nearest, not all: the insertion point turns by up to ~50 degrees from apex to base in real
+    hearts, so the mean of the whole stack can be wrong for an end slice by more than a segment's half.
+    """
+    found = [j for j, p in enumerate(per_slice) if p is not None]
+    gap = min(abs(j - k) for j in found)
+    return _circular_mean([per_slice[j][0] for j in found if abs(j - k) == gap])  # type: ignore[index]
 
 
 def _finish(method: str, per_slice: list[tuple[float, int] | None], has_myo: list[bool]) -> Anchor:
@@ -172,16 +204,14 @@ def _finish(method: str, per_slice: list[tuple[float, int] | None], has_myo: lis
                                      f"{metrics.AHA_START_DEG:g} deg of the crop grid and may be misnumbered")
     votes = [p[1] for p in per_slice if p is not None]
     direction = 1 if votes.count(1) >= votes.count(-1) else -1
-    vec = np.array([[np.cos(np.radians(p[0])), np.sin(np.radians(p[0]))] for p in per_slice if p is not None])
-    mean = float(np.degrees(np.arctan2(vec[:, 1].mean(), vec[:, 0].mean())) % 360.0)
     angles: list[float | None] = []
-    for p, myo in zip(per_slice, has_myo):
-        angles.append(None if not myo else (p[0] if p is not None else mean))
+    for k, (p, myo) in enumerate(zip(per_slice, has_myo)):
+        angles.append(None if not myo else (p[0] if p is not None else _nearest_found(per_slice, k)))
     anchor = Anchor(method=method, angles_deg=angles, found=[f and m for f, m in zip(found, has_myo)],
                     direction=direction)
     missing = [k for k, (f, m) in enumerate(zip(found, has_myo)) if m and not f]
     if missing:
-        anchor.notes.append(f"slices {missing}: no insertion point of their own; the mean of the others is used")
+        anchor.notes.append(f"slices {missing}: no insertion point of their own; the nearest slices' is used")
     return anchor
 
 
@@ -190,45 +220,147 @@ def fixed_anchor(has_myo: list[bool], warning: str) -> Anchor:
                   found=[False] * len(has_myo), direction=1, warning=warning)
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    """One bright region touching the LV on one slice: where its anterior insertion would be, and its weight."""
+
+    angle_deg: float
+    direction: int
+    score: float
+
+
+def _beyond_epicardium_mm(myo: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """(angle index 0..359, mm beyond the epicardium along that angle) of every pixel of the slice."""
+    center = _centroid(myo)
+    epi = _epicardium_px(myo, center)
+    rows, cols = np.mgrid[0:myo.shape[0], 0:myo.shape[1]].astype(np.float64)
+    angle = np.round(np.degrees(np.arctan2(-(rows - center[0]), cols - center[1]))).astype(int) % len(ANGLES)
+    return angle, (np.hypot(rows - center[0], cols - center[1]) - epi[angle]) * spacing_mm
+
+
+def _rv_candidates(image: np.ndarray, myo: np.ndarray, motion: np.ndarray | None, spacing_mm: float,
+                   apex_view: bool, prior: np.ndarray) -> list[_Candidate]:
+    """Every bright region outside the LV that touches it along a plausible arc, as an RV candidate.
+
+    Why regions, not a band of fixed depth: a thin bright arc (epicardial fat) and the RV blood pool
+    look alike in a band a few millimetres wide, but the RV is a pool, deep as well as long, and it
+    beats. A region is the connected set of pixels brighter than halfway between the slice's
+    myocardium and its LV blood; it touches the LV where its pixels lie within ``CONTACT_MM`` of the
+    epicardium, and its insertion points are the ends of that contact arc (moved one RV wall outward).
+    Its score is its area times its mean motion (when given) times the prior toward where the RV lies.
+    """
+    cavity = ndimage.binary_fill_holes(ndimage.binary_closing(myo, iterations=3)) & ~myo  # basal rings open
+    if cavity.sum() < 4:
+        return []
+    blood, muscle = float(np.median(image[cavity])), float(np.median(image[myo]))
+    if blood <= muscle:
+        return []
+    regions, count = ndimage.label((image > muscle + BLOOD_LEVEL * (blood - muscle)) & ~(myo | cavity))
+    angle, beyond = _beyond_epicardium_mm(myo, spacing_mm)
+    wall_deg = float(np.degrees(RV_WALL_MM / _band_radius_mm(myo, spacing_mm)))
+    found = []
+    for region, (first, length) in _touching_regions(regions, count, angle, beyond):
+        beat = 1.0 if motion is None else float(motion[region].mean())
+        score = float(region.sum()) * beat * float(np.take(prior, range(first, first + length), mode="wrap").mean())
+        end, direction = _anterior_end(first, length, apex_view)
+        found.append(_Candidate((end - direction * wall_deg) % 360.0, direction, score))
+    return found
+
+
+def _contact_arc(region: np.ndarray, angle: np.ndarray, beyond: np.ndarray) -> tuple[int, int] | None:
+    """(first angle, length) of the longest plausible arc along which ``region`` touches the LV, or None."""
+    flags = np.zeros(len(ANGLES), bool)
+    flags[angle[region & (beyond <= CONTACT_MM)]] = True
+    flags = ndimage.binary_closing(np.concatenate([flags, flags, flags]), iterations=3)[len(flags):2 * len(flags)]
+    runs = [(a, n) for a, n in _runs(flags) if MIN_CONTACT_DEG <= n <= MAX_ARC_DEG]
+    return max(runs, key=lambda r: r[1]) if runs else None
+
+
+def _touching_regions(regions: np.ndarray, count: int, angle: np.ndarray, beyond: np.ndarray
+                      ) -> list[tuple[np.ndarray, tuple[int, int]]]:
+    """Each labelled region with its contact arc; a region without a plausible one is peeled first.
+
+    Why peel: a thin bright ring (pericardial fat) around the heart that touches the RV pool joins them
+    into one region touching the LV all around, which no RV does. Opening the region by 1, then 2
+    pixels removes structures that thin; each core left is grown back by as much inside the region.
+    """
+    out = []
+    for label in range(1, count + 1):
+        region = regions == label
+        arc = _contact_arc(region, angle, beyond)
+        if arc is not None:
+            out.append((region, arc))
+            continue
+        for depth in (1, 2):
+            cores, n = ndimage.label(ndimage.binary_opening(region, iterations=depth))
+            pieces = [ndimage.binary_dilation(cores == i, iterations=depth) & region for i in range(1, n + 1)]
+            touching = [(piece, arc) for piece in pieces if (arc := _contact_arc(piece, angle, beyond)) is not None]
+            if touching:
+                out += touching
+                break
+    return out
+
+
+def _circular_median(angles: list[float]) -> float:
+    """The angle with the least summed angular distance to ``angles`` (robust to outliers).
+
+    Where a range of angles ties (an even count), the middle of that range, as for a linear median.
+    """
+    cost = np.array([sum(angle_error_deg(a, b) for b in angles) for a in ANGLES])
+    return _circular_mean([float(a) for a in ANGLES[cost <= cost.min() + 1e-9]])
+
+
+def _choose_along_stack(candidates: list[list[_Candidate]]) -> list[tuple[float, int] | None]:
+    """Per slice the best candidate, unless it disagrees with its neighbours and another one agrees.
+
+    Why: the insertion point moves slowly from slice to slice (the labelled real hearts: 0-20 degrees
+    per slice in the mid ventricle), while a brighter distractor (fat, an atrium) comes and goes. A
+    slice whose best candidate lies more than ``STACK_TOLERANCE_DEG`` from the circular median of its
+    neighbours' choices (``STACK_WINDOW`` slices either side, two at least) is decided again, each
+    candidate's score now weighted by exp(-(distance / STACK_TOLERANCE_DEG)^2): a much weaker region
+    that agrees does not replace a strong one just outside the tolerance, and a slice whose candidates
+    all disagree is not emptied (borrowing from the neighbours is no safer than its own evidence).
+    """
+    chosen = [max(c, key=lambda x: x.score) if c else None for c in candidates]
+    for _ in range(len(candidates)):
+        changed = False
+        for k, options in enumerate(candidates):
+            near = [c.angle_deg for c in chosen[max(0, k - STACK_WINDOW):k] + chosen[k + 1:k + 1 + STACK_WINDOW]
+                    if c is not None]
+            best = max(options, key=lambda x: x.score) if options else None
+            if best is None or len(near) < 2:
+                continue
+            reference = _circular_median(near)
+            if angle_error_deg(best.angle_deg, reference) <= STACK_TOLERANCE_DEG:
+                pick = best
+            else:
+                pick = max(options, key=lambda x: x.score * np.exp(
+                    -(angle_error_deg(x.angle_deg, reference) / STACK_TOLERANCE_DEG) ** 2))
+            changed |= pick is not chosen[k]
+            chosen[k] = pick
+        if not changed:
+            break
+    return [None if c is None else (c.angle_deg, c.direction) for c in chosen]
+
+
 def anchor_from_images(cine_ed: np.ndarray, myo: np.ndarray, affine: np.ndarray, spacing_mm: float,
                        motion: np.ndarray | None = None) -> Anchor:
-    """Anterior RV insertion per slice from the ED cine: the arc just outside the LV where blood is bright.
+    """Anterior RV insertion per slice from the ED cine: where the RV blood pool meets the LV.
 
     ``cine_ed`` (Z, H, W) intensities (bright blood); ``myo`` (Z, H, W) myocardium (infarct included);
-    ``motion`` (Z, H, W), optional: the cine's temporal standard deviation. The threshold sits halfway
-    between the slice's myocardium and its LV blood pool. Real slices show several bright arcs outside
-    the LV (epicardial fat, atria, vessels): the RV is the one with the most contrast, times its motion
-    when given (blood beats, fat does not), times a soft prior toward where the RV lies in patients
-    (``RV_RAS``, floored at ``PRIOR_FLOOR`` so that a heart turned in the chest is still found).
+    ``motion`` (Z, H, W), optional: the cine's temporal standard deviation. Real slices show several
+    bright regions beside the LV (epicardial fat, atria, vessels): per slice the RV is the candidate
+    region with the largest area times motion (blood beats, fat does not) times a soft prior toward
+    where the RV lies in patients (``RV_RAS``, floored at ``PRIOR_FLOOR`` so that a heart turned in the
+    chest is still found) (``_rv_candidates``), checked against the neighbouring slices
+    (``_choose_along_stack``).
     """
-    per_slice: list[tuple[float, int] | None] = []
     has_myo = [bool(m.any()) for m in myo]
     apex_view = viewed_from_apex(affine, myo)
     prior = PRIOR_FLOOR + (1.0 - PRIOR_FLOOR) * np.clip([_world_dir(affine, a) @ RV_RAS for a in ANGLES], 0.0, 1.0)
-    for k in range(myo.shape[0]):
-        if not has_myo[k]:
-            per_slice.append(None)
-            continue
-        cavity = ndimage.binary_fill_holes(ndimage.binary_closing(myo[k], iterations=3)) & ~myo[k]  # basal rings open
-        if cavity.sum() < 4:
-            per_slice.append(None)
-            continue
-        blood, muscle = float(np.median(cine_ed[k][cavity])), float(np.median(cine_ed[k][myo[k]]))
-        if blood <= muscle:
-            per_slice.append(None)
-            continue
-        profile = _band_profile(cine_ed[k], myo[k], spacing_mm, order=1)
-        flags = profile > muscle + 0.5 * (blood - muscle)
-        flags = ndimage.binary_closing(np.concatenate([flags, flags, flags]), iterations=3)[len(flags):2 * len(flags)]
-        strength = (profile - muscle) * prior
-        if motion is not None:
-            strength = strength * _band_profile(motion[k], myo[k], spacing_mm, order=1)
-        found = _insertion_from_flags(flags, apex_view, strength=strength)
-        if found is not None:  # the bright arc is the RV blood; the wall attaches one wall thickness further out
-            wall_deg = float(np.degrees(RV_WALL_MM / _band_radius_mm(myo[k], spacing_mm)))
-            found = ((found[0] - found[1] * wall_deg) % 360.0, found[1])
-        per_slice.append(found)
-    return _finish("rv_images", per_slice, has_myo)
+    candidates = [_rv_candidates(cine_ed[k], myo[k], None if motion is None else motion[k], spacing_mm,
+                                 apex_view, prior) if has_myo[k] else [] for k in range(myo.shape[0])]
+    return _finish("rv_images", _choose_along_stack(candidates), has_myo)
 
 
 def anchor_from_labels(rv: np.ndarray, myo: np.ndarray, affine: np.ndarray, spacing_mm: float) -> Anchor:
@@ -259,7 +391,7 @@ def anchor_summary(anchor: Anchor) -> dict:
                 "why": anchor.warning or "no RV insertion point found on any slice"}
     why = f"RV insertion found on {len(found)} of {len(with_myo)} slices with myocardium"
     if len(found) < len(with_myo):
-        why += "; the others use the mean angle of those"
+        why += "; the others use the nearest of those"
     return {"method": "rv_insertion", "source": anchor.method, "why": why}
 
 

@@ -96,3 +96,76 @@ def test_rv_label_code_in_the_cache_is_used_first() -> None:
                       cine_label=np.repeat(labels[:, None], 2, axis=1))
     anchor = anchor_for(subject, myo)
     assert anchor.method == "rv_labels" and anchor.warning is None
+
+
+def _scene(rv_deg: tuple[float, float] | None, distractor: str | None = None, h: int = 64
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, motion, myo) of one slice: LV ring, a beating RV pool over ``rv_deg`` and maybe a distractor.
+
+    ``distractor``: ``"fat"``, an arc brighter than the RV and still, 3-8 mm outside the epicardium over
+    0-110 degrees, as deep as the RV in the old fixed band; ``"ring"``, a thin bright ring around the
+    heart 3-5 mm outside the epicardium, joined to the RV pool; ``"atrium"``, a beating pool touching
+    the LV over 290-350 degrees, where the RV prior peaks for these axes.
+    """
+    yy, xx = np.mgrid[:h, :h].astype(float)
+    c = (h - 1) / 2
+    r = np.hypot(yy - c, xx - c)
+    phi = np.degrees(np.arctan2(-(yy - c), xx - c)) % 360.0
+    image, motion = np.full((h, h), 0.1, np.float32), np.full((h, h), 0.02, np.float32)
+    myo = (r >= 10) & (r < 15)
+    image[myo], image[r < 10], motion[r < 10] = 0.3, 1.0, 0.3
+    if rv_deg is not None:
+        rv = (r >= 15) & (r < 26) & (phi >= rv_deg[0]) & (phi <= rv_deg[1])
+        image[rv], motion[rv] = 0.9, 0.3
+    if distractor == "fat":
+        image[(r >= 18) & (r < 23) & (phi <= 110)] = 1.3
+    elif distractor == "ring":
+        image[(r >= 18) & (r < 19.5)] = 1.2
+    elif distractor == "atrium":
+        atrium = (r >= 15) & (r < 31) & (phi >= 290) & (phi <= 350)
+        image[atrium], motion[atrium] = 0.9, 0.3
+    return image, motion, myo
+
+
+def _stack(scenes: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
+    return tuple(np.stack([s[i] for s in scenes]) for i in range(3))
+
+
+@pytest.mark.parametrize("with_motion", [True, False])
+def test_brighter_fat_arc_beside_the_rv_pool_picks_the_rv(with_motion: bool) -> None:
+    # seen from the apex (patient axes decide on a stack with no base), the anterior insertion is the
+    # counter-clockwise-first end of the RV (170 deg), moved one RV wall outward
+    image, motion, myo = _stack([_scene((170.0, 270.0), distractor="fat")] * 3)
+    anchor = aha.anchor_from_images(image, myo, np.eye(4), spacing_mm=1.0, motion=motion if with_motion else None)
+    assert all(anchor.found)
+    for angle in anchor.angles_deg:
+        assert aha.angle_error_deg(float(angle), 170.0) <= 12.0, anchor.angles_deg
+
+
+def test_a_fat_ring_joined_to_the_rv_pool_does_not_hide_it() -> None:
+    # joined, the ring and the pool touch the LV all around, which no RV does: the ring is peeled off
+    image, motion, myo = _stack([_scene((170.0, 270.0), distractor="ring")] * 3)
+    anchor = aha.anchor_from_images(image, myo, np.eye(4), spacing_mm=1.0, motion=motion)
+    assert aha.anchor_summary(anchor)["method"] == "rv_insertion" and all(anchor.found)
+    for angle in anchor.angles_deg:
+        assert aha.angle_error_deg(float(angle), 170.0) <= 15.0, anchor.angles_deg
+
+
+def test_a_slice_whose_best_region_disagrees_with_its_neighbours_takes_the_one_that_agrees() -> None:
+    scenes = [_scene((170.0, 270.0))] * 5
+    scenes[2] = _scene((170.0, 270.0), distractor="atrium")  # on its own, this slice would pick the atrium
+    image, motion, myo = _stack(scenes)
+    alone = aha.anchor_from_images(image[2:3], myo[2:3], np.eye(4), spacing_mm=1.0, motion=motion[2:3])
+    assert aha.angle_error_deg(float(alone.angles_deg[0]), 170.0) > 60.0
+    anchor = aha.anchor_from_images(image, myo, np.eye(4), spacing_mm=1.0, motion=motion)
+    assert anchor.found[2] and aha.angle_error_deg(float(anchor.angles_deg[2]), 170.0) <= 12.0, anchor.angles_deg
+
+
+def test_a_slice_without_rv_borrows_from_its_nearest_slice() -> None:
+    # the insertion turns along the stack; the last slice shows no RV and takes its neighbour's angle,
+    # not the stack's mean (which would be ~45 degrees off)
+    image, motion, myo = _stack([_scene((100.0, 200.0))] * 3 + [_scene((190.0, 290.0)), _scene(None)])
+    anchor = aha.anchor_from_images(image, myo, np.eye(4), spacing_mm=1.0, motion=motion)
+    assert anchor.found == [True, True, True, True, False]
+    assert aha.angle_error_deg(float(anchor.angles_deg[4]), float(anchor.angles_deg[3])) < 1.0
+    assert aha.anchor_summary(anchor)["method"] == "rv_insertion" and anchor.notes
