@@ -38,7 +38,8 @@ MIN_RING = 0.6  # share of that band darker than the threshold: the RV touches t
 MIN_MOTION = 0.15  # border motion relative to the slice's strongest, below which a pool does not beat
 LINK_MM = 12.0  # pools on other slices within this distance support a candidate
 JUMP_MM = 28.0  # the farthest the LV pool may move between neighbouring slices (breath-holds, oblique axis)
-MIN_SLICES = 2  # slices the LV must be found on (with a neighbour's support), unless the stack has one
+MIN_SLICES = 3  # slices the LV must be found on (at most half the stack's): a 2-slice chain on an 11-slice
+# stack was the stomach on a real cine whose LV passed no check; the named fallback is the honest answer there
 THRESHOLD_FRACTIONS = (0.35, 0.45, 0.55, 0.65)  # of the way from dark (20th percentile) to bright (99th) tissue
 WALL_MM = 10.0  # LV wall added to a pool's radius when weighting slices (and sizing the crop)
 CENTRE_WEIGHT_FRACTION = 0.35  # image-centre prior: a Gaussian of this fraction of the field of view
@@ -247,9 +248,10 @@ def locate_lv(cine: np.ndarray, spacing: tuple[float, float], fallback=None) -> 
     weight = _centre_weight(cine.shape[:2])
     cands = [c for k in range(cine.shape[2]) for c in _slice_candidates(k, cine[:, :, k], spacing, weight)]
     best = (_track(cands, spacing) if cine.shape[2] > 1 else [max(cands, key=lambda c: c.score)]) if cands else []
-    if len(best) < min(MIN_SLICES, cine.shape[2]):
+    needed = min(MIN_SLICES, max(1, -(-cine.shape[2] // 2)))
+    if len(best) < needed:
         centre = fallback(cine, spacing) if fallback else ((cine.shape[0] - 1) / 2, (cine.shape[1] - 1) / 2)
-        why = (f"no round, beating, ringed bright blood pool at the same place on {MIN_SLICES} slices or more"
+        why = (f"no round, beating, ringed bright blood pool at the same place on {needed} slices or more"
                if cands else "no round, beating, ringed bright blood pool on any slice")
         return LvLocation(center=centre, radius_mm=None, method="temporal_std_fallback", why=why)
     # weighted like the LV's cross-section (pool plus a wall), as the labels' centre of cavity + myocardium is
