@@ -19,7 +19,6 @@ import warnings
 from pathlib import Path
 
 import torch
-from monai.networks.nets import VoxelMorph, VoxelMorphUNet
 from torch import nn
 
 from mi_pipeline.config import Config
@@ -28,6 +27,7 @@ from mi_pipeline.engine.task import Batch, TrainTask
 from mi_pipeline.metrics import dice
 from mi_pipeline.stages import common
 from mi_pipeline.stages.lazy import SplitSlices
+from mi_pipeline.stages.monai_parts import VoxelMorph, VoxelMorphUNet
 
 VAL_BATCH = 32
 
