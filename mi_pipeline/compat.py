@@ -13,6 +13,10 @@
   subject has cine labels, also for a motion stage started before the key existed.
 - The cache manifest counts LGE subjects. Shim: a manifest without the count reads as "unknown". May go
   when old caches are re-prepared.
+- Checkpoint format 2 packs a file's tensors into one buffer per dtype (``engine/packing.py``). Shim:
+  ``engine/checkpoint.READABLE_VERSIONS`` keeps format 1 (one record per tensor) readable: it loads as it
+  is, through the same CRC check and ``weights_only`` load, and a run resumed from it writes format 2 from
+  its next save. May go when no ``last.pth``/``best_model.pth`` written before format 2 is still used.
 
 A SLURM job pickled by submitit before a move names its callable by the old path (e.g.
 ``mi_pipeline.slurm_executor.StageJob``, holding a ``mi_pipeline.executors.StageCommand``); when it

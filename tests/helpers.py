@@ -48,7 +48,10 @@ def checkpoint_epoch(path: Path) -> int:
 
 
 def model_weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+    """The weights in a checkpoint, through the package's loader (the file packs its tensors)."""
+    from mi_pipeline.engine import checkpoint as ckpt
+
+    return ckpt.load_checkpoint(path)["model"]
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:

@@ -102,8 +102,8 @@ def train_ours(task: StampedTask, cfg: Config, out: Path, epochs: int, device: t
     # Timing only, engine untouched: the epoch-end checkpoint call (what the loop waits for) and each
     # background write (start -> durable).
     with mock.patch.object(trainer._Saver, "record_epoch", task.timed(trainer._Saver.record_epoch)), \
-            mock.patch.object(checkpoint_writer, "save_checkpoint", task.timed(checkpoint_writer.save_checkpoint,
-                                                                               task.writes)):
+            mock.patch.object(checkpoint_writer, "write_record", task.timed(checkpoint_writer.write_record,
+                                                                            task.writes)):
         fit(task, dataclasses.replace(cfg.motion, epochs=epochs), ctx)  # Interrupted propagates to the worker
     model = task.build_model()
     model.load_state_dict(ckpt.load_checkpoint(ckpt_dir / ckpt.LAST)["model"])

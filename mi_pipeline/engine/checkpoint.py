@@ -21,10 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from mi_pipeline.engine import packing
 from mi_pipeline.errors import CheckpointError
 from mi_pipeline.fsio import atomic_path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tensors packed per dtype (engine/packing.py); 1: one record per tensor
+READABLE_VERSIONS = (1, 2)  # 1 is read as it is: see mi_pipeline/compat.py
 LAST = "last.pth"
 BEST = "best_model.pth"
 
@@ -32,12 +34,23 @@ BEST = "best_model.pth"
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically; a failed write (disk full, quota, I/O error) leaves the previous file untouched
     and becomes one CheckpointError line that says why."""
+    write_record(path, to_record(payload))
+
+
+def to_record(payload: dict[str, Any]) -> dict[str, Any]:
+    """What goes to disk: ``payload`` with its tensors copied into per-dtype buffers. Taking it is the
+    snapshot the background writer needs (the originals may change right after) and cheap to pickle."""
+    return {"format_version": FORMAT_VERSION, **packing.pack(payload)}
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    """:func:`save_checkpoint`'s write of a record from :func:`to_record` (the writer thread's half)."""
     import torch
 
     try:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as handle:  # a Python file object: a full disk surfaces as OSError(ENOSPC)
-                torch.save({"format_version": FORMAT_VERSION, **payload}, handle)
+                torch.save(record, handle)
     except OSError as exc:
         raise CheckpointError(f"{path}: could not write checkpoint ({_os_reason(exc)}); "
                               "the previous file is unchanged; free space and run again to resume") from None
@@ -92,7 +105,12 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict[
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: unreadable checkpoint, truncated or corrupted ({reason})") from None
-    return _checked_payload(path, payload, required)
+    payload = _checked_payload(path, payload, required)
+    try:
+        return packing.unpack(payload) if packing.PACKED in payload else payload
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: unreadable checkpoint, its tensor index is damaged ({reason})") from None
 
 
 class TensorStub:
@@ -153,11 +171,19 @@ def read_metadata(path: Path, required: tuple[str, ...] = ("model",)) -> dict[st
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: unreadable checkpoint, truncated or corrupted ({reason})") from None
-    return _checked_payload(path, payload, required)
+    return _stubbed(_checked_payload(path, payload, required))
+
+
+def _stubbed(payload: dict[str, Any]) -> dict[str, Any]:
+    """A packed record's tree with a :class:`TensorStub` at each tensor's place, as a format-1 file reads."""
+    if packing.PACKED not in payload:
+        return payload
+    return {key: packing.replace_refs(value, lambda _number: TensorStub())
+            for key, value in payload.items() if key != packing.PACKED}
 
 
 def _checked_payload(path: Path, payload: Any, required: tuple[str, ...]) -> dict[str, Any]:
-    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+    if not isinstance(payload, dict) or payload.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(f"{path}: not a mi_pipeline checkpoint (format_version missing or unknown)")
     missing = [key for key in required if key not in payload]
     if missing:

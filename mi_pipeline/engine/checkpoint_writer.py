@@ -2,9 +2,10 @@
 
 Why: an atomic write pays fsyncs (file + folder) on top of serialising; on a quiet local disk that
 is ~15 ms per file, on a busy parallel filesystem it can be seconds, every epoch. The loop hands
-the writer a snapshot (every tensor copied to CPU memory, so the next optimizer step may change
-the originals) and goes on; one thread writes the files, one at a time, in the order given, each
-through ``save_checkpoint`` (temp file, fsync, rename, folder fsync: crash-safety is unchanged).
+the writer a snapshot (``checkpoint.to_record``: every tensor copied into one CPU buffer per dtype,
+so the next optimizer step may change the originals) and goes on; one thread writes the files, one
+at a time, in the order given, each through ``checkpoint.write_record`` (temp file, fsync, rename,
+folder fsync: crash-safety is unchanged).
 
 What must not run ahead of the disk: a callback given with a write (the epoch's log line, the
 progress record) runs on the caller's thread only once that file is durable, so nothing outside
@@ -12,9 +13,10 @@ the checkpoint folder ever claims an epoch that a crash could still take back. A
 (disk full) surfaces as the same one-line CheckpointError at the next ``poll``/``flush``.
 
 What the write takes from the steps beside it: ``torch.save`` pickles in Python under the GIL (the
-pickler calls torch's Python ``persistent_id`` for every object: ~18 000 calls for 840 tensors), and
-the training thread needs the GIL back after every operator, which it otherwise gets only when the
-interpreter's switch interval (5 ms) makes the writer let go -- a convoy. Measured on the 2-core
+pickler calls torch's Python ``persistent_id`` for every object: ~18 000 calls for 840 separate
+tensors, which is why the record packs them: engine/packing.py), and the training thread needs the
+GIL back after every operator, which it otherwise gets only when the interpreter's switch interval
+(5 ms) makes the writer let go -- a convoy. Measured on the 2-core
 development VM under load (1-thread conv steps beside a writer saving 3 MB / 840 tensors in a loop):
 84-118 ms per step alone, 217-261 ms beside the writer at 5 ms, 171-174 ms at 0.5 ms. So while a
 write is in flight the interval is ``WRITE_SWITCH_S``, then restored.
@@ -38,23 +40,10 @@ from typing import Any
 
 import torch
 
-from mi_pipeline.engine.checkpoint import save_checkpoint
+from mi_pipeline.engine.checkpoint import to_record, write_record
 
 WRITE_SWITCH_S = 0.0005  # GIL switch interval while a background write runs (Python's default: 0.005)
 MAX_PENDING = 1  # one save_all (an epoch's best + last) in flight; a slower disk makes the loop wait instead of piling up copies
-
-
-def snapshot(value: Any) -> Any:
-    """``value`` with every tensor copied to CPU memory (containers rebuilt, other leaves shared)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {key: snapshot(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [snapshot(item) for item in value]
-    if isinstance(value, tuple):
-        return tuple(snapshot(item) for item in value)
-    return value
 
 
 @contextlib.contextmanager
@@ -72,11 +61,11 @@ def _one_thread() -> Iterator[None]:
 
 
 def _write_in_order(items: list[tuple[Any, ...]]) -> float:
-    """Write each (path, payload[, then]) in turn; the first failure stops the rest. Returns the
+    """Write each (path, record[, then]) in turn; the first failure stops the rest. Returns the
     CPU seconds this thread spent (what the write takes from training on busy cores)."""
     started = time.thread_time()
-    for path, payload, *then in items:
-        save_checkpoint(path, payload)
+    for path, record, *then in items:
+        write_record(path, record)
         if then and then[0] is not None:
             then[0]()
     return time.thread_time() - started
@@ -123,13 +112,13 @@ class CheckpointWriter:
         starts: a write holds the GIL while it pickles, and copying tensors beside it would make the
         loop wait for it after all."""
         if self._pool is None:
-            self.last_cost_s = _write_in_order(items)
+            self.last_cost_s = _write_in_order([(path, to_record(payload), then) for path, payload, then in items])
             return
         while self._pending and len(self._pending) + 1 > MAX_PENDING:
             self._finish_oldest()
         started = time.perf_counter()
         with _one_thread():
-            copies = [(path, snapshot(payload), then) for path, payload, then in items]
+            copies = [(path, to_record(payload), then) for path, payload, then in items]
         copied_s = time.perf_counter() - started
         group = [(path, copy) for path, copy, _ in copies]
         callbacks = [then for _, _, then in copies if then is not None]

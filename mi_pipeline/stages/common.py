@@ -16,18 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.losses import (
-    BendingEnergyLoss,
-    DiffusionLoss,
-    GlobalMutualInformationLoss,
-    LocalNormalizedCrossCorrelationLoss,
-)
-from monai.networks.blocks import Warp
 from torch import nn
 
 from mi_pipeline.data.cache import Subject
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.errors import CheckpointError, InputError
+from mi_pipeline.stages.monai_parts import (
+    BendingEnergyLoss,
+    DiffusionLoss,
+    GlobalMutualInformationLoss,
+    LocalNormalizedCrossCorrelationLoss,
+    Warp,
+)
 
 MYO_CODES = (2, 3)  # myocardium = remote myocardium + infarct
 INFARCT_CODE = 3

@@ -21,8 +21,6 @@ import warnings
 from pathlib import Path
 
 import torch
-from monai.losses import DiceLoss
-from monai.networks.nets import VoxelMorph, VoxelMorphUNet
 from torch import nn
 
 from mi_pipeline.config import Config
@@ -31,6 +29,7 @@ from mi_pipeline.engine.task import Batch, TrainTask
 from mi_pipeline.metrics import dice
 from mi_pipeline.stages import common
 from mi_pipeline.stages.lazy import SplitSlices
+from mi_pipeline.stages.monai_parts import DiceLoss, VoxelMorph, VoxelMorphUNet
 
 VAL_BATCH = 32
 

@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.losses import DiceLoss
-from monai.networks.nets import GlobalNet, LocalNet
 from torch import nn
 
 from mi_pipeline.config import Config
@@ -35,6 +33,7 @@ from mi_pipeline.errors import ConfigError
 from mi_pipeline.metrics import dice
 from mi_pipeline.stages import common, registration_qa
 from mi_pipeline.stages.lazy import SplitSlices
+from mi_pipeline.stages.monai_parts import DiceLoss, GlobalNet, LocalNet
 
 VAL_BATCH = 32
 

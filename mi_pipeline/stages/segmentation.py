@@ -22,8 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
-from monai.networks.nets import UNet
 from torch import nn
 
 from mi_pipeline import fsio
@@ -43,6 +41,7 @@ from mi_pipeline.stages import (
     seg_confidence,
 )
 from mi_pipeline.stages.lazy import SplitSlices
+from mi_pipeline.stages.monai_parts import DiceCELoss, UNet
 
 NUM_CLASSES = 3  # 0 background (incl. LV cavity), 1 remote myocardium, 2 infarct
 CLASS_OF_CODE = torch.tensor([0, 0, 1, 2, 2, 0], dtype=torch.long)  # cache label code -> class (5 = RV -> background)
