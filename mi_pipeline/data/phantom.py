@@ -29,7 +29,9 @@ Model, per subject (all draws from ``numpy.random.default_rng([seed, index])``):
   plus a small smooth in-plane elastic change, sampled on the LGE's own grid (own spacing, matrix,
   origin and a slightly different plane); LGE nulling, fat signal and noise from their ranges;
 * ``vary: true``: each subject its own grid (slices, frames, spacing, FOV, slice thickness, LGE
-  spacing) from the ``*_range`` fields of ``PhantomConfig`` (ranges documented there);
+  spacing) from the ``*_range`` fields of ``PhantomConfig`` (ranges documented there; a stack spans at
+  most ``MAX_STACK_MM``), and the hearts and contrast real cines show besides normal ones: dilated and
+  hypertrophied hearts (``_cavity_and_wall``), myocardium 0.14-0.36 of blood (``_cine_contrast``);
   ``cine_labels: false`` writes no ``cine_label.nii.gz``.
 """
 
