@@ -106,6 +106,8 @@ def test_exponent_without_dot_is_a_number(tmp_path: Path) -> None:
     ("registration.lr=-.inf", "registration.lr must be a number, and finite"),
     ("segmentation.epochs=1000000000", "epochs must be <= 1000000"),
     ("data.crop=4096", "crop must be <= 1024"),
+    ("segmentation.best_window=0", "best_window must be > 0"),
+    ("segmentation.augment_gamma=0.5", "augment_gamma must be in [1, 4]"),
 ])
 def test_absurd_or_non_finite_values_are_refused_with_one_line(override: str, says: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(says)):

@@ -18,5 +18,6 @@ HASHED_WHEN_CHANGED: tuple[str, ...] = (
     "data.phantom.lge_fat_signal", "data.phantom.noise_range", "registration.qa_max_shift_mm",
     "registration.qa_max_rotation_deg", "registration.qa_margin", "registration.qa_max_folding_percent",
     "registration.qa_min_agreement", "data.exclude", "data.on_bad_subject",
-    "motion.label_dice_weight",
+    "motion.label_dice_weight", "motion.best_window", "registration.best_window", "segmentation.best_window",
+    "segmentation.augment_gamma",
 )

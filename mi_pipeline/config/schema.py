@@ -137,11 +137,14 @@ class OptimConfig:
     grad_clip: float = 0.0  # 0 disables clipping
     # this stage's mixed precision: None (null) = performance.amp; off | bf16 | fp16 (true/false: fp16/off)
     amp: AmpMode | None = None
+    # epochs whose validation metric is averaged to choose best_model.pth (the last epoch of the best
+    # window is kept); 1 = each epoch on its own. >1 steadies the choice when validation is a few subjects
+    best_window: int = 1
 
     def __post_init__(self) -> None:
-        _positive(self, "epochs", "batch_size", "lr")
+        _positive(self, "epochs", "batch_size", "lr", "best_window")
         _non_negative(self, "weight_decay", "grad_clip")
-        _at_most(self, MAX_EPOCHS, "epochs")
+        _at_most(self, MAX_EPOCHS, "epochs", "best_window")
         _at_most(self, MAX_BATCH, "batch_size")
         _at_most(self, 10.0, "lr")
         _check_amp(self)
@@ -218,12 +221,17 @@ class SegmentationConfig(OptimConfig):
     num_res_units: int = 2  # >= 1 keeps thin myocardium/infarct (UNet's first layer downsamples)
     motion_features: bool = True
     augment: bool = True  # random flips (fields flipped consistently)
+    # random gamma of the cine frames, log-uniform in [1/g, g] per sample (1 = off): contrast a site's
+    # scanner may have that training did not (the motion channels are left as they are)
+    augment_gamma: float = 1.0
     dice_weight: float = 1.0
     ce_weight: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _non_negative(self, "dice_weight", "ce_weight", "num_res_units")
+        if not 1.0 <= self.augment_gamma <= 4.0:
+            raise ValueError(f"augment_gamma must be in [1, 4] (1 = off), got {self.augment_gamma}")
         if len(self.channels) < 2:
             raise ValueError("channels must list at least 2 widths")
 

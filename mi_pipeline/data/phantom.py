@@ -29,7 +29,9 @@ Model, per subject (all draws from ``numpy.random.default_rng([seed, index])``):
   plus a small smooth in-plane elastic change, sampled on the LGE's own grid (own spacing, matrix,
   origin and a slightly different plane); LGE nulling, fat signal and noise from their ranges;
 * ``vary: true``: each subject its own grid (slices, frames, spacing, FOV, slice thickness, LGE
-  spacing) from the ``*_range`` fields of ``PhantomConfig`` (ranges documented there);
+  spacing) from the ``*_range`` fields of ``PhantomConfig`` (ranges documented there; a stack spans at
+  most ``MAX_STACK_MM``), and the hearts and contrast real cines show besides normal ones: dilated and
+  hypertrophied hearts (``_cavity_and_wall``), myocardium 0.14-0.36 of blood (``_cine_contrast``);
   ``cine_labels: false`` writes no ``cine_label.nii.gz``.
 """
 
@@ -49,10 +51,12 @@ import yaml
 
 from mi_pipeline.config import PhantomConfig
 
-GENERATOR_VERSION = 3  # 2: infarct thickening falls with transmurality; 3: physiological wall and motion, ranges
+GENERATOR_VERSION = 4  # 2: infarct thickening falls with transmurality; 3: physiological wall and motion,
+# ranges; 4: ``vary`` draws dilated and hypertrophied hearts, real-image contrast, stacks <= MAX_STACK_MM
 MARKER = ".phantom.json"
 VIABLE_TETHERING = 0.7  # thickening of viable myocardium over a scar, as a share of remote
 INTENSITY_SCALE = 1000.0  # stored as int16 counts, like scanner magnitude images
+MAX_STACK_MM = 130.0  # ``vary``: a drawn stack spans base to apex, so no more slices than fit a long LV
 
 
 def subject_id(index: int) -> str:
@@ -280,6 +284,37 @@ class SubjectDraw:
     bias: tuple[np.ndarray, np.ndarray]
 
 
+def _cavity_and_wall(u: Callable[..., Any], vary: bool) -> dict[str, float]:
+    """ED endocardial radius ``r0`` and wall ``w0`` at the base (mm), drawn together.
+
+    Default: a normal heart (radius 21-27 mm, wall 7-10 mm). ``vary``: the shapes real short-axis
+    stacks show as well (docs/QUALITY.md measures them): 60 % normal, 20 % dilated (radius 27-34.5 mm,
+    a thin-ish wall 5-8.5 mm), 20 % hypertrophied (a small cavity, 21-26 mm, wall 10-20 mm). Drawn
+    jointly because a large cavity with a thick wall, or a small one with a thin wall, is not what
+    patients have; the wall is x0.8 toward the apex, so a base wall of 20 mm is ~17 mm over the stack.
+    """
+    if not vary:
+        return {"r0": u(21, 27), "w0": u(7.0, 10.0)}
+    kind = u()
+    if kind < 0.6:
+        return {"r0": u(21, 27), "w0": u(7.0, 10.0)}
+    if kind < 0.8:
+        return {"r0": u(27, 34.5), "w0": u(5.0, 8.5)}
+    return {"r0": u(21, 26), "w0": u(10.0, 20.0)}
+
+
+def _cine_contrast(u: Callable[..., Any], vary: bool) -> dict[str, float]:
+    """Cine tissue signals relative to bright blood ~1 (blood drawn first, then the others in order).
+
+    ``vary``: myocardium 0.14-0.36 of blood (blood / myocardium 2.8-7, as real bSSFP cines measure),
+    not 0.25-0.35 absolute (blood / myocardium 2.5-4): a model that learned one contrast should not
+    meet another first at a site.
+    """
+    blood = u(0.85, 1.0)
+    myo = blood * u(0.14, 0.36) if vary else u(0.25, 0.35)
+    return {"blood": blood, "myo": myo, "tissue": u(0.2, 0.3), "fat": u(0.6, 0.8), "lung": u(0.03, 0.06)}
+
+
 def _draw(params: PhantomConfig, index: int) -> SubjectDraw:
     """All random draws of one subject, in a fixed order (so the bytes are stable for a seed)."""
     rng = np.random.default_rng([params.seed, index])
@@ -289,7 +324,8 @@ def _draw(params: PhantomConfig, index: int) -> SubjectDraw:
         sp = round(u(*params.spacing_range_mm), 3)
         n = int(round(u(*params.fov_range_mm) / sp))
         th = round(u(*params.slice_thickness_range_mm), 2)
-        z = int(rng.integers(params.slices_range[0], params.slices_range[1] + 1))
+        z = min(int(rng.integers(params.slices_range[0], params.slices_range[1] + 1)),
+                max(params.slices_range[0], int(MAX_STACK_MM // th)))
         frames = int(rng.integers(params.frames_range[0], params.frames_range[1] + 1))
     fov_c = (n - 1) / 2 * sp
 
@@ -310,8 +346,7 @@ def _draw(params: PhantomConfig, index: int) -> SubjectDraw:
         cx=fov_c + u(-params.heart_offset_mm, params.heart_offset_mm),
         cy=fov_c + u(-params.heart_offset_mm, params.heart_offset_mm),
         tilt=(u(-4, 4), u(-4, 4)),
-        r0=u(21, 27),  # ED endocardial radius at the base (mm)
-        w0=u(7.0, 10.0),  # ED wall at the base; x0.8 toward the apex: ~5.5-10 mm
+        **_cavity_and_wall(u, params.vary),
         ell=u(0.0, 0.08),
         ell_angle=u(0, np.pi),  # python floats keep the float32 arrays float32
         tf=u(0.4, 0.8),  # fractional systolic thickening (more toward the apex)
@@ -369,8 +404,7 @@ def _draw(params: PhantomConfig, index: int) -> SubjectDraw:
         heart=heart, body=body, rotation=rot, origin=origin, ed=ed, es_offset=es_offset,
         lge_rotation=rot_l, lge_origin=origin_l, lge_spacing_mm=sp_l, lge_size=n_l, breath_hold=breath_hold,
         elastic=elastic,
-        cine_contrast={"blood": u(0.85, 1.0), "myo": u(0.25, 0.35), "tissue": u(0.2, 0.3), "fat": u(0.6, 0.8),
-                       "lung": u(0.03, 0.06)},
+        cine_contrast=_cine_contrast(u, params.vary),
         lge_contrast={"blood": u(0.5, 0.65), "myo": u(*params.lge_remote_signal), "scar": u(0.9, 1.0),
                       "tissue": u(0.18, 0.28), "fat": u(*params.lge_fat_signal), "lung": u(0.02, 0.04)},
         noise=(u(*params.noise_range), u(*params.noise_range)),

@@ -49,6 +49,7 @@ class TrainState:
     step: int = 0  # optimizer steps in total
     best_metric: float | None = None
     best_epoch: int | None = None
+    recent_metrics: list[float] = field(default_factory=list)  # the last ``best_window`` epochs' metric values
     epoch_losses: list[float] = field(default_factory=list)  # this epoch's batch losses so far (train_loss)
 
 
@@ -147,7 +148,7 @@ def fit(task: TrainTask, optim: OptimConfig, ctx: FitContext) -> TrainState:
     num_batches = math.ceil(task.num_train_samples() / optim.batch_size)
     builder = BatchBuilder(task, ctx.seed, optim.batch_size, world)
     writer = CheckpointWriter(background=perf.async_checkpoint)
-    saver = _Saver(ctx, writer, model, optimizer, scheduler, scaler, upstream, optim.epochs, perf)
+    saver = _Saver(ctx, writer, model, optimizer, scheduler, scaler, upstream, optim.epochs, perf, optim.best_window)
     try:
         with performance.BatchStream(builder, builder.positions(state, optim.epochs), perf, ctx.device) as stream:
             while state.epoch < optim.epochs:
@@ -313,6 +314,15 @@ def _is_better(value: float | None, best: float | None, higher_is_better: bool) 
     return value > best if higher_is_better else value < best
 
 
+def window_mean(recent: list[float]) -> float | None:
+    """The metric that chooses ``best_model.pth``: the mean over the last ``best_window`` epochs (fewer at
+    the start), so one lucky epoch on a handful of validation subjects does not win; None when any value
+    in the window is missing or not finite (such a window cannot be best)."""
+    if not recent or not all(math.isfinite(v) for v in recent):
+        return None
+    return sum(recent) / len(recent)
+
+
 def _epoch_line(state: TrainState, epochs: int, metric_name: str, metrics: dict[str, float], improved: bool) -> str:
     shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("lr", "seconds"))
     mark = " (best)" if improved else ""
@@ -328,8 +338,9 @@ class _Saver:
     def __init__(self, ctx: FitContext, writer: CheckpointWriter, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                  scaler: torch.amp.GradScaler, upstream: dict[str, str], epochs: int,
-                 perf: PerformanceConfig | None = None) -> None:
+                 perf: PerformanceConfig | None = None, best_window: int = 1) -> None:
         self.ctx, self.writer, self.model, self.optimizer = ctx, writer, model, optimizer
+        self.best_window = best_window
         self.scheduler, self.scaler, self.upstream, self.epochs = scheduler, scaler, upstream, epochs
         perf = perf or PerformanceConfig()
         self.every_s, self.every_steps = perf.checkpoint_every_s, perf.checkpoint_every_steps
@@ -357,9 +368,17 @@ class _Saver:
         files; appending the metrics after last.pth would lose the epoch's line to a crash between the
         two. The epoch's log line and ``on_epoch`` (the progress record) wait until last.pth is on disk."""
         ctx = self.ctx
-        improved = _is_better(metrics.get(task.metric_name), state.best_metric, task.higher_is_better)
+        if self.best_window > 1:  # the choice is the window's mean; the value is logged beside the epoch's own
+            value = metrics.get(task.metric_name)
+            state.recent_metrics = [*state.recent_metrics, math.nan if value is None else value][-self.best_window:]
+            chosen = window_mean(state.recent_metrics)
+            if chosen is not None:
+                metrics[f"{task.metric_name}_mean{self.best_window}"] = chosen
+        else:
+            chosen = metrics.get(task.metric_name)
+        improved = _is_better(chosen, state.best_metric, task.higher_is_better)
         if improved:
-            state.best_metric, state.best_epoch = metrics[task.metric_name], state.epoch
+            state.best_metric, state.best_epoch = chosen, state.epoch
         record = {"epoch": state.epoch, "step": state.step, "best": improved, **metrics}
         ctx.log.epoch_metrics(record)
         done = dataclasses.replace(state, epoch_losses=[])

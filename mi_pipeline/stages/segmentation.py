@@ -84,6 +84,15 @@ def _flip_inputs(x: torch.Tensor, frames: int, flip_h: bool, flip_w: bool) -> to
     return torch.cat([images, fields])
 
 
+def _gamma_inputs(x: torch.Tensor, frames: int, limit: float, generator: torch.Generator) -> torch.Tensor:
+    """Raise each sample's cine frames (N, C, H, W; the first ``frames`` channels, normalised to [0, 1])
+    to a gamma log-uniform in [1/limit, limit]: blood / myocardium contrast varies between scanners and
+    sequences, and the infarct is read from the myocardium's look as well as its motion."""
+    gamma = torch.exp((2 * torch.rand(x.shape[0], generator=generator) - 1) * float(np.log(limit)))
+    images = x[:, :frames].clamp(min=0.0).pow(gamma.view(-1, 1, 1, 1))
+    return torch.cat([images, x[:, frames:]], dim=1)
+
+
 class SegmentationTask(TrainTask):
     name = "segmentation"
     metric_name = "infarct_dice"
@@ -210,6 +219,8 @@ class SegmentationTask(TrainTask):
             frames = self.cfg.data.frames
             x = torch.stack([_flip_inputs(x[i], frames, fh, fw) for i, (fh, fw) in enumerate(flips)])
             y = torch.stack([common.flip_image(y[i], fh, fw) for i, (fh, fw) in enumerate(flips)])
+        if self.cfg.segmentation.augment_gamma > 1.0:  # drawn after the flips: batches without it are unchanged
+            x = _gamma_inputs(x, self.cfg.data.frames, self.cfg.segmentation.augment_gamma, generator)
         return {"image": x.to(device), "label": y.unsqueeze(1).to(device)}
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -235,3 +235,32 @@ def test_without_cine_labels_and_with_varied_grids(tmp_path: Path) -> None:
         assert 5.0 <= float(np.linalg.norm(bh["translation_mm"])) <= math.hypot(10.0, 3.75) + 1e-3
         shapes.add(cine.shape)
     assert len(shapes) > 1
+
+
+def test_default_draws_are_those_of_version_3() -> None:
+    """Widening ``vary`` must not move the default subject (the demo's and the tests' data): its draws,
+    and every draw after them, are the numbers generator version 3 drew."""
+    d = _draw(PhantomConfig(seed=0), 0)
+    assert (d.heart.r0, d.heart.w0) == (22.053933723615355, 9.58953676704966)
+    assert d.cine_contrast["myo"] == 0.3364778295400774
+    assert float(d.noise[1]) == 0.02776766263859113  # the last draw of the subject
+
+
+def test_vary_draws_dilated_and_hypertrophied_hearts_with_real_contrast() -> None:
+    """``vary`` covers what real short-axis stacks measure (docs/QUALITY.md): endocardial radius up to
+    ~34 mm, base wall 5-20 mm, blood / myocardium 2.8-7; a large cavity never has a thick wall, a thick
+    wall comes with a small cavity; a stack never spans more than MAX_STACK_MM."""
+    from mi_pipeline.data.phantom import MAX_STACK_MM
+
+    params = PhantomConfig(subjects=80, seed=2, vary=True, slices_range=(3, 20))
+    draws = [_draw(params, i) for i in range(params.subjects)]
+    r0 = np.array([d.heart.r0 for d in draws])
+    w0 = np.array([d.heart.w0 for d in draws])
+    ratio = np.array([d.cine_contrast["myo"] / d.cine_contrast["blood"] for d in draws])
+    assert r0.min() < 22 and r0.max() > 32 and w0.min() < 6 and w0.max() > 17
+    assert not np.any((r0 > 27) & (w0 > 8.5)) and not np.any((w0 > 10) & (r0 > 26))
+    assert 0.14 <= ratio.min() < 0.17 and 0.33 < ratio.max() <= 0.36
+    assert all(d.grid.slices * d.grid.thickness_mm <= MAX_STACK_MM for d in draws)
+    assert max(d.grid.slices for d in draws) > 14
+    fixed = [_draw(PhantomConfig(seed=2), i) for i in range(20)]
+    assert all(21 <= d.heart.r0 <= 27 and 7 <= d.heart.w0 <= 10 for d in fixed)

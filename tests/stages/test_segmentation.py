@@ -111,6 +111,23 @@ def test_determinism_and_flip_augmentation(tiny_cfg, upstream_run):
     assert all(torch.equal(x, y) for x, y in zip(m1.state_dict().values(), m2.state_dict().values()))
 
 
+def test_gamma_augmentation_changes_the_cine_channels_only(tiny_cfg, upstream_run):
+    """``augment_gamma`` draws after the flips (batches without it are unchanged), keeps the labels and the
+    motion channels, and keeps the cine channels in [0, 1]."""
+    from dataclasses import replace
+
+    plain = _task(tiny_cfg, upstream_run)
+    gamma_cfg = replace(tiny_cfg, segmentation=replace(tiny_cfg.segmentation, augment_gamma=1.5))
+    task = _task(gamma_cfg, upstream_run)
+    a = plain.make_batch([0, 1, 2, 3], torch.Generator().manual_seed(4), CPU)
+    b = task.make_batch([0, 1, 2, 3], torch.Generator().manual_seed(4), CPU)
+    frames = tiny_cfg.data.frames
+    assert torch.equal(a["label"], b["label"])
+    assert torch.equal(a["image"][:, frames:], b["image"][:, frames:])
+    assert not torch.equal(a["image"][:, :frames], b["image"][:, :frames])
+    assert float(b["image"][:, :frames].min()) >= 0.0 and float(b["image"][:, :frames].max()) <= 1.0
+
+
 def test_missing_or_mismatched_upstream_is_a_checkpoint_error(tiny_cfg, synthetic_run, tiny_overrides):
     with pytest.raises(CheckpointError, match="missing"):
         _task(tiny_cfg, synthetic_run)

@@ -1,0 +1,70 @@
+"""``best_window``: best_model.pth is chosen on the mean of the last epochs' metric, not one lucky epoch,
+and the window survives a stop and resume (it is part of last.pth's state)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mi_pipeline.config import OptimConfig, PerformanceConfig
+from mi_pipeline.engine import checkpoint as ckpt
+from mi_pipeline.engine.runlog import StageLog
+from mi_pipeline.engine.trainer import FitContext, Interrupted, fit, window_mean
+from tests.engine.toy_task import ToyTask
+
+# a lucky epoch 2, then a steady climb: one epoch alone picks 2, a 3-epoch mean picks 6
+SCRIPT = [0.5, 0.9, 0.3, 0.7, 0.75, 0.8]
+
+
+class _Scripted(ToyTask):
+    """Validation returns SCRIPT[epoch - 1] whatever the model does (``done``: epochs already validated)."""
+
+    def __init__(self, done: int = 0) -> None:
+        super().__init__()
+        self.calls = done
+
+    def validate(self, model, device):
+        self.calls += 1
+        return {"neg_mse": SCRIPT[self.calls - 1]}
+
+
+def _fit(tmp_path: Path, task: _Scripted, window: int, stop_after: int = 0) -> int:
+    ctx = FitContext(ckpt_dir=tmp_path / "checkpoints" / "toy", log=StageLog(tmp_path / "logs" / "toy", "toy"), seed=7,
+                     config_hash="toyhash", config={}, device=torch.device("cpu"),
+                     performance=PerformanceConfig(async_checkpoint=False),
+                     stop_requested=lambda: stop_after > 0 and task.calls == stop_after)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        state = fit(task, OptimConfig(epochs=len(SCRIPT), batch_size=16, lr=1e-2, best_window=window), ctx)
+    finally:
+        torch.set_num_threads(threads)
+    assert state.best_epoch is not None
+    return state.best_epoch
+
+
+def _best_epoch_on_disk(tmp_path: Path) -> int:
+    return int(ckpt.load_checkpoint(tmp_path / "checkpoints" / "toy" / ckpt.BEST)["epoch"])
+
+
+@pytest.mark.parametrize(("window", "expected"), [(1, 2), (3, 6)])
+def test_the_window_decides_which_epoch_is_best(tmp_path: Path, window: int, expected: int) -> None:
+    assert _fit(tmp_path, _Scripted(), window) == expected
+    assert _best_epoch_on_disk(tmp_path) == expected
+
+
+def test_the_window_survives_a_stop_and_resume(tmp_path: Path) -> None:
+    with pytest.raises(Interrupted):
+        _fit(tmp_path, _Scripted(), 3, stop_after=3)
+    saved = ckpt.load_checkpoint(tmp_path / "checkpoints" / "toy" / ckpt.LAST)["state"]
+    assert saved["recent_metrics"] == SCRIPT[:3]
+    assert _fit(tmp_path, _Scripted(done=3), 3) == 6
+    assert _best_epoch_on_disk(tmp_path) == 6
+
+
+def test_a_missing_value_keeps_its_window_out_of_the_choice() -> None:
+    assert window_mean([0.5, float("nan"), 0.9]) is None
+    assert window_mean([0.5, 0.7]) == pytest.approx(0.6)
+    assert window_mean([]) is None
