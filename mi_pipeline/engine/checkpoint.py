@@ -60,6 +60,12 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
                               "the previous file is unchanged; free space and run again to resume") from None
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception as one short line for a CheckpointError (its type when it has no message)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
 def _os_reason(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         return "no space left on device"
@@ -81,8 +87,7 @@ def verify_archive(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise CheckpointError(f"{path}: unreadable checkpoint, truncated or corrupted ({reason})") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint, truncated or corrupted ({_first_line(exc)})") from None
     if bad is not None:
         raise CheckpointError(f"{path}: corrupted checkpoint (checksum mismatch in {bad}); "
                               "the file was damaged after it was written")
@@ -103,14 +108,12 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict[
         raise CheckpointError(f"{path}: refused to load, it holds objects a weights-only load does not allow "
                               f"({first[:160]})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: unreadable checkpoint, truncated or corrupted ({reason})") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint, truncated or corrupted ({_first_line(exc)})") from None
     payload = _checked_payload(path, payload, required)
     try:
         return packing.unpack(payload) if packing.PACKED in payload else payload
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: unreadable checkpoint, its tensor index is damaged ({reason})") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint, its tensor index is damaged ({_first_line(exc)})") from None
 
 
 class TensorStub:
@@ -169,8 +172,7 @@ def read_metadata(path: Path, required: tuple[str, ...] = ("model",)) -> dict[st
         raise CheckpointError(f"{path}: refused to load, it holds objects a weights-only load does not allow "
                               f"({str(exc)[:160]})") from None
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: unreadable checkpoint, truncated or corrupted ({reason})") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint, truncated or corrupted ({_first_line(exc)})") from None
     return _stubbed(_checked_payload(path, payload, required))
 
 
