@@ -77,13 +77,16 @@ class StageLog:
                 self.info(self.tensorboard.unavailable)
 
     def close(self) -> None:
-        """Stop the TensorBoard writer's thread (the loop's end: before the process group goes away)."""
+        """Close the TensorBoard event file (the loop's end)."""
         self.tensorboard.close()
 
     def epoch_committed(self, record: dict[str, Any]) -> None:
         """An epoch whose last.pth is on disk: it can never be redone, so it goes to TensorBoard now."""
         if self.files:
+            failed_before = self.tensorboard.unavailable
             self.tensorboard.add(_finite(record))
+            if self.tensorboard.unavailable and not failed_before:
+                self.info(self.tensorboard.unavailable)
 
     def progress(self, total: int, initial: int, desc: str) -> BatchProgress:
         return BatchProgress(self, total, initial, desc)

@@ -7,7 +7,8 @@ stage therefore shows as the same single run, with no duplicated or orphaned poi
 Lightning users report when every requeue starts a new logger run.
 
 Scalars: every number of an epoch's record (losses, validation figures and their baselines, ``lr``,
-``seconds``) at step = epoch. Without the ``tensorboard`` package nothing is written (one log line).
+``seconds``) at step = epoch, written by ``engine/events.py`` (no TensorBoard import in a stage job; the
+``tensorboard`` package is only needed to view them).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from mi_pipeline.engine.events import EventFile
+
 SKIP = ("epoch", "step", "best")  # bookkeeping, not curves
 
 
@@ -25,51 +28,35 @@ class TensorBoardRun:
 
     def __init__(self, directory: Path) -> None:
         self.dir = Path(directory)
-        self._writer: Any = None
-        self.unavailable: str | None = None
+        self._file: EventFile | None = None
+        self.unavailable: str | None = None  # why events stopped being written (a full disk must not stop training)
 
     def restart_from(self, records: list[dict[str, Any]]) -> None:
         """Replace the run with exactly ``records`` (the committed epochs), one event file."""
         self.close()
+        self.unavailable = None
         shutil.rmtree(self.dir, ignore_errors=True)
-        self._import()
         for record in records:
             self.add(record)
 
     def add(self, record: dict[str, Any]) -> None:
-        writer = self._open()
-        if writer is None or not isinstance(record.get("epoch"), int):
+        if self.unavailable is not None or not isinstance(record.get("epoch"), int):
             return
-        for key, value in record.items():
-            if key not in SKIP and isinstance(value, (int, float)) and not isinstance(value, bool) \
-                    and math.isfinite(value):
-                writer.add_scalar(key, value, global_step=record["epoch"])
-        writer.flush()
+        values = {key: float(value) for key, value in record.items()
+                  if key not in SKIP and isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and math.isfinite(value)}
+        try:
+            if self._file is None:
+                self._file = EventFile(self.dir)
+            self._file.add_scalars(values, step=record["epoch"])
+        except OSError as exc:
+            self.close()
+            self.unavailable = f"TensorBoard events not written from epoch {record['epoch']} on: {exc}"
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-    def _import(self) -> Any:
-        """TensorBoard's ``SummaryWriter`` class, or None (and ``unavailable`` says why). Called at
-        every (re)start, before the training loop: the import costs ~0.2-0.4 s of CPU, which the first
-        epoch's commit (a callback on the loop's thread) would otherwise pay in the middle of training.
-        (It used to come for free with MONAI's import, which no longer loads TensorBoard.)"""
-        if self.unavailable is not None:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:
-            self.unavailable = f"TensorBoard events not written ({exc}); pip install tensorboard"
-            return None
-        return SummaryWriter
-
-    def _open(self) -> Any:
-        if self._writer is None:
-            writer_class = self._import()
-            if writer_class is None:
-                return None
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._writer = writer_class(log_dir=str(self.dir))
-        return self._writer
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass  # the events are a view of metrics.jsonl; the next (re)start rewrites them
+            self._file = None
