@@ -63,3 +63,21 @@ def test_an_unwritable_folder_stops_the_events_not_the_training(tmp_path: Path) 
     assert run.unavailable and "epoch 1" in run.unavailable
     run.add({"epoch": 2, "loss": 1.0})  # no second error
     run.close()
+
+
+def test_writing_events_imports_no_tensorboard(tmp_path: Path) -> None:
+    """The point of our own writer: a stage (re)start and its epoch commits do not pay TensorBoard's import."""
+    import subprocess
+    import sys
+
+    from tests.helpers import env
+
+    code = ("import sys\nfrom pathlib import Path\nfrom mi_pipeline.engine.tracking import TensorBoardRun\n"
+            f"run = TensorBoardRun(Path({str(tmp_path)!r}))\n"
+            "run.restart_from([{'epoch': 1, 'loss': 0.5}])\nrun.add({'epoch': 2, 'loss': 0.25})\nrun.close()\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorboard', 'google') "
+            "or m.startswith('torch.utils.tensorboard')))\n")
+    done = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
