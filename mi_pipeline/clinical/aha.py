@@ -12,7 +12,9 @@ the slice is displayed (row 0 on top), around the slice's myocardial centroid. A
 on a crop grid whose ``affine`` maps (row, col, slice) voxels to RAS millimetres.
 
 In the images the RV is the blood pool beside the LV: a bright region, deep as well as long, that
-beats, touches the epicardium along a plausible arc and lies where the RV lies in patients; its
+beats, touches the epicardium along a plausible arc (less than half of it: the RV wraps the septum
+only) and lies where the RV lies in patients. 'Bright' is judged against the blood around each pixel,
+not the LV's alone, because the RV's blood is often darker than the LV's on real cine. Its
 insertion points are the ends of that contact arc, moved outward by one RV free-wall thickness (3 mm),
 because a reader puts the insertion point where the RV *wall* meets the LV (without that, the
 phantom's truth is missed by a systematic ~7 degrees toward the septum; with it, ~2). Each slice's
@@ -45,6 +47,7 @@ LOCAL_BLOOD_MM = 15.0  # 'nearby': a window about one RV cavity deep, so that th
 LOCAL_BLOOD_PERCENTILE = 90.0  # the window's brightest pixels stand for its blood
 CONTACT_MM = BAND_MM[1]  # a bright region touches the LV where it comes this close to the epicardium
 MIN_CONTACT_DEG = MIN_ARC_DEG / 2  # an RV's bright part can touch less than its label (dark tips; ~30 deg, thick wall)
+MAX_CONTACT_DEG = 180.0  # the RV wraps the septum, never half the LV (insertions ~100-140 deg apart): wider is fat
 STACK_WINDOW = 2  # neighbouring slices either side that a slice's insertion point is checked against
 STACK_TOLERANCE_DEG = 30.0  # how far a slice may disagree with them before another candidate is preferred
 
@@ -288,11 +291,15 @@ def _blood_mask(image: np.ndarray, muscle: float, blood: float, spacing_mm: floa
 
 
 def _contact_arc(region: np.ndarray, angle: np.ndarray, beyond: np.ndarray) -> tuple[int, int] | None:
-    """(first angle, length) of the longest plausible arc along which ``region`` touches the LV, or None."""
+    """(first angle, length) of the longest plausible arc along which ``region`` touches the LV, or None.
+
+    Plausible: ``MIN_CONTACT_DEG`` to ``MAX_CONTACT_DEG``. A region touching more than half the LV is no
+    RV (fat around the heart, or fat joined to the RV pool); ``_touching_regions`` peels it instead.
+    """
     flags = np.zeros(len(ANGLES), bool)
     flags[angle[region & (beyond <= CONTACT_MM)]] = True
     flags = ndimage.binary_closing(np.concatenate([flags, flags, flags]), iterations=3)[len(flags):2 * len(flags)]
-    runs = [(a, n) for a, n in _runs(flags) if MIN_CONTACT_DEG <= n <= MAX_ARC_DEG]
+    runs = [(a, n) for a, n in _runs(flags) if MIN_CONTACT_DEG <= n <= MAX_CONTACT_DEG]
     return max(runs, key=lambda r: r[1]) if runs else None
 
 
