@@ -12,7 +12,9 @@ the slice is displayed (row 0 on top), around the slice's myocardial centroid. A
 on a crop grid whose ``affine`` maps (row, col, slice) voxels to RAS millimetres.
 
 In the images the RV is the blood pool beside the LV: a bright region, deep as well as long, that
-beats, touches the epicardium along a plausible arc and lies where the RV lies in patients; its
+beats, touches the epicardium along a plausible arc (less than half of it: the RV wraps the septum
+only) and lies where the RV lies in patients. 'Bright' is judged against the blood around each pixel,
+not the LV's alone, because the RV's blood is often darker than the LV's on real cine. Its
 insertion points are the ends of that contact arc, moved outward by one RV free-wall thickness (3 mm),
 because a reader puts the insertion point where the RV *wall* meets the LV (without that, the
 phantom's truth is missed by a systematic ~7 degrees toward the septum; with it, ~2). Each slice's
@@ -40,9 +42,12 @@ SEPTUM_SPAN_DEG = 120.0  # two 60-degree segments (2 and 3) between the insertio
 RV_RAS = np.array([0.77, 0.55, -0.19]) / np.linalg.norm([0.77, 0.55, -0.19])  # LV -> RV, mean of real hearts
 PRIOR_FLOOR = 0.25  # weight of a bright arc pointing away from RV_RAS (a rotated heart can still be found)
 RV_WALL_MM = 3.0  # normal RV free wall 2-5 mm: the insertion point lies one wall beyond the end of the bright blood
-BLOOD_LEVEL = 0.5  # a pixel is blood when brighter than halfway from the slice's myocardium to its LV blood
+BLOOD_LEVEL = 0.5  # a pixel is blood when brighter than halfway from the slice's myocardium to its blood nearby
+LOCAL_BLOOD_MM = 15.0  # 'nearby': a window about one RV cavity deep, so that the RV's own blood sets its threshold
+LOCAL_BLOOD_PERCENTILE = 90.0  # the window's brightest pixels stand for its blood
 CONTACT_MM = BAND_MM[1]  # a bright region touches the LV where it comes this close to the epicardium
 MIN_CONTACT_DEG = MIN_ARC_DEG / 2  # an RV's bright part can touch less than its label (dark tips; ~30 deg, thick wall)
+MAX_CONTACT_DEG = 180.0  # the RV wraps the septum, never half the LV (insertions ~100-140 deg apart): wider is fat
 STACK_WINDOW = 2  # neighbouring slices either side that a slice's insertion point is checked against
 STACK_TOLERANCE_DEG = 30.0  # how far a slice may disagree with them before another candidate is preferred
 
@@ -244,9 +249,10 @@ def _rv_candidates(image: np.ndarray, myo: np.ndarray, motion: np.ndarray | None
 
     Why regions, not a band of fixed depth: a thin bright arc (epicardial fat) and the RV blood pool
     look alike in a band a few millimetres wide, but the RV is a pool, deep as well as long, and it
-    beats. A region is the connected set of pixels brighter than halfway between the slice's
-    myocardium and its LV blood; it touches the LV where its pixels lie within ``CONTACT_MM`` of the
-    epicardium, and its insertion points are the ends of that contact arc (moved one RV wall outward).
+    beats. A region is a connected set of pixels brighter than halfway between the slice's
+    myocardium and the blood around them (``_blood_mask``: the RV's own, often darker than the LV's);
+    it touches the LV where its pixels lie within ``CONTACT_MM`` of the epicardium, and its insertion
+    points are the ends of that contact arc (moved one RV wall outward).
     Its score is its area times its mean motion (when given) times the prior toward where the RV lies.
     """
     cavity = ndimage.binary_fill_holes(ndimage.binary_closing(myo, iterations=3)) & ~myo  # basal rings open
@@ -255,7 +261,7 @@ def _rv_candidates(image: np.ndarray, myo: np.ndarray, motion: np.ndarray | None
     blood, muscle = float(np.median(image[cavity])), float(np.median(image[myo]))
     if blood <= muscle:
         return []
-    regions, count = ndimage.label((image > muscle + BLOOD_LEVEL * (blood - muscle)) & ~(myo | cavity))
+    regions, count = ndimage.label(_blood_mask(image, muscle, blood, spacing_mm) & ~(myo | cavity))
     angle, beyond = _beyond_epicardium_mm(myo, spacing_mm)
     wall_deg = float(np.degrees(RV_WALL_MM / _band_radius_mm(myo, spacing_mm)))
     found = []
@@ -267,12 +273,33 @@ def _rv_candidates(image: np.ndarray, myo: np.ndarray, motion: np.ndarray | None
     return found
 
 
+def _blood_mask(image: np.ndarray, muscle: float, blood: float, spacing_mm: float) -> np.ndarray:
+    """Pixels brighter than halfway from the myocardium to the blood around them (not only the LV's).
+
+    Why local: the RV's blood is often darker than the LV's on cine (ACDC: its regions' median ~0.8 of
+    the LV's contrast; in dilated RVs with slow flow less), so one level taken from the LV cuts a dark
+    RV into small pieces or misses it, and a brighter distractor wins. Here each pixel is judged
+    against the blood within ``LOCAL_BLOOD_MM`` (that window's ``LOCAL_BLOOD_PERCENTILE``), which the
+    RV pool itself supplies. That reference is clipped between halfway and all the way to the LV blood:
+    it never raises the threshold above the LV's, and a window without blood (lung, liver) cannot pull
+    it down to the myocardium's noise, so its floor is a quarter of the way to the LV blood.
+    """
+    size = max(3, int(round(LOCAL_BLOOD_MM / spacing_mm)))
+    local = ndimage.percentile_filter(image.astype(np.float32), LOCAL_BLOOD_PERCENTILE, size=size)
+    reference = np.clip(local, muscle + BLOOD_LEVEL * (blood - muscle), blood)
+    return image > muscle + BLOOD_LEVEL * (reference - muscle)
+
+
 def _contact_arc(region: np.ndarray, angle: np.ndarray, beyond: np.ndarray) -> tuple[int, int] | None:
-    """(first angle, length) of the longest plausible arc along which ``region`` touches the LV, or None."""
+    """(first angle, length) of the longest plausible arc along which ``region`` touches the LV, or None.
+
+    Plausible: ``MIN_CONTACT_DEG`` to ``MAX_CONTACT_DEG``. A region touching more than half the LV is no
+    RV (fat around the heart, or fat joined to the RV pool); ``_touching_regions`` peels it instead.
+    """
     flags = np.zeros(len(ANGLES), bool)
     flags[angle[region & (beyond <= CONTACT_MM)]] = True
     flags = ndimage.binary_closing(np.concatenate([flags, flags, flags]), iterations=3)[len(flags):2 * len(flags)]
-    runs = [(a, n) for a, n in _runs(flags) if MIN_CONTACT_DEG <= n <= MAX_ARC_DEG]
+    runs = [(a, n) for a, n in _runs(flags) if MIN_CONTACT_DEG <= n <= MAX_CONTACT_DEG]
     return max(runs, key=lambda r: r[1]) if runs else None
 
 

@@ -169,3 +169,41 @@ def test_a_slice_without_rv_borrows_from_its_nearest_slice() -> None:
     assert anchor.found == [True, True, True, True, False]
     assert aha.angle_error_deg(float(anchor.angles_deg[4]), float(anchor.angles_deg[3])) < 1.0
     assert aha.anchor_summary(anchor)["method"] == "rv_insertion" and anchor.notes
+
+
+def test_an_rv_pool_darker_than_the_lv_blood_still_wins_over_a_small_bright_pool() -> None:
+    # real RV blood is often darker than the LV's (ACDC: ~0.8 of its contrast, dilated RVs less): an
+    # RV pool below halfway from the myocardium (0.3) to the LV blood (1.0) was missed, and the small
+    # bright beating pool where the prior points (290-350 deg, an atrium) won; judged against its own
+    # blood the RV is found
+    scenes = []
+    for _ in range(3):
+        image, motion, myo = _scene((170.0, 270.0), distractor="atrium")
+        yy, xx = np.mgrid[:64, :64].astype(float)
+        r, phi = np.hypot(yy - 31.5, xx - 31.5), np.degrees(np.arctan2(-(yy - 31.5), xx - 31.5)) % 360.0
+        image[(r >= 15) & (r < 26) & (phi >= 170) & (phi <= 270)] = 0.6
+        image[(r >= 23) & (phi >= 290) & (phi <= 350)] = 0.1  # the atrium smaller than the RV
+        scenes.append((image, motion, myo))
+    image, motion, myo = _stack(scenes)
+    anchor = aha.anchor_from_images(image, myo, np.eye(4), spacing_mm=1.0, motion=motion)
+    assert all(anchor.found)
+    for angle in anchor.angles_deg:
+        assert aha.angle_error_deg(float(angle), 170.0) <= 12.0, anchor.angles_deg
+
+
+def test_a_bright_region_touching_more_than_half_the_lv_is_not_the_rv() -> None:
+    # the RV wraps the septum only (its insertion points ~100-140 deg apart); a larger beating bright
+    # region touching the LV along 200 deg where the prior points (fat around the heart) used to win
+    scenes = []
+    for _ in range(3):
+        image, motion, myo = _scene((170.0, 240.0))
+        yy, xx = np.mgrid[:64, :64].astype(float)
+        r, phi = np.hypot(yy - 31.5, xx - 31.5), np.degrees(np.arctan2(-(yy - 31.5), xx - 31.5)) % 360.0
+        wide = (r >= 15) & (r < 26) & ((phi >= 260) | (phi <= 100))
+        image[wide], motion[wide] = 0.9, 0.3
+        scenes.append((image, motion, myo))
+    image, motion, myo = _stack(scenes)
+    anchor = aha.anchor_from_images(image, myo, np.eye(4), spacing_mm=1.0, motion=motion)
+    assert all(anchor.found)
+    for angle in anchor.angles_deg:
+        assert aha.angle_error_deg(float(angle), 170.0) <= 12.0, anchor.angles_deg
