@@ -13,9 +13,12 @@ ring of myocardium, at about the same place on consecutive slices. So:
    ``MIN_SOLIDITY``), of a cavity's size (``DIAMETER_MM``), changes over the cycle (moving border), and
    is ringed by darker tissue (>= ``MIN_RING`` of the pixels ``RING_MM`` outside it);
 3. accepted candidates are chained across slices (a pool links to one within ``LINK_MM`` on the one or
-   two slices before it); the chain with the most evidence (summed score) is the LV; its centre is the
-   area-weighted mean of its members' centres, and its extent (for sizing the crop) the farthest
-   member pixel from that centre.
+   two slices before it); the chain with the most evidence (summed score) is the LV;
+4. each member pool is grown into its cavity (``_cavity``: up to ``GROW_MM`` into tissue brighter than a
+   level between its blood and its ring's myocardium; kept only while still round and ringed), because the
+   threshold that isolates a round pool often keeps only the cavity's brightest part; the LV centre is the
+   area-weighted mean of the cavities' centres, and its extent (for sizing the crop) the farthest member
+   pool pixel from that centre.
 
 When no candidate passes, the old motion-map peak is used and the method is named
 ``temporal_std_fallback`` with the reason, so outputs can say that the crop was not checked.
@@ -43,6 +46,9 @@ MIN_SLICES = 3  # slices the LV must be found on (at most half the stack's): a 2
 THRESHOLD_FRACTIONS = (0.35, 0.45, 0.55, 0.65)  # of the way from dark (20th percentile) to bright (99th) tissue
 WALL_MM = 10.0  # LV wall added to a pool's radius when weighting slices (and sizing the crop)
 CENTRE_WEIGHT_FRACTION = 0.35  # image-centre prior: a Gaussian of this fraction of the field of view
+GROW_MM = 8.0  # how far beyond the bright pool the cavity may reach (slow-flow blood, trabeculae at its edge)
+CAVITY_LEVEL = 0.35  # of the way from the ring's dark tissue to the pool's median blood: the cavity's edge
+RING_DARK_PERCENTILE = 30.0  # the ring's myocardium level (the band also holds RV blood and fat, brighter)
 
 
 @dataclass(frozen=True)
@@ -145,10 +151,15 @@ def _curve(cine_k: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return values / (np.linalg.norm(values) or 1.0)
 
 
+def _peak(cine_k: np.ndarray, spacing: tuple[float, float], weight: np.ndarray) -> np.ndarray:
+    """The slice's frame with the most blood in view (~ED), smoothed at 1 mm: where pools are thresholded."""
+    fullest = int(np.argmax((cine_k * weight[:, :, None]).sum(axis=(0, 1))))
+    return ndimage.gaussian_filter(cine_k[:, :, fullest], sigma=(1.0 / spacing[0], 1.0 / spacing[1]))
+
+
 def _slice_candidates(k: int, cine_k: np.ndarray, spacing: tuple[float, float], weight: np.ndarray) -> list[Candidate]:
     """Accepted blood pools of one slice (``cine_k``: X x Y x T)."""
-    fullest = int(np.argmax((cine_k * weight[:, :, None]).sum(axis=(0, 1))))  # most blood in view: ~ED
-    peak = ndimage.gaussian_filter(cine_k[:, :, fullest], sigma=(1.0 / spacing[0], 1.0 / spacing[1]))
+    peak = _peak(cine_k, spacing, weight)
     motion = ndimage.gaussian_filter(cine_k.std(axis=2), sigma=(2.0 / spacing[0], 2.0 / spacing[1]))
     top_motion = float(np.percentile(motion * weight, 99.5)) or 1.0
     out: list[Candidate] = []
@@ -184,6 +195,29 @@ def _pools(k: int, cine_k: np.ndarray, peak: np.ndarray, motion: np.ndarray, thr
         out.append(Candidate(slice=k, center=(float(ci), float(cj)), area_px=int(mask.sum()), score=float(score),
                              extent_px=np.argwhere(mask), curve=_curve(cine_k, mask)))
     return out
+
+
+def _cavity(peak: np.ndarray, c: Candidate, spacing: tuple[float, float]) -> np.ndarray:
+    """The cavity around an accepted pool: the pool grown, up to ``GROW_MM``, into tissue brighter than a
+    level between the pool's blood and its ring's myocardium, holes filled.
+
+    Why: the level that makes the pool round and ringed often keeps only the cavity's brightest part
+    (slow-flowing blood and trabeculae darken the rest), whose centre is then millimetres off the LV's.
+    The grown cavity replaces the pool only while it is still round and ringed like the pool was.
+    """
+    pool = np.zeros(peak.shape, dtype=bool)
+    pool[tuple(c.extent_px.T)] = True
+    dist = ndimage.distance_transform_edt(~pool, sampling=spacing)
+    band = (dist >= RING_MM[0]) & (dist <= RING_MM[1])
+    if not band.any():
+        return pool
+    dark, blood = float(np.percentile(peak[band], RING_DARK_PERCENTILE)), float(np.median(peak[pool]))
+    level = dark + CAVITY_LEVEL * (blood - dark)
+    pieces, _ = ndimage.label(((peak > level) & (dist <= GROW_MM)) | pool)
+    grown = _smooth(np.isin(pieces, np.unique(pieces[pool])), spacing)
+    if _shape_ok(grown, spacing) is None or _ring_share(peak, grown, level, spacing) < MIN_RING:
+        return pool
+    return grown
 
 
 def _near(c: Candidate, centre: tuple[float, float], spacing: tuple[float, float]) -> float:
@@ -254,15 +288,22 @@ def locate_lv(cine: np.ndarray, spacing: tuple[float, float], fallback=None) -> 
         why = (f"no round, beating, ringed bright blood pool at the same place on {needed} slices or more"
                if cands else "no round, beating, ringed bright blood pool on any slice")
         return LvLocation(center=centre, radius_mm=None, method="temporal_std_fallback", why=why)
-    # weighted like the LV's cross-section (pool plus a wall), as the labels' centre of cavity + myocardium is
-    radii = np.sqrt(np.array([c.area_px for c in best], dtype=float) * spacing[0] * spacing[1] / np.pi)
-    areas = (radii + WALL_MM) ** 2
-    ci = float(np.average([c.center[0] for c in best], weights=areas))
-    cj = float(np.average([c.center[1] for c in best], weights=areas))
+    ci, cj = _centre(cine, best, spacing, weight)
     pts = np.concatenate([c.extent_px for c in best]).astype(float)
     radius = float(np.max(np.hypot((pts[:, 0] - ci) * spacing[0], (pts[:, 1] - cj) * spacing[1])))
     return LvLocation(center=(ci, cj), radius_mm=radius, method="blood_pool",
                       slices=tuple(sorted(c.slice for c in best)))
+
+
+def _centre(cine: np.ndarray, best: list[Candidate], spacing: tuple[float, float],
+            weight: np.ndarray) -> tuple[float, float]:
+    """Mean of the chain's cavity centres (``_cavity``), weighted like the LV's cross-section (cavity plus a
+    wall), as the labels' centre of cavity + myocardium is."""
+    cavities = [_cavity(_peak(cine[:, :, c.slice], spacing, weight), c, spacing) for c in best]
+    radii = np.sqrt(np.array([m.sum() for m in cavities], dtype=float) * spacing[0] * spacing[1] / np.pi)
+    centres = np.array([ndimage.center_of_mass(m) for m in cavities])
+    areas = (radii + WALL_MM) ** 2
+    return float(np.average(centres[:, 0], weights=areas)), float(np.average(centres[:, 1], weights=areas))
 
 
 def describe(found: LvLocation) -> dict:

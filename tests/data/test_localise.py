@@ -79,3 +79,24 @@ def test_a_vessel_brighter_than_the_lv_on_the_basal_slices_does_not_pull_the_cen
     assert found.method == "blood_pool" and len(found.slices) >= slices - 1, localise.describe(found)
     want = (lv[0] + 0.4 * (slices - 1) / 2, lv[1] - 0.3 * (slices - 1) / 2)
     assert np.hypot((found.center[0] - want[0]) * spacing[0], (found.center[1] - want[1]) * spacing[1]) <= 3.0, found
+
+
+def test_a_cavity_whose_blood_is_dim_on_one_side_is_centred_on_the_whole_cavity() -> None:
+    """Slow-flowing blood darkens one side of the cavity below every pool threshold, so the bright pool
+    is the cavity less that side; its centre was 4.5 mm off. The cavity grown from the pool into tissue
+    brighter than a level between its blood and its dark ring recovers the whole cavity and its centre."""
+    shape, slices, frames, spacing = (96, 96), 6, 8, (1.5, 1.5)
+    cine = np.full(shape + (slices, frames), 0.25, dtype=np.float32)  # chest wall and liver
+    lv = (50.0, 47.0)
+    rows = np.mgrid[0:shape[0], 0:shape[1]][0]
+    for k in range(slices):
+        for t in range(frames):
+            squeeze = np.sin(np.pi * t / frames)
+            cine[_disc(shape, lv, 20.0 - 1.5 * squeeze), k, t] = 0.1  # myocardium, darker than its surroundings
+            pool = _disc(shape, lv, 13.0 - 4.0 * squeeze)
+            cine[pool, k, t] = 0.75
+            cine[pool & (rows > lv[0] + 4), k, t] = 0.36  # dim blood beyond a chord 4 px from the centre
+    cine += np.random.default_rng(0).normal(0.0, 0.01, cine.shape).astype(np.float32)
+    found = localise.locate_lv(cine, spacing)
+    assert found.method == "blood_pool" and len(found.slices) == slices, localise.describe(found)
+    assert np.hypot((found.center[0] - lv[0]) * spacing[0], (found.center[1] - lv[1]) * spacing[1]) <= 2.5, found
