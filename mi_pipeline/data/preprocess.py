@@ -11,6 +11,7 @@ through it); the in-plane axes are put in a canonical order and sign so subjects
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from mi_pipeline.errors import InputError
 # phantom hearts (pool radius 23-29 mm) off the 64 x 1.6 mm grid their models were trained on; kept at 22
 CROP_MARGIN_MM = 22.0
 SPACING_TOLERANCE = 0.03  # a heart that nearly fits keeps the configured grid (and the cache its content)
+SPACING_QUANTUM = 1000.0  # crop spacings are whole micrometres (per mm)
 
 
 def canonical_inplane(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -96,6 +98,9 @@ def crop_spacing(raw: RawSubject, center: tuple[float, float], cfg: DataConfig,
     if need is None:
         return cfg.spacing_mm
     wanted = 2.0 * need / (cfg.crop - 2)  # the outermost pixel ring stays clear
+    # up to the next micrometre: the same cine read from DICOM or NIfTI (another summation order) gives
+    # the same grid bit for bit, not one 1e-9 mm apart whose interpolation differs in the last bits
+    wanted = math.ceil(wanted * SPACING_QUANTUM) / SPACING_QUANTUM
     return wanted if wanted > cfg.spacing_mm * (1.0 + SPACING_TOLERANCE) else cfg.spacing_mm
 
 
