@@ -139,7 +139,8 @@ def fit(task: TrainTask, optim: OptimConfig, ctx: FitContext) -> TrainState:
     if world.distributed:
         log.info(f"data parallel: rank {world.rank} of {world.size}")
     if state.epoch >= optim.epochs:
-        log.info(f"already trained: {state.epoch}/{optim.epochs} epochs, best {task.metric_name}={state.best_metric}")
+        log.info(f"already trained: {state.epoch}/{optim.epochs} epochs, "
+                 f"best {chosen_metric_name(task.metric_name, optim.best_window)}={state.best_metric}")
         log.close()
         return state
     if perf != PerformanceConfig():
@@ -323,6 +324,12 @@ def window_mean(recent: list[float]) -> float | None:
     return sum(recent) / len(recent)
 
 
+def chosen_metric_name(metric_name: str, best_window: int) -> str:
+    """The name of what chooses ``best_model.pth``: the metric, or its mean over ``best_window`` epochs
+    (the metrics record carries it under this name; status shows the best under it, not the raw name)."""
+    return f"{metric_name}_mean{best_window}" if best_window > 1 else metric_name
+
+
 def _epoch_line(state: TrainState, epochs: int, metric_name: str, metrics: dict[str, float], improved: bool) -> str:
     shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("lr", "seconds"))
     mark = " (best)" if improved else ""
@@ -373,7 +380,7 @@ class _Saver:
             state.recent_metrics = [*state.recent_metrics, math.nan if value is None else value][-self.best_window:]
             chosen = window_mean(state.recent_metrics)
             if chosen is not None:
-                metrics[f"{task.metric_name}_mean{self.best_window}"] = chosen
+                metrics[chosen_metric_name(task.metric_name, self.best_window)] = chosen
         else:
             chosen = metrics.get(task.metric_name)
         improved = _is_better(chosen, state.best_metric, task.higher_is_better)

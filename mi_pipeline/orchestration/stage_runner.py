@@ -22,7 +22,16 @@ from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.determinism import pick_device, setup_determinism
 from mi_pipeline.engine.distributed import World, device_for, init_world, shutdown
 from mi_pipeline.engine.runlog import StageLog
-from mi_pipeline.engine.trainer import RESUME_KEYS, FitContext, Interrupted, StartFrom, TrainState, fit, set_aside
+from mi_pipeline.engine.trainer import (
+    RESUME_KEYS,
+    FitContext,
+    Interrupted,
+    StartFrom,
+    TrainState,
+    chosen_metric_name,
+    fit,
+    set_aside,
+)
 from mi_pipeline.errors import CheckpointError, UserError
 from mi_pipeline.graph import UPSTREAM
 from mi_pipeline.layout import RunLayout
@@ -206,9 +215,10 @@ def _run_model_stage(stage: str, cfg: Config, layout: RunLayout, update: StageRe
 
     optim = getattr(cfg, stage)
     task = make_task(stage, cfg, layout.root)
+    chosen_by = chosen_metric_name(task.metric_name, optim.best_window)
 
     def on_epoch(state: TrainState, metrics: dict[str, float]) -> None:
-        update(epoch=state.epoch, epochs=optim.epochs, best_metric=state.best_metric, metric_name=task.metric_name)
+        update(epoch=state.epoch, epochs=optim.epochs, best_metric=state.best_metric, metric_name=chosen_by)
 
     ctx = FitContext(ckpt_dir=layout.ckpt_dir(stage), log=log, seed=cfg.seed, config_hash=stage_hash(cfg, stage),
                      accept_config_change=decision.accept_config_change,
@@ -217,8 +227,8 @@ def _run_model_stage(stage: str, cfg: Config, layout: RunLayout, update: StageRe
                      start_from=StartFrom(decision.payload))
     state = fit(task, optim, ctx)
     update(status="done", epoch=state.epoch, epochs=optim.epochs, best_metric=state.best_metric,
-           metric_name=task.metric_name, finished=now(), pid=None, error=None, note=None)
-    log.info(f"{stage} done: best {task.metric_name}={state.best_metric} at epoch {state.best_epoch}")
+           metric_name=chosen_by, finished=now(), pid=None, error=None, note=None)
+    log.info(f"{stage} done: best {chosen_by}={state.best_metric} at epoch {state.best_epoch}")
     return 0
 
 

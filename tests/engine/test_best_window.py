@@ -3,6 +3,7 @@ and the window survives a stop and resume (it is part of last.pth's state)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from mi_pipeline.config import OptimConfig, PerformanceConfig
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.runlog import StageLog
-from mi_pipeline.engine.trainer import FitContext, Interrupted, fit, window_mean
+from mi_pipeline.engine.trainer import FitContext, Interrupted, chosen_metric_name, fit, window_mean
 from tests.engine.toy_task import ToyTask
 
 # a lucky epoch 2, then a steady climb: one epoch alone picks 2, a 3-epoch mean picks 6
@@ -68,3 +69,16 @@ def test_a_missing_value_keeps_its_window_out_of_the_choice() -> None:
     assert window_mean([0.5, float("nan"), 0.9]) is None
     assert window_mean([0.5, 0.7]) == pytest.approx(0.6)
     assert window_mean([]) is None
+
+
+def test_the_best_is_shown_under_the_name_of_what_chose_it(tmp_path: Path) -> None:
+    """With a window the best value is a mean: logs, metrics and status name it ``<metric>_mean<N>``, not the
+    raw metric (whose value that epoch may be lower)."""
+    assert chosen_metric_name("dice", 1) == "dice" and chosen_metric_name("dice", 5) == "dice_mean5"
+    _fit(tmp_path, _Scripted(), 3)
+    _fit(tmp_path, _Scripted(done=len(SCRIPT)), 3)  # already trained: says so, with its best
+    log = (tmp_path / "logs" / "toy" / "train.log").read_text()
+    shown = re.search(r"already trained: 6/6 epochs, best neg_mse_mean3=(\S+)", log)
+    assert shown is not None, log[-400:]
+    assert float(shown.group(1)) == pytest.approx(sum(SCRIPT[3:6]) / 3)
+    assert "best neg_mse=" not in log
