@@ -5,7 +5,7 @@ CPU at every stage (re)start (measured in the peers race's resume start-up colum
 cost the peers did not pay). An event file of scalars is small and fixed: TFRecord framing (length,
 masked CRC-32C of the length, payload, masked CRC-32C of the payload) around protobuf ``Event`` messages
 (``wall_time`` = 1, ``step`` = 2, ``file_version`` = 3, ``summary`` = 5; a ``Summary.Value`` holds
-``tag`` = 1 and ``simple_value`` = 2), the same bytes ``SummaryWriter.add_scalar`` writes. TensorBoard
+``tag`` = 1 and ``simple_value`` = 2), byte for byte what TensorBoard's own protobufs serialise. TensorBoard
 reads it as usual (``tensorboard --logdir``; tests read it back with TensorBoard's own loader).
 """
 
