@@ -1,8 +1,8 @@
 """TensorBoard event files of scalars, written without importing TensorBoard.
 
 Why our own writer: ``torch.utils.tensorboard`` imports the ``tensorboard`` package and protobuf, ~0.3 s of
-CPU at every stage (re)start (measured in the peers race's resume start-up column, where it was the one
-cost the peers did not pay). An event file of scalars is small and fixed: TFRecord framing (length,
+CPU at every stage (re)start (timed import, 0.27-0.30 s on the development VM): a cost the peers in the
+resume start-up race (docs/PERFORMANCE.md) did not pay. An event file of scalars is small and fixed: TFRecord framing (length,
 masked CRC-32C of the length, payload, masked CRC-32C of the payload) around protobuf ``Event`` messages
 (``wall_time`` = 1, ``step`` = 2, ``file_version`` = 3, ``summary`` = 5; a ``Summary.Value`` holds
 ``tag`` = 1 and ``simple_value`` = 2), byte for byte what TensorBoard's own protobufs serialise. TensorBoard
