@@ -98,6 +98,13 @@ def test_rv_label_code_in_the_cache_is_used_first() -> None:
     assert anchor.method == "rv_labels" and anchor.warning is None
 
 
+def _polar(h: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(radius in pixels, angle in degrees in ``aha``'s convention) of every pixel around the slice centre."""
+    yy, xx = np.mgrid[:h, :h].astype(float)
+    c = (h - 1) / 2
+    return np.hypot(yy - c, xx - c), np.degrees(np.arctan2(-(yy - c), xx - c)) % 360.0
+
+
 def _scene(rv_deg: tuple[float, float] | None, distractor: str | None = None, h: int = 64
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image, motion, myo) of one slice: LV ring, a beating RV pool over ``rv_deg`` and maybe a distractor.
@@ -107,10 +114,7 @@ def _scene(rv_deg: tuple[float, float] | None, distractor: str | None = None, h:
     heart 3-5 mm outside the epicardium, joined to the RV pool; ``"atrium"``, a beating pool touching
     the LV over 290-350 degrees, where the RV prior peaks for these axes.
     """
-    yy, xx = np.mgrid[:h, :h].astype(float)
-    c = (h - 1) / 2
-    r = np.hypot(yy - c, xx - c)
-    phi = np.degrees(np.arctan2(-(yy - c), xx - c)) % 360.0
+    r, phi = _polar(h)
     image, motion = np.full((h, h), 0.1, np.float32), np.full((h, h), 0.02, np.float32)
     myo = (r >= 10) & (r < 15)
     image[myo], image[r < 10], motion[r < 10] = 0.3, 1.0, 0.3
@@ -129,6 +133,15 @@ def _scene(rv_deg: tuple[float, float] | None, distractor: str | None = None, h:
 
 def _stack(scenes: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
     return tuple(np.stack([s[i] for s in scenes]) for i in range(3))
+
+
+def _assert_found_near(scenes: list[tuple[np.ndarray, np.ndarray, np.ndarray]], angle_deg: float) -> None:
+    """The stack's insertion found from the images on every slice, within 12 degrees of ``angle_deg``."""
+    image, motion, myo = _stack(scenes)
+    anchor = aha.anchor_from_images(image, myo, np.eye(4), spacing_mm=1.0, motion=motion)
+    assert all(anchor.found)
+    for angle in anchor.angles_deg:
+        assert aha.angle_error_deg(float(angle), angle_deg) <= 12.0, anchor.angles_deg
 
 
 @pytest.mark.parametrize("with_motion", [True, False])
@@ -179,16 +192,11 @@ def test_an_rv_pool_darker_than_the_lv_blood_still_wins_over_a_small_bright_pool
     scenes = []
     for _ in range(3):
         image, motion, myo = _scene((170.0, 270.0), distractor="atrium")
-        yy, xx = np.mgrid[:64, :64].astype(float)
-        r, phi = np.hypot(yy - 31.5, xx - 31.5), np.degrees(np.arctan2(-(yy - 31.5), xx - 31.5)) % 360.0
+        r, phi = _polar()
         image[(r >= 15) & (r < 26) & (phi >= 170) & (phi <= 270)] = 0.6
         image[(r >= 23) & (phi >= 290) & (phi <= 350)] = 0.1  # the atrium smaller than the RV
         scenes.append((image, motion, myo))
-    image, motion, myo = _stack(scenes)
-    anchor = aha.anchor_from_images(image, myo, np.eye(4), spacing_mm=1.0, motion=motion)
-    assert all(anchor.found)
-    for angle in anchor.angles_deg:
-        assert aha.angle_error_deg(float(angle), 170.0) <= 12.0, anchor.angles_deg
+    _assert_found_near(scenes, 170.0)
 
 
 def test_a_bright_region_touching_more_than_half_the_lv_is_not_the_rv() -> None:
@@ -197,13 +205,8 @@ def test_a_bright_region_touching_more_than_half_the_lv_is_not_the_rv() -> None:
     scenes = []
     for _ in range(3):
         image, motion, myo = _scene((170.0, 240.0))
-        yy, xx = np.mgrid[:64, :64].astype(float)
-        r, phi = np.hypot(yy - 31.5, xx - 31.5), np.degrees(np.arctan2(-(yy - 31.5), xx - 31.5)) % 360.0
+        r, phi = _polar()
         wide = (r >= 15) & (r < 26) & ((phi >= 260) | (phi <= 100))
         image[wide], motion[wide] = 0.9, 0.3
         scenes.append((image, motion, myo))
-    image, motion, myo = _stack(scenes)
-    anchor = aha.anchor_from_images(image, myo, np.eye(4), spacing_mm=1.0, motion=motion)
-    assert all(anchor.found)
-    for angle in anchor.angles_deg:
-        assert aha.angle_error_deg(float(angle), 170.0) <= 12.0, anchor.angles_deg
+    _assert_found_near(scenes, 170.0)
