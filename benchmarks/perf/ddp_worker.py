@@ -15,7 +15,7 @@ import torch
 from benchmarks.perf.probe import ProbedTask, run_engine
 from mi_pipeline.config import load_config
 from mi_pipeline.engine.determinism import setup_determinism
-from mi_pipeline.engine.distributed import init_world, shutdown
+from mi_pipeline.engine.distributed import process_group
 from mi_pipeline.stages.registry import make_task
 
 
@@ -32,14 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     device = torch.device("cpu")
-    world = init_world(device)
-    try:
+    with process_group(device) as world:
         setup_determinism(cfg.seed, args.threads, cfg.deterministic, device)
         probe = ProbedTask(make_task("motion", cfg, args.run_dir))
         folder = args.folder / f"rank{world.rank}"  # each rank clears only its own scratch folder
         times = run_engine(probe, cfg.motion, folder, device, cfg.seed, args.warmup, args.steps, world=world)
-    finally:
-        shutdown(world)
     if world.is_main:
         args.out.write_text(json.dumps({"step_s": times.step_s, "world_size": world.size, "threads": args.threads}))
     return 0

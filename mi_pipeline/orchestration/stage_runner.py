@@ -20,7 +20,7 @@ import torch
 from mi_pipeline.config import Config, stage_hash, to_dict
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.determinism import pick_device, setup_determinism
-from mi_pipeline.engine.distributed import World, device_for, init_world, shutdown
+from mi_pipeline.engine.distributed import World, device_for, process_group
 from mi_pipeline.engine.runlog import StageLog
 from mi_pipeline.engine.trainer import (
     RESUME_KEYS,
@@ -94,14 +94,10 @@ def train_stage(stage: str, cfg: Config, layout: RunLayout, *, force: bool = Fal
         raise UserError(f"{layout.root}: the data stage of a k-fold run runs at the run top "
                         f"({layout.top.root}), not in a fold")
     device = pick_device(cfg.device)
-    world = init_world(device)
-    device = device_for(world, device)
-    try:
-        return _train_stage(stage, cfg, layout, world, device, force=force, restart=restart,
+    with process_group(device) as world:
+        return _train_stage(stage, cfg, layout, world, device_for(world, device), force=force, restart=restart,
                             restart_token=restart_token, on_upstream_change=on_upstream_change,
                             stop=stop or StopFlag(), interrupted_status=interrupted_status)
-    finally:
-        shutdown(world)
 
 
 def _train_stage(stage: str, cfg: Config, layout: RunLayout, world: World, device: torch.device, *, force: bool,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mi_pipeline.engine.distributed import LEAVE_TIMEOUT
 from tests.engine.test_trainer import RUN_TOY
 from tests.helpers import (
     assert_same_weights,
@@ -23,6 +24,7 @@ from tests.helpers import (
 )
 
 EPOCHS = 4
+FAIL_ONE_RANK = Path(__file__).resolve().parents[1] / "processes" / "fail_one_rank.py"
 
 
 def start_ddp(run_dir: Path, sleep_s: float = 0.0) -> subprocess.Popen:
@@ -58,3 +60,14 @@ def test_two_rank_run_writes_once_and_resumes_exactly_after_a_signal(tmp_path: P
     _out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert_same_weights(model_weights(last(run_dir)), model_weights(last(reference)))
+
+
+@pytest.mark.parametrize("failing_rank", [0, 1])
+def test_a_failing_rank_does_not_hold_the_others_at_the_exit(failing_rank: int) -> None:
+    """Clean ranks wait for their peers before leaving the group, but not for one that failed."""
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(FAIL_ONE_RANK), str(failing_rank)],
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _out, err = proc.communicate(timeout=LEAVE_TIMEOUT.total_seconds() - 15)  # well before the wait's own bound
+    assert proc.returncode != 0
+    assert f"rank {failing_rank} failed on purpose" in err

@@ -17,7 +17,7 @@ from toy_task import ToyTask  # noqa: E402
 
 from mi_pipeline.config import OptimConfig  # noqa: E402
 from mi_pipeline.engine.determinism import setup_determinism  # noqa: E402
-from mi_pipeline.engine.distributed import init_world, shutdown  # noqa: E402
+from mi_pipeline.engine.distributed import process_group  # noqa: E402
 from mi_pipeline.engine.runlog import StageLog  # noqa: E402
 from mi_pipeline.engine.trainer import FitContext, Interrupted, fit  # noqa: E402
 
@@ -28,19 +28,17 @@ def main() -> int:
     config_hash = sys.argv[4] if len(sys.argv) > 4 else "toyhash"
     stop = {"flag": False}
     signal.signal(signal.SIGUSR2, lambda *_: stop.__setitem__("flag", True))
-    world = init_world(torch.device("cpu"))  # torchrun sets RANK/WORLD_SIZE for data-parallel runs
-    setup_determinism(seed=7, threads=1, deterministic=True, device=torch.device("cpu"))
-    log = StageLog(run_dir / "logs" / "toy", "toy", files=world.is_main)
-    ctx = FitContext(ckpt_dir=run_dir / "checkpoints" / "toy", log=log, seed=7, config_hash=config_hash,
-                     config={"toy": True}, device=torch.device("cpu"), world=world,
-                     stop_requested=lambda: stop["flag"])
-    optim = OptimConfig(epochs=epochs, batch_size=8, lr=1e-2, lr_schedule="cosine")
-    try:
-        fit(ToyTask(sleep_s=sleep_s), optim, ctx)
-    except Interrupted:
-        return 75
-    finally:
-        shutdown(world)
+    with process_group(torch.device("cpu")) as world:  # torchrun sets RANK/WORLD_SIZE for data-parallel runs
+        setup_determinism(seed=7, threads=1, deterministic=True, device=torch.device("cpu"))
+        log = StageLog(run_dir / "logs" / "toy", "toy", files=world.is_main)
+        ctx = FitContext(ckpt_dir=run_dir / "checkpoints" / "toy", log=log, seed=7, config_hash=config_hash,
+                         config={"toy": True}, device=torch.device("cpu"), world=world,
+                         stop_requested=lambda: stop["flag"])
+        optim = OptimConfig(epochs=epochs, batch_size=8, lr=1e-2, lr_schedule="cosine")
+        try:
+            fit(ToyTask(sleep_s=sleep_s), optim, ctx)
+        except Interrupted:
+            return 75
     return 0
 
 
