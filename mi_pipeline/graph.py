@@ -6,6 +6,9 @@ Pure data with no imports, so the config (which hashes a stage's sections) and t
 
     data --> motion -------+
          \-> registration -+--> segmentation
+
+Without LGE images registration is left out; segmentation then depends on motion alone and learns the
+myocardium only, from cine labels, if the data has them (``left_out``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,23 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
 NEEDS_LGE: tuple[str, ...] = ("registration", "segmentation")
 """Stages that learn from LGE images (registration aligns cine to LGE; segmentation learns from LGE
 labels carried into cine space): a cine-only dataset leaves them out."""
+
+CINE_LABELS_SUFFICE: tuple[str, ...] = ("segmentation",)
+"""Of ``NEEDS_LGE``, those expert cine labels can teach instead: segmentation's myocardium part, from the
+cine ED labels (no registration, no infarct class), when the data has no LGE but has cine labels."""
+
+
+def left_out(lge: bool | None, cine_labels: bool | None) -> tuple[str, ...]:
+    """The stages the data cannot feed: without LGE (``lge`` False), those that learn from it, except
+    those cine labels teach when every subject has them (``cine_labels`` True); None = not known yet."""
+    if lge is not False:
+        return ()
+    return tuple(s for s in NEEDS_LGE if not (cine_labels is True and s in CINE_LABELS_SUFFICE))
+
+
+def upstream(stage: str, omitted: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """``UPSTREAM[stage]`` less the stages left out (``omitted``): nothing to wait on, no model to read."""
+    return tuple(up for up in UPSTREAM[stage] if up not in omitted)
 
 
 def downstream(stage: str) -> list[str]:

@@ -106,9 +106,10 @@ def load_subject(run_dir: Path, subject_id: str) -> Subject:
     )
 
 
-def write_manifest(run_dir: Path, subject_ids: list[str], data_hash: str, lge_subjects: int | None = None) -> None:
+def write_manifest(run_dir: Path, subject_ids: list[str], data_hash: str, lge_subjects: int | None = None,
+                   cine_label_subjects: int | None = None) -> None:
     manifest = {"version": CACHE_VERSION, "data_hash": data_hash, "subjects": sorted(subject_ids),
-                "lge_subjects": lge_subjects}
+                "lge_subjects": lge_subjects, "cine_label_subjects": cine_label_subjects}
     atomic_write_text(cache_dir(run_dir) / "manifest.json", json.dumps(manifest, indent=1) + "\n")
 
 
@@ -214,8 +215,27 @@ def lge_available(cfg: Config, run_dir: Path) -> bool | None:
     M&Ms are cine-only); None when nothing can say yet (a dataset not prepared, or a cache made
     before the manifest counted LGE images).
     """
-    manifest = read_manifest(Path(run_dir))
-    if (manifest is not None and manifest.get("data_hash") == stage_hash(cfg, "data")
-            and isinstance(manifest.get("lge_subjects"), int)):
-        return manifest["lge_subjects"] > 0
+    counted = _counted(cfg, run_dir, "lge_subjects")
+    if counted is not None:
+        return counted[0] > 0
     return False if cfg.data.format in CINE_ONLY_FORMATS else None
+
+
+def cine_labels_available(cfg: Config, run_dir: Path) -> bool | None:
+    """Whether every subject of this run's data has cine labels (segmentation's myocardium part can learn
+    from them when there is no LGE), decided like ``lge_available``: the prepared cache's count first;
+    before the data is prepared, True for ACDC and M&Ms (their adapters refuse a subject without its
+    label file); None when nothing can say yet."""
+    counted = _counted(cfg, run_dir, "cine_label_subjects")
+    if counted is not None:
+        return counted[0] == counted[1] > 0
+    return True if cfg.data.format in CINE_ONLY_FORMATS else None
+
+
+def _counted(cfg: Config, run_dir: Path, key: str) -> tuple[int, int] | None:
+    """(the manifest's ``key`` count, its subjects) of a cache prepared under this config, else None."""
+    manifest = read_manifest(Path(run_dir))
+    if (manifest is None or manifest.get("data_hash") != stage_hash(cfg, "data")
+            or not isinstance(manifest.get(key), int) or not isinstance(manifest.get("subjects"), list)):
+        return None
+    return manifest[key], len(manifest["subjects"])

@@ -32,6 +32,7 @@ class Outcome:
     warning: str | None = None
     cine_shape: tuple[int, ...] = ()
     lge_shape: tuple[int, ...] = ()
+    cine_labels: bool = False  # the cached subject has cine labels (counted in the manifest)
 
 
 def prepare_subjects(cfg: Config, root: Path, ids: list[str], staging: Path,
@@ -81,7 +82,8 @@ def prepare_one(cfg: Config, root: Path, sid: str, staging: Path, *, validate_on
                    f"data.crop x data.spacing_mm = {cfg.data.crop * cfg.data.spacing_mm:.0f} mm")
     cache.save_subject(staging, subject)
     return Outcome(sid, warning=warning, cine_shape=tuple(subject.cine.shape),
-                   lge_shape=tuple(subject.lge.shape) if subject.lge is not None else ())
+                   lge_shape=tuple(subject.lge.shape) if subject.lge is not None else (),
+                   cine_labels=subject.cine_label is not None)
 
 
 def _touches_border(subject: cache.Subject) -> bool:

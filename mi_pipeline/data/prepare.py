@@ -165,7 +165,8 @@ def prepare_data(cfg: Config, run_dir: Path, log: Callable[[str], None] = print)
     cache.write_splits(run_dir, splits)
     cache.write_exclusions(run_dir, excluded)
     cache.write_manifest(run_dir, ids, data_hash=config_mod.stage_hash(cfg, "data"),
-                         lge_subjects=sum(1 for o in outcomes if not o.error and o.lge_shape))
+                         lge_subjects=sum(1 for o in outcomes if not o.error and o.lge_shape),
+                         cine_label_subjects=sum(1 for o in outcomes if not o.error and o.cine_labels))
     seconds = round(time.monotonic() - start, 2)
     good = next(o for o in outcomes if not o.error)
     summary = {

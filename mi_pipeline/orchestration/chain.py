@@ -15,7 +15,7 @@ from typing import Literal
 
 from mi_pipeline.config import Config
 from mi_pipeline.errors import UserError
-from mi_pipeline.graph import UPSTREAM
+from mi_pipeline.graph import upstream
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.plan import Step
 from mi_pipeline.orchestration.progress import ProgressFile, now
@@ -38,7 +38,7 @@ def plan_lines(cfg: Config, root: Path, fold: int | None = None) -> list[str]:
     models train in the folds); with ``fold`` it is that fold's model stages, waiting on the data
     job when it is still queued (a ``keep data`` line), never submitting data themselves.
     """
-    from mi_pipeline.data.cache import data_is_prepared, lge_available
+    from mi_pipeline.data.cache import cine_labels_available, data_is_prepared, lge_available
     from mi_pipeline.orchestration.plan import make_plan
 
     top = RunLayout(root)
@@ -47,8 +47,9 @@ def plan_lines(cfg: Config, root: Path, fold: int | None = None) -> list[str]:
 
         check_fold(fold, cfg.cv.folds, f"{root} (cv.folds={cfg.cv.folds})")
     top_file = _progress_file(root)
-    lge = lge_available(cfg, root)
-    top_steps = make_plan("resume", top, top_file.read(), data_ready=data_is_prepared(cfg, root), lge=lge)
+    lge, labels = lge_available(cfg, root), cine_labels_available(cfg, root)
+    top_steps = make_plan("resume", top, top_file.read(), data_ready=data_is_prepared(cfg, root), lge=lge,
+                          cine_labels=labels)
     if fold is None:
         if not cfg.cv.folds:
             return [str(line) for line in _entries(top_steps, top_file)]
@@ -66,7 +67,8 @@ def plan_lines(cfg: Config, root: Path, fold: int | None = None) -> list[str]:
     layout = top.fold(fold)
     layout.root.mkdir(parents=True, exist_ok=True)
     fold_file = _progress_file(layout.root)
-    steps = make_plan("resume", layout, fold_file.read(), data_ready=data_is_prepared(cfg, layout.root), lge=lge)
+    steps = make_plan("resume", layout, fold_file.read(), data_ready=data_is_prepared(cfg, layout.root), lge=lge,
+                      cine_labels=labels)
     return [str(line) for line in (data, *_entries(steps[1:], fold_file))]
 
 
@@ -91,6 +93,7 @@ def _entries(steps: list[Step], progress_file: ProgressFile) -> list[ChainLine]:
                 if s.run and progress.stages[s.stage].executor == "slurm" and progress.stages[s.stage].job_id}
     states = job_states(list(recorded.values()))  # type: ignore[arg-type]
     lines = []
+    omitted = tuple(s.stage for s in steps if s.left_out)  # no job to wait on
     for step in steps:
         job_id = recorded.get(step.stage)
         if not step.run:
@@ -98,9 +101,9 @@ def _entries(steps: list[Step], progress_file: ProgressFile) -> list[ChainLine]:
         elif job_id and states.get(job_id) in ACTIVE_STATES:
             lines.append(ChainLine("keep", step.stage, (job_id, states[job_id])))
         else:
-            upstream = ",".join(u for u in UPSTREAM[step.stage]) or "-"
+            ups = ",".join(upstream(step.stage, omitted)) or "-"
             token = plan_restart(step, progress_file) or "-"
-            lines.append(ChainLine("run", step.stage, (token, upstream, step.reason)))
+            lines.append(ChainLine("run", step.stage, (token, ups, step.reason)))
     return lines
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mi_pipeline.config import Config, config_changes, only_longer_training, stage_hash
 from mi_pipeline.errors import UserError
-from mi_pipeline.graph import MODEL_STAGES, NEEDS_LGE, STAGES, downstream
+from mi_pipeline.graph import CINE_LABELS_SUFFICE, MODEL_STAGES, STAGES, downstream, left_out
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.health import CheckpointHealth, inspect_stage
 from mi_pipeline.orchestration.progress import Progress
@@ -30,40 +30,57 @@ class Step:
 
 
 def make_plan(mode: str, layout: RunLayout, progress: Progress, data_ready: bool, cfg: Config | None = None,
-              *, retrain_from: str | None = None, force: bool = False, lge: bool | None = None) -> list[Step]:
+              *, retrain_from: str | None = None, force: bool = False, lge: bool | None = None,
+              cine_labels: bool | None = None) -> list[Step]:
     """What each stage does under ``mode``. With ``cfg``, a finished stage whose config changed since it
     was trained needs a decision (``decide``), unless only its epoch count went up (then it continues)
     or ``force`` keeps it; ``retrain_from`` retrains that stage and its dependants (old files kept aside).
-    ``lge`` False (a cine-only dataset) leaves out the stages that learn from LGE images."""
+    ``lge`` False (a cine-only dataset) leaves out the stages that learn from LGE images, but with
+    ``cine_labels`` True segmentation runs on them, for the myocardium only (``graph.left_out``)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
-    if lge is False and retrain_from in NEEDS_LGE:
+    omitted = left_out(lge, cine_labels)
+    if retrain_from in omitted:
         raise UserError(f"--retrain-from {retrain_from}: this run's data has no LGE images, which {retrain_from} "
                         f"learns from (it is left out of the plan)")
     if mode == "fresh":
-        return _leave_out([Step(s, True, "fresh run") for s in STAGES], lge)
+        return _cine_labels_note([_leave_out(Step(s, True, "fresh run"), omitted) for s in STAGES], lge)
     health = {s: inspect_stage(layout, s) for s in MODEL_STAGES}  # each stage's files read once
-    steps = {s: _decide(mode, s, health.get(s), progress, data_ready) for s in STAGES}
+    steps = {s: _leave_out(_decide(mode, s, health.get(s), progress, data_ready), omitted) for s in STAGES}
     if cfg is not None and mode == "resume":
         for stage in MODEL_STAGES:
-            if not steps[stage].run:
+            if not steps[stage].run and not steps[stage].left_out:
                 steps[stage] = _config_check(stage, steps[stage], cfg, health[stage], force)
     if retrain_from is not None:
         for stage in (retrain_from, *downstream(retrain_from)):
-            steps[stage] = Step(stage, True, f"retrain from {retrain_from} requested", restart=stage != "data")
+            if not steps[stage].left_out:
+                steps[stage] = Step(stage, True, f"retrain from {retrain_from} requested", restart=stage != "data")
     for stage in STAGES:  # a stage that reruns makes its dependants stale
         if steps[stage].run:
             for child in downstream(stage):
-                if not steps[child].run:
+                if not steps[child].run and not steps[child].left_out:
                     steps[child] = Step(child, True, f"depends on {stage}, which runs")
-    return _leave_out([steps[s] for s in STAGES], lge)
+    return _cine_labels_note([steps[s] for s in STAGES], lge)
 
 
-def _leave_out(steps: list[Step], lge: bool | None) -> list[Step]:
+NO_LGE = "the data has no LGE images, which this stage learns from (a cine-only dataset)"
+MYOCARDIUM_ONLY = "trains the myocardium only, from the cine ED labels, because the data has no LGE images"
+
+
+def _leave_out(step: Step, omitted: tuple[str, ...]) -> Step:
+    """A stage the data cannot feed: ``leave``, saying why (not run, and not done either)."""
+    if step.stage not in omitted:
+        return step
+    why = NO_LGE + (" and no cine labels to learn from instead" if step.stage in CINE_LABELS_SUFFICE else "")
+    return Step(step.stage, False, f"left out: {why}", left_out=True)
+
+
+def _cine_labels_note(steps: list[Step], lge: bool | None) -> list[Step]:
+    """Without LGE, a stage cine labels teach says what it learns (and that registration is left out)."""
     if lge is not False:
         return steps
-    why = "left out: the data has no LGE images, which this stage learns from (a cine-only dataset)"
-    return [Step(s.stage, False, why, left_out=True) if s.stage in NEEDS_LGE else s for s in steps]
+    return [replace(s, reason=f"{s.reason}; {MYOCARDIUM_ONLY} (registration left out)")
+            if s.stage in CINE_LABELS_SUFFICE and not s.left_out else s for s in steps]
 
 
 def _decide(mode: str, stage: str, health: CheckpointHealth | None, progress: Progress, data_ready: bool) -> Step:

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from mi_pipeline.config import Config, load_config
 from mi_pipeline.errors import UserError
-from mi_pipeline.graph import UPSTREAM
+from mi_pipeline.graph import upstream
 from mi_pipeline.orchestration import jobs
 from mi_pipeline.orchestration.container import python_command
 from mi_pipeline.orchestration.local_executor import StageCommand, plan_restart
@@ -128,6 +128,7 @@ def run_slurm(steps: list[Step], command: StageCommand, progress: ProgressFile, 
                                   [command.config.parent] if command.config else [])
     check_resources(cfg, [s.stage for s in to_submit], cluster_partitions())
     job_of: dict[str, str] = dict(upstream_jobs or {})
+    omitted = tuple(s.stage for s in steps if s.left_out)  # the data cannot feed them: nothing to wait on
     batch.records.append(progress)
     folder = job_folder(command.run_dir, cfg)
     for step in steps:
@@ -139,7 +140,7 @@ def run_slurm(steps: list[Step], command: StageCommand, progress: ProgressFile, 
             job_of[step.stage] = job_id
             print(f"  {step.stage}: job {job_id} is {live[job_id]}: kept (no duplicate submitted)")
             continue
-        deps = [job_of[up] for up in UPSTREAM[step.stage] if up in job_of]
+        deps = [job_of[up] for up in upstream(step.stage, omitted) if up in job_of]
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cfg.slurm.max_requeues,
                                          slurm_python=slurm_python)
         executor.update_parameters(**slurm_parameters(cfg, step.stage, command.run_dir, deps))

@@ -17,6 +17,7 @@ import traceback
 
 import torch
 
+from mi_pipeline import graph
 from mi_pipeline.config import Config, stage_hash, to_dict
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.determinism import pick_device, setup_determinism
@@ -33,7 +34,6 @@ from mi_pipeline.engine.trainer import (
     set_aside,
 )
 from mi_pipeline.errors import CheckpointError, UserError
-from mi_pipeline.graph import UPSTREAM
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration import lease
 from mi_pipeline.orchestration.progress import ProgressFile, now
@@ -128,7 +128,7 @@ def _train_stage(stage: str, cfg: Config, layout: RunLayout, world: World, devic
             try:
                 restart = _take_restart_token(stage, layout, progress, restart, restart_token, log)
                 if stage != "data":
-                    upstream = _upstream_fingerprints(stage, layout)
+                    upstream = _upstream_fingerprints(stage, cfg, layout)
                     decision = decide(stage, cfg, layout, restart=restart, recorded_epoch=before.epoch,
                                       upstream=upstream, on_upstream_change=on_upstream_change, force=force)
                     for note in decision.notes:
@@ -145,7 +145,7 @@ def _train_stage(stage: str, cfg: Config, layout: RunLayout, world: World, devic
             raise UserError(problem)
         raise UserError(f"{stage}: rank 0 refused to start (see {log.train_log})")
     if not world.is_main and stage != "data":
-        upstream = _upstream_fingerprints(stage, layout)
+        upstream = _upstream_fingerprints(stage, cfg, layout)
         decision = _follow_rank0(layout, stage)
     decision = ResumeDecision(world.any(decision.restart), decision.payload, decision.accept_config_change)
     stop.install(log)
@@ -255,9 +255,14 @@ def _take_restart_token(stage: str, layout: RunLayout, progress: ProgressFile, r
     return restart
 
 
-def _upstream_fingerprints(stage: str, layout: RunLayout) -> dict[str, str]:
+def _upstream_fingerprints(stage: str, cfg: Config, layout: RunLayout) -> dict[str, str]:
+    """The trained upstream models this stage reads, by fingerprint; a stage the data left out (no LGE:
+    registration) is no upstream, as the plan has it."""
+    from mi_pipeline.data.cache import cine_labels_available, lge_available
+
+    omitted = graph.left_out(lge_available(cfg, layout.root), cine_labels_available(cfg, layout.root))
     prints = {}
-    for up in UPSTREAM[stage]:
+    for up in graph.upstream(stage, omitted):
         if up == "data":
             continue
         if not layout.best(up).is_file():

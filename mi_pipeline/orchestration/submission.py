@@ -23,7 +23,7 @@ from typing import Literal, Protocol
 from filelock import FileLock, Timeout
 
 from mi_pipeline.config import Config, dump_yaml
-from mi_pipeline.data.cache import data_is_prepared, lge_available
+from mi_pipeline.data.cache import cine_labels_available, data_is_prepared, lge_available
 from mi_pipeline.data.folds import check_settings
 from mi_pipeline.errors import UserError
 from mi_pipeline.fsio import atomic_write_text
@@ -108,10 +108,10 @@ def make_run_plan(mode: Mode, cfg: Config, top: RunLayout, *, retrain_from: str 
     """
     data_ready = data_is_prepared(cfg, top.root) if data_ready is None else data_ready
     top_progress = ProgressFile.for_run(top).read()
-    lge = lge_available(cfg, top.root)
+    lge, cine_labels = lge_available(cfg, top.root), cine_labels_available(cfg, top.root)
     if not cfg.cv.folds:
         steps = make_plan(mode, top, top_progress, data_ready=data_ready, cfg=cfg, retrain_from=retrain_from,
-                          force=force, lge=lge)
+                          force=force, lge=lge, cine_labels=cine_labels)
         return RunPlan(mode, (Unit(top, tuple(steps)),))
     data_mode = "resume" if only is not None and mode == "fresh" else mode  # fresh for one fold keeps the data
     data = make_plan(data_mode, top, top_progress, data_ready=data_ready)[0]
@@ -121,7 +121,7 @@ def make_run_plan(mode: Mode, cfg: Config, top: RunLayout, *, retrain_from: str 
             continue
         fold_ready = not data.run and data_is_prepared(cfg, fold.root)
         steps = make_plan(mode, fold, ProgressFile.for_run(fold).read(), data_ready=fold_ready, cfg=cfg,
-                          retrain_from=retrain_from, force=force, lge=lge)
+                          retrain_from=retrain_from, force=force, lge=lge, cine_labels=cine_labels)
         units.append(Unit(fold, (Step("data", False, SHARED_DATA), *steps[1:]), f"fold {k}"))
     return RunPlan(mode, tuple(units), cfg.cv.folds)
 

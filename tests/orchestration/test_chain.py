@@ -54,3 +54,19 @@ def test_bad_config_is_one_line(tmp_path: Path) -> None:
     bad.write_text("motion: {epochz: 3}\n")
     out = chain("plan", str(bad), str(tmp_path))
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "epochz" in out.stderr
+
+
+def test_a_cine_only_chain_runs_segmentation_after_motion_alone(tmp_path: Path) -> None:
+    """No LGE but cine labels (M&Ms): registration is a skip saying why, and segmentation waits on motion
+    only -- no afterok on a registration job that is never submitted."""
+    import yaml
+
+    config = yaml.safe_load(TINY.read_text())
+    config["data"] = {**config.get("data", {}), "format": "mnms", "root": str(tmp_path / "mnms")}
+    (tmp_path / "mnms.yaml").write_text(yaml.safe_dump(config))
+    out = chain("plan", str(tmp_path / "mnms.yaml"), str(tmp_path / "run"))
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[1]: line for line in out.stdout.splitlines()}
+    assert lines["registration"].startswith("skip registration left out: the data has no LGE images")
+    assert lines["segmentation"].split()[:4] == ["run", "segmentation", "-", "motion"]
+    assert "trains the myocardium only, from the cine ED labels" in lines["segmentation"]

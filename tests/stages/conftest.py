@@ -76,7 +76,9 @@ def make_subject(subject_id: str, seed: int, *, size: int = 32, slices: int = 2,
 
 
 def write_synthetic_cache(run_dir: Path, *, n_train: int = 4, n_val: int = 2, labels: bool = True,
-                          **kwargs) -> None:
+                          lge: bool = True, data_hash: str = "synthetic", **kwargs) -> None:
+    """``lge`` False: a cine-only cache (no LGE image or label), as ACDC / M&Ms give; the manifest counts
+    LGE and cine-labelled subjects as step 1 does (they count for a config whose data hash is ``data_hash``)."""
     ids = {"train": [f"tr{i}" for i in range(n_train)], "val": [f"va{i}" for i in range(n_val)], "test": []}
     for split, names in ids.items():
         for i, name in enumerate(names):
@@ -84,9 +86,13 @@ def write_synthetic_cache(run_dir: Path, *, n_train: int = 4, n_val: int = 2, la
                                    infarct=(i != 1), **kwargs)  # subject 1 of each split: no infarct
             if not labels:
                 subject = Subject(**{**subject.__dict__, "cine_label": None})
+            if not lge:
+                subject = Subject(**{**subject.__dict__, "lge": None, "lge_label": None})
             save_subject(run_dir, subject)
     write_splits(run_dir, ids)
-    write_manifest(run_dir, ids["train"] + ids["val"], "synthetic")
+    n = n_train + n_val
+    write_manifest(run_dir, ids["train"] + ids["val"], data_hash, lge_subjects=n if lge else 0,
+                   cine_label_subjects=n if labels else 0)
 
 
 TINY = [
