@@ -57,6 +57,11 @@ class TrainTask(abc.ABC):
         """Lines worth a place in the stage log once ``setup`` has run (e.g. how the targets were made)."""
         return []
 
+    def model_facts(self) -> dict[str, Any]:
+        """Plain facts about what the model learnt that whoever loads it must know (saved in
+        ``best_model.pth`` as ``facts``, e.g. which outputs were never trained); asked after ``setup``."""
+        return {}
+
     def baseline_warning(self, metrics: dict[str, float]) -> str | None:
         """A loud line when this epoch's model does not beat the stage's trivial baseline, else None."""
         return None

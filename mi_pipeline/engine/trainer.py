@@ -414,6 +414,7 @@ class _Saver:
             "kind": "best", "stage": task.name, "model": self.model.state_dict(), "epoch": state.epoch,
             "metric_name": task.metric_name, "metric": metrics[task.metric_name], "metrics": metrics,
             "config_hash": ctx.config_hash, "config": ctx.config, "upstream": self.upstream,
+            "facts": task.model_facts(),
         }
 
     def last_payload(self, state: TrainState, metrics: dict[str, float]) -> dict[str, Any]:

@@ -46,6 +46,15 @@ def require_lge(subjects: list[Subject], stage: str) -> None:
                          f"only the motion stage on this data (python -m mi_pipeline.train --stage motion)")
 
 
+def require_cine_labels(subjects: list[Subject], stage: str) -> None:
+    """Without LGE a stage can learn only from cine labels: refuse a subject without them in one line."""
+    missing = [s.id for s in subjects if s.cine_label is None]
+    if missing:
+        raise InputError(f"{stage} needs cine labels, but cached subject {missing[0]} has none ({len(missing)} "
+                         f"subject(s) without) and the data has no LGE images either: train only the motion stage "
+                         f"on this data (python -m mi_pipeline.train --stage motion)")
+
+
 def check_frames(subjects: list[Subject], frames: int, *, where: str) -> None:
     for s in subjects:
         if s.cine.shape[1] != frames:

@@ -6,6 +6,12 @@ Inputs (``segmentation_inputs``, also what ``inference`` uses): the T cine frame
 into cine space by the frozen registration model, mapped to classes 0 bg (+ cavity), 1 remote
 myocardium, 2 infarct. Upstream models are read once in ``setup`` and applied under no_grad.
 
+Without LGE (the prepared cache counts none: ``cache.lge_available`` False, as the plan decides) the
+targets are the cache's cine ED labels instead, no registration model is read, and the infarct class
+never sees a positive: the model is *myocardium only*. Its best metric is then ``myo_dice`` and its
+``best_model.pth`` says so (``facts``: ``myocardium_only``), which ``clinical.trust`` reads so that no
+infarct number from it is presented as a measurement.
+
 Validation, per subject (3D over its slices), against the true cine ED labels when the cache has
 them, else against the registered LGE labels (``labels_available`` says which):
 ``infarct_dice`` over subjects with an infarct, ``myo_dice`` (classes 1|2), ``infarct_fp_percent``
@@ -26,7 +32,7 @@ from torch import nn
 
 from mi_pipeline import fsio
 from mi_pipeline.config import Config
-from mi_pipeline.data.cache import Subject, SubjectStore
+from mi_pipeline.data.cache import Subject, SubjectStore, lge_available
 from mi_pipeline.data.rows import DiskRows
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.runlog import StageLog, progress
@@ -105,10 +111,13 @@ class SegmentationTask(TrainTask):
         self.criterion = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=s.dice_weight, lambda_ce=s.ce_weight)
         self._fingerprints: dict[str, str] | None = None
         self.suffix = ""  # "_vs_registered" when validation has no cine labels (setup decides)
+        self.myocardium_only = lge_available(cfg, self.run_dir) is False  # no LGE: cine ED labels are the targets
+        if self.myocardium_only:
+            self.metric_name = "myo_dice"  # no infarct to score: the myocardium's overlap picks the best epoch
 
     def _upstream_paths(self) -> dict[str, Path]:
         layout = RunLayout(self.run_dir)
-        paths = {"registration": layout.best("registration")}
+        paths = {} if self.myocardium_only else {"registration": layout.best("registration")}
         if self.cfg.segmentation.motion_features:
             paths["motion"] = layout.best("motion")
         return paths
@@ -118,7 +127,10 @@ class SegmentationTask(TrainTask):
         multiple = max(2 ** (len(cfg.segmentation.channels) - 1), 2 ** cfg.registration.levels)
 
         def check(subject: Subject) -> None:
-            common.require_lge([subject], "segmentation")
+            if self.myocardium_only:
+                common.require_cine_labels([subject], "segmentation (myocardium only: the data has no LGE)")
+            else:
+                common.require_lge([subject], "segmentation")
             common.check_frames([subject], cfg.data.frames, where="segmentation")
             common.check_size([subject], multiple, where="segmentation")
 
@@ -128,16 +140,17 @@ class SegmentationTask(TrainTask):
         val = SplitSlices(store, "val", check, where="segmentation")
         paths = self._upstream_paths()
         self._fingerprints = {stage: ckpt.file_fingerprint(p) for stage, p in paths.items() if p.exists()}
-        reg_model, _ = common.load_frozen(registration.build_model(cfg), paths["registration"], "registration", device)
+        reg_model = (common.load_frozen(registration.build_model(cfg), paths["registration"], "registration", device)[0]
+                     if "registration" in paths else None)
         motion_model = (common.load_frozen(motion.build_model(cfg), paths["motion"], "motion", device)[0]
                         if "motion" in paths else None)
         self.train_x, self.train_y, train_qa = self._prepare(train, motion_model, reg_model, "train")
         self.val_x, registered, val_qa = self._prepare(val, motion_model, reg_model, "val")
         self._supervise(train, train_qa)
-        self.registration_qa = {"train": [q.as_dict() for q in train_qa], "val": [q.as_dict() for q in val_qa],
-                                "summary_train": registration_qa.summary(train_qa),
-                                "summary_val": registration_qa.summary(val_qa),
-                                "supervising_subjects": self.supervising}
+        self.registration_qa = None if self.myocardium_only else {  # no LGE: no registration, no QA
+            "train": [q.as_dict() for q in train_qa], "val": [q.as_dict() for q in val_qa],
+            "summary_train": registration_qa.summary(train_qa), "summary_val": registration_qa.summary(val_qa),
+            "supervising_subjects": self.supervising}
         self.labels_available = val.has("cine_label")
         if self.labels_available:
             self.val_truth = torch.cat([to_classes(torch.from_numpy(s.cine_label[:, 0])).to(torch.uint8)
@@ -152,7 +165,8 @@ class SegmentationTask(TrainTask):
         rows = seg_confidence.shape_figures(self.train_y.numpy(), cfg.data.spacing_mm)
         self.target_shape = {"ranges": seg_confidence.reference_ranges(rows), "slices": len(rows)}
         if int(os.environ.get("RANK", "0")) == 0:  # one writer under data parallel
-            fsio.atomic_write_text(self.qa_path, json.dumps(self.registration_qa, indent=1) + "\n")
+            if self.registration_qa is not None:
+                fsio.atomic_write_text(self.qa_path, json.dumps(self.registration_qa, indent=1) + "\n")
             fsio.atomic_write_text(self.qa_path.with_name(seg_confidence.SHAPE_FILE),
                                    json.dumps(self.target_shape, indent=1) + "\n")
 
@@ -162,25 +176,35 @@ class SegmentationTask(TrainTask):
         return RunLayout(self.run_dir).log_dir(self.name) / "registration_qa.json"
 
     def notes(self) -> list[str]:
+        if self.registration_qa is None:
+            return [f"targets: the cine ED labels of {len(self.supervising)} training subject(s); the data has no "
+                    f"LGE images, so the model learns the myocardium only (its infarct class sees no positive) "
+                    f"and the best epoch is chosen by {self.metric_name}"]
         t, v = self.registration_qa["summary_train"], self.registration_qa["summary_val"]
         chosen = ", ".join(f"{c} {n}" for c, n in t["chosen"].items())
         return [f"registration QA (training targets): {chosen}; {len(self.supervising)}/{t['subjects']} "
                 f"subjects confident enough to supervise; validation targets: "
                 + ", ".join(f"{c} {n}" for c, n in v["chosen"].items()) + f"; details in {self.qa_path}"]
 
-    def _prepare(self, slices: SplitSlices, motion_model: nn.Module | None, reg_model: nn.Module,
+    def _prepare(self, slices: SplitSlices, motion_model: nn.Module | None, reg_model: nn.Module | None,
                  split: str) -> tuple[DiskRows, torch.Tensor, list[registration_qa.PairQA]]:
         """Network inputs (on disk, one row per slice), registered targets (uint8 classes) and the QA,
         built one subject at a time so memory holds one subject's work, not the split's (with progress:
-        the QA's rigid search takes seconds per subject, before the first epoch)."""
+        the QA's rigid search takes seconds per subject, before the first epoch). Without ``reg_model``
+        (no LGE) the targets are the cine ED labels and there is no QA."""
         first = slices.store.get(slices.ids[0]).cine
         inputs = DiskRows(len(slices), (in_channels(self.cfg), *first.shape[-2:]), np.float32,
                           RunLayout(self.run_dir).ckpt_dir(self.name))
         targets, qa, start = [], [], 0
         log = StageLog(RunLayout(self.run_dir).log_dir(self.name), self.name,
                        files=int(os.environ.get("RANK", "0")) == 0).info
-        for subject in progress(slices.subjects(), len(slices.ids), f"registration QA ({split})", log, "subject(s)"):
-            registered, records = registration.register_subjects(self.cfg, reg_model, [subject])
+        what = f"registration QA ({split})" if reg_model is not None else f"cine label targets ({split})"
+        for subject in progress(slices.subjects(), len(slices.ids), what, log, "subject(s)"):
+            if reg_model is None:
+                assert subject.cine_label is not None  # setup's check refused a subject without
+                registered, records = torch.from_numpy(subject.cine_label[:, 0]), []
+            else:
+                registered, records = registration.register_subjects(self.cfg, reg_model, [subject])
             cine = torch.from_numpy(np.ascontiguousarray(subject.cine))
             fields = motion.motion_fields(motion_model, cine) if motion_model is not None else None
             inputs.write(start, segmentation_inputs(cine, fields).numpy())
@@ -193,13 +217,13 @@ class SegmentationTask(TrainTask):
         """Keep only the training slices of subjects whose registration the QA is confident about, so a
         misregistered target cannot teach a shifted myocardium. If no subject is confident, all supervise
         (and ``registration_qa.json`` says so) rather than training on nothing."""
-        confident = [q.confident for q in qa]
+        confident = [q.confident for q in qa] if qa else [True] * len(slices.ids)  # no QA: expert labels
         if not any(confident):
             confident = [True] * len(qa)
         keep = torch.tensor(confident, dtype=torch.bool)[torch.from_numpy(slices.owner)]
         self.train_rows = torch.nonzero(keep).squeeze(1)  # rows of train_x that supervise
         self.train_y = self.train_y[keep]
-        self.supervising = [q.subject for q, c in zip(qa, confident) if c]
+        self.supervising = [q.subject for q, c in zip(qa, confident) if c] if qa else list(slices.ids)
 
     def upstream(self) -> dict[str, str]:
         if self._fingerprints is None:
@@ -233,6 +257,11 @@ class SegmentationTask(TrainTask):
             out.append(model(x[part].to(device)).argmax(dim=1).cpu())
         return torch.cat(out)
 
+    def model_facts(self) -> dict[str, object]:
+        """What ``clinical.trust`` must know: a model trained without LGE never learnt the infarct."""
+        return {"myocardium_only": self.myocardium_only,
+                "targets": "cine ED labels" if self.myocardium_only else "LGE labels carried into cine space"}
+
     def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         pred = self.predict(model, self.val_x, device)
         infarct, myo, fp, size_err = [], [], [], []
@@ -248,6 +277,8 @@ class SegmentationTask(TrainTask):
             else:
                 fp.append(p_pct)
         metrics = {"myo_dice": common.mean(myo), "labels_available": float(self.labels_available)}
+        if self.myocardium_only:  # no infarct learnt or labelled: only how much of the myocardium it calls infarct
+            return {**metrics, "infarct_fp_percent": common.mean(fp)}
         if fp:
             metrics["infarct_fp_percent"] = common.mean(fp)
         if infarct:
@@ -262,6 +293,8 @@ class SegmentationTask(TrainTask):
         return metrics
 
     def baseline_warning(self, metrics: dict[str, float]) -> str | None:
+        if self.myocardium_only:  # predicting no infarct is all a myocardium-only model can do
+            return None
         ours = metrics.get("infarct_dice" + self.suffix)
         base = metrics.get("infarct_dice_no_infarct_baseline" + self.suffix)
         if ours is not None and base is not None and ours <= base:

@@ -82,3 +82,18 @@ def test_the_best_is_shown_under_the_name_of_what_chose_it(tmp_path: Path) -> No
     assert shown is not None, log[-400:]
     assert float(shown.group(1)) == pytest.approx(sum(SCRIPT[3:6]) / 3)
     assert "best neg_mse=" not in log
+
+
+class _Factual(_Scripted):
+    def model_facts(self):
+        return {"outputs_trained": ["a"], "partial": True}
+
+
+def test_the_tasks_facts_travel_in_best_model_pth(tmp_path: Path) -> None:
+    """What a loader must know about the model (``TrainTask.model_facts``) is in the best file, read
+    without loading tensors; a task that says nothing leaves ``facts`` empty."""
+    _fit(tmp_path, _Factual(), 1)
+    best = tmp_path / "checkpoints" / "toy" / ckpt.BEST
+    assert ckpt.read_metadata(best)["facts"] == {"outputs_trained": ["a"], "partial": True}
+    _fit(tmp_path / "plain", _Scripted(), 1)
+    assert ckpt.read_metadata(tmp_path / "plain" / "checkpoints" / "toy" / ckpt.BEST)["facts"] == {}

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mi_pipeline.config import load_config
+from mi_pipeline.config import load_config, stage_hash
 from mi_pipeline.data.cache import load_split
 from mi_pipeline.engine import checkpoint as ckpt
-from mi_pipeline.errors import CheckpointError
+from mi_pipeline.errors import CheckpointError, InputError
 from mi_pipeline.stages.registry import make_task, motion, registration
 from mi_pipeline.stages.segmentation import SegmentationTask, build_model, to_classes
 
@@ -140,3 +140,55 @@ def test_missing_or_mismatched_upstream_is_a_checkpoint_error(tiny_cfg, syntheti
     path.write_bytes(path.read_bytes()[:100])  # truncated file
     with pytest.raises(CheckpointError):
         _task(tiny_cfg, synthetic_run)
+
+
+@pytest.fixture
+def cine_only_run(tmp_path, tiny_overrides, write_cache):
+    """A cine-only cache (no LGE; expert cine labels, no infarct label among them counts) prepared under
+    the config, with a motion model and no registration model at all."""
+    cfg = load_config(None, tiny_overrides + ["segmentation.epochs=3"])
+    write_cache(tmp_path, lge=False, data_hash=stage_hash(cfg, "data"))
+    _save_upstream(tmp_path, cfg, "motion", 1)
+    return cfg, tmp_path
+
+
+def test_without_lge_the_targets_are_the_cine_ed_labels_and_myo_dice_picks_the_best(cine_only_run):
+    cfg, run = cine_only_run
+    task = _task(cfg, run)
+    assert task.myocardium_only and task.metric_name == "myo_dice"
+    ed = torch.cat([torch.from_numpy(s.cine_label[:, 0]) for s in load_split(run, "train")])
+    assert torch.equal(task.train_y.long(), to_classes(ed))
+    assert set(task.upstream()) == {"motion"}  # no registration model read, none needed
+    assert "cine ED labels" in task.notes()[0] and "myocardium only" in task.notes()[0]
+    with torch.no_grad():
+        metrics = task.validate(build_model(cfg).eval(), CPU)
+    assert "myo_dice" in metrics and not any(k.startswith("infarct_dice") for k in metrics)
+    assert task.baseline_warning(metrics) is None
+    assert not (run / "logs" / "segmentation" / "registration_qa.json").exists()
+
+
+def test_without_lge_training_writes_a_myocardium_only_checkpoint(cine_only_run, tiny_overrides):
+    """``train --stage segmentation`` on the cine-only cache: no registration model anywhere, and the best
+    model's file says what it learnt (what ``clinical.trust`` reads), as does the record."""
+    from mi_pipeline.layout import RunLayout
+    from mi_pipeline.orchestration.progress import ProgressFile
+    from tests.helpers import run_module
+
+    cfg, run = cine_only_run
+    sets = [arg for item in tiny_overrides + ["segmentation.epochs=3"] for arg in ("--set", item)]
+    result = run_module("mi_pipeline.train", "--stage", "segmentation", "--run-dir", str(run), *sets)
+    assert result.returncode == 0, result.stdout + result.stderr
+    best = ckpt.read_metadata(run / "checkpoints" / "segmentation" / "best_model.pth")
+    assert best["facts"] == {"myocardium_only": True, "targets": "cine ED labels"}
+    assert best["metric_name"] == "myo_dice" and 0.0 <= best["metric"] <= 1.0
+    assert set(best["upstream"]) == {"motion"}
+    record = ProgressFile.for_run(RunLayout(run)).read().stages["segmentation"]
+    assert record.status == "done" and record.metric_name == "myo_dice"
+
+
+def test_without_lge_or_cine_labels_segmentation_refuses_in_one_line(tmp_path, tiny_overrides, write_cache):
+    cfg = load_config(None, tiny_overrides)
+    write_cache(tmp_path, lge=False, labels=False, data_hash=stage_hash(cfg, "data"))
+    _save_upstream(tmp_path, cfg, "motion", 1)
+    with pytest.raises(InputError, match="needs cine labels, but cached subject tr0 has none"):
+        _task(cfg, tmp_path)
