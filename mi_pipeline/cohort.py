@@ -184,6 +184,8 @@ def table_row(report: dict[str, Any]) -> dict[str, Any]:
     if report.get("warnings"):
         flags.append(f"warnings:{len(report['warnings'])}")
     trust = report.get("trust") or {}
+    if (trust.get("model") or {}).get("myocardium_only"):
+        flags.append("infarct_not_estimated")
     anchor = (report.get("aha_anchor") or {}).get("method")
     return {"infarct_percent": report["infarct_percent"], "myocardium_ml": report["myocardium_ml"],
             "infarct_ml": report["infarct_ml"], "verdict": trust.get("verdict", ""),

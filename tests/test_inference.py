@@ -191,6 +191,38 @@ def test_provenance_counts_the_run_splits(tmp_path) -> None:
     assert provenance["summary"] == "phantom only (synthetic hearts): trained on 7 subject(s), best epoch chosen on 2"
 
 
+def test_a_myocardium_only_model_reports_that_the_infarct_is_not_estimated(tmp_path, capsys) -> None:
+    """A segmentation model trained without LGE (its best_model.pth's ``facts``) on a real cine: report.json,
+    the console line and the cohort row all say the infarct is not estimated, not a number to read."""
+    import jsonschema
+
+    from mi_pipeline.clinical import io
+    from mi_pipeline.clinical.trust import INFARCT_NOT_ESTIMATED
+    from mi_pipeline.cohort import table_row
+
+    cfg = load_config(TINY)
+    save_untrained(cfg, tmp_path / "run" / "checkpoints")
+    best = tmp_path / "run" / "checkpoints" / "segmentation" / ckpt.BEST
+    payload = ckpt.load_checkpoint(best)
+    ckpt.save_checkpoint(best, {**payload, "facts": {"myocardium_only": True, "targets": "cine ED labels"}})
+    write_subject(generate_subject(PhantomConfig(subjects=1, seed=5, size=64, slices=3, frames=8), 0),
+                  tmp_path / "data" / "s0")
+    out = tmp_path / "out"
+    argv = ["--cine", str(tmp_path / "data" / "s0" / "cine.nii.gz"), "--out", str(out), "--run-dir",
+            str(tmp_path / "run")]
+    assert run_main(predict.main, argv + ["--strict"]) == predict.STRICT_EXIT
+    console = capsys.readouterr().out
+    report = json.loads((out / "s0" / "report.json").read_text())
+    jsonschema.validate(report, io.report_schema())
+    trust = report["trust"]
+    assert trust["verdict"] == "not_a_measurement" and trust["model"]["myocardium_only"]
+    assert trust["line"].startswith(INFARCT_NOT_ESTIMATED) and trust["line"] in report["warnings"]
+    assert f"s0: {trust['label']}: infarct" in console and INFARCT_NOT_ESTIMATED in console
+    row = table_row(report)
+    assert row["verdict"] == "not_a_measurement" and "infarct_not_estimated" in row["flags"].split(";")
+    assert "myocardium only (no LGE" in row["model"]
+
+
 @pytest.mark.parametrize("base_first", [True, False])
 def test_qc_basal_row_is_the_most_basal_slice(base_first: bool) -> None:
     from mi_pipeline import metrics

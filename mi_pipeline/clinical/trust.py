@@ -7,11 +7,13 @@ it is worked out once, here, and every output copies it.
 * **Provenance** (``model_provenance``): read from the segmentation ``best_model.pth`` itself (the
   config it was trained with: ``data.format``, ``data.root``, ``cv.folds``) and the split lists of
   the run it sits in (``<run>/data/splits/*.txt``), so a copied checkpoint folder still says what
-  it is. ``phantom_only`` is true for ``data.format: phantom``.
+  it is. ``phantom_only`` is true for ``data.format: phantom``; ``myocardium_only`` when the model was
+  trained without LGE (its ``facts``, written by the segmentation stage): it never learnt the infarct.
 * **Input origin** (``input_from_phantom``): a DICOM cine written by the phantom says so in its
   Manufacturer; a NIfTI cine is the phantom's when its dataset folder holds the phantom's marker.
 * **Verdict** (``verdict``): ``not_a_measurement`` when a phantom-only model reads a cine that is
-  not a phantom (its numbers are not measurements of that heart), else ``implausible`` when the
+  not a phantom (its numbers are not measurements of that heart) or the model is myocardium only
+  (``INFARCT_NOT_ESTIMATED``: its infarct number is no estimate at all), else ``implausible`` when the
   plausibility check (``stages/seg_confidence``) failed, else ``plausible``.
 """
 
@@ -29,6 +31,7 @@ from mi_pipeline.layout import RunLayout
 
 PHANTOM_MANUFACTURER = "mi_pipeline phantom"
 VERDICTS = ("plausible", "implausible", "not_a_measurement")
+INFARCT_NOT_ESTIMATED = "infarct not estimated: segmentation trained without LGE (myocardium only)"
 SHORT_MAX = 64  # a DICOM LO value (SeriesDescription) holds 64 characters
 
 
@@ -47,7 +50,10 @@ def _provenance(path: str, fingerprint: str) -> dict[str, Any]:
     fmt = str(data.get("format", "unknown"))
     sizes = _split_sizes(RunLayout.holding(path).root)
     phantom = fmt == "phantom"
+    myocardium_only = bool((payload.get("facts") or {}).get("myocardium_only"))
     what = "phantom only (synthetic hearts)" if phantom else f"{fmt} data ({data.get('root') or 'root not recorded'})"
+    if myocardium_only:
+        what += ", myocardium only (no LGE: trained on cine labels)"
     if sizes is not None:
         counted = f"trained on {sizes['train']} subject(s), best epoch chosen on {sizes['val']}"
     elif phantom:
@@ -55,7 +61,7 @@ def _provenance(path: str, fingerprint: str) -> dict[str, Any]:
     else:
         counted = "subject count unknown (no split lists beside the checkpoints)"
     return {"data_format": fmt, "data_root": data.get("root") or None, "phantom_only": phantom,
-            "subjects": sizes, "cv_folds": folds or None, "summary": f"{what}: {counted}"}
+            "myocardium_only": myocardium_only, "subjects": sizes, "cv_folds": folds or None, "summary": f"{what}: {counted}"}
 
 
 def model_provenance(seg_checkpoint: dict[str, Any], folds: int = 0) -> dict[str, Any]:
@@ -80,9 +86,12 @@ def input_from_phantom(cine_path: Path, dicom_stack: Any = None) -> bool:
 def verdict(provenance: dict[str, Any], from_phantom: bool, plausibility: dict[str, Any]) -> dict[str, Any]:
     """report.json's ``trust``: the verdict, a short label (<= 64 characters) and a full line."""
     implausible = bool(plausibility.get("implausible"))
-    not_measured = bool(provenance["phantom_only"]) and not from_phantom
+    not_estimated = bool(provenance.get("myocardium_only"))
+    not_measured = (bool(provenance["phantom_only"]) and not from_phantom) or not_estimated
     name = "not_a_measurement" if not_measured else "implausible" if implausible else "plausible"
-    if not_measured:
+    if not_estimated:
+        short = "INFARCT NOT ESTIMATED: myocardium-only model (no LGE)"
+    elif not_measured:
         short = "NOT A MEASUREMENT: phantom-trained model" + (", IMPLAUSIBLE" if implausible else "")
     elif implausible:
         short = "IMPLAUSIBLE result: check the QC figure"
@@ -92,7 +101,9 @@ def verdict(provenance: dict[str, Any], from_phantom: bool, plausibility: dict[s
     check = f"IMPLAUSIBLE ({reasons[0]})" if implausible and reasons else "IMPLAUSIBLE" if implausible else \
         "plausible (shape within what training saw)"
     line = f"model: {provenance['summary']}; result: {check}"
-    if not_measured:
+    if not_estimated:
+        line = f"{INFARCT_NOT_ESTIMATED}; {line}"
+    elif not_measured:
         line = ("NOT A MEASUREMENT: a model trained on the phantom only, applied to a cine that is not from the "
                 f"phantom; {line}")
     return {"verdict": name, "implausible": implausible, "not_a_measurement": not_measured,

@@ -44,3 +44,15 @@ def test_verdict(model: dict, from_phantom: bool, implausible: bool, verdict: st
     assert len(out["label"]) <= trust.SHORT_MAX and model["summary"] in out["line"]
     assert ("NOT A MEASUREMENT" in out["label"]) == (verdict == "not_a_measurement")
     assert ("IMPLAUSIBLE" in out["line"]) == implausible
+
+
+def test_a_myocardium_only_model_says_its_infarct_is_not_estimated() -> None:
+    """Trained without LGE (cine labels only), the model never learnt the infarct: whatever the input and the
+    plausibility check, its number is no measurement, and the label and the line say why."""
+    model = {**SITE_MODEL, "data_format": "mnms", "myocardium_only": True}
+    for from_phantom, implausible in ((False, False), (True, True)):
+        out = trust.verdict(model, from_phantom, {"implausible": implausible, "reasons": ["r"] if implausible else []})
+        assert out["verdict"] == "not_a_measurement" and out["not_a_measurement"] and trust.alarm(out)
+        assert out["label"] == "INFARCT NOT ESTIMATED: myocardium-only model (no LGE)"
+        assert out["line"].startswith(trust.INFARCT_NOT_ESTIMATED) and model["summary"] in out["line"]
+    assert trust.verdict(SITE_MODEL, False, {"implausible": False})["verdict"] == "plausible"
