@@ -103,6 +103,9 @@ def test_acdc_prepares_for_motion_and_registration_refuses(tmp_path: Path, heart
     MotionTask(cfg, run).setup(torch.device("cpu"))  # motion works on cine + ED/ES masks
     with pytest.raises(InputError, match=r"registration needs LGE images"):
         RegistrationTask(cfg, run).setup(torch.device("cpu"))
+    # what the plan reads: the cache counts no LGE and cine labels for every subject
+    assert (cache.lge_available(cfg, run), cache.cine_labels_available(cfg, run)) == (False, True)
+    assert cache.read_manifest(run)["cine_label_subjects"] == len(cache.read_manifest(run)["subjects"]) > 0
 
 
 def test_mnms_layout_reverse_codes(tmp_path: Path, hearts) -> None:
