@@ -6,7 +6,7 @@ The plan, the menu, ``status`` and the rebuild of a corrupted progress record al
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mi_pipeline.data import cache
@@ -29,6 +29,7 @@ class CheckpointHealth:
     last_epoch: int | None  # completed epochs in last.pth (None: no usable last.pth)
     last_finished: bool
     last_problem: str | None
+    best_facts: dict[str, Any] = field(default_factory=dict)  # what the task said of the model (e.g. myocardium only)
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,9 @@ class StageFiles:
         last_epoch, finished = None, False
         if last is not None:
             last_epoch, finished = int(last["state"]["epoch"]), bool(last.get("finished"))
+        facts: dict[str, Any] = best["facts"] if isinstance(best.get("facts"), dict) else {}
         return CheckpointHealth(self.best is not None, self.best_problem, best.get("metric"),
-                                best.get("config_hash"), config, last_epoch, finished, self.last_problem)
+                                best.get("config_hash"), config, last_epoch, finished, self.last_problem, facts)
 
 
 def read_stage(layout: RunLayout, stage: str, *, full: bool = False) -> StageFiles:

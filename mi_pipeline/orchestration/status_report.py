@@ -18,6 +18,7 @@ from mi_pipeline.orchestration.health import inspect_stage
 from mi_pipeline.orchestration.progress import STATES, ProgressFile, StageRecord
 
 TROUBLE_LINES = 5
+MYOCARDIUM_ONLY = "myocardium only: trained on the cine labels, without LGE (its infarct is not estimated)"
 
 
 def collect(layout: RunLayout) -> dict[str, Any]:
@@ -68,6 +69,7 @@ def _stage_report(layout: RunLayout, stage: str, record: StageRecord, slurm: dic
     if stage != "data":
         health = inspect_stage(layout, stage)
         report["best_model"] = "ok" if health.best_ok else health.best_problem
+        report["myocardium_only"] = bool(health.best_facts.get("myocardium_only"))
     if status == "failed":
         report["trouble"] = _tail(layout.train_log(stage), TROUBLE_LINES)
     return report
@@ -106,6 +108,12 @@ def render_folds(folds: dict[str, dict[str, Any]]) -> str:
         for stage, info in fold["stages"].items():
             if info["status"] == "failed":
                 lines.append(f"  fold {k} {stage}: {info.get('error') or info.get('detail') or 'failed'}")
+    for stage in MODEL_STAGES:  # what the data cannot feed (or feeds in part), once for the folds it concerns
+        left = {info.get("detail") for f in folds.values() if (info := f["stages"][stage])["status"] == "left_out"}
+        lines += [f"  {stage}: {why}" for why in sorted(w for w in left if w)]
+        part = [k for k, f in folds.items() if f["stages"][stage].get("myocardium_only")]
+        if part:
+            lines.append(f"  {stage} (fold{'s' if len(part) > 1 else ''} {', '.join(part)}): {MYOCARDIUM_ONLY}")
     return "\n".join(lines)
 
 
@@ -133,6 +141,8 @@ def _render_run(report: dict[str, Any]) -> str:
         lines.append("  ".join(parts))
         if info["status"] == "left_out" and info.get("detail"):
             lines.append(f"      {info['detail']}")
+        if info.get("myocardium_only"):
+            lines.append(f"      {MYOCARDIUM_ONLY}")
         if info["status"] == "failed":
             for reason in (info.get("error"), info.get("detail")):
                 if reason:

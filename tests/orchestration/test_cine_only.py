@@ -75,6 +75,9 @@ def test_a_cine_only_dataset_trains_motion_and_the_myocardium_and_the_plan_says_
     assert report["stages"]["segmentation"]["status"] == "done", report["stages"]["segmentation"]
     assert report["stages"]["registration"]["status"] == "left_out", report["stages"]["registration"]
     assert "no LGE images" in report["stages"]["registration"]["detail"]
+    assert report["stages"]["segmentation"]["myocardium_only"] and not report["stages"]["motion"]["myocardium_only"]
+    shown = run_module("mi_pipeline.status", "--run-dir", str(run)).stdout
+    assert "segmentation  done" in shown and "myocardium only: trained on the cine labels, without LGE" in shown, shown
     again = run_module("mi_pipeline.submit", "--run-dir", str(run), "--dry-run")
     steps = [line.split()[0] for line in again.stdout.splitlines() if line.startswith("  ")]
     assert again.returncode == 0 and steps == ["skip", "skip", "leave", "skip"], again.stdout

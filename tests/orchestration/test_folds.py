@@ -9,15 +9,18 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 
 from mi_pipeline.cli import submit as submit_cli
 from mi_pipeline.cli.common import run_main
 from mi_pipeline.config import Config, load_config, stage_hash
 from mi_pipeline.data import cache
 from mi_pipeline.data import folds as split_file
+from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.errors import ConfigError, InputError, UserError
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.fold_setup import check_fold, prepare_folds
+from mi_pipeline.orchestration.pipeline import record_skips
 from mi_pipeline.orchestration.plan import make_plan
 from mi_pipeline.orchestration.progress import ProgressFile
 from mi_pipeline.orchestration.stage_runner import train_stage
@@ -252,3 +255,23 @@ def test_a_local_kfold_run_completes_then_resume_has_nothing_to_do(tmp_path: Pat
     plan = [line for line in again.stdout.splitlines() if line.startswith("  ")]
     verbs = [line.split()[2] if line.split()[0] == "fold" else line.split()[1] for line in plan]
     assert verbs == ["skip"] * 7, plan  # the data step, then 3 stages x 2 folds
+
+
+def test_a_cine_only_k_fold_run_plans_and_shows_the_myocardium_alone_in_every_fold(tmp_path: Path) -> None:
+    """No LGE, cine labels for every subject (the cache's counts): each fold leaves registration out and
+    trains segmentation for the myocardium; status says both once under the fold table."""
+    cfg, top = prepared(tmp_path, k=2)
+    cache.write_manifest(tmp_path, IDS, data_hash=stage_hash(cfg, "data"), lge_subjects=0,
+                         cine_label_subjects=len(IDS))
+    plan = make_run_plan("resume", cfg, top)
+    for k in (0, 1):
+        steps = {s.stage: s for s in plan.fold_steps(k)}
+        assert steps["registration"].left_out and not steps["registration"].run
+        assert steps["segmentation"].run and "trains the myocardium only" in steps["segmentation"].reason
+    for k in (0, 1):  # what the local executor records, and a myocardium-only model in fold 0
+        record_skips(list(plan.fold_steps(k)), ProgressFile.for_run(top.fold(k)))
+    ckpt.save_checkpoint(top.fold(0).best("segmentation"), {"model": {"w": torch.ones(1)}, "config_hash": "h",
+                                                            "facts": {"myocardium_only": True}})
+    text = render(collect(top))
+    assert "registration: left out: the data has no LGE images" in text, text
+    assert "segmentation (fold 0): myocardium only: trained on the cine labels, without LGE" in text, text
