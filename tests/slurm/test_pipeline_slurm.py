@@ -263,3 +263,34 @@ def test_skip_mode_job_requeued_twice_by_slurm_continues_and_never_restarts(refe
     assert epochs == list(range(1, len(epochs) + 1)), f"epochs went back: {epochs}"
     assert report["stages"]["motion"]["job_id"] == motion_job and report["stages"]["motion"]["attempts"] == 3
     assert_same_weights(model_weights(last), model_weights(reference / "checkpoints" / "motion" / "last.pth"))
+
+
+def test_a_cine_only_run_submits_segmentation_after_motion_alone(slurm_cluster, tmp_path: Path) -> None:
+    """No LGE, cine labels (ACDC layout): no registration job; the segmentation job waits on motion's
+    job only (an afterok on a job never submitted would hold it forever) and trains the myocardium."""
+    import yaml
+
+    from mi_pipeline.data.phantom import generate_subject
+    from tests.data.test_adapters import CFG_SET, PARAMS, _acdc
+
+    _acdc(tmp_path / "acdc", [generate_subject(PARAMS, i) for i in range(3)])
+    config = yaml.safe_load(TINY.read_text())
+    config["data"] = {"format": "acdc", "root": str(tmp_path / "acdc"), "val_fraction": 0.34, "test_fraction": 0.0,
+                      **{item.split("=")[0].split(".")[1]: int(float(item.split("=")[1])) if "spacing" not in item
+                         else float(item.split("=")[1]) for item in CFG_SET}}
+    (tmp_path / "acdc.yaml").write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    result = run_module("mi_pipeline.submit", "--config", str(tmp_path / "acdc.yaml"), "--run-dir", str(run),
+                        "--executor", "slurm", *SLURM_SETTINGS, "--mode", "fresh", "--yes", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    ids = job_ids(run)
+    assert set(ids) == {"data", "motion", "segmentation"}, result.stdout
+    script = next((run / "logs" / "slurm").glob(f"{ids['segmentation']}/*_submission.sh")).read_text()
+    assert f"--dependency=afterok:{ids['motion']}\n" in script, script
+    wait_for(lambda: status(run)["stages"]["segmentation"]["status"] in ("done", "failed"), 400, "segmentation")
+    report = status(run)
+    assert report["stages"]["segmentation"]["status"] == "done", report["stages"]["segmentation"]
+    assert report["stages"]["segmentation"]["myocardium_only"]
+    assert report["stages"]["registration"]["status"] == "left_out"
+    rec = {s: slurm_cluster.wait_for(ids[s], {"COMPLETED"}, timeout=60) for s in ("motion", "segmentation")}
+    assert rec["segmentation"].start >= rec["motion"].end
