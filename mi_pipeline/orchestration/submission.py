@@ -158,10 +158,14 @@ def submit(request: SubmitRequest, *, confirm: Callable[[list[Path]], bool],
 
 
 def _finished(plan: RunPlan) -> str:
+    """The state(s) reached; the seed's states are linear, so a stage the data left out is named beside them
+    (a later stage may have trained all the same)."""
+    left = sorted({s.stage for unit in plan.units for s in unit.steps if s.left_out})
+    beside = f" (left out, the data cannot feed it: {', '.join(left)})" if left else ""
     if not plan.folds:
-        return f"pipeline finished: {plan.units[0].progress.read().state}"
+        return f"pipeline finished: {plan.units[0].progress.read().state}{beside}"
     return "folds finished: " + ", ".join(f"{unit.layout.fold_index} {unit.progress.read().state}"
-                                          for unit in plan.units[1:])
+                                          for unit in plan.units[1:]) + beside
 
 
 def _clear_for_fresh(request: SubmitRequest, confirm: Callable[[list[Path]], bool],

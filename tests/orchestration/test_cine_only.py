@@ -70,6 +70,7 @@ def test_a_cine_only_dataset_trains_motion_and_the_myocardium_and_the_plan_says_
     assert "leave   registration" in plan and "no LGE images" in plan, plan
     assert "run     motion" in plan and "run     segmentation" in plan, plan
     assert "trains the myocardium only, from the cine ED labels" in plan, plan
+    assert "pipeline finished: step2_motion_trained (left out, the data cannot feed it: registration)" in plan, plan
     report = run_status(run)
     assert report["stages"]["motion"]["status"] == "done"
     assert report["stages"]["segmentation"]["status"] == "done", report["stages"]["segmentation"]
