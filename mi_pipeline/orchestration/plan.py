@@ -44,9 +44,10 @@ def make_plan(mode: str, layout: RunLayout, progress: Progress, data_ready: bool
         raise UserError(f"--retrain-from {retrain_from}: this run's data has no LGE images, which {retrain_from} "
                         f"learns from (it is left out of the plan)")
     if mode == "fresh":
-        return _cine_labels_note([_leave_out(Step(s, True, "fresh run"), omitted) for s in STAGES], lge)
+        return _cine_labels_note([_leave_out(Step(s, True, "fresh run"), omitted, cine_labels) for s in STAGES], lge)
     health = {s: inspect_stage(layout, s) for s in MODEL_STAGES}  # each stage's files read once
-    steps = {s: _leave_out(_decide(mode, s, health.get(s), progress, data_ready), omitted) for s in STAGES}
+    steps = {s: _leave_out(_decide(mode, s, health.get(s), progress, data_ready), omitted, cine_labels)
+             for s in STAGES}
     if cfg is not None and mode == "resume":
         for stage in MODEL_STAGES:
             if not steps[stage].run and not steps[stage].left_out:
@@ -67,11 +68,14 @@ NO_LGE = "the data has no LGE images, which this stage learns from (a cine-only 
 MYOCARDIUM_ONLY = "trains the myocardium only, from the cine ED labels, because the data has no LGE images"
 
 
-def _leave_out(step: Step, omitted: tuple[str, ...]) -> Step:
+def _leave_out(step: Step, omitted: tuple[str, ...], cine_labels: bool | None) -> Step:
     """A stage the data cannot feed: ``leave``, saying why (not run, and not done either)."""
     if step.stage not in omitted:
         return step
-    why = NO_LGE + (" and no cine labels to learn from instead" if step.stage in CINE_LABELS_SUFFICE else "")
+    why = NO_LGE
+    if step.stage in CINE_LABELS_SUFFICE:
+        why += (" and not every subject has cine labels to learn from instead" if cine_labels is False else
+                " and its cache does not count cine labels (made before it did: run the data stage again)")
     return Step(step.stage, False, f"left out: {why}", left_out=True)
 
 

@@ -38,7 +38,7 @@ def test_without_lge_or_cine_labels_both_lge_stages_are_left_out(tmp_path: Path)
     plan = _prepared_plan(tmp_path, labels=False)
     assert plan["motion"][0] == "run" and plan["registration"][0] == "leave"
     verb, line = plan["segmentation"]
-    assert verb == "leave" and "no LGE images" in line and "no cine labels to learn from instead" in line
+    assert verb == "leave" and "no LGE images" in line and "not every subject has cine labels" in line
 
 
 def test_one_subject_without_cine_labels_leaves_segmentation_out(tmp_path: Path) -> None:
@@ -49,7 +49,10 @@ def test_one_subject_without_cine_labels_leaves_segmentation_out(tmp_path: Path)
     write_manifest(tmp_path, manifest["subjects"], manifest["data_hash"], lge_subjects=0,
                    cine_label_subjects=len(manifest["subjects"]) - 1)
     plan = make_run_plan("resume", load_config(None, TINY), RunLayout(tmp_path))
-    assert plan.units[0].steps[3].left_out and "no cine labels" in plan.units[0].steps[3].reason
+    assert plan.units[0].steps[3].left_out and "not every subject has cine labels" in plan.units[0].steps[3].reason
+    write_manifest(tmp_path, manifest["subjects"], manifest["data_hash"], lge_subjects=0)  # a cache made before
+    plan = make_run_plan("resume", load_config(None, TINY), RunLayout(tmp_path))  # the count existed
+    assert plan.units[0].steps[3].left_out and "run the data stage again" in plan.units[0].steps[3].reason
 
 
 @pytest.mark.slow
