@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,17 +10,13 @@ from torch import nn
 
 from mi_pipeline.config import OptimConfig, PerformanceConfig
 from mi_pipeline.engine import checkpoint as ckpt
-from mi_pipeline.engine.checkpoint_writer import MAX_PENDING, CheckpointWriter, has_spare_core
+from mi_pipeline.engine.checkpoint_writer import MAX_PENDING, CheckpointWriter
 from mi_pipeline.engine.runlog import StageLog
 from mi_pipeline.engine.trainer import FitContext, TrainState, fit
 from mi_pipeline.errors import CheckpointError
 from mi_pipeline.fsio import SLOW_WRITE_ENV
 from tests.engine.toy_task import ToyTask
 from tests.helpers import assert_same_weights, checkpoint_epoch, model_weights
-
-# The two ways a background writer works: the whole write on its thread, or (no spare core) the file
-# serialised by the caller and only made durable (fsync, rename) on the thread.
-BACKGROUND_MODES = pytest.mark.parametrize("stage_here", [False, True], ids=["thread_writes", "caller_serialises"])
 
 
 @pytest.fixture
@@ -30,11 +25,10 @@ def slow_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(SLOW_WRITE_ENV, "0.3")
 
 
-@BACKGROUND_MODES
-def test_file_holds_the_values_at_save_time_not_later_ones(tmp_path: Path, slow_disk: None, stage_here: bool) -> None:
+def test_file_holds_the_values_at_save_time_not_later_ones(tmp_path: Path, slow_disk: None) -> None:
     model = nn.Linear(4, 3)
     expected = {k: v.clone() for k, v in model.state_dict().items()}
-    writer = CheckpointWriter(stage_here=stage_here)
+    writer = CheckpointWriter()
     writer.save(tmp_path / "last.pth", {"model": model.state_dict()})
     with torch.no_grad():
         for p in model.parameters():
@@ -43,10 +37,9 @@ def test_file_holds_the_values_at_save_time_not_later_ones(tmp_path: Path, slow_
     assert_same_weights(model_weights(tmp_path / "last.pth"), expected)
 
 
-@BACKGROUND_MODES
-def test_callbacks_run_in_order_only_once_their_file_is_on_disk(tmp_path: Path, slow_disk: None, stage_here: bool) -> None:
+def test_callbacks_run_in_order_only_once_their_file_is_on_disk(tmp_path: Path, slow_disk: None) -> None:
     seen: list[tuple[str, bool]] = []
-    writer = CheckpointWriter(stage_here=stage_here)
+    writer = CheckpointWriter()
     for name in ("best_model.pth", "last.pth", "again.pth"):
         target = tmp_path / name
         writer.save(target, {"model": {"w": torch.ones(2)}},
@@ -56,7 +49,6 @@ def test_callbacks_run_in_order_only_once_their_file_is_on_disk(tmp_path: Path, 
     writer.flush()
     assert seen == [("best_model.pth", True), ("last.pth", True), ("again.pth", True)]
     writer.close()
-    assert not list(tmp_path.glob(".*.tmp")), "a temp file was left behind"
 
 
 def test_failed_background_write_is_one_line_and_its_callback_never_runs(tmp_path: Path) -> None:
@@ -72,16 +64,15 @@ def test_failed_background_write_is_one_line_and_its_callback_never_runs(tmp_pat
     assert not ran
 
 
-@pytest.mark.parametrize("background,stage_here", [(True, False), (True, True), (False, False)],
-                         ids=["thread_writes", "caller_serialises", "foreground"])
-def test_a_failed_best_write_stops_that_epochs_last_write(tmp_path: Path, background: bool, stage_here: bool) -> None:
+@pytest.mark.parametrize("background", [True, False], ids=["background", "foreground"])
+def test_a_failed_best_write_stops_that_epochs_last_write(tmp_path: Path, background: bool) -> None:
     """last.pth says "epoch N done, N was best": it must never land when best_model.pth for N did not."""
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "last.pth").write_bytes(b"epoch N-1")
     (tmp_path / "best_model.pth").mkdir()  # the best write fails (a folder where the file should go)
     (tmp_path / "best_model.pth" / "x").write_text("keeps the folder from being replaced")
     ran: list[str] = []
-    writer = CheckpointWriter(background=background, stage_here=stage_here)
+    writer = CheckpointWriter(background=background)
     with pytest.raises(CheckpointError):
         writer.save_all([(tmp_path / "best_model.pth", {"model": {"w": torch.ones(2)}}, lambda: ran.append("best")),
                          (tmp_path / "old" / "last.pth", {"model": {"w": torch.ones(2)}}, lambda: ran.append("last"))])
@@ -89,34 +80,6 @@ def test_a_failed_best_write_stops_that_epochs_last_write(tmp_path: Path, backgr
     writer.close()
     assert (tmp_path / "old" / "last.pth").read_bytes() == b"epoch N-1", "last.pth of the failed epoch was written"
     assert ran == []
-    assert not list(tmp_path.rglob(".*.tmp")), "a temp file was left behind"
-
-
-def test_a_file_the_caller_cannot_serialise_fails_at_once_in_one_line_and_commits_nothing(tmp_path: Path) -> None:
-    """Serialising in the caller: a full disk (here: a folder that cannot hold files) is the same one-line
-    CheckpointError, raised by the save itself, and no file of that group lands."""
-    (tmp_path / "ck").write_text("a file where the checkpoint folder should be")
-    writer = CheckpointWriter(stage_here=True)
-    with pytest.raises(CheckpointError) as info:
-        writer.save_all([(tmp_path / "best_model.pth", {"model": {"w": torch.ones(2)}}, None),
-                         (tmp_path / "ck" / "last.pth", {"model": {"w": torch.ones(2)}}, None)])
-    writer.close()
-    assert "ck/last.pth" in str(info.value) and "\n" not in str(info.value)
-    assert not (tmp_path / "best_model.pth").exists() and not list(tmp_path.glob(".*.tmp"))
-
-
-def test_a_core_is_spare_only_when_cpu_training_threads_leave_one() -> None:
-    cores = len(os.sched_getaffinity(0))
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(cores)
-        assert not has_spare_core(torch.device("cpu"))
-        assert has_spare_core(torch.device("cuda"))  # the loop's threads wait on the device
-        if cores > 1:
-            torch.set_num_threads(cores - 1)
-            assert has_spare_core(torch.device("cpu"))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_foreground_writer_has_written_when_save_returns(tmp_path: Path) -> None:
@@ -127,37 +90,31 @@ def test_foreground_writer_has_written_when_save_returns(tmp_path: Path) -> None
     writer.close()
 
 
-def _fit(run_dir: Path, background: bool, on_epoch=lambda state, metrics: None, threads: int = 1) -> TrainState:
+def _fit(run_dir: Path, background: bool, on_epoch=lambda state, metrics: None) -> TrainState:
     ctx = FitContext(ckpt_dir=run_dir / "checkpoints" / "toy", log=StageLog(run_dir / "logs" / "toy", "toy"), seed=7,
                      config_hash="toyhash", config={}, device=torch.device("cpu"),
                      performance=PerformanceConfig(async_checkpoint=background), on_epoch=on_epoch)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)  # runs alike; the worker's setting is restored for later tests
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # both runs alike; the worker's setting is restored for later tests
     try:
         return fit(ToyTask(), OptimConfig(epochs=4, batch_size=8, lr=1e-2), ctx)
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("spare_core", [True, False], ids=["spare_core", "no_spare_core"])
-def test_engine_reports_an_epoch_only_after_its_last_pth_and_writes_the_same_files(tmp_path: Path, slow_disk: None,
-                                                                                  spare_core: bool) -> None:
-    """With a core to spare the thread writes; without, the loop serialises (fit decides): same files."""
-    cores = len(os.sched_getaffinity(0))
-    if spare_core and cores == 1:
-        pytest.skip("one core: no thread count leaves a core spare")
-    threads = 1 if spare_core else cores
+def test_engine_reports_an_epoch_only_after_its_last_pth_and_writes_the_same_files(tmp_path: Path,
+                                                                                  slow_disk: None) -> None:
     reported: list[tuple[int, int]] = []
 
     def on_epoch(state: TrainState, metrics: dict[str, float]) -> None:  # what updates the progress record
         reported.append((state.epoch, checkpoint_epoch(tmp_path / "bg" / "checkpoints/toy/last.pth")))
 
-    _fit(tmp_path / "bg", background=True, on_epoch=on_epoch, threads=threads)
+    _fit(tmp_path / "bg", background=True, on_epoch=on_epoch)
     assert reported == [(1, 1), (2, 2), (3, 3), (4, 4)]
-    _fit(tmp_path / "fg", background=False, threads=threads)
+    _fit(tmp_path / "fg", background=False)
     for name in (ckpt.LAST, ckpt.BEST):
         assert_same_weights(model_weights(tmp_path / "bg/checkpoints/toy" / name),
                             model_weights(tmp_path / "fg/checkpoints/toy" / name))
     bg_log = (tmp_path / "bg/logs/toy/train.log").read_text()
     assert all(f"epoch {k}/4" in bg_log for k in range(1, 5))
-    assert not list((tmp_path / "bg/checkpoints/toy").glob(".*.tmp"))
+    assert not list((tmp_path / "bg/checkpoints/toy").glob("*.tmp"))
