@@ -15,8 +15,7 @@ thread. Measured, each as alternated pairs with medians:
   right after both saves (so the background write competes with them for the CPU, as it does in
   ``fit``) plus any wait for the write at the end, minus the same steps with no save. The share of
   an epoch is extra / (batches x engine step + validation + extra): an upper bound, since best is
-  only saved in epochs that improve. The same extra is measured with the writer mode ``fit`` did
-  not choose (``extra_epoch_ms_other_mode``), so the choice is checked on every run.
+  only saved in epochs that improve.
 """
 
 from __future__ import annotations
@@ -52,11 +51,11 @@ def validation_s(bench: Bench, stage: str, repeats: int = 3) -> float:
 class _Saves:
     """The stage's last + best payloads, saved the three ways the measurements compare."""
 
-    def __init__(self, layout: RunLayout, stage: str, folder: Path, stage_here: bool) -> None:
+    def __init__(self, layout: RunLayout, stage: str, folder: Path, device: torch.device) -> None:
         self.payloads = {name: ckpt.load_checkpoint(path) for name, path in
                          ((ckpt.LAST, layout.last(stage)), (ckpt.BEST, layout.best(stage)))}
         self.folder = folder
-        self.writer = CheckpointWriter(stage_here=stage_here)
+        self.writer = CheckpointWriter(stage_here=not has_spare_core(device))  # as fit() makes it
 
     def plain(self) -> float:
         return sum(timed(lambda: torch.save(p, self.folder / f"plain_{n}")) for n, p in self.payloads.items())
@@ -99,8 +98,7 @@ def measure_stage(bench: Bench, stage: str) -> dict[str, Any]:
     folder = bench.folder("checkpoints") / stage
     folder.mkdir(parents=True, exist_ok=True)
     repeats = bench.preset.checkpoint_repeats
-    staged = not has_spare_core(bench.device)  # the writer as fit() sets it up here
-    saves, other = _Saves(layout, stage, folder, staged), _Saves(layout, stage, folder, not staged)
+    saves = _Saves(layout, stage, folder, bench.device)
     try:
         stall = paired(saves.plain, saves.stall, repeats)
         write = paired(saves.plain, saves.atomic, repeats)
@@ -111,11 +109,9 @@ def measure_stage(bench: Bench, stage: str) -> dict[str, Any]:
         # enough steps to outlast the background write twice over, at most one epoch
         steps = min(num_batches, calibrated_steps(step_s, 2 * median(write.subject), 2))
         extra = _extra_epoch_s(bench, stage, saves, steps, max(3, repeats // 2))
-        extra_other = _extra_epoch_s(bench, stage, other, steps, max(3, repeats // 2))  # the mode not chosen
     finally:
         saves.writer.close()
-        other.writer.close()
-    extra_s, other_s = _median_extra(extra), _median_extra(extra_other)
+    extra_s = max(0.0, median([s - b for b, s in zip(extra.baseline, extra.subject)]))
     val_s = validation_s(bench, stage)
     epoch_s = num_batches * step_s + val_s + extra_s
     return {
@@ -125,16 +121,11 @@ def measure_stage(bench: Bench, stage: str) -> dict[str, Any]:
         "plain_ms": median_ms(stall.baseline), "extra_epoch_ms": round(extra_s * 1000, 2),
         "overlap_steps": steps, "epoch_ms": round(epoch_s * 1000, 1), "validation_ms": round(val_s * 1000, 1),
         "share": round(extra_s / epoch_s, 5) if math.isfinite(epoch_s) and epoch_s > 0 else None,
-        "serialised_in_loop": staged,
-        "extra_epoch_ms_other_mode": round(other_s * 1000, 2),  # the same, with the writer fit() did not choose
+        "serialised_in_loop": not has_spare_core(bench.device),
         "stall_vs_plain": stall.to_json(scale=1000, unit="ms"),
         "write_vs_plain": write.to_json(scale=1000, unit="ms"),
         "extra_pairs": extra.to_json(scale=1000, unit="ms"),
     }
-
-
-def _median_extra(pairs: Paired) -> float:
-    return max(0.0, median([s - b for b, s in zip(pairs.baseline, pairs.subject)]))
 
 
 def measure(bench: Bench) -> dict[str, Any]:

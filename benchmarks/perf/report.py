@@ -158,12 +158,10 @@ def _md_checkpoint(results: dict[str, Any]) -> list[str]:
         return []
     return [f"### Checkpoints, last + best ({ck.get('filesystem')}; ms, medians)", ""] + _md_table(
         ["stage", "last.pth MB", "plain torch.save", "engine save (loop blocked)", "ratio", "atomic write",
-         "ratio", "extra epoch time", "epoch", "share", "writer", "extra, other writer"],
+         "ratio", "extra epoch time", "epoch", "share"],
         [[s, d["last_mb"], d["plain_ms"], d["stall_ms"], d["stall_vs_plain"]["ratio"], d["write_ms"],
           d["write_vs_plain"]["ratio"], d["extra_epoch_ms"], d["epoch_ms"],
-          f"{100 * d['share']:.2f}%" if d["share"] is not None else "-",
-          "serialised in loop" if d.get("serialised_in_loop") else "background",
-          d.get("extra_epoch_ms_other_mode", "-")] for s, d in stages.items()])
+          f"{100 * d['share']:.2f}%" if d["share"] is not None else "-"] for s, d in stages.items()])
 
 
 def _md_sentences(results: dict[str, Any]) -> list[str]:
