@@ -40,48 +40,24 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 
     On error the temp file is removed and ``target`` is untouched.
     """
-    tmp = staged_path(target)
-    try:
-        yield tmp
-    except BaseException:
-        discard(tmp)
-        raise
-    commit_staged(tmp, target)
-
-
-def staged_path(target: str | os.PathLike[str]) -> Path:
-    """A new empty temp file beside ``target`` for its next content (the first half of :func:`atomic_path`,
-    for a writer that fills the file now and makes it durable later: :func:`commit_staged`)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.fchmod(fd, _mode_from_umask())  # mkstemp makes it 0600: a colleague in the group could not read it
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
-        os.fchmod(fd, _mode_from_umask())  # mkstemp makes it 0600: a colleague in the group could not read it
-    finally:
-        os.close(fd)
-    _test_slow_write()
-    return Path(tmp_name)
-
-
-def commit_staged(tmp: Path, target: str | os.PathLike[str]) -> None:
-    """Make the written temp file ``tmp`` durable and put it in place of ``target`` (fsync, rename,
-    folder fsync); on error ``tmp`` is removed and ``target`` is untouched."""
-    target = Path(target)
-    try:
+        _test_slow_write()
+        yield tmp
         _test_slow_write()
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
         fsync_dir(target.parent)
     except BaseException:
-        discard(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
         raise
-
-
-def discard(tmp: Path) -> None:
-    """Remove a temp file that will not be committed (gone already is fine)."""
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
 
 
 def _mode_from_umask() -> int:

@@ -1,11 +1,9 @@
 """Item 2: what the per-epoch atomic checkpoint costs the training loop.
 
 The payloads are the real ``last.pth`` and ``best_model.pth`` the trained run wrote. The engine
-saves through ``CheckpointWriter`` (engine/checkpoint_writer.py), set up here as the engine sets it
-up for this device and thread count: the loop copies the tensors and a background thread writes
-the file atomically (temp file, fsync, rename, folder fsync) -- or, when training's threads fill
-every core, the loop also serialises the file and only the fsyncs and rename are left to the
-thread. Measured, each as alternated pairs with medians:
+saves through ``CheckpointWriter`` (engine/checkpoint_writer.py): the loop copies the tensors and a
+background thread writes the file atomically (temp file, fsync, rename, folder fsync). Measured,
+each as alternated pairs with medians:
 
 * ``stall``: how long the engine's save call blocks the loop (last + best), vs a plain ``torch.save``
   of the same payload in the same place (no fsync, no rename) -> ``atomic_vs_plain_ratio``;
@@ -31,7 +29,7 @@ from benchmarks.perf.probe import calibrated_steps, manual_steps, median_ms
 from benchmarks.perf.timing import Paired, clock, median, paired, sync, timed
 from benchmarks.perf.workspace import TRAINED_STAGES, Bench, filesystem_of
 from mi_pipeline.engine import checkpoint as ckpt
-from mi_pipeline.engine.checkpoint_writer import CheckpointWriter, has_spare_core
+from mi_pipeline.engine.checkpoint_writer import CheckpointWriter
 from mi_pipeline.layout import RunLayout
 
 
@@ -51,11 +49,11 @@ def validation_s(bench: Bench, stage: str, repeats: int = 3) -> float:
 class _Saves:
     """The stage's last + best payloads, saved the three ways the measurements compare."""
 
-    def __init__(self, layout: RunLayout, stage: str, folder: Path, device: torch.device) -> None:
+    def __init__(self, layout: RunLayout, stage: str, folder: Path) -> None:
         self.payloads = {name: ckpt.load_checkpoint(path) for name, path in
                          ((ckpt.LAST, layout.last(stage)), (ckpt.BEST, layout.best(stage)))}
         self.folder = folder
-        self.writer = CheckpointWriter(stage_here=not has_spare_core(device))  # as fit() makes it
+        self.writer = CheckpointWriter()
 
     def plain(self) -> float:
         return sum(timed(lambda: torch.save(p, self.folder / f"plain_{n}")) for n, p in self.payloads.items())
@@ -98,7 +96,7 @@ def measure_stage(bench: Bench, stage: str) -> dict[str, Any]:
     folder = bench.folder("checkpoints") / stage
     folder.mkdir(parents=True, exist_ok=True)
     repeats = bench.preset.checkpoint_repeats
-    saves = _Saves(layout, stage, folder, bench.device)
+    saves = _Saves(layout, stage, folder)
     try:
         stall = paired(saves.plain, saves.stall, repeats)
         write = paired(saves.plain, saves.atomic, repeats)
@@ -121,7 +119,6 @@ def measure_stage(bench: Bench, stage: str) -> dict[str, Any]:
         "plain_ms": median_ms(stall.baseline), "extra_epoch_ms": round(extra_s * 1000, 2),
         "overlap_steps": steps, "epoch_ms": round(epoch_s * 1000, 1), "validation_ms": round(val_s * 1000, 1),
         "share": round(extra_s / epoch_s, 5) if math.isfinite(epoch_s) and epoch_s > 0 else None,
-        "serialised_in_loop": not has_spare_core(bench.device),
         "stall_vs_plain": stall.to_json(scale=1000, unit="ms"),
         "write_vs_plain": write.to_json(scale=1000, unit="ms"),
         "extra_pairs": extra.to_json(scale=1000, unit="ms"),

@@ -16,7 +16,6 @@ import pickle
 import random
 import shutil
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import numpy as np
 
 from mi_pipeline.engine import packing
 from mi_pipeline.errors import CheckpointError
-from mi_pipeline.fsio import commit_staged, discard, staged_path
+from mi_pipeline.fsio import atomic_path
 
 FORMAT_VERSION = 2  # 2: tensors packed per dtype (engine/packing.py); 1: one record per tensor
 READABLE_VERSIONS = (1, 2)  # 1 is read as it is: see mi_pipeline/compat.py
@@ -46,36 +45,12 @@ def to_record(payload: dict[str, Any]) -> dict[str, Any]:
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
     """:func:`save_checkpoint`'s write of a record from :func:`to_record` (the writer thread's half)."""
-    commit_record(stage_record(path, record), path)
-
-
-def stage_record(path: Path, record: dict[str, Any]) -> Path:
-    """The record serialised into a temp file beside ``path``: written, not yet durable nor in place
-    (:func:`commit_record` does that; a failure here leaves no temp file behind)."""
     import torch
 
-    with _as_checkpoint_error(path):
-        tmp = staged_path(path)
-        try:
+    try:
+        with atomic_path(path) as tmp:
             with open(tmp, "wb") as handle:  # a Python file object: a full disk surfaces as OSError(ENOSPC)
                 torch.save(record, handle)
-        except BaseException:
-            discard(tmp)
-            raise
-    return tmp
-
-
-def commit_record(tmp: Path, path: Path) -> None:
-    """A temp file from :func:`stage_record` made durable and put in place of ``path``."""
-    with _as_checkpoint_error(path):
-        commit_staged(tmp, path)
-
-
-@contextlib.contextmanager
-def _as_checkpoint_error(path: Path) -> Iterator[None]:
-    """A failed write as one CheckpointError line that names ``path`` and says what to do."""
-    try:
-        yield
     except OSError as exc:
         raise CheckpointError(f"{path}: could not write checkpoint ({_os_reason(exc)}); "
                               "the previous file is unchanged; free space and run again to resume") from None

@@ -25,19 +25,11 @@ What the loop waits for, the copy: on one thread. A multi-threaded copy of a few
 and, on cores shared with other jobs, waits at OpenMP barriers for a descheduled thread: on the
 loaded development VM (load 6-8, ``threads: 2``) the copy of segmentation's last + best took
 43-172 ms (median of 7, four rounds; single saves up to 680 ms) with 2 threads, 12-14 ms on one.
-
-When no core is spare (CPU training whose intra-op threads fill every core the job may use), a
-background thread can only run by taking a core from a training thread, and the other thread then
-waits for it at every OpenMP barrier: the loop loses about twice the writer's CPU time. There the
-loop serialises the files itself (``stage_here``: a few ms of CPU it would have lost anyway, with
-no thread descheduled) and only the fsyncs and renames, which wait on the disk rather than use a
-core, stay in the background. Crash-safety and the order of commits are the same either way.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 from collections import deque
@@ -48,8 +40,7 @@ from typing import Any
 
 import torch
 
-from mi_pipeline.engine.checkpoint import commit_record, stage_record, to_record, write_record
-from mi_pipeline.fsio import discard
+from mi_pipeline.engine.checkpoint import to_record, write_record
 
 WRITE_SWITCH_S = 0.0005  # GIL switch interval while a background write runs (Python's default: 0.005)
 MAX_PENDING = 1  # one save_all (an epoch's best + last) in flight; a slower disk makes the loop wait instead of piling up copies
@@ -90,49 +81,6 @@ def _write_in_background(items: list[tuple[Any, ...]]) -> float:
         sys.setswitchinterval(default)
 
 
-def _commit_in_order(staged: list[tuple[Path, Path]]) -> float:
-    """Commit each staged (temp file, path) in turn; the first failure stops the rest (their temp
-    files are removed). Returns this thread's CPU seconds, like :func:`_write_in_order`."""
-    started = time.thread_time()
-    for done, (tmp, path) in enumerate(staged):
-        try:
-            commit_record(tmp, path)
-        except BaseException:
-            for later, _ in staged[done + 1:]:
-                discard(later)
-            raise
-    return time.thread_time() - started
-
-
-def _stage_in_order(records: list[tuple[Path, dict[str, Any]]]) -> list[tuple[Path, Path]]:
-    """Serialise every record into its temp file; on a failure none of them is kept (nothing of the
-    group is committed) and the one-line CheckpointError is raised here."""
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for path, record in records:
-            staged.append((stage_record(path, record), path))
-    except BaseException:
-        for tmp, _ in staged:
-            discard(tmp)
-        raise
-    return staged
-
-
-def has_spare_core(device: torch.device) -> bool:
-    """Whether a background thread can run without taking a core from training: on a GPU the loop's
-    CPU threads mostly wait for the device; on the CPU only if the intra-op threads of this node's
-    ranks (torchrun's LOCAL_WORLD_SIZE) leave one of the cores this process may use (its affinity:
-    the SLURM allocation) free."""
-    if device.type != "cpu":
-        return True
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return torch.get_num_threads() * ranks_here < cores
-
-
 def _run_all(callbacks: list[Callable[[], None]]) -> Callable[[], None] | None:
     """One callback that runs ``callbacks`` in order (None when there are none)."""
     if not callbacks:
@@ -146,12 +94,9 @@ def _run_all(callbacks: list[Callable[[], None]]) -> Callable[[], None] | None:
 
 
 class CheckpointWriter:
-    """Writes checkpoints in order on one background thread (``background=False``: in the caller;
-    ``stage_here``: serialised in the caller, made durable in the background -- see the module's
-    docstring for when each costs the loop least)."""
+    """Writes checkpoints in order on one background thread (``background=False``: in the caller)."""
 
-    def __init__(self, background: bool = True, stage_here: bool = False) -> None:
-        self._stage_here = stage_here
+    def __init__(self, background: bool = True) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint") if background else None
         self._pending: deque[tuple[Future[float], Callable[[], None] | None, float]] = deque()
         self.last_cost_s = 0.0  # the newest finished save: the loop's wait for the copy + the writer's CPU seconds
@@ -173,13 +118,11 @@ class CheckpointWriter:
             self._finish_oldest()
         started = time.perf_counter()
         with _one_thread():
-            group = [(path, to_record(payload)) for path, payload, _ in items]
-            staged = _stage_in_order(group) if self._stage_here else None
+            copies = [(path, to_record(payload), then) for path, payload, then in items]
         copied_s = time.perf_counter() - started
-        callbacks = [then for _, _, then in items if then is not None]
-        job = (self._pool.submit(_commit_in_order, staged) if staged is not None
-               else self._pool.submit(_write_in_background, group))
-        self._pending.append((job, _run_all(callbacks), copied_s))
+        group = [(path, copy) for path, copy, _ in copies]
+        callbacks = [then for _, _, then in copies if then is not None]
+        self._pending.append((self._pool.submit(_write_in_background, group), _run_all(callbacks), copied_s))
 
     def poll(self) -> None:
         """Run the callbacks of the writes that are done; raise a failed write's CheckpointError."""

@@ -34,7 +34,7 @@ import torch
 from mi_pipeline.config import OptimConfig, PerformanceConfig, resolve_performance
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine import performance
-from mi_pipeline.engine.checkpoint_writer import CheckpointWriter, has_spare_core
+from mi_pipeline.engine.checkpoint_writer import CheckpointWriter
 from mi_pipeline.engine.distributed import World, wrap_model
 from mi_pipeline.engine.runlog import StageLog
 from mi_pipeline.engine.task import TrainTask
@@ -148,7 +148,7 @@ def fit(task: TrainTask, optim: OptimConfig, ctx: FitContext) -> TrainState:
 
     num_batches = math.ceil(task.num_train_samples() / optim.batch_size)
     builder = BatchBuilder(task, ctx.seed, optim.batch_size, world)
-    writer = CheckpointWriter(background=perf.async_checkpoint, stage_here=not has_spare_core(ctx.device))
+    writer = CheckpointWriter(background=perf.async_checkpoint)
     saver = _Saver(ctx, writer, model, optimizer, scheduler, scaler, upstream, optim.epochs, perf, optim.best_window)
     try:
         with performance.BatchStream(builder, builder.positions(state, optim.epochs), perf, ctx.device) as stream:
