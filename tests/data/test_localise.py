@@ -100,3 +100,34 @@ def test_a_cavity_whose_blood_is_dim_on_one_side_is_centred_on_the_whole_cavity(
     found = localise.locate_lv(cine, spacing)
     assert found.method == "blood_pool" and len(found.slices) == slices, localise.describe(found)
     assert np.hypot((found.center[0] - lv[0]) * spacing[0], (found.center[1] - lv[1]) * spacing[1]) <= 2.5, found
+
+
+def _beating_lv(cine: np.ndarray, k: int, centre: tuple[float, float], pool: float, wall: float) -> None:
+    """Slice ``k`` of ``cine``: a myocardial ring (0.35) around a blood pool (0.75) largest at ED, as in the tests above."""
+    shape, frames = cine.shape[:2], cine.shape[3]
+    for t in range(frames):
+        squeeze = np.sin(np.pi * t / frames)
+        cine[_disc(shape, centre, pool + wall - 1.5 * squeeze), k, t] = 0.35
+        cine[_disc(shape, centre, pool - 4.0 * squeeze), k, t] = 0.75
+
+
+def test_the_crop_holds_a_slice_the_breath_hold_moved_beyond_the_chains_reach() -> None:
+    """A dilated LV (30 mm pool) whose slice 3 was held 33 mm off (a breath-hold; real patient014 moved 25-35
+    mm on two slices): the chain skips that slice (no link is longer than ``JUMP_MM``) and the crop sized from
+    the chain's pools alone cut its myocardium. The skipped slice's pool overlaps the chain's there, so it
+    counts for the crop's extent (not for the centre)."""
+    shape, slices, frames, spacing = (128, 128), 8, 8, (1.5, 1.5)
+    cine = np.full(shape + (slices, frames), 0.1, dtype=np.float32)
+    lv, moved, wall = (64.0, 64.0), 3, 7.0
+    centres = [(lv[0] + (22.0 if k == moved else 0.0), lv[1]) for k in range(slices)]  # 22 px = 33 mm
+    for k, c in enumerate(centres):
+        _beating_lv(cine, k, c, 20.0, wall)
+    cine += np.random.default_rng(0).normal(0.0, 0.01, cine.shape).astype(np.float32)
+    affine = np.diag([spacing[0], spacing[1], 8.0, 1.0])
+    raw = RawSubject(id="moved", folder=Path("."), cine=cine, cine_affine=affine, lge=None, lge_affine=None,
+                     lge_label=None, ed=0, es=frames // 2)
+    found = preprocess.locate(raw)
+    assert found.method == "blood_pool" and moved not in found.slices and len(found.slices) == slices - 1, found
+    half = preprocess.crop_spacing(raw, found.center, DataConfig(), found) * (DataConfig().crop - 2) / 2
+    reach = max(np.hypot((c[0] - found.center[0]) * spacing[0], (c[1] - found.center[1]) * spacing[1]) for c in centres)
+    assert half >= reach + (20.0 + wall) * spacing[0], (half, reach)  # the moved slice's epicardium fits
