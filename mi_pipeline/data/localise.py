@@ -17,7 +17,8 @@ ring of myocardium, at about the same place on consecutive slices. So:
 4. each member pool is grown into its cavity (``_cavity``: up to ``GROW_MM`` into tissue brighter than a
    level between its blood and its ring's myocardium; kept only while still round and ringed), because the
    threshold that isolates a round pool often keeps only the cavity's brightest part; the LV centre is the
-   area-weighted mean of the cavities' centres, and its extent (for sizing the crop) the farthest pool
+   area-weighted mean of the cavities' centres (with the pools of slices the chain skipped between its ends:
+   ``_skipped``, ``_between_ends``), and its extent (for sizing the crop) the farthest pool
    pixel from that centre, over the chain's pools and, on slices the chain skipped, the pool that overlaps
    the chain's (``_skipped``: a slice a breath-hold moved beyond a link's reach, a basal segment past a gap).
 
@@ -290,7 +291,8 @@ def _overlaps(c: Candidate, chain: list[Candidate], spacing: tuple[float, float]
 
 
 def _skipped(cands: list[Candidate], chain: list[Candidate], spacing: tuple[float, float]) -> list[Candidate]:
-    """The LV's pool on slices the chain has no member on, for the crop's extent only (not the centre).
+    """The LV's pool on slices the chain has no member on: for the crop's extent, and between the chain's
+    ends for the centre too (``_between_ends``).
 
     Why: the chain skips slices where the LV moved more than a link allows (a breath-hold 25-35 mm off on
     real hearts) and stops where no pool passes the checks for more than two slices (a basal segment on a
@@ -311,6 +313,19 @@ def _skipped(cands: list[Candidate], chain: list[Candidate], spacing: tuple[floa
     return list(best.values())
 
 
+def _between_ends(pools: list[Candidate], chain: list[Candidate]) -> list[Candidate]:
+    """The pools on slices from the chain's first to its last: the chain and the slices it skipped in between.
+
+    Why these count for the centre: a skipped slice between two chain slices whose pool overlaps the chain's
+    is the LV that a breath-hold moved, and the labels' centre (all slices) includes it (patient014: 8.1 mm
+    off without its two moved slices, 1.9 with them). Beyond the chain's ends a skipped run may hold the
+    outflow tract as well as the LV: counting those moved M&Ms L8N7Z0's centre from 4.2 to 5.1 mm, so they
+    size the crop only.
+    """
+    first, last = min(c.slice for c in chain), max(c.slice for c in chain)
+    return [c for c in pools if first <= c.slice <= last]
+
+
 def _supported(c: Candidate, chosen: list[Candidate], spacing: tuple[float, float]) -> bool:
     """Whether a pool on a nearby slice (<= 2 slices away) lies within ``LINK_MM``: an isolated jump is
     another structure (a merged blob, the outflow tract), not the LV drifting between breath-holds."""
@@ -328,8 +343,9 @@ def locate_lv(cine: np.ndarray, spacing: tuple[float, float], fallback=None) -> 
         why = (f"no round, beating, ringed bright blood pool at the same place on {needed} slices or more"
                if cands else "no round, beating, ringed bright blood pool on any slice")
         return LvLocation(center=centre, radius_mm=None, method="temporal_std_fallback", why=why)
-    ci, cj = _centre(cine, best, spacing, weight)
-    pts = np.concatenate([c.extent_px for c in best + _skipped(cands, best, spacing)]).astype(float)
+    around = best + _skipped(cands, best, spacing)
+    ci, cj = _centre(cine, _between_ends(around, best), spacing, weight)
+    pts = np.concatenate([c.extent_px for c in around]).astype(float)
     radius = float(np.max(np.hypot((pts[:, 0] - ci) * spacing[0], (pts[:, 1] - cj) * spacing[1])))
     return LvLocation(center=(ci, cj), radius_mm=radius, method="blood_pool",
                       slices=tuple(sorted(c.slice for c in best)))
@@ -337,7 +353,7 @@ def locate_lv(cine: np.ndarray, spacing: tuple[float, float], fallback=None) -> 
 
 def _centre(cine: np.ndarray, best: list[Candidate], spacing: tuple[float, float],
             weight: np.ndarray) -> tuple[float, float]:
-    """Mean of the chain's cavity centres (``_cavity``), weighted like the LV's cross-section (cavity plus a
+    """Mean of the pools' cavity centres (``_cavity``), weighted like the LV's cross-section (cavity plus a
     wall), as the labels' centre of cavity + myocardium is."""
     cavities = [_cavity(_peak(cine[:, :, c.slice], spacing, weight), c, spacing) for c in best]
     radii = np.sqrt(np.array([m.sum() for m in cavities], dtype=float) * spacing[0] * spacing[1] / np.pi)
