@@ -17,10 +17,10 @@ ring of myocardium, at about the same place on consecutive slices. So:
 4. each member pool is grown into its cavity (``_cavity``: up to ``GROW_MM`` into tissue brighter than a
    level between its blood and its ring's myocardium; kept only while still round and ringed), because the
    threshold that isolates a round pool often keeps only the cavity's brightest part; the LV centre is the
-   area-weighted mean of the cavities' centres (with the pools of slices the chain skipped between its ends:
-   ``_skipped``, ``_between_ends``), and its extent (for sizing the crop) the farthest pool
-   pixel from that centre, over the chain's pools and, on slices the chain skipped, the pool that overlaps
-   the chain's (``_skipped``: a slice a breath-hold moved beyond a link's reach, a basal segment past a gap).
+   area-weighted mean of the cavities' centres, and its extent (for sizing the crop) the farthest pool
+   pixel from that centre. Slices the chain skipped (a breath-hold moved the LV beyond a link's reach, a
+   basal run past a gap) add the pool that overlaps the chain's (``_skipped``): to the extent always, to the
+   centre between the chain's first and last slice (``_between_ends``).
 
 When no candidate passes, the old motion-map peak is used and the method is named
 ``temporal_std_fallback`` with the reason, so outputs can say that the crop was not checked.
@@ -299,8 +299,8 @@ def _skipped(cands: list[Candidate], chain: list[Candidate], spacing: tuple[floa
     thick-walled heart), and those are often the slices where the heart reaches farthest from the centre:
     3 of the 4 development hearts whose crop cut myocardium. On each such slice the best in-phase pool that
     overlaps the chain pool nearest in slice number (one's centre inside the other) is taken. Such a pool may
-    be another structure (an atrium beyond the chain's end): the crop is then larger than it needs to be,
-    a coarser grid, not a cut heart (docs/QUALITY.md: one held-out crop doubled so).
+    be another structure that overlaps the LV's and reaches past its wall: the crop is then larger than it
+    needs to be, a coarser grid, not a cut heart (docs/QUALITY.md: one held-out crop doubled so).
     """
     beat = np.sum([c.score * c.curve for c in chain], axis=0)
     taken = {c.slice for c in chain}
@@ -318,9 +318,9 @@ def _between_ends(pools: list[Candidate], chain: list[Candidate]) -> list[Candid
 
     Why these count for the centre: a skipped slice between two chain slices whose pool overlaps the chain's
     is the LV that a breath-hold moved, and the labels' centre (all slices) includes it (patient014: 8.1 mm
-    off without its two moved slices, 1.9 with them). Beyond the chain's ends a skipped run may hold the
-    outflow tract as well as the LV: counting those moved M&Ms L8N7Z0's centre from 4.2 to 5.1 mm, so they
-    size the crop only.
+    off without its two moved slices, 1.9 with them). The skipped runs beyond the chain's ends size the
+    crop only: counting them for the centre too moved M&Ms L8N7Z0's from 4.2 to 5.1 mm (its basal run lies
+    11-16 mm from the centre found) and fixed no other development heart.
     """
     first, last = min(c.slice for c in chain), max(c.slice for c in chain)
     return [c for c in pools if first <= c.slice <= last]
