@@ -17,8 +17,10 @@ ring of myocardium, at about the same place on consecutive slices. So:
 4. each member pool is grown into its cavity (``_cavity``: up to ``GROW_MM`` into tissue brighter than a
    level between its blood and its ring's myocardium; kept only while still round and ringed), because the
    threshold that isolates a round pool often keeps only the cavity's brightest part; the LV centre is the
-   area-weighted mean of the cavities' centres, and its extent (for sizing the crop) the farthest member
-   pool pixel from that centre.
+   area-weighted mean of the cavities' centres, and its extent (for sizing the crop) the farthest pool
+   pixel from that centre. Slices the chain skipped (a breath-hold moved the LV beyond a link's reach, a
+   basal run past a gap) add the pool that overlaps the chain's (``_skipped``): to the extent always, to the
+   centre between the chain's first and last slice (``_between_ends``).
 
 When no candidate passes, the old motion-map peak is used and the method is named
 ``temporal_std_fallback`` with the reason, so outputs can say that the crop was not checked.
@@ -68,8 +70,9 @@ class LvLocation:
     """Where the LV is in a cine, and how that was decided.
 
     ``center``: voxel coordinates along cine axes 0, 1; ``radius_mm``: the farthest blood-pool pixel of
-    the LV from that centre (None when unknown); ``method``: ``blood_pool`` (checked candidate) or
-    ``temporal_std_fallback``; ``why``: the reason for a fallback; ``slices``: slices the LV was found on.
+    the LV from that centre, on the chain's slices and those it skipped (None when unknown); ``method``:
+    ``blood_pool`` (checked candidate) or ``temporal_std_fallback``; ``why``: the reason for a fallback;
+    ``slices``: slices the LV was found on (the chain's).
     """
 
     center: tuple[float, float]
@@ -271,6 +274,58 @@ def _track(cands: list[Candidate], spacing: tuple[float, float]) -> list[Candida
     return [c for c in chain if _supported(c, chain, spacing)]
 
 
+def _radius_mm(c: Candidate, spacing: tuple[float, float]) -> float:
+    """The radius of a disc of the pool's area."""
+    return float(np.sqrt(c.area_px * spacing[0] * spacing[1] / np.pi))
+
+
+def _same_cavity(a: Candidate, b: Candidate, spacing: tuple[float, float]) -> bool:
+    """Whether one pool's centre lies inside the other (the same cavity, shifted by a breath-hold)."""
+    return _near(a, b.center, spacing) < max(_radius_mm(a, spacing), _radius_mm(b, spacing))
+
+
+def _overlaps(c: Candidate, chain: list[Candidate], spacing: tuple[float, float]) -> bool:
+    """Whether ``c`` is the same cavity as a chain pool on the chain slice nearest to its own."""
+    gap = min(abs(o.slice - c.slice) for o in chain)
+    return any(abs(o.slice - c.slice) == gap and _same_cavity(o, c, spacing) for o in chain)
+
+
+def _skipped(cands: list[Candidate], chain: list[Candidate], spacing: tuple[float, float]) -> list[Candidate]:
+    """The LV's pool on slices the chain has no member on: for the crop's extent, and between the chain's
+    ends for the centre too (``_between_ends``).
+
+    Why: the chain skips slices where the LV moved more than a link allows (a breath-hold 25-35 mm off on
+    real hearts) and stops where no pool passes the checks for more than two slices (a basal segment on a
+    thick-walled heart), and those are often the slices where the heart reaches farthest from the centre:
+    3 of the 4 development hearts whose crop cut myocardium. On each such slice the best in-phase pool that
+    overlaps the chain pool nearest in slice number (one's centre inside the other) is taken. Such a pool may
+    be another structure that overlaps the LV's and reaches past its wall: the crop is then larger than it
+    needs to be, a coarser grid, not a cut heart (docs/QUALITY.md: one held-out crop doubled so).
+    """
+    beat = np.sum([c.score * c.curve for c in chain], axis=0)
+    taken = {c.slice for c in chain}
+    best: dict[int, Candidate] = {}
+    for c in _in_phase(cands, beat):
+        if c.slice in taken or not _overlaps(c, chain, spacing):
+            continue
+        if c.slice not in best or c.score > best[c.slice].score:
+            best[c.slice] = c
+    return list(best.values())
+
+
+def _between_ends(pools: list[Candidate], chain: list[Candidate]) -> list[Candidate]:
+    """The pools on slices from the chain's first to its last: the chain and the slices it skipped in between.
+
+    Why these count for the centre: a skipped slice between two chain slices whose pool overlaps the chain's
+    is the LV that a breath-hold moved, and the labels' centre (all slices) includes it (patient014: 8.1 mm
+    off without its two moved slices, 1.9 with them). The skipped runs beyond the chain's ends size the
+    crop only: counting them for the centre too moved M&Ms L8N7Z0's from 4.2 to 5.1 mm (its basal run lies
+    11-16 mm from the centre found) and fixed no other development heart.
+    """
+    first, last = min(c.slice for c in chain), max(c.slice for c in chain)
+    return [c for c in pools if first <= c.slice <= last]
+
+
 def _supported(c: Candidate, chosen: list[Candidate], spacing: tuple[float, float]) -> bool:
     """Whether a pool on a nearby slice (<= 2 slices away) lies within ``LINK_MM``: an isolated jump is
     another structure (a merged blob, the outflow tract), not the LV drifting between breath-holds."""
@@ -288,8 +343,9 @@ def locate_lv(cine: np.ndarray, spacing: tuple[float, float], fallback=None) -> 
         why = (f"no round, beating, ringed bright blood pool at the same place on {needed} slices or more"
                if cands else "no round, beating, ringed bright blood pool on any slice")
         return LvLocation(center=centre, radius_mm=None, method="temporal_std_fallback", why=why)
-    ci, cj = _centre(cine, best, spacing, weight)
-    pts = np.concatenate([c.extent_px for c in best]).astype(float)
+    around = best + _skipped(cands, best, spacing)
+    ci, cj = _centre(cine, _between_ends(around, best), spacing, weight)
+    pts = np.concatenate([c.extent_px for c in around]).astype(float)
     radius = float(np.max(np.hypot((pts[:, 0] - ci) * spacing[0], (pts[:, 1] - cj) * spacing[1])))
     return LvLocation(center=(ci, cj), radius_mm=radius, method="blood_pool",
                       slices=tuple(sorted(c.slice for c in best)))
@@ -297,7 +353,7 @@ def locate_lv(cine: np.ndarray, spacing: tuple[float, float], fallback=None) -> 
 
 def _centre(cine: np.ndarray, best: list[Candidate], spacing: tuple[float, float],
             weight: np.ndarray) -> tuple[float, float]:
-    """Mean of the chain's cavity centres (``_cavity``), weighted like the LV's cross-section (cavity plus a
+    """Mean of the pools' cavity centres (``_cavity``), weighted like the LV's cross-section (cavity plus a
     wall), as the labels' centre of cavity + myocardium is."""
     cavities = [_cavity(_peak(cine[:, :, c.slice], spacing, weight), c, spacing) for c in best]
     radii = np.sqrt(np.array([m.sum() for m in cavities], dtype=float) * spacing[0] * spacing[1] / np.pi)
