@@ -21,43 +21,24 @@ development VM under load (1-thread conv steps beside a writer saving 3 MB / 840
 84-118 ms per step alone, 217-261 ms beside the writer at 5 ms, 171-174 ms at 0.5 ms. So while a
 write is in flight the interval is ``WRITE_SWITCH_S``, then restored.
 
-What the loop waits for, the copy: on one thread. A multi-threaded copy of a few MB gains nothing
-and, on cores shared with other jobs, waits at OpenMP barriers for a descheduled thread: on the
-loaded development VM (load 6-8, ``threads: 2``) the copy of segmentation's last + best took
-43-172 ms (median of 7, four rounds; single saves up to 680 ms) with 2 threads, 12-14 ms on one.
+What the loop waits for, the copy: one single-threaded byte copy per dtype (``packing``), without
+changing torch's thread count (see ``packing._cat_on_this_thread`` for why, and what was measured).
 """
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from mi_pipeline.engine.checkpoint import to_record, write_record
 
 WRITE_SWITCH_S = 0.0005  # GIL switch interval while a background write runs (Python's default: 0.005)
 MAX_PENDING = 1  # one save_all (an epoch's best + last) in flight; a slower disk makes the loop wait instead of piling up copies
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """torch's intra-op threads at 1 for a moment (the copy), then as they were: the arithmetic of the
-    training steps, which depends on the thread count, never runs inside."""
-    threads = torch.get_num_threads()
-    if threads > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)
 
 
 def _write_in_order(items: list[tuple[Any, ...]]) -> float:
@@ -117,8 +98,7 @@ class CheckpointWriter:
         while self._pending and len(self._pending) + 1 > MAX_PENDING:
             self._finish_oldest()
         started = time.perf_counter()
-        with _one_thread():
-            copies = [(path, to_record(payload), then) for path, payload, then in items]
+        copies = [(path, to_record(payload), then) for path, payload, then in items]
         copied_s = time.perf_counter() - started
         group = [(path, copy) for path, copy, _ in copies]
         callbacks = [then for _, _, then in copies if then is not None]
