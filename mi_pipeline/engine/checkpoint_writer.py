@@ -21,8 +21,8 @@ development VM under load (1-thread conv steps beside a writer saving 3 MB / 840
 84-118 ms per step alone, 217-261 ms beside the writer at 5 ms, 171-174 ms at 0.5 ms. So while a
 write is in flight the interval is ``WRITE_SWITCH_S``, then restored.
 
-What the loop waits for, the copy: one single-threaded byte copy per dtype (``packing``), without
-changing torch's thread count (see ``packing._cat_on_this_thread`` for why, and what was measured).
+What the loop waits for, the copy: one ``torch.cat`` per dtype (``packing``), on torch's threads as
+training set them (``packing._Packer.buffers`` says why the count is not changed around it).
 """
 
 from __future__ import annotations

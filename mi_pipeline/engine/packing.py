@@ -94,29 +94,17 @@ class _Packer:
         return ref
 
     def buffers(self) -> list[torch.Tensor]:
-        """One CPU tensor per (device, dtype): the only copy of the values that the record holds."""
+        """One CPU tensor per (device, dtype): the only copy of the values that the record holds.
+
+        A plain ``torch.cat``, with torch's threads as training set them. Setting torch to one thread
+        and back around it (done until 2026-12-04, because a 2-thread copy on cores loaded by other
+        jobs waits at OpenMP barriers: 43-172 ms vs 12-14 on one thread at load 6-8) cost the next
+        operations more than it saved on a quiet machine: 12 real segmentation steps after a save took
+        7.6 / 12.2 ms longer with the toggle and 4.8 / 8.8 ms without it (two runs of 30 and 40
+        alternated rounds, docs/PERFORMANCE.md)."""
         import torch
 
-        return [_cat_on_this_thread(group) if device.type == "cpu" else torch.cat(group).to("cpu")
-                for (device, _), group in self.groups.items()]
-
-
-def _cat_on_this_thread(group: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.cat`` of CPU tensors as one single-threaded byte copy (numpy's), whatever their dtype.
-
-    Why not ``torch.cat``: it copies a few MB with every intra-op thread, and on cores shared with
-    other jobs it then waits at OpenMP barriers for a descheduled thread (segmentation's last + best:
-    43-172 ms with 2 threads, 12-14 ms on one, development VM at load 6-8). Setting torch to one
-    thread around it instead cost the next operations more than the copy: on the quiet VM, 12 real
-    segmentation steps after a save took 7.6 / 12.2 ms longer with the toggle and 4.8 / 8.8 ms
-    without it (two runs of 30 and 40 alternated rounds). Bytes keep bfloat16 and bool, which numpy
-    has no type for."""
-    import numpy as np
-    import torch
-
-    dtype = group[0].dtype
-    data = np.concatenate([t.view(torch.uint8).numpy() for t in group]) if group else np.empty(0, np.uint8)
-    return torch.from_numpy(data).view(dtype)
+        return [torch.cat(group).to("cpu") for group in self.groups.values()]
 
 
 def pack(payload: dict[str, Any]) -> dict[str, Any]:
