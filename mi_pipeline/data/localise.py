@@ -227,7 +227,9 @@ def _near(c: Candidate, centre: tuple[float, float], spacing: tuple[float, float
     return float(np.hypot((c.center[0] - centre[0]) * spacing[0], (c.center[1] - centre[1]) * spacing[1]))
 
 
-def _in_phase(cands: list[Candidate], beat: np.ndarray) -> list[Candidate]:
+def _in_phase(cands: list[Candidate], chain: list[Candidate]) -> list[Candidate]:
+    """The pools that brighten and darken with ``chain`` (its score-weighted beat), not against it."""
+    beat = np.sum([c.score * c.curve for c in chain], axis=0)
     return [c for c in cands if float(c.curve @ beat) > 0]
 
 
@@ -267,7 +269,7 @@ def _track(cands: list[Candidate], spacing: tuple[float, float]) -> list[Candida
     the next slices are dropped (an isolated jump is another structure, not the LV drifting).
     """
     first = _best_chain(cands, spacing)
-    in_phase = _in_phase(cands, np.sum([c.score * c.curve for c in first], axis=0))
+    in_phase = _in_phase(cands, first)
     if not in_phase:
         return []
     chain = _best_chain(in_phase, spacing)
@@ -302,10 +304,9 @@ def _skipped(cands: list[Candidate], chain: list[Candidate], spacing: tuple[floa
     be another structure that overlaps the LV's and reaches past its wall: the crop is then larger than it
     needs to be, a coarser grid, not a cut heart (docs/QUALITY.md: one held-out crop doubled so).
     """
-    beat = np.sum([c.score * c.curve for c in chain], axis=0)
     taken = {c.slice for c in chain}
     best: dict[int, Candidate] = {}
-    for c in _in_phase(cands, beat):
+    for c in _in_phase(cands, chain):
         if c.slice in taken or not _overlaps(c, chain, spacing):
             continue
         if c.slice not in best or c.score > best[c.slice].score:
