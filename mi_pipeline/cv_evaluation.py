@@ -69,6 +69,9 @@ def pool(sections: list[dict[str, Any]]) -> dict[str, Any]:
         out["baseline_no_infarct"] = {"infarct_size_mae": metrics.summary(true)["mean"], "fp_infarct_percent": 0.0,
                                       "infarct_dice": 0.0 if any(rows.get("has_infarct", [])) else None,
                                       "segment_auc": 0.5 if out["segment_auc"] is not None else None}
+    notes = [s["infarct_not_estimated"] for s in sections if s.get("infarct_not_estimated")]
+    if notes:
+        out["infarct_not_estimated"] = notes[0]
     out["per_subject"] = rows
     return out
 

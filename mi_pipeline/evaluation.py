@@ -143,7 +143,13 @@ def eval_registration(cfg: Config, model: torch.nn.Module, subjects: list[Subjec
     return out
 
 
+INFARCT_NOT_ESTIMATED = ("myocardium-only model (trained on cine labels, no LGE): it never learnt the infarct, "
+                         "so only its myocardium is scored")
+
+
 def eval_segmentation(models: Models, subjects: list[Subject], log: Callable[[str], None] = _silent) -> dict[str, Any]:
+    if _myocardium_only(models):
+        return _eval_myocardium(models, subjects, log)
     rows, seg_labels, seg_scores = [], [], []
     for s in _each(subjects, "segmentation" + (f" ({len(models.folds)}-fold ensemble)" if models.folds else ""), log):
         if s.cine_label is not None:
@@ -200,6 +206,30 @@ def eval_segmentation(models: Models, subjects: list[Subject], log: Callable[[st
         "fp_infarct_percent": 0.0,
     }
     return out
+
+
+def _myocardium_only(models: Models) -> bool:
+    """Whether the segmentation model (every fold's, for an ensemble) says it learnt no infarct."""
+    members = models.folds or [models]
+    return all(model_provenance(m.checkpoints["segmentation"])["myocardium_only"] for m in members)
+
+
+def _eval_myocardium(models: Models, subjects: list[Subject], log: Callable[[str], None]) -> dict[str, Any]:
+    """A myocardium-only model scored on what it learnt: its myocardium against the cine labels.
+    Infarct rows would compare "no infarct" with the truth and read as a (bad) infarct result."""
+    rows = []
+    for s in _each(subjects, "segmentation (myocardium only)", log):
+        if s.cine_label is None:
+            continue
+        agreement = ensemble.agree(fold_probabilities(models, s)) if models.folds else None
+        pred = agreement.label if agreement is not None else segment_subject(models, s)[0]
+        truth = s.cine_label[:, 0]
+        rows.append({"subject": s.id, "reference": "cine labels",
+                     "myo_dice": metrics.dice(pred > 0, np.isin(truth, (2, 3)))})
+    if not rows:
+        return {"skipped": "no cine labels for these subjects (a myocardium-only model is scored on them)",
+                "infarct_not_estimated": INFARCT_NOT_ESTIMATED}
+    return {**_summarise(rows, ("myo_dice",)), "infarct_not_estimated": INFARCT_NOT_ESTIMATED}
 
 
 def spearman_note(a: list[float], b: list[float]) -> str | None:
@@ -297,6 +327,9 @@ def format_table(result: dict[str, Any]) -> str:
             continue
         if "skipped" in sec:
             lines.append(f"{stage:13} skipped: {sec['skipped']}")
+            continue
+        if sec.get("infarct_not_estimated") and key not in sec:
+            lines.append(f"{stage:13} infarct not estimated: {sec['infarct_not_estimated']}")
             continue
         value, sd = sec.get(key), sec.get(f"{key}_sd")
         ours = fmt(value) + (f" ± {sd:.3f}" if sd is not None else "")

@@ -81,6 +81,8 @@ def load_models(cfg: Config, ckpt_root: Path, stages: tuple[str, ...], device: t
     models = Models(cfg=cfg)
     for stage in stages:
         model, info = registry.load_best(cfg, ckpt_root, stage, device)
+        if stage == "segmentation" and trust.model_provenance(info)["myocardium_only"]:
+            model = segmentation.MyocardiumOnly(model)
         setattr(models, stage, model)
         models.checkpoints[stage] = info
     return models

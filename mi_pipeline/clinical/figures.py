@@ -332,7 +332,8 @@ def summary_figure(result: dict[str, Any]) -> Figure:
         ax.set_xticks(x, labels, fontsize=8)
         ax.set_ylim(0, 1.15)
         ax.set_ylabel("score (higher is better)")
-        ax.set_title(f"{stage} (n = {section.get('n_subjects', '?')})")
+        ax.set_title(f"{stage} (n = {section.get('n_subjects', '?')})"
+                     + ("\nINFARCT NOT ESTIMATED: myocardium-only model" if section.get("infarct_not_estimated") else ""))
         ax.legend(fontsize=9, loc="upper right")
     return fig
 
@@ -425,7 +426,8 @@ def roc_figure(scores: Sequence[float], labels: Sequence[bool], auc: float | Non
 
 
 def write_evaluation_figures(result: dict[str, Any], folder: str | os.PathLike[str]) -> list[str]:
-    """``summary.png`` always; ``bland_altman.png`` and ``segment_roc.png`` when segmentation was scored.
+    """``summary.png`` always; ``bland_altman.png`` and ``segment_roc.png`` when segmentation's infarct was
+    scored (not for a myocardium-only model).
 
     A k-fold run's figures are its pooled ones: every subject once, scored by the fold that held it out.
     """
@@ -438,7 +440,7 @@ def write_evaluation_figures(result: dict[str, Any], folder: str | os.PathLike[s
     save_figure(summary_figure(result), folder / "summary.png")
     written.append(str(folder / "summary.png"))
     seg = result.get("segmentation")
-    if isinstance(seg, dict) and "skipped" not in seg:
+    if isinstance(seg, dict) and "skipped" not in seg and not seg.get("infarct_not_estimated"):
         per = seg["per_subject"]
         save_figure(bland_altman_figure(per["infarct_percent_true"], per["infarct_percent_pred"], per["subject"]),
                     folder / "bland_altman.png")

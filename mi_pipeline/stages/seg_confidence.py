@@ -92,7 +92,9 @@ def shape_figures(pred: np.ndarray, spacing_mm: float) -> list[dict[str, Any]]:
 
 
 def reference_ranges(rows: list[dict[str, Any]], widen: float = 0.25) -> dict[str, tuple[float, float]]:
-    """1st..99th percentiles of the training targets' figures, widened by ``widen`` of their span each side."""
+    """1st..99th percentiles of the training targets' figures, widened by ``widen`` of their span each side;
+    the lower end never below ``1 - widen`` of the smallest seen (a wide span, e.g. apical and basal slices
+    together, would otherwise take it below zero, and then a crumb of myocardium would pass)."""
     out = {}
     for key in DEFAULT_RANGES:
         values = np.asarray([r[key] for r in rows if r["closed_ring"]], dtype=np.float64)
@@ -101,7 +103,7 @@ def reference_ranges(rows: list[dict[str, Any]], widen: float = 0.25) -> dict[st
             continue
         lo, hi = np.percentile(values, [1, 99])
         span = max(hi - lo, 1e-6)
-        out[key] = (round(float(lo - widen * span), 2), round(float(hi + widen * span), 2))
+        out[key] = (round(float(max(lo - widen * span, (1 - widen) * lo)), 2), round(float(hi + widen * span), 2))
     return out
 
 

@@ -70,6 +70,24 @@ def to_classes(labels: torch.Tensor) -> torch.Tensor:
     return CLASS_OF_CODE.to(labels.device)[labels.long()]
 
 
+class MyocardiumOnly(nn.Module):
+    """A segmentation model trained without LGE (cine labels only), as inference must use it: its
+    infarct class never saw a label, so whatever it scores is noise and all of it is myocardium. The
+    two probabilities are summed into the myocardium (logsumexp of the logits) and the infarct class
+    is never chosen; the reports say the infarct was not estimated (``clinical.trust``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        merged = logits.clone()
+        merged[:, 1] = torch.logsumexp(logits[:, 1:3], dim=1)
+        merged[:, 2] = float("-inf")
+        return merged
+
+
 def segmentation_inputs(cine: torch.Tensor, fields: torch.Tensor | None) -> torch.Tensor:
     """Network input (N, C, H, W) for stacked cine slices (N, T, H, W) and their ED->frame motion fields
     (N, T, 2, H, W, from ``motion.motion_fields``); ``fields`` None = frames only. Training and

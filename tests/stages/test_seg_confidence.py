@@ -39,3 +39,16 @@ def test_a_ring_is_plausible_a_blob_or_a_giant_is_not():
     thick = seg_confidence.shape_figures(_ring(3, 15)[None], 1.6)
     assert seg_confidence.plausibility(thick, ranges, "test")["implausible"]
     assert seg_confidence.plausibility([], ranges, "test")["reasons"] == ["no myocardium predicted on any slice"]
+
+
+def test_the_lower_end_of_a_wide_reference_range_stays_above_zero_so_a_crumb_is_implausible():
+    """Apical and basal training slices together span more than their smallest value: a range widened by
+    a share of that span alone went below zero (seen on real M&Ms targets: area -297 mm^2)."""
+    training = np.stack([_ring(2 + 1.5 * k, 4 + 3.0 * k) for k in range(8)])
+    ranges = seg_confidence.reference_ranges(seg_confidence.shape_figures(training, 1.6))
+    assert all(lo > 0 for lo, _ in ranges.values()), ranges
+    crumb = seg_confidence.shape_figures(_ring(1, 2.2)[None], 1.6)
+    assert crumb[0]["closed_ring"], crumb
+    verdict = seg_confidence.plausibility(crumb, ranges, "test")
+    assert verdict["implausible"] and "area_mm2" in " ".join(verdict["reasons"]), verdict
+

@@ -184,6 +184,12 @@ def test_without_lge_training_writes_a_myocardium_only_checkpoint(cine_only_run,
     assert set(best["upstream"]) == {"motion"}
     record = ProgressFile.for_run(RunLayout(run)).read().stages["segmentation"]
     assert record.status == "done" and record.metric_name == "myo_dice"
+    # evaluate scores what it learnt: the myocardium, and says the infarct is not estimated (no infarct rows,
+    # which would compare "no infarct" with the truth and read as a bad infarct result)
+    shown = run_module("mi_pipeline.evaluate", "--run-dir", str(run), "--split", "val", "--stage", "segmentation")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "infarct not estimated: myocardium-only model" in shown.stdout, shown.stdout
+    assert "myocardium Dice" in shown.stdout and "infarct Dice" not in shown.stdout, shown.stdout
 
 
 def test_without_lge_or_cine_labels_segmentation_refuses_in_one_line(tmp_path, tiny_overrides, write_cache):
@@ -192,3 +198,24 @@ def test_without_lge_or_cine_labels_segmentation_refuses_in_one_line(tmp_path, t
     _save_upstream(tmp_path, cfg, "motion", 1)
     with pytest.raises(InputError, match="needs cine labels, but cached subject tr0 has none"):
         _task(cfg, tmp_path)
+
+
+def test_a_myocardium_only_model_never_calls_a_pixel_infarct_and_keeps_its_probability_as_myocardium():
+    """Its infarct class never saw a label: what it scores goes to the myocardium, none of it to infarct."""
+    from mi_pipeline.stages.segmentation import MyocardiumOnly
+
+    class Fixed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.logits = torch.nn.Parameter(torch.randn(4, 3, 8, 8) * 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.logits
+
+    raw = Fixed()
+    with torch.no_grad():
+        before, after = torch.softmax(raw(None), 1), torch.softmax(MyocardiumOnly(raw)(None), 1)
+    assert (before.argmax(1) == 2).any()  # the untrained class wins somewhere: the case that matters
+    assert not (after.argmax(1) == 2).any() and torch.all(after[:, 2] == 0)
+    torch.testing.assert_close(after[:, 1], before[:, 1] + before[:, 2])
+    torch.testing.assert_close(after[:, 0], before[:, 0])
