@@ -57,7 +57,8 @@ class PhantomConfig:
     fov_range_mm: tuple[float, float] = (140.0, 190.0)  # cine in-plane field of view (cropped around the chest)
     slice_thickness_range_mm: tuple[float, float] = (6.0, 10.0)
     lge_spacing_range_mm: tuple[float, float] = (1.1, 1.9)  # LGE in-plane, its own grid
-    heart_offset_mm: float = 8.0  # heart centre off the FOV centre, up to this, each in-plane axis
+    heart_offset_mm: float = 8.0  # heart centre off the FOV centre, up to this, each in-plane axis (``vary``:
+    # plus up to 60 mm more where the FOV leaves room, as real stacks place the heart; data/phantom.py)
     breath_hold_shift_mm: tuple[float, float] = (0.0, 6.0)  # in-plane LGE-vs-cine shift magnitude
     breath_hold_rotation_deg: tuple[float, float] = (0.0, 5.0)  # in-plane LGE-vs-cine rotation magnitude
     lge_slice_offset: float = 0.375  # through-plane LGE stack offset, up to this fraction of a slice

@@ -51,8 +51,9 @@ import yaml
 
 from mi_pipeline.config import PhantomConfig
 
-GENERATOR_VERSION = 4  # 2: infarct thickening falls with transmurality; 3: physiological wall and motion,
-# ranges; 4: ``vary`` draws dilated and hypertrophied hearts, real-image contrast, stacks <= MAX_STACK_MM
+GENERATOR_VERSION = 5  # 2: infarct thickening falls with transmurality; 3: physiological wall and motion,
+# ranges; 4: ``vary`` draws dilated and hypertrophied hearts, real-image contrast, stacks <= MAX_STACK_MM;
+# 5: ``vary`` draws how far the RV wraps the septum and hearts far off the FOV centre (``_vary_anatomy``)
 MARKER = ".phantom.json"
 VIABLE_TETHERING = 0.7  # thickening of viable myocardium over a scar, as a share of remote
 INTENSITY_SCALE = 1000.0  # stored as int16 counts, like scanner magnitude images
@@ -137,6 +138,9 @@ class _Heart:
     remodel: float  # fractional thinning of the infarct wall at ED
     rv_angle: float
     rv_scale: float
+    rv_width: float = 1.0  # the RV's extent along the LV (x its 34 mm half-axis): how far it wraps the septum
+    rv_inset_mm: float | None = None  # the RV ellipse's centre this far inside the epicardium (None: at 0.8 of
+    # the epicardial radius, the default subject's); deeper = more contact, a shallower RV cavity
 
     def geometry(self, x: np.ndarray, y: np.ndarray, k: np.ndarray) -> dict[str, np.ndarray]:
         """What does not change over the cycle (computed once per grid)."""
@@ -189,11 +193,11 @@ class _Heart:
 
         # RV: an ellipse beside the LV, outside the LV epicardium; 2.5 mm free wall
         scale = self.rv_scale * (1 - 0.45 * s) * (1 - 0.2 * c)
-        dist0 = (self.r0 + self.w0) * 0.8
+        dist0 = (self.r0 + self.w0) * 0.8 if self.rv_inset_mm is None else self.r0 + self.w0 - self.rv_inset_mm
         cos_rv, sin_rv = math.cos(self.rv_angle), math.sin(self.rv_angle)
         along = dx * cos_rv + dy * sin_rv - dist0
         perp = -dx * sin_rv + dy * cos_rv
-        a, b = 20.0 * scale, 34.0 * scale
+        a, b = 20.0 * scale, 34.0 * scale * self.rv_width
         q_in = np.hypot(along / a, perp / b)
         q_out = np.hypot(along / (a + 2.5), perp / (b + 2.5))
         f_rvb = soft((1 - q_in) * np.sqrt(a * b)) * in_z
@@ -315,6 +319,24 @@ def _cine_contrast(u: Callable[..., Any], vary: bool) -> dict[str, float]:
     return {"blood": blood, "myo": myo, "tissue": u(0.2, 0.3), "fat": u(0.6, 0.8), "lung": u(0.03, 0.06)}
 
 
+def _vary_anatomy(params: PhantomConfig, index: int, fov_mm: float) -> dict[str, float]:
+    """``vary``: the RV's contact with the septum and the heart's place in the FOV, as real cines have them.
+
+    Measured on expert labels (ACDC 001-050 and six M&Ms at ED, mid slices): the RV blood lies within
+    4 mm of the epicardium along 64-127 degrees (5-95 %: 72-124), against 71-119 (77-111) drawn before;
+    the LV centre lies 1-78 mm from the FOV centre (median 14, 95 % 29-59), against <= 11 mm. The heart
+    moves off centre only as far as the FOV leaves room for it (85 mm of heart, RV and fat around its
+    centre; none in a 170 mm FOV), skewed toward the centre. Drawn from a stream of their own, so every
+    other draw of a subject is what it was.
+    """
+    rng = np.random.default_rng([params.seed, index, 2])
+    width, inset = rng.uniform(0.75, 1.45), rng.uniform(2.0, 10.0)  # the default's inset is 6-9 mm
+    room = max(0.0, min(60.0, fov_mm / 2 - 85.0))
+    radius, direction = room * rng.uniform() ** 1.5, rng.uniform(0, 2 * np.pi)
+    return {"rv_width": float(width), "rv_inset_mm": float(inset),
+            "dx": float(radius * math.cos(direction)), "dy": float(radius * math.sin(direction))}
+
+
 def _draw(params: PhantomConfig, index: int) -> SubjectDraw:
     """All random draws of one subject, in a fixed order (so the bytes are stable for a seed)."""
     rng = np.random.default_rng([params.seed, index])
@@ -341,10 +363,13 @@ def _draw(params: PhantomConfig, index: int) -> SubjectDraw:
     length = int(rng.integers((z + 1) // 2, z + 1))  # infarcts span at least half the stack
     first = int(rng.integers(0, z - length + 1))
     last = first + length - 1
+    cx, cy = fov_c + u(-params.heart_offset_mm, params.heart_offset_mm), fov_c + u(-params.heart_offset_mm,
+                                                                                   params.heart_offset_mm)
+    anatomy = _vary_anatomy(params, index, n * sp) if params.vary else {"dx": 0.0, "dy": 0.0}
     heart = _Heart(
         slices=z,
-        cx=fov_c + u(-params.heart_offset_mm, params.heart_offset_mm),
-        cy=fov_c + u(-params.heart_offset_mm, params.heart_offset_mm),
+        cx=cx + anatomy.pop("dx"),
+        cy=cy + anatomy.pop("dy"),
         tilt=(u(-4, 4), u(-4, 4)),
         **_cavity_and_wall(u, params.vary),
         ell=u(0.0, 0.08),
@@ -361,6 +386,7 @@ def _draw(params: PhantomConfig, index: int) -> SubjectDraw:
         remodel=u(0.1, 0.3) if (infarct and u() < 0.5) else 0.0,
         rv_angle=rv_angle,
         rv_scale=u(0.85, 1.1),
+        **anatomy,
     )
     body = _Body(
         center=(fov_c + u(-10, 10), fov_c + u(-5, 5)),

@@ -264,3 +264,26 @@ def test_vary_draws_dilated_and_hypertrophied_hearts_with_real_contrast() -> Non
     assert max(d.grid.slices for d in draws) > 14
     fixed = [_draw(PhantomConfig(seed=2), i) for i in range(20)]
     assert all(21 <= d.heart.r0 <= 27 and 7 <= d.heart.w0 <= 10 for d in fixed)
+
+
+def test_vary_places_hearts_off_centre_where_the_fov_has_room_and_varies_the_rv_contact() -> None:
+    """Real stacks put the LV centre 1-78 mm from the FOV centre and the RV along 64-127 degrees of the
+    epicardium (docs/QUALITY.md); ``vary`` draws both, a small FOV keeps its heart near the centre,
+    and the default subject keeps the fixed RV (its bytes are pinned above)."""
+    params = PhantomConfig(subjects=60, seed=4, vary=True, fov_range_mm=(140.0, 450.0))
+    draws = [_draw(params, i) for i in range(params.subjects)]
+    offsets, fovs = [], []
+    for d in draws:
+        centre = (d.grid.size - 1) / 2 * d.grid.spacing_mm
+        offsets.append(math.hypot(d.heart.cx - centre, d.heart.cy - centre))
+        fovs.append(d.grid.size * d.grid.spacing_mm)
+    offsets_mm, fov_mm = np.array(offsets), np.array(fovs)
+    assert offsets_mm.max() > 35 and np.median(offsets_mm) > 8
+    small = fov_mm < 170
+    assert small.any() and np.all(offsets_mm[small] <= math.sqrt(2) * params.heart_offset_mm + 1e-6)
+    assert np.all(offsets_mm <= math.sqrt(2) * params.heart_offset_mm + 60.0 + 1e-6)
+    widths = np.array([d.heart.rv_width for d in draws])
+    insets = np.array([d.heart.rv_inset_mm for d in draws])
+    assert widths.min() < 0.85 and widths.max() > 1.3 and insets.min() < 3 and insets.max() > 9
+    fixed = _draw(PhantomConfig(seed=4), 0).heart
+    assert (fixed.rv_width, fixed.rv_inset_mm) == (1.0, None)
