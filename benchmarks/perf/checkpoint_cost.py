@@ -13,7 +13,10 @@ each as alternated pairs with medians:
   right after both saves (so the background write competes with them for the CPU, as it does in
   ``fit``) plus any wait for the write at the end, minus the same steps with no save. The share of
   an epoch is extra / (batches x engine step + validation + extra): an upper bound, since best is
-  only saved in epochs that improve.
+  only saved in epochs that improve. ``share_1s_epoch`` is the same extra over an epoch of at least
+  ``ONE_SECOND_EPOCH_S`` (the yardstick the target was set on: the demo's segmentation epoch is 0.3 s
+  since its steps got faster, and a fixed cost per epoch weighs three times as much there). The
+  measured extra already ends when the write is durable, so a longer epoch can only hide more of it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from benchmarks.perf.workspace import TRAINED_STAGES, Bench, filesystem_of
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.checkpoint_writer import CheckpointWriter
 from mi_pipeline.layout import RunLayout
+
+ONE_SECOND_EPOCH_S = 1.0
 
 
 def validation_s(bench: Bench, stage: str, repeats: int = 3) -> float:
@@ -119,6 +124,7 @@ def measure_stage(bench: Bench, stage: str) -> dict[str, Any]:
         "plain_ms": median_ms(stall.baseline), "extra_epoch_ms": round(extra_s * 1000, 2),
         "overlap_steps": steps, "epoch_ms": round(epoch_s * 1000, 1), "validation_ms": round(val_s * 1000, 1),
         "share": round(extra_s / epoch_s, 5) if math.isfinite(epoch_s) and epoch_s > 0 else None,
+        "share_1s_epoch": round(extra_s / max(epoch_s, ONE_SECOND_EPOCH_S), 5) if math.isfinite(epoch_s) else None,
         "stall_vs_plain": stall.to_json(scale=1000, unit="ms"),
         "write_vs_plain": write.to_json(scale=1000, unit="ms"),
         "extra_pairs": extra.to_json(scale=1000, unit="ms"),
@@ -129,6 +135,7 @@ def measure(bench: Bench) -> dict[str, Any]:
     details = {stage: measure_stage(bench, stage) for stage in TRAINED_STAGES}
     return {
         "checkpoint_share": {s: d["share"] for s, d in details.items()},
+        "checkpoint_share_1s_epoch": {s: d["share_1s_epoch"] for s, d in details.items()},
         "atomic_vs_plain_ratio": {s: d["stall_vs_plain"]["ratio"] for s, d in details.items()},
         "atomic_vs_plain_write_ratio": {s: d["write_vs_plain"]["ratio"] for s, d in details.items()},
         "checkpoint": {"filesystem": filesystem_of(bench.work), **details},

@@ -38,7 +38,8 @@ class Target:
 
 TARGETS = (
     Target("engine_overhead_ratio", "<=", 1.05),
-    Target("checkpoint_share", "<=", 0.02, percent=True),
+    Target("checkpoint_share", "<=", 0.02, percent=True),  # on the demo's own epochs (segmentation: 0.3 s)
+    Target("checkpoint_share_1s_epoch", "<=", 0.02, percent=True),  # on epochs of >= 1 s: the yardstick
     Target("atomic_vs_plain_ratio", "<=", 1.2),
     Target("cache_speedup", ">=", 10.0),
     Target("resume_latency_ratio", "<=", 1.2),
@@ -158,10 +159,12 @@ def _md_checkpoint(results: dict[str, Any]) -> list[str]:
         return []
     return [f"### Checkpoints, last + best ({ck.get('filesystem')}; ms, medians)", ""] + _md_table(
         ["stage", "last.pth MB", "plain torch.save", "engine save (loop blocked)", "ratio", "atomic write",
-         "ratio", "extra epoch time", "epoch", "share"],
+         "ratio", "extra epoch time", "epoch", "share", "share of a >= 1 s epoch"],
         [[s, d["last_mb"], d["plain_ms"], d["stall_ms"], d["stall_vs_plain"]["ratio"], d["write_ms"],
           d["write_vs_plain"]["ratio"], d["extra_epoch_ms"], d["epoch_ms"],
-          f"{100 * d['share']:.2f}%" if d["share"] is not None else "-"] for s, d in stages.items()])
+          f"{100 * d['share']:.2f}%" if d["share"] is not None else "-",
+          f"{100 * d['share_1s_epoch']:.2f}%" if d.get("share_1s_epoch") is not None else "-"]
+         for s, d in stages.items()])
 
 
 def _md_sentences(results: dict[str, Any]) -> list[str]:

@@ -24,7 +24,8 @@ from benchmarks.perf.timing import paired
 from tests.helpers import REPO, env
 
 STAGES = {"motion", "registration", "segmentation"}
-PER_STAGE = ("engine_overhead_ratio", "checkpoint_share", "atomic_vs_plain_ratio", "atomic_vs_plain_write_ratio")
+PER_STAGE = ("engine_overhead_ratio", "checkpoint_share", "checkpoint_share_1s_epoch", "atomic_vs_plain_ratio",
+             "atomic_vs_plain_write_ratio")
 SINGLE = ("cache_speedup", "resume_latency_ratio", "orchestration_overhead_ratio", "ddp_efficiency")
 DETAILS = ("meta", "engine", "checkpoint", "cache", "resume", "orchestration", "slurm", "scaling", "ddp", "profile",
            "gpu_switches", "targets", "errors")
@@ -59,7 +60,7 @@ def test_smoke_run_writes_every_figure_with_its_target(tmp_path: Path) -> None:
     assert all(results["profile"][s]["top_ops"] for s in STAGES)
     assert results["slurm"] == {"skipped": "--skip-slurm"}
     assert "skipped" in results["gpu_switches"]
-    assert len(results["targets"]) == 3 * 3 + 3  # every target row (3 per stage, 3 single), met or not
+    assert len(results["targets"]) == 4 * 3 + 3  # every target row (4 per stage, 3 single), met or not
     assert "engine_overhead_ratio[motion]" in proc.stdout and "<= 1.050x" in proc.stdout
 
 
