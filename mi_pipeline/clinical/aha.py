@@ -35,7 +35,8 @@ from scipy import ndimage
 from mi_pipeline import metrics
 
 ANGLES = np.arange(0.0, 360.0, 1.0)
-BAND_MM = (3.5, 8.0)  # where RV labels are read, outside the LV epicardium (the images: CONTACT_MM)
+BAND_MM = (3.5, 8.0)  # where the RV is read, outside the LV epicardium (labels and bright regions alike)
+BAND_FILL = 0.3  # the RV is at an angle where it fills more than this fraction of the band there
 MIN_ARC_DEG, MAX_ARC_DEG = 40.0, 250.0
 ANTERIOR_RAS = np.array([0.0, 1.0, 1.0]) / np.sqrt(2.0)
 SEPTUM_SPAN_DEG = 120.0  # two 60-degree segments (2 and 3) between the insertion points
@@ -45,7 +46,6 @@ RV_WALL_MM = 3.0  # normal RV free wall 2-5 mm: the insertion point lies one wal
 BLOOD_LEVEL = 0.5  # a pixel is blood when brighter than halfway from the slice's myocardium to its blood nearby
 LOCAL_BLOOD_MM = 15.0  # 'nearby': a window about one RV cavity deep, so that the RV's own blood sets its threshold
 LOCAL_BLOOD_PERCENTILE = 90.0  # the window's brightest pixels stand for its blood
-CONTACT_MM = BAND_MM[1]  # a bright region touches the LV where it comes this close to the epicardium
 MIN_CONTACT_DEG = MIN_ARC_DEG / 2  # an RV's bright part can touch less than its label (dark tips; ~30 deg, thick wall)
 MAX_CONTACT_DEG = 180.0  # the RV wraps the septum, never half the LV (insertions ~100-140 deg apart): wider is fat
 STACK_WINDOW = 2  # neighbouring slices either side that a slice's insertion point is checked against
@@ -100,16 +100,18 @@ def _band_radius_mm(myo: np.ndarray, spacing_mm: float) -> float:
     return float(_epicardium_px(myo, _centroid(myo)).mean()) * spacing_mm + sum(BAND_MM) / 2
 
 
-def _band_profile(values: np.ndarray, myo: np.ndarray, spacing_mm: float, order: int) -> np.ndarray:
-    """Mean of ``values`` in the band BAND_MM outside the epicardium, per angle."""
+def _band_points(myo: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols), each (angles, 10), of points across the band ``BAND_MM`` outside the epicardium."""
     center = _centroid(myo)
-    epi = _epicardium_px(myo, center)
-    offsets = np.linspace(BAND_MM[0], BAND_MM[1], 10) / spacing_mm
-    radii = epi[:, None] + offsets[None, :]
+    radii = _epicardium_px(myo, center)[:, None] + np.linspace(BAND_MM[0], BAND_MM[1], 10)[None, :] / spacing_mm
     phi = np.radians(ANGLES)[:, None]
-    rows, cols = center[0] - radii * np.sin(phi), center[1] + radii * np.cos(phi)
-    samples = ndimage.map_coordinates(values.astype(np.float32), [rows, cols], order=order, mode="constant", cval=0.0)
-    return samples.mean(axis=1)
+    return center[0] - radii * np.sin(phi), center[1] + radii * np.cos(phi)
+
+
+def _band_fill(mask: np.ndarray, band: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Fraction of the band's points inside ``mask``, per angle."""
+    inside = ndimage.map_coordinates(mask.astype(np.float32), list(band), order=0, mode="constant", cval=0.0)
+    return inside.mean(axis=1)
 
 
 def _world_dir(affine: np.ndarray, angle_deg: float) -> np.ndarray:
@@ -234,15 +236,6 @@ class _Candidate:
     score: float
 
 
-def _beyond_epicardium_mm(myo: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """(angle index 0..359, mm beyond the epicardium along that angle) of every pixel of the slice."""
-    center = _centroid(myo)
-    epi = _epicardium_px(myo, center)
-    rows, cols = np.mgrid[0:myo.shape[0], 0:myo.shape[1]].astype(np.float64)
-    angle = np.round(np.degrees(np.arctan2(-(rows - center[0]), cols - center[1]))).astype(int) % len(ANGLES)
-    return angle, (np.hypot(rows - center[0], cols - center[1]) - epi[angle]) * spacing_mm
-
-
 def _rv_candidates(image: np.ndarray, myo: np.ndarray, motion: np.ndarray | None, spacing_mm: float,
                    apex_view: bool, prior: np.ndarray) -> list[_Candidate]:
     """Every bright region outside the LV that touches it along a plausible arc, as an RV candidate.
@@ -251,8 +244,8 @@ def _rv_candidates(image: np.ndarray, myo: np.ndarray, motion: np.ndarray | None
     look alike in a band a few millimetres wide, but the RV is a pool, deep as well as long, and it
     beats. A region is a connected set of pixels brighter than halfway between the slice's
     myocardium and the blood around them (``_blood_mask``: the RV's own, often darker than the LV's);
-    it touches the LV where its pixels lie within ``CONTACT_MM`` of the epicardium, and its insertion
-    points are the ends of that contact arc (moved one RV wall outward).
+    it touches the LV where it fills the band the RV labels are read in (``_contact_arc``), and its
+    insertion points are the ends of that contact arc (moved one RV wall outward).
     Its score is its area times its mean motion (when given) times the prior toward where the RV lies.
     """
     cavity = ndimage.binary_fill_holes(ndimage.binary_closing(myo, iterations=3)) & ~myo  # basal rings open
@@ -262,10 +255,10 @@ def _rv_candidates(image: np.ndarray, myo: np.ndarray, motion: np.ndarray | None
     if blood <= muscle:
         return []
     regions, count = ndimage.label(_blood_mask(image, muscle, blood, spacing_mm) & ~(myo | cavity))
-    angle, beyond = _beyond_epicardium_mm(myo, spacing_mm)
+    band = _band_points(myo, spacing_mm)
     wall_deg = float(np.degrees(RV_WALL_MM / _band_radius_mm(myo, spacing_mm)))
     found = []
-    for region, (first, length) in _touching_regions(regions, count, angle, beyond):
+    for region, (first, length) in _touching_regions(regions, count, band):
         beat = 1.0 if motion is None else float(motion[region].mean())
         score = float(region.sum()) * beat * float(np.take(prior, range(first, first + length), mode="wrap").mean())
         end, direction = _anterior_end(first, length, apex_view)
@@ -290,20 +283,29 @@ def _blood_mask(image: np.ndarray, muscle: float, blood: float, spacing_mm: floa
     return image > muscle + BLOOD_LEVEL * (reference - muscle)
 
 
-def _contact_arc(region: np.ndarray, angle: np.ndarray, beyond: np.ndarray) -> tuple[int, int] | None:
-    """(first angle, length) of the longest plausible arc along which ``region`` touches the LV, or None.
+def _contact_arc(region: np.ndarray, band: tuple[np.ndarray, np.ndarray]) -> tuple[int, int] | None:
+    """(first angle, length) of the arc along which ``region`` lies beside the LV, or None if implausible.
 
-    Plausible: ``MIN_CONTACT_DEG`` to ``MAX_CONTACT_DEG``. A region touching more than half the LV is no
+    Beside: the region fills more than ``BAND_FILL`` of the band ``BAND_MM`` outside the epicardium,
+    the rule the RV labels are read with (``anchor_from_labels``). Why the band, not any pixel near the
+    epicardium: a thin bright layer hugging the epicardium (epicardial fat, 1-3 mm) joined to the RV
+    pool ran the arc on past the RV's end; the RV pool is deep, and fills the band. The arc is the
+    shortest one covering every angle where the region is beside the LV, not the longest unbroken run:
+    a connected pool that bulges away from the LV for a few degrees (real RVs do, ~9 mm out) is still
+    one RV, and the longest run kept only its part past the bulge.
+    Plausible: ``MIN_CONTACT_DEG`` to ``MAX_CONTACT_DEG``. A region beside more than half the LV is no
     RV (fat around the heart, or fat joined to the RV pool); ``_touching_regions`` peels it instead.
     """
-    flags = np.zeros(len(ANGLES), bool)
-    flags[angle[region & (beyond <= CONTACT_MM)]] = True
+    flags = _band_fill(region, band) > BAND_FILL
     flags = ndimage.binary_closing(np.concatenate([flags, flags, flags]), iterations=3)[len(flags):2 * len(flags)]
-    runs = [(a, n) for a, n in _runs(flags) if MIN_CONTACT_DEG <= n <= MAX_CONTACT_DEG]
-    return max(runs, key=lambda r: r[1]) if runs else None
+    if flags.all() or not flags.any():
+        return None
+    gap_first, gap = max(_runs(~flags), key=lambda r: r[1])
+    first, length = (gap_first + gap) % len(flags), len(flags) - gap
+    return (first, length) if MIN_CONTACT_DEG <= length <= MAX_CONTACT_DEG else None
 
 
-def _touching_regions(regions: np.ndarray, count: int, angle: np.ndarray, beyond: np.ndarray
+def _touching_regions(regions: np.ndarray, count: int, band: tuple[np.ndarray, np.ndarray]
                       ) -> list[tuple[np.ndarray, tuple[int, int]]]:
     """Each labelled region with its contact arc; a region without a plausible one is peeled first.
 
@@ -314,14 +316,14 @@ def _touching_regions(regions: np.ndarray, count: int, angle: np.ndarray, beyond
     out = []
     for label in range(1, count + 1):
         region = regions == label
-        arc = _contact_arc(region, angle, beyond)
+        arc = _contact_arc(region, band)
         if arc is not None:
             out.append((region, arc))
             continue
         for depth in (1, 2):
             cores, n = ndimage.label(ndimage.binary_opening(region, iterations=depth))
             pieces = [ndimage.binary_dilation(cores == i, iterations=depth) & region for i in range(1, n + 1)]
-            touching = [(piece, arc) for piece in pieces if (arc := _contact_arc(piece, angle, beyond)) is not None]
+            touching = [(piece, arc) for piece in pieces if (arc := _contact_arc(piece, band)) is not None]
             if touching:
                 out += touching
                 break
@@ -399,8 +401,8 @@ def anchor_from_labels(rv: np.ndarray, myo: np.ndarray, affine: np.ndarray, spac
         if not has_myo[k] or not rv[k].any():
             per_slice.append(None)
             continue
-        profile = _band_profile(rv[k].astype(np.float32), myo[k], spacing_mm, order=0)
-        per_slice.append(_insertion_from_flags(profile > 0.3, apex_view, strength=profile))
+        profile = _band_fill(rv[k], _band_points(myo[k], spacing_mm))
+        per_slice.append(_insertion_from_flags(profile > BAND_FILL, apex_view, strength=profile))
     return _finish("rv_labels", per_slice, has_myo)
 
 

@@ -210,3 +210,31 @@ def test_a_bright_region_touching_more_than_half_the_lv_is_not_the_rv() -> None:
         image[wide], motion[wide] = 0.9, 0.3
         scenes.append((image, motion, myo))
     _assert_found_near(scenes, 170.0)
+
+
+
+def _painted(rv_deg: tuple[float, float], paint: dict[str, tuple[float, float, float, float, float]]
+             ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Three slices of ``_scene(rv_deg)`` with polar boxes painted: name -> (r0, r1, phi0, phi1, intensity).
+
+    A box named ``"still..."`` keeps the background's motion, any other beats like blood.
+    """
+    image, motion, myo = _scene(rv_deg)
+    r, phi = _polar()
+    for name, (r0, r1, phi0, phi1, value) in paint.items():
+        box = (r >= r0) & (r < r1) & (phi >= phi0) & (phi <= phi1)
+        image[box], motion[box] = value, 0.02 if name.startswith("still") else 0.3
+    return [(image, motion, myo)] * 3
+
+
+def test_an_rv_pool_that_bulges_away_from_the_lv_keeps_its_whole_arc() -> None:
+    # a real RV pool (ACDC) leaves the epicardium for a few degrees (~9 mm out) and comes back: one
+    # connected region whose contact is broken in two; the longer part alone put the anterior insertion
+    # at the bulge (215 deg), ~45 degrees into the RV
+    _assert_found_near(_painted((170.0, 270.0), {"still gap": (15.0, 24.0, 200.0, 215.0, 0.1)}), 170.0)
+
+
+def test_a_thin_bright_layer_on_the_epicardium_does_not_carry_the_rv_arc_on() -> None:
+    # epicardial fat, a 2 mm layer hugging the LV, joined to the RV pool at its anterior end: counted as
+    # contact, it moved the anterior insertion 50 degrees off the RV, to the layer's end (120 deg)
+    _assert_found_near(_painted((170.0, 270.0), {"still fat": (15.0, 17.0, 120.0, 172.0, 0.9)}), 170.0)
