@@ -238,3 +238,12 @@ def test_a_thin_bright_layer_on_the_epicardium_does_not_carry_the_rv_arc_on() ->
     # epicardial fat, a 2 mm layer hugging the LV, joined to the RV pool at its anterior end: counted as
     # contact, it moved the anterior insertion 50 degrees off the RV, to the layer's end (120 deg)
     _assert_found_near(_painted((170.0, 270.0), {"still fat": (15.0, 17.0, 120.0, 172.0, 0.9)}), 170.0)
+
+
+def test_the_stacks_own_regions_pull_the_prior_toward_the_rv_when_the_header_points_elsewhere() -> None:
+    # the RV (170-270 deg) in two pieces, as real RVs often are: a larger anterior one and a shallower
+    # mid one; these axes put the patients' RV direction at ~306 deg (as ACDC's single header does for
+    # RVs lying at 215-330), so the prior alone kept the mid piece and the insertion ~50 deg into the RV
+    paint = {"still gap": (15.0, 26.0, 215.0, 222.0, 0.1), "still shallow": (22.0, 26.0, 222.0, 270.0, 0.1),
+             "deep": (26.0, 30.0, 170.0, 215.0, 0.9)}
+    _assert_found_near(_painted((170.0, 270.0), paint), 170.0)
