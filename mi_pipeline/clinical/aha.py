@@ -47,7 +47,7 @@ BLOOD_LEVEL = 0.5  # a pixel is blood when brighter than halfway from the slice'
 LOCAL_BLOOD_MM = 15.0  # 'nearby': a window about one RV cavity deep, so that the RV's own blood sets its threshold
 LOCAL_BLOOD_PERCENTILE = 90.0  # the window's brightest pixels stand for its blood
 MIN_CONTACT_DEG = MIN_ARC_DEG / 2  # an RV's bright part can touch less than its label (dark tips; ~30 deg, thick wall)
-MAX_CONTACT_DEG = 180.0  # the RV wraps the septum, never half the LV (insertions ~100-140 deg apart): wider is fat
+MAX_CONTACT_DEG = 150.0  # the RV wraps the septum only: labelled RVs lie beside <= 142 deg (419 real slices); wider is fat
 STACK_WINDOW = 2  # neighbouring slices either side that a slice's insertion point is checked against
 STACK_TOLERANCE_DEG = 30.0  # how far a slice may disagree with them before another candidate is preferred
 
@@ -334,8 +334,9 @@ def _contact_arc(region: np.ndarray, band: tuple[np.ndarray, np.ndarray]) -> tup
     shortest one covering every angle where the region is beside the LV, not the longest unbroken run:
     a connected pool that bulges away from the LV for a few degrees (real RVs do, ~9 mm out) is still
     one RV, and the longest run kept only its part past the bulge.
-    Plausible: ``MIN_CONTACT_DEG`` to ``MAX_CONTACT_DEG``. A region beside more than half the LV is no
-    RV (fat around the heart, or fat joined to the RV pool); ``_touching_regions`` peels it instead.
+    Plausible: ``MIN_CONTACT_DEG`` to ``MAX_CONTACT_DEG``. A region beside more of the LV than any
+    labelled RV is no RV (fat around the heart, or fat joined to the RV pool); ``_touching_regions``
+    peels it instead.
     """
     flags = _band_fill(region, band) > BAND_FILL
     flags = ndimage.binary_closing(np.concatenate([flags, flags, flags]), iterations=3)[len(flags):2 * len(flags)]

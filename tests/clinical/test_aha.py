@@ -247,3 +247,10 @@ def test_the_stacks_own_regions_pull_the_prior_toward_the_rv_when_the_header_poi
     paint = {"still gap": (15.0, 26.0, 215.0, 222.0, 0.1), "still shallow": (22.0, 26.0, 222.0, 270.0, 0.1),
              "deep": (26.0, 30.0, 170.0, 215.0, 0.9)}
     _assert_found_near(_painted((170.0, 270.0), paint), 170.0)
+
+
+def test_a_bright_region_beside_more_of_the_lv_than_any_rv_is_not_the_rv() -> None:
+    # labelled RVs lie beside <= 142 deg of the LV (development sets); a larger bright region beside
+    # 165 deg (less than half the LV) where the prior points won before, with the insertion at its end
+    _assert_found_near(_painted((170.0, 240.0), {"wide": (15.0, 26.0, 260.0, 360.0, 0.9),
+                                                 "wide, part 2": (15.0, 26.0, 0.0, 65.0, 0.9)}), 170.0)
