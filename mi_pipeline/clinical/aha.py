@@ -12,13 +12,14 @@ the slice is displayed (row 0 on top), around the slice's myocardial centroid. A
 on a crop grid whose ``affine`` maps (row, col, slice) voxels to RAS millimetres.
 
 In the images the RV is the blood pool beside the LV: a bright region, deep as well as long, that
-beats, touches the epicardium along a plausible arc (less than half of it: the RV wraps the septum
-only) and lies where the RV lies in patients. 'Bright' is judged against the blood around each pixel,
-not the LV's alone, because the RV's blood is often darker than the LV's on real cine. Its
-insertion points are the ends of that contact arc, moved outward by one RV free-wall thickness (3 mm),
-because a reader puts the insertion point where the RV *wall* meets the LV (without that, the
-phantom's truth is missed by a systematic ~7 degrees toward the septum; with it, ~2). Each slice's
-choice is checked against its neighbours', since the insertion point turns slowly along the stack.
+beats, lies beside the epicardium along a plausible arc (no longer than labelled RVs do: the RV wraps
+the septum only) and lies where the RV lies in patients and in the rest of the stack. 'Bright' is
+judged against the blood around each pixel, not the LV's alone, because the RV's blood is often
+darker than the LV's on real cine. Its insertion points are the ends of that contact arc, moved
+outward by one RV free-wall thickness (3 mm), because a reader puts the insertion point where the RV
+*wall* meets the LV (without that, the phantom's truth is missed by a systematic ~7 degrees toward
+the septum; with it, ~2). Each slice's choice is checked against its neighbours', since the
+insertion point turns slowly along the stack.
 
 Which of the RV's two insertion points is anterior follows from the view's chirality
 (``viewed_from_apex``): seen from the apex the septum runs counter-clockwise from it, seen from the
