@@ -295,7 +295,7 @@ def _rv_prior(affine: np.ndarray, regions: list[list[_Region]]) -> np.ndarray:
     Expected direction: the mean of two unit vectors, where the RV lies in patients (``RV_RAS``
     projected on the slices through ``affine``) and where this stack's bright beating regions lie
     (their arcs' middles weighted by area times motion, all slices together). Why both: a header that
-    does not give patient axes (ACDC: one affine for every subject, the labelled RV's direction 215-330
+    does not give patient axes (ACDC: one affine for every subject, the labelled RV's direction 213-332
     degrees on the grid, the header's 306) puts the patients' direction up to ~90 degrees off, and
     anterior RV pieces lost to a mid-RV piece there; the stack's own regions point at the RV on most
     hearts but at a large bright distractor (fat, an atrium) on some (ACDC development: 3 of 50 off by
@@ -333,7 +333,7 @@ def _contact_arc(region: np.ndarray, band: tuple[np.ndarray, np.ndarray]) -> tup
     epicardium: a thin bright layer hugging the epicardium (epicardial fat, 1-3 mm) joined to the RV
     pool ran the arc on past the RV's end; the RV pool is deep, and fills the band. The arc is the
     shortest one covering every angle where the region is beside the LV, not the longest unbroken run:
-    a connected pool that bulges away from the LV for a few degrees (real RVs do, ~9 mm out) is still
+    a connected pool that bulges away from the LV for a few degrees (real RVs do) is still
     one RV, and the longest run kept only its part past the bulge.
     Plausible: ``MIN_CONTACT_DEG`` to ``MAX_CONTACT_DEG``. A region beside more of the LV than any
     labelled RV is no RV (fat around the heart, or fat joined to the RV pool); ``_touching_regions``
