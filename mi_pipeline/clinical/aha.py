@@ -331,7 +331,8 @@ def _contact_arc(region: np.ndarray, band: tuple[np.ndarray, np.ndarray]) -> tup
     Beside: the region fills more than ``BAND_FILL`` of the band ``BAND_MM`` outside the epicardium,
     the rule the RV labels are read with (``anchor_from_labels``). Why the band, not any pixel near the
     epicardium: a thin bright layer hugging the epicardium (epicardial fat, 1-3 mm) joined to the RV
-    pool ran the arc on past the RV's end; the RV pool is deep, and fills the band. The arc is the
+    pool would count as contact and run the arc on past the RV's end; the RV pool is deep, and fills
+    the band (and regions then end where the labels' rule ends them). The arc is the
     shortest one covering every angle where the region is beside the LV, not the longest unbroken run:
     a connected pool that bulges away from the LV for a few degrees (real RVs do) is still
     one RV, and the longest run kept only its part past the bulge.
