@@ -332,10 +332,10 @@ def _contact_arc(region: np.ndarray, band: tuple[np.ndarray, np.ndarray]) -> tup
     the rule the RV labels are read with (``anchor_from_labels``). Why the band, not any pixel near the
     epicardium: a thin bright layer hugging the epicardium (epicardial fat, 1-3 mm) joined to the RV
     pool would count as contact and run the arc on past the RV's end; the RV pool is deep, and fills
-    the band (and regions then end where the labels' rule ends them). The arc is the
-    shortest one covering every angle where the region is beside the LV, not the longest unbroken run:
-    a connected pool that bulges away from the LV for a few degrees (real RVs do) is still
-    one RV, and the longest run kept only its part past the bulge.
+    the band (and regions then end where the labels' rule ends them). The arc is the shortest one
+    covering every angle where the region is beside the LV, not the longest unbroken run: a connected
+    pool that bulges away from the LV for a few degrees (real RVs do) is still one RV, and the longest
+    run kept only its part past the bulge.
     Plausible: ``MIN_CONTACT_DEG`` to ``MAX_CONTACT_DEG``. A region beside more of the LV than any
     labelled RV is no RV (fat around the heart, or fat joined to the RV pool); ``_touching_regions``
     peels it instead.
