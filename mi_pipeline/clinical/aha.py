@@ -12,13 +12,14 @@ the slice is displayed (row 0 on top), around the slice's myocardial centroid. A
 on a crop grid whose ``affine`` maps (row, col, slice) voxels to RAS millimetres.
 
 In the images the RV is the blood pool beside the LV: a bright region, deep as well as long, that
-beats, touches the epicardium along a plausible arc (less than half of it: the RV wraps the septum
-only) and lies where the RV lies in patients. 'Bright' is judged against the blood around each pixel,
-not the LV's alone, because the RV's blood is often darker than the LV's on real cine. Its
-insertion points are the ends of that contact arc, moved outward by one RV free-wall thickness (3 mm),
-because a reader puts the insertion point where the RV *wall* meets the LV (without that, the
-phantom's truth is missed by a systematic ~7 degrees toward the septum; with it, ~2). Each slice's
-choice is checked against its neighbours', since the insertion point turns slowly along the stack.
+beats, lies beside the epicardium along a plausible arc (no longer than labelled RVs do: the RV wraps
+the septum only) and lies where the RV lies in patients and in the rest of the stack. 'Bright' is
+judged against the blood around each pixel, not the LV's alone, because the RV's blood is often
+darker than the LV's on real cine. Its insertion points are the ends of that contact arc, moved
+outward by one RV free-wall thickness (3 mm), because a reader puts the insertion point where the RV
+*wall* meets the LV (without that, the phantom's truth is missed by a systematic ~7 degrees toward
+the septum; with it, ~2). Each slice's choice is checked against its neighbours', since the
+insertion point turns slowly along the stack.
 
 Which of the RV's two insertion points is anterior follows from the view's chirality
 (``viewed_from_apex``): seen from the apex the septum runs counter-clockwise from it, seen from the
@@ -35,7 +36,8 @@ from scipy import ndimage
 from mi_pipeline import metrics
 
 ANGLES = np.arange(0.0, 360.0, 1.0)
-BAND_MM = (3.5, 8.0)  # where RV labels are read, outside the LV epicardium (the images: CONTACT_MM)
+BAND_MM = (3.5, 8.0)  # where the RV is read, outside the LV epicardium (labels and bright regions alike)
+BAND_FILL = 0.3  # the RV is at an angle where it fills more than this fraction of the band there
 MIN_ARC_DEG, MAX_ARC_DEG = 40.0, 250.0
 ANTERIOR_RAS = np.array([0.0, 1.0, 1.0]) / np.sqrt(2.0)
 SEPTUM_SPAN_DEG = 120.0  # two 60-degree segments (2 and 3) between the insertion points
@@ -45,9 +47,8 @@ RV_WALL_MM = 3.0  # normal RV free wall 2-5 mm: the insertion point lies one wal
 BLOOD_LEVEL = 0.5  # a pixel is blood when brighter than halfway from the slice's myocardium to its blood nearby
 LOCAL_BLOOD_MM = 15.0  # 'nearby': a window about one RV cavity deep, so that the RV's own blood sets its threshold
 LOCAL_BLOOD_PERCENTILE = 90.0  # the window's brightest pixels stand for its blood
-CONTACT_MM = BAND_MM[1]  # a bright region touches the LV where it comes this close to the epicardium
 MIN_CONTACT_DEG = MIN_ARC_DEG / 2  # an RV's bright part can touch less than its label (dark tips; ~30 deg, thick wall)
-MAX_CONTACT_DEG = 180.0  # the RV wraps the septum, never half the LV (insertions ~100-140 deg apart): wider is fat
+MAX_CONTACT_DEG = 150.0  # the RV wraps the septum only: labelled RVs lie beside <= 142 deg (419 real slices); wider is fat
 STACK_WINDOW = 2  # neighbouring slices either side that a slice's insertion point is checked against
 STACK_TOLERANCE_DEG = 30.0  # how far a slice may disagree with them before another candidate is preferred
 
@@ -100,16 +101,18 @@ def _band_radius_mm(myo: np.ndarray, spacing_mm: float) -> float:
     return float(_epicardium_px(myo, _centroid(myo)).mean()) * spacing_mm + sum(BAND_MM) / 2
 
 
-def _band_profile(values: np.ndarray, myo: np.ndarray, spacing_mm: float, order: int) -> np.ndarray:
-    """Mean of ``values`` in the band BAND_MM outside the epicardium, per angle."""
+def _band_points(myo: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols), each (angles, 10), of points across the band ``BAND_MM`` outside the epicardium."""
     center = _centroid(myo)
-    epi = _epicardium_px(myo, center)
-    offsets = np.linspace(BAND_MM[0], BAND_MM[1], 10) / spacing_mm
-    radii = epi[:, None] + offsets[None, :]
+    radii = _epicardium_px(myo, center)[:, None] + np.linspace(BAND_MM[0], BAND_MM[1], 10)[None, :] / spacing_mm
     phi = np.radians(ANGLES)[:, None]
-    rows, cols = center[0] - radii * np.sin(phi), center[1] + radii * np.cos(phi)
-    samples = ndimage.map_coordinates(values.astype(np.float32), [rows, cols], order=order, mode="constant", cval=0.0)
-    return samples.mean(axis=1)
+    return center[0] - radii * np.sin(phi), center[1] + radii * np.cos(phi)
+
+
+def _band_fill(mask: np.ndarray, band: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Fraction of the band's points inside ``mask``, per angle."""
+    inside = ndimage.map_coordinates(mask.astype(np.float32), list(band), order=0, mode="constant", cval=0.0)
+    return inside.mean(axis=1)
 
 
 def _world_dir(affine: np.ndarray, angle_deg: float) -> np.ndarray:
@@ -234,26 +237,34 @@ class _Candidate:
     score: float
 
 
-def _beyond_epicardium_mm(myo: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """(angle index 0..359, mm beyond the epicardium along that angle) of every pixel of the slice."""
-    center = _centroid(myo)
-    epi = _epicardium_px(myo, center)
-    rows, cols = np.mgrid[0:myo.shape[0], 0:myo.shape[1]].astype(np.float64)
-    angle = np.round(np.degrees(np.arctan2(-(rows - center[0]), cols - center[1]))).astype(int) % len(ANGLES)
-    return angle, (np.hypot(rows - center[0], cols - center[1]) - epi[angle]) * spacing_mm
+@dataclass(frozen=True)
+class _Region:
+    """One bright region beside the LV on one slice, before any prior: its contact arc and evidence.
+
+    ``weight``: area (pixels) times mean motion (1 without motion); ``first``, ``length``: the contact
+    arc in degrees, counter-clockwise from ``first``; ``wall_deg``: one RV wall as an angle on its slice.
+    """
+
+    weight: float
+    first: int
+    length: int
+    wall_deg: float
+
+    @property
+    def middle_deg(self) -> float:
+        return (self.first + self.length / 2) % 360.0
 
 
-def _rv_candidates(image: np.ndarray, myo: np.ndarray, motion: np.ndarray | None, spacing_mm: float,
-                   apex_view: bool, prior: np.ndarray) -> list[_Candidate]:
-    """Every bright region outside the LV that touches it along a plausible arc, as an RV candidate.
+def _rv_regions(image: np.ndarray, myo: np.ndarray, motion: np.ndarray | None, spacing_mm: float) -> list[_Region]:
+    """Every bright region outside the LV that touches it along a plausible arc: the RV candidates of a slice.
 
     Why regions, not a band of fixed depth: a thin bright arc (epicardial fat) and the RV blood pool
     look alike in a band a few millimetres wide, but the RV is a pool, deep as well as long, and it
     beats. A region is a connected set of pixels brighter than halfway between the slice's
     myocardium and the blood around them (``_blood_mask``: the RV's own, often darker than the LV's);
-    it touches the LV where its pixels lie within ``CONTACT_MM`` of the epicardium, and its insertion
-    points are the ends of that contact arc (moved one RV wall outward).
-    Its score is its area times its mean motion (when given) times the prior toward where the RV lies.
+    it touches the LV where it fills the band the RV labels are read in (``_contact_arc``), and its
+    insertion points are the ends of that contact arc (moved one RV wall outward, ``_candidates``).
+    Its weight is its area times its mean motion (when given); the prior comes later, per stack.
     """
     cavity = ndimage.binary_fill_holes(ndimage.binary_closing(myo, iterations=3)) & ~myo  # basal rings open
     if cavity.sum() < 4:
@@ -262,15 +273,39 @@ def _rv_candidates(image: np.ndarray, myo: np.ndarray, motion: np.ndarray | None
     if blood <= muscle:
         return []
     regions, count = ndimage.label(_blood_mask(image, muscle, blood, spacing_mm) & ~(myo | cavity))
-    angle, beyond = _beyond_epicardium_mm(myo, spacing_mm)
     wall_deg = float(np.degrees(RV_WALL_MM / _band_radius_mm(myo, spacing_mm)))
+    return [_Region(float(region.sum()) * (1.0 if motion is None else float(motion[region].mean())), first, length,
+                    wall_deg)
+            for region, (first, length) in _touching_regions(regions, count, _band_points(myo, spacing_mm))]
+
+
+def _candidates(regions: list[_Region], apex_view: bool, prior: np.ndarray) -> list[_Candidate]:
+    """A slice's regions as RV candidates: the anterior insertion of each, scored by weight times prior."""
     found = []
-    for region, (first, length) in _touching_regions(regions, count, angle, beyond):
-        beat = 1.0 if motion is None else float(motion[region].mean())
-        score = float(region.sum()) * beat * float(np.take(prior, range(first, first + length), mode="wrap").mean())
-        end, direction = _anterior_end(first, length, apex_view)
-        found.append(_Candidate((end - direction * wall_deg) % 360.0, direction, score))
+    for r in regions:
+        end, direction = _anterior_end(r.first, r.length, apex_view)
+        score = r.weight * float(np.take(prior, range(r.first, r.first + r.length), mode="wrap").mean())
+        found.append(_Candidate((end - direction * r.wall_deg) % 360.0, direction, score))
     return found
+
+
+def _rv_prior(affine: np.ndarray, regions: list[list[_Region]]) -> np.ndarray:
+    """Per angle, the soft prior that the RV lies there: ``PRIOR_FLOOR`` .. 1 around the expected LV -> RV direction.
+
+    Expected direction: the mean of two unit vectors, where the RV lies in patients (``RV_RAS``
+    projected on the slices through ``affine``) and where this stack's bright beating regions lie
+    (their arcs' middles weighted by area times motion, all slices together). Why both: a header that
+    does not give patient axes (ACDC: one affine for every subject, the labelled RV's direction 213-332
+    degrees on the grid, the header's 306) puts the patients' direction up to ~90 degrees off, and
+    anterior RV pieces lost to a mid-RV piece there; the stack's own regions point at the RV on most
+    hearts but at a large bright distractor (fat, an atrium) on some (ACDC development: 3 of 50 off by
+    > 40 degrees). Each alone was right on 127 of 145 development slices, together on 133.
+    """
+    patients = np.exp(1j * np.radians(angle_of_world_dir(affine, RV_RAS)))
+    pull = sum(r.weight * np.exp(1j * np.radians(r.middle_deg)) for slice_regions in regions for r in slice_regions)
+    images = pull / abs(pull) if abs(pull) > 0 else 0.0
+    expected = float(np.degrees(np.angle(patients + images)))
+    return PRIOR_FLOOR + (1.0 - PRIOR_FLOOR) * np.clip(np.cos(np.radians(ANGLES - expected)), 0.0, 1.0)
 
 
 def _blood_mask(image: np.ndarray, muscle: float, blood: float, spacing_mm: float) -> np.ndarray:
@@ -290,20 +325,31 @@ def _blood_mask(image: np.ndarray, muscle: float, blood: float, spacing_mm: floa
     return image > muscle + BLOOD_LEVEL * (reference - muscle)
 
 
-def _contact_arc(region: np.ndarray, angle: np.ndarray, beyond: np.ndarray) -> tuple[int, int] | None:
-    """(first angle, length) of the longest plausible arc along which ``region`` touches the LV, or None.
+def _contact_arc(region: np.ndarray, band: tuple[np.ndarray, np.ndarray]) -> tuple[int, int] | None:
+    """(first angle, length) of the arc along which ``region`` lies beside the LV, or None if implausible.
 
-    Plausible: ``MIN_CONTACT_DEG`` to ``MAX_CONTACT_DEG``. A region touching more than half the LV is no
-    RV (fat around the heart, or fat joined to the RV pool); ``_touching_regions`` peels it instead.
+    Beside: the region fills more than ``BAND_FILL`` of the band ``BAND_MM`` outside the epicardium,
+    the rule the RV labels are read with (``anchor_from_labels``). Why the band, not any pixel near the
+    epicardium: a thin bright layer hugging the epicardium (epicardial fat, 1-3 mm) joined to the RV
+    pool would count as contact and run the arc on past the RV's end; the RV pool is deep, and fills
+    the band (and regions then end where the labels' rule ends them). The arc is the shortest one
+    covering every angle where the region is beside the LV, not the longest unbroken run: a connected
+    pool that bulges away from the LV for a few degrees (real RVs do) is still one RV, and the longest
+    run kept only its part past the bulge.
+    Plausible: ``MIN_CONTACT_DEG`` to ``MAX_CONTACT_DEG``. A region beside more of the LV than any
+    labelled RV is no RV (fat around the heart, or fat joined to the RV pool); ``_touching_regions``
+    peels it instead.
     """
-    flags = np.zeros(len(ANGLES), bool)
-    flags[angle[region & (beyond <= CONTACT_MM)]] = True
+    flags = _band_fill(region, band) > BAND_FILL
     flags = ndimage.binary_closing(np.concatenate([flags, flags, flags]), iterations=3)[len(flags):2 * len(flags)]
-    runs = [(a, n) for a, n in _runs(flags) if MIN_CONTACT_DEG <= n <= MAX_CONTACT_DEG]
-    return max(runs, key=lambda r: r[1]) if runs else None
+    if flags.all() or not flags.any():
+        return None
+    gap_first, gap = max(_runs(~flags), key=lambda r: r[1])
+    first, length = (gap_first + gap) % len(flags), len(flags) - gap
+    return (first, length) if MIN_CONTACT_DEG <= length <= MAX_CONTACT_DEG else None
 
 
-def _touching_regions(regions: np.ndarray, count: int, angle: np.ndarray, beyond: np.ndarray
+def _touching_regions(regions: np.ndarray, count: int, band: tuple[np.ndarray, np.ndarray]
                       ) -> list[tuple[np.ndarray, tuple[int, int]]]:
     """Each labelled region with its contact arc; a region without a plausible one is peeled first.
 
@@ -314,14 +360,14 @@ def _touching_regions(regions: np.ndarray, count: int, angle: np.ndarray, beyond
     out = []
     for label in range(1, count + 1):
         region = regions == label
-        arc = _contact_arc(region, angle, beyond)
+        arc = _contact_arc(region, band)
         if arc is not None:
             out.append((region, arc))
             continue
         for depth in (1, 2):
             cores, n = ndimage.label(ndimage.binary_opening(region, iterations=depth))
             pieces = [ndimage.binary_dilation(cores == i, iterations=depth) & region for i in range(1, n + 1)]
-            touching = [(piece, arc) for piece in pieces if (arc := _contact_arc(piece, angle, beyond)) is not None]
+            touching = [(piece, arc) for piece in pieces if (arc := _contact_arc(piece, band)) is not None]
             if touching:
                 out += touching
                 break
@@ -378,15 +424,16 @@ def anchor_from_images(cine_ed: np.ndarray, myo: np.ndarray, affine: np.ndarray,
     ``motion`` (Z, H, W), optional: the cine's temporal standard deviation. Real slices show several
     bright regions beside the LV (epicardial fat, atria, vessels): per slice the RV is the candidate
     region with the largest area times motion (blood beats, fat does not) times a soft prior toward
-    where the RV lies in patients (``RV_RAS``, floored at ``PRIOR_FLOOR`` so that a heart turned in the
-    chest is still found) (``_rv_candidates``), checked against the neighbouring slices
-    (``_choose_along_stack``).
+    where the RV lies, in patients and in this stack (``_rv_prior``, floored at ``PRIOR_FLOOR`` so that
+    a heart turned in the chest is still found) (``_rv_regions``), checked against the neighbouring
+    slices (``_choose_along_stack``).
     """
     has_myo = [bool(m.any()) for m in myo]
     apex_view = viewed_from_apex(affine, myo)
-    prior = PRIOR_FLOOR + (1.0 - PRIOR_FLOOR) * np.clip([_world_dir(affine, a) @ RV_RAS for a in ANGLES], 0.0, 1.0)
-    candidates = [_rv_candidates(cine_ed[k], myo[k], None if motion is None else motion[k], spacing_mm,
-                                 apex_view, prior) if has_myo[k] else [] for k in range(myo.shape[0])]
+    regions = [_rv_regions(cine_ed[k], myo[k], None if motion is None else motion[k], spacing_mm) if has_myo[k] else []
+               for k in range(myo.shape[0])]
+    prior = _rv_prior(affine, regions)
+    candidates = [_candidates(r, apex_view, prior) for r in regions]
     return _finish("rv_images", _choose_along_stack(candidates), has_myo)
 
 
@@ -399,8 +446,8 @@ def anchor_from_labels(rv: np.ndarray, myo: np.ndarray, affine: np.ndarray, spac
         if not has_myo[k] or not rv[k].any():
             per_slice.append(None)
             continue
-        profile = _band_profile(rv[k].astype(np.float32), myo[k], spacing_mm, order=0)
-        per_slice.append(_insertion_from_flags(profile > 0.3, apex_view, strength=profile))
+        profile = _band_fill(rv[k], _band_points(myo[k], spacing_mm))
+        per_slice.append(_insertion_from_flags(profile > BAND_FILL, apex_view, strength=profile))
     return _finish("rv_labels", per_slice, has_myo)
 
 

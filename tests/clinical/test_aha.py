@@ -210,3 +210,47 @@ def test_a_bright_region_touching_more_than_half_the_lv_is_not_the_rv() -> None:
         image[wide], motion[wide] = 0.9, 0.3
         scenes.append((image, motion, myo))
     _assert_found_near(scenes, 170.0)
+
+
+
+def _painted(rv_deg: tuple[float, float], paint: dict[str, tuple[float, float, float, float, float]]
+             ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Three slices of ``_scene(rv_deg)`` with polar boxes painted: name -> (r0, r1, phi0, phi1, intensity).
+
+    A box named ``"still..."`` keeps the background's motion, any other beats like blood.
+    """
+    image, motion, myo = _scene(rv_deg)
+    r, phi = _polar()
+    for name, (r0, r1, phi0, phi1, value) in paint.items():
+        box = (r >= r0) & (r < r1) & (phi >= phi0) & (phi <= phi1)
+        image[box], motion[box] = value, 0.02 if name.startswith("still") else 0.3
+    return [(image, motion, myo)] * 3
+
+
+def test_an_rv_pool_that_bulges_away_from_the_lv_keeps_its_whole_arc() -> None:
+    # a real RV pool (ACDC) leaves the epicardium for a few degrees (~9 mm out) and comes back: one
+    # connected region whose contact is broken in two; the longer part alone put the anterior insertion
+    # at the bulge (215 deg), ~45 degrees into the RV
+    _assert_found_near(_painted((170.0, 270.0), {"still gap": (15.0, 24.0, 200.0, 215.0, 0.1)}), 170.0)
+
+
+def test_a_thin_bright_layer_on_the_epicardium_does_not_carry_the_rv_arc_on() -> None:
+    # epicardial fat, a 2 mm layer hugging the LV, joined to the RV pool at its anterior end: counted as
+    # contact, it moved the anterior insertion 50 degrees off the RV, to the layer's end (120 deg)
+    _assert_found_near(_painted((170.0, 270.0), {"still fat": (15.0, 17.0, 120.0, 172.0, 0.9)}), 170.0)
+
+
+def test_the_stacks_own_regions_pull_the_prior_toward_the_rv_when_the_header_points_elsewhere() -> None:
+    # the RV (170-270 deg) in two pieces, as real RVs often are: a larger anterior one and a shallower
+    # mid one; these axes put the patients' RV direction at ~306 deg (as ACDC's single header does for
+    # RVs lying at 215-330), so the prior alone kept the mid piece and the insertion ~50 deg into the RV
+    paint = {"still gap": (15.0, 26.0, 215.0, 222.0, 0.1), "still shallow": (22.0, 26.0, 222.0, 270.0, 0.1),
+             "deep": (26.0, 30.0, 170.0, 215.0, 0.9)}
+    _assert_found_near(_painted((170.0, 270.0), paint), 170.0)
+
+
+def test_a_bright_region_beside_more_of_the_lv_than_any_rv_is_not_the_rv() -> None:
+    # labelled RVs lie beside <= 142 deg of the LV (development sets); a larger bright region beside
+    # 165 deg (less than half the LV) where the prior points won before, with the insertion at its end
+    _assert_found_near(_painted((170.0, 240.0), {"wide": (15.0, 26.0, 260.0, 360.0, 0.9),
+                                                 "wide, part 2": (15.0, 26.0, 0.0, 65.0, 0.9)}), 170.0)
