@@ -147,3 +147,24 @@ def test_a_slice_the_breath_hold_moved_between_found_slices_counts_for_the_centr
     found = preprocess.locate(raw)
     want = np.mean(centres, axis=0)
     assert np.hypot(found.center[0] - want[0], found.center[1] - want[1]) * 1.5 <= 1.5, (found.center, want)
+
+
+def test_an_end_slices_merged_pool_reaching_far_beyond_the_lv_does_not_size_the_crop() -> None:
+    """On the last slice the LV's pool merged with a neighbouring chamber into one large round pool that
+    overlaps the LV's but reaches 36 mm farther than any pool of the chain; counted for the extent, it
+    doubled the crop (held-out patient096: 102 -> 198 mm). The LV on a slice the chain skipped is the chain's
+    LV moved by a breath-hold, so it reaches at most a link's length (``JUMP_MM``) beyond the chain's pools."""
+    shape, slices, frames, spacing = (128, 128), 8, 8, (1.5, 1.5)
+    cine = np.full(shape + (slices, frames), 0.1, dtype=np.float32)
+    pool, wall = 22.0, 6.0
+    for k in range(slices - 1):
+        _beating_lv(cine, k, (64.0, 64.0), pool, wall)
+    _beating_lv(cine, slices - 1, (80.0, 64.0), 30.0, wall)  # 45 mm pool centred 24 mm off: the LV's centre inside it
+    cine += np.random.default_rng(0).normal(0.0, 0.01, cine.shape).astype(np.float32)
+    raw = RawSubject(id="merged", folder=Path("."), cine=cine, cine_affine=np.diag([spacing[0], spacing[1], 8.0, 1.0]),
+                     lge=None, lge_affine=None, lge_label=None, ed=0, es=frames // 2)
+    found = preprocess.locate(raw)
+    assert found.method == "blood_pool" and slices - 1 not in found.slices, found
+    half = preprocess.crop_spacing(raw, found.center, DataConfig(), found) * (DataConfig().crop - 2) / 2
+    heart = (np.hypot(64.0 - found.center[0], 64.0 - found.center[1]) + pool + wall) * 1.5  # the LV's epicardium
+    assert heart <= half <= heart + preprocess.CROP_MARGIN_MM, (half, heart)  # the LV fits, no 36 mm more
