@@ -168,3 +168,22 @@ def test_an_end_slices_merged_pool_reaching_far_beyond_the_lv_does_not_size_the_
     half = preprocess.crop_spacing(raw, found.center, DataConfig(), found) * (DataConfig().crop - 2) / 2
     heart = (np.hypot(64.0 - found.center[0], 64.0 - found.center[1]) + pool + wall) * 1.5  # the LV's epicardium
     assert heart <= half <= heart + preprocess.CROP_MARGIN_MM, (half, heart)  # the LV fits, no 36 mm more
+
+
+def test_a_cavity_dimmer_than_bright_fat_beside_it_is_still_found() -> None:
+    """Bright epicardial or chest-wall fat sets the slice's bright level, and blood slowed by trabeculae sits
+    below a third of the way from dark to that level: no pool passed on those slices, and the chain ran on
+    the other slices only (real patient030, 047: 6-7 mm off). A lower level finds the dim cavity."""
+    shape, slices, frames, spacing = (112, 112), 6, 8, (1.5, 1.5)
+    cine = np.full(shape + (slices, frames), 0.1, dtype=np.float32)
+    lv = (56.0, 60.0)
+    for k in range(slices):
+        for t in range(frames):
+            squeeze = np.sin(np.pi * t / frames)
+            cine[_disc(shape, lv, 20.0 - 1.5 * squeeze), k, t] = 0.2  # myocardium
+            cine[_disc(shape, lv, 13.0 - 4.0 * squeeze), k, t] = 0.37  # dim blood, largest at ED
+        cine[30:36, 15:100, k, :] = 1.0  # a band of fat, still over the cycle
+    cine += np.random.default_rng(0).normal(0.0, 0.01, cine.shape).astype(np.float32)
+    found = localise.locate_lv(cine, spacing)
+    assert found.method == "blood_pool" and len(found.slices) == slices, localise.describe(found)
+    assert np.hypot((found.center[0] - lv[0]) * spacing[0], (found.center[1] - lv[1]) * spacing[1]) <= 2.0, found
