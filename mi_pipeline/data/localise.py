@@ -47,7 +47,7 @@ JUMP_MM = 28.0  # the farthest the LV pool may move between neighbouring slices 
 MIN_SLICES = 3  # slices the LV must be found on (at most half the stack's): a 2-slice chain on an 11-slice
 # stack was the stomach on a real cine whose LV passed no check; the named fallback is the honest answer there
 THRESHOLD_FRACTIONS = (0.25, 0.35, 0.45, 0.55, 0.65)  # of the way from dark (20th percentile) to bright (99th) tissue;
-# the 0.25 level for cavities dimmer than bright fat beside them (real patient006, 020, 047); see docs/QUALITY.md
+# the 0.25 level for cavities dimmer than bright fat beside them (real patient047, 006: basal slices unchained)
 WALL_MM = 10.0  # LV wall added to a pool's radius when weighting slices (and sizing the crop)
 CENTRE_WEIGHT_FRACTION = 0.35  # image-centre prior: a Gaussian of this fraction of the field of view
 GROW_MM = 8.0  # how far beyond the bright pool the cavity may reach (slow-flow blood, trabeculae at its edge)
@@ -91,7 +91,7 @@ def _thresholds(image: np.ndarray, weight: np.ndarray) -> list[float]:
     and slice (too low merges the LV with the RV, too high keeps only the brightest core); each level's
     pools compete, and the roundest, best-ringed one wins. The lowest, a quarter of the way, is for slices
     where bright fat sets the 99th percentile and blood slowed by trabeculae stays below a third of the way
-    up: no pool of the LV passed there, and the chain ran on the other slices only (real hearts 6-7 mm off).
+    up: no pool of the LV passed there, and the chain ran on the other slices only (real patient047: 6.2 mm off).
     """
     lo, hi = np.percentile(image[weight > 0.5], (20.0, 99.0))
     return [float(lo + f * (hi - lo)) for f in THRESHOLD_FRACTIONS]
