@@ -19,8 +19,9 @@ ring of myocardium, at about the same place on consecutive slices. So:
    threshold that isolates a round pool often keeps only the cavity's brightest part; the LV centre is the
    area-weighted mean of the cavities' centres, and its extent (for sizing the crop) the farthest pool
    pixel from that centre. Slices the chain skipped (a breath-hold moved the LV beyond a link's reach, a
-   basal run past a gap) add the pool that overlaps the chain's (``_skipped``): to the extent always, to the
-   centre between the chain's first and last slice (``_between_ends``).
+   basal run past a gap) add the pool that overlaps the chain's (``_skipped``): to the extent while it reaches at
+   most ``JUMP_MM`` beyond the chain's pools (``_extent``), to the centre between the chain's first and last
+   slice (``_between_ends``).
 
 When no candidate passes, the old motion-map peak is used and the method is named
 ``temporal_std_fallback`` with the reason, so outputs can say that the crop was not checked.
@@ -45,7 +46,8 @@ LINK_MM = 12.0  # pools on other slices within this distance support a candidate
 JUMP_MM = 28.0  # the farthest the LV pool may move between neighbouring slices (breath-holds, oblique axis)
 MIN_SLICES = 3  # slices the LV must be found on (at most half the stack's): a 2-slice chain on an 11-slice
 # stack was the stomach on a real cine whose LV passed no check; the named fallback is the honest answer there
-THRESHOLD_FRACTIONS = (0.35, 0.45, 0.55, 0.65)  # of the way from dark (20th percentile) to bright (99th) tissue
+THRESHOLD_FRACTIONS = (0.25, 0.35, 0.45, 0.55, 0.65)  # of the way from dark (20th percentile) to bright (99th) tissue;
+# the 0.25 level for cavities dimmer than bright fat beside them (real patient047, 006: basal slices unchained)
 WALL_MM = 10.0  # LV wall added to a pool's radius when weighting slices (and sizing the crop)
 CENTRE_WEIGHT_FRACTION = 0.35  # image-centre prior: a Gaussian of this fraction of the field of view
 GROW_MM = 8.0  # how far beyond the bright pool the cavity may reach (slow-flow blood, trabeculae at its edge)
@@ -87,7 +89,9 @@ def _thresholds(image: np.ndarray, weight: np.ndarray) -> list[float]:
 
     Several, not one: no single level separates the blood pool from the myocardium on every scanner
     and slice (too low merges the LV with the RV, too high keeps only the brightest core); each level's
-    pools compete, and the roundest, best-ringed one wins.
+    pools compete, and the roundest, best-ringed one wins. The lowest, a quarter of the way, is for slices
+    where bright fat sets the 99th percentile and blood slowed by trabeculae stays below a third of the way
+    up: no pool of the LV passed there, and the chain ran on the other slices only (real patient047: 6.2 mm off).
     """
     lo, hi = np.percentile(image[weight > 0.5], (20.0, 99.0))
     return [float(lo + f * (hi - lo)) for f in THRESHOLD_FRACTIONS]
@@ -327,6 +331,27 @@ def _between_ends(pools: list[Candidate], chain: list[Candidate]) -> list[Candid
     return [c for c in pools if first <= c.slice <= last]
 
 
+def _reach(c: Candidate, centre: tuple[float, float], spacing: tuple[float, float]) -> float:
+    """The farthest pixel of a pool from ``centre``, in mm."""
+    pts = c.extent_px.astype(float)
+    return float(np.max(np.hypot((pts[:, 0] - centre[0]) * spacing[0], (pts[:, 1] - centre[1]) * spacing[1])))
+
+
+def _extent(chain: list[Candidate], skipped: list[Candidate], centre: tuple[float, float],
+            spacing: tuple[float, float]) -> float:
+    """The LV's radius for the crop: the farthest pool pixel from ``centre`` on the chain's slices and on those it
+    skipped, a skipped slice's pool counting only while it reaches at most ``JUMP_MM`` beyond the chain's.
+
+    Why the cap: a skipped slice's LV is the chain's LV moved by a breath-hold or grown toward the base, which on
+    the development hearts reached 10-19 mm beyond the chain's farthest pool (patient014, 026, M&Ms L8N7Z0). A
+    pool that overlaps the LV's but reaches farther than a link's length beyond it is the LV merged with
+    another chamber on an end slice; counted, it doubled one held-out crop (patient096, 102 -> 198 mm) for no
+    myocardium. Such a pool still counts for the centre when it lies between chain slices (``_between_ends``).
+    """
+    reach = max(_reach(c, centre, spacing) for c in chain)
+    return max([reach] + [r for r in (_reach(c, centre, spacing) for c in skipped) if r <= reach + JUMP_MM])
+
+
 def _supported(c: Candidate, chosen: list[Candidate], spacing: tuple[float, float]) -> bool:
     """Whether a pool on a nearby slice (<= 2 slices away) lies within ``LINK_MM``: an isolated jump is
     another structure (a merged blob, the outflow tract), not the LV drifting between breath-holds."""
@@ -344,10 +369,9 @@ def locate_lv(cine: np.ndarray, spacing: tuple[float, float], fallback=None) -> 
         why = (f"no round, beating, ringed bright blood pool at the same place on {needed} slices or more"
                if cands else "no round, beating, ringed bright blood pool on any slice")
         return LvLocation(center=centre, radius_mm=None, method="temporal_std_fallback", why=why)
-    around = best + _skipped(cands, best, spacing)
-    ci, cj = _centre(cine, _between_ends(around, best), spacing, weight)
-    pts = np.concatenate([c.extent_px for c in around]).astype(float)
-    radius = float(np.max(np.hypot((pts[:, 0] - ci) * spacing[0], (pts[:, 1] - cj) * spacing[1])))
+    skipped = _skipped(cands, best, spacing)
+    ci, cj = _centre(cine, _between_ends(best + skipped, best), spacing, weight)
+    radius = _extent(best, skipped, (ci, cj), spacing)
     return LvLocation(center=(ci, cj), radius_mm=radius, method="blood_pool",
                       slices=tuple(sorted(c.slice for c in best)))
 

@@ -147,3 +147,44 @@ def test_a_slice_the_breath_hold_moved_between_found_slices_counts_for_the_centr
     found = preprocess.locate(raw)
     want = np.mean(centres, axis=0)
     assert np.hypot(found.center[0] - want[0], found.center[1] - want[1]) * 1.5 <= 1.5, (found.center, want)
+
+
+def test_an_end_slices_merged_pool_reaching_far_beyond_the_lv_does_not_size_the_crop() -> None:
+    """On the last slice the LV's pool merged with a neighbouring chamber into one large round pool that
+    overlaps the LV's but reaches 36 mm farther than any pool of the chain; counted for the extent, it
+    doubled the crop (held-out patient096: 102 -> 198 mm). The LV on a slice the chain skipped is the chain's
+    LV moved by a breath-hold, so it reaches at most a link's length (``JUMP_MM``) beyond the chain's pools."""
+    shape, slices, frames, spacing = (128, 128), 8, 8, (1.5, 1.5)
+    cine = np.full(shape + (slices, frames), 0.1, dtype=np.float32)
+    pool, wall = 22.0, 6.0
+    for k in range(slices - 1):
+        _beating_lv(cine, k, (64.0, 64.0), pool, wall)
+    _beating_lv(cine, slices - 1, (80.0, 64.0), 30.0, wall)  # 45 mm pool centred 24 mm off: the LV's centre inside it
+    cine += np.random.default_rng(0).normal(0.0, 0.01, cine.shape).astype(np.float32)
+    raw = RawSubject(id="merged", folder=Path("."), cine=cine, cine_affine=np.diag([spacing[0], spacing[1], 8.0, 1.0]),
+                     lge=None, lge_affine=None, lge_label=None, ed=0, es=frames // 2)
+    found = preprocess.locate(raw)
+    assert found.method == "blood_pool" and slices - 1 not in found.slices, found
+    half = preprocess.crop_spacing(raw, found.center, DataConfig(), found) * (DataConfig().crop - 2) / 2
+    heart = (np.hypot(64.0 - found.center[0], 64.0 - found.center[1]) + pool + wall) * 1.5  # the LV's epicardium
+    assert heart <= half <= heart + preprocess.CROP_MARGIN_MM, (half, heart)  # the LV fits, no 36 mm more
+
+
+def test_a_cavity_dimmer_than_bright_fat_beside_it_is_still_found() -> None:
+    """Bright epicardial or chest-wall fat sets the slice's bright level, and blood slowed by trabeculae sits
+    below a third of the way from dark to that level: no pool passed on those slices, and the chain ran on
+    the other slices only (real patient047: 4 of 9 slices, 6.2 mm off; 4.0 with the lower level, which finds
+    the dim cavity)."""
+    shape, slices, frames, spacing = (112, 112), 6, 8, (1.5, 1.5)
+    cine = np.full(shape + (slices, frames), 0.1, dtype=np.float32)
+    lv = (56.0, 60.0)
+    for k in range(slices):
+        for t in range(frames):
+            squeeze = np.sin(np.pi * t / frames)
+            cine[_disc(shape, lv, 20.0 - 1.5 * squeeze), k, t] = 0.2  # myocardium
+            cine[_disc(shape, lv, 13.0 - 4.0 * squeeze), k, t] = 0.37  # dim blood, largest at ED
+        cine[30:36, 15:100, k, :] = 1.0  # a band of fat, still over the cycle
+    cine += np.random.default_rng(0).normal(0.0, 0.01, cine.shape).astype(np.float32)
+    found = localise.locate_lv(cine, spacing)
+    assert found.method == "blood_pool" and len(found.slices) == slices, localise.describe(found)
+    assert np.hypot((found.center[0] - lv[0]) * spacing[0], (found.center[1] - lv[1]) * spacing[1]) <= 2.0, found
