@@ -48,7 +48,7 @@ from mi_pipeline.inference import (
     stored_config,
 )
 from mi_pipeline.layout import RunLayout
-from mi_pipeline.stages import common, motion, registration, registration_qa, registry
+from mi_pipeline.stages import common, motion, registration, registration_qa, registry, segmentation
 
 # --- subjects -------------------------------------------------------------------------------------
 
@@ -209,9 +209,9 @@ def eval_segmentation(models: Models, subjects: list[Subject], log: Callable[[st
 
 
 def _myocardium_only(models: Models) -> bool:
-    """Whether the segmentation model (every fold's, for an ensemble) says it learnt no infarct."""
-    members = models.folds or [models]
-    return all(model_provenance(m.checkpoints["segmentation"])["myocardium_only"] for m in members)
+    """Whether the segmentation model (every fold's, for an ensemble) learnt no infarct: ``load_models``
+    decided that from the checkpoint's facts and wrapped it."""
+    return all(isinstance(m.segmentation, segmentation.MyocardiumOnly) for m in models.folds or [models])
 
 
 def _eval_myocardium(models: Models, subjects: list[Subject], log: Callable[[str], None]) -> dict[str, Any]:

@@ -319,7 +319,7 @@ def _cine_contrast(u: Callable[..., Any], vary: bool) -> dict[str, float]:
     return {"blood": blood, "myo": myo, "tissue": u(0.2, 0.3), "fat": u(0.6, 0.8), "lung": u(0.03, 0.06)}
 
 
-def _vary_anatomy(params: PhantomConfig, index: int, fov_mm: float) -> dict[str, float]:
+def _vary_anatomy(params: PhantomConfig, index: int, fov_mm: float) -> tuple[tuple[float, float], dict[str, float]]:
     """``vary``: the RV's contact with the septum and the heart's place in the FOV, as real cines have them.
 
     Measured on expert labels (ACDC 001-050 and six M&Ms at ED, mid slices): the RV blood lies within
@@ -327,14 +327,15 @@ def _vary_anatomy(params: PhantomConfig, index: int, fov_mm: float) -> dict[str,
     the LV centre lies 1-78 mm from the FOV centre (median 14, 95 % 29-59), against <= 11 mm. The heart
     moves off centre only as far as the FOV leaves room for it (85 mm of heart, RV and fat around its
     centre; none in a 170 mm FOV), skewed toward the centre. Drawn from a stream of their own, so every
-    other draw of a subject is what it was.
+    other draw of a subject is what it was. Returns the heart's extra (x, y) offset in mm and the RV's
+    ``_Heart`` fields.
     """
     rng = np.random.default_rng([params.seed, index, 2])
     width, inset = rng.uniform(0.75, 1.45), rng.uniform(2.0, 10.0)  # the default's inset is 6-9 mm
     room = max(0.0, min(60.0, fov_mm / 2 - 85.0))
     radius, direction = room * rng.uniform() ** 1.5, rng.uniform(0, 2 * np.pi)
-    return {"rv_width": float(width), "rv_inset_mm": float(inset),
-            "dx": float(radius * math.cos(direction)), "dy": float(radius * math.sin(direction))}
+    offset = (float(radius * math.cos(direction)), float(radius * math.sin(direction)))
+    return offset, {"rv_width": float(width), "rv_inset_mm": float(inset)}
 
 
 def _draw(params: PhantomConfig, index: int) -> SubjectDraw:
@@ -365,11 +366,11 @@ def _draw(params: PhantomConfig, index: int) -> SubjectDraw:
     last = first + length - 1
     cx, cy = fov_c + u(-params.heart_offset_mm, params.heart_offset_mm), fov_c + u(-params.heart_offset_mm,
                                                                                    params.heart_offset_mm)
-    anatomy = _vary_anatomy(params, index, n * sp) if params.vary else {"dx": 0.0, "dy": 0.0}
+    (dx, dy), rv_shape = _vary_anatomy(params, index, n * sp) if params.vary else ((0.0, 0.0), {})
     heart = _Heart(
         slices=z,
-        cx=cx + anatomy.pop("dx"),
-        cy=cy + anatomy.pop("dy"),
+        cx=cx + dx,
+        cy=cy + dy,
         tilt=(u(-4, 4), u(-4, 4)),
         **_cavity_and_wall(u, params.vary),
         ell=u(0.0, 0.08),
@@ -386,7 +387,7 @@ def _draw(params: PhantomConfig, index: int) -> SubjectDraw:
         remodel=u(0.1, 0.3) if (infarct and u() < 0.5) else 0.0,
         rv_angle=rv_angle,
         rv_scale=u(0.85, 1.1),
-        **anatomy,
+        **rv_shape,
     )
     body = _Body(
         center=(fov_c + u(-10, 10), fov_c + u(-5, 5)),
