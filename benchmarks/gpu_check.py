@@ -3,7 +3,9 @@
 Measures, on a synthetic 2D conv net (no data preparation: the point is the loop, not the model),
 through the real ``engine.trainer.fit`` unless said otherwise:
 
-* steps/s of a bare hand-written loop vs ours (same model, batches, AdamW);
+* steps/s of a bare hand-written loop vs ours (same model, batches, AdamW), twice: ``loop`` with
+  full-size batches built on the CPU as the stages build theirs, and ``loop_gpu_bound`` with tiny
+  CPU batches upsampled on the device, so that the GPU is the bottleneck and any host stall shows;
 * ours with AMP bf16 on vs off, and with ``torch.compile`` on vs off;
 * the checkpoint stall: how long the loop waits at a save (snapshot hand-over) and what a save adds
   to the steps beside it (ours with a mid-epoch ``last.pth`` every few steps vs none);
@@ -25,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -52,8 +55,15 @@ class Size:
 
 
 QUICK_CPU = Size(channels=4, crop=16, batch=4, samples=48, steps=4, warmup=2, repeats=1)
-FULL_GPU = Size(channels=64, crop=128, batch=32, samples=2048, steps=60, warmup=10, repeats=3)
-QUICK_GPU = Size(channels=32, crop=96, batch=16, samples=512, steps=30, warmup=8, repeats=2)
+FULL_GPU = Size(channels=64, crop=128, batch=32, samples=4096, steps=60, warmup=10, repeats=3)
+QUICK_GPU = Size(channels=32, crop=96, batch=16, samples=1024, steps=30, warmup=8, repeats=2)
+SIZES = (QUICK_CPU, FULL_GPU, QUICK_GPU)
+GPU_BOUND_INPUT_PX = 8  # the GPU-bound loop's CPU-built input side (upsampled to the crop on the device)
+
+
+def fits_one_epoch(size: Size) -> bool:
+    """``ours`` times warm-up + steps + the stop's call inside one epoch (an epoch end would be timed too)."""
+    return size.warmup + size.steps + 1 <= size.samples // size.batch
 
 
 def conv_net(channels: int) -> nn.Module:
@@ -70,8 +80,9 @@ class SyntheticTask(TrainTask):
     name = "gpu_check"
     metric_name = "neg_loss"
 
-    def __init__(self, size: Size) -> None:
+    def __init__(self, size: Size, input_px: int | None = None) -> None:
         self.size = size
+        self.input_px = input_px or size.crop  # < crop: a small CPU batch, upsampled on the device (GPU-bound steps)
         self.stamps: list[float] = []  # time.perf_counter() at each loss call (device synced only at the ends)
 
     def setup(self, device: torch.device) -> None:
@@ -84,13 +95,15 @@ class SyntheticTask(TrainTask):
         return self.size.samples
 
     def make_batch(self, indices: list[int], generator: torch.Generator, device: torch.device) -> Batch:
-        n, c = len(indices), self.size.crop
-        x = torch.randn(n, 2, c, c, generator=generator)
-        return {"x": x.to(device), "y": (0.5 * x).to(device)}
+        x = torch.randn(len(indices), 2, self.input_px, self.input_px, generator=generator)
+        return {"x": x.to(device)}
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         self.stamps.append(time.perf_counter())
-        return nn.functional.mse_loss(model(batch["x"]).float(), batch["y"]), {}
+        x = batch["x"]
+        if x.shape[-1] != self.size.crop:
+            x = nn.functional.interpolate(x, size=(self.size.crop, self.size.crop), mode="bilinear")
+        return nn.functional.mse_loss(model(x).float(), 0.5 * x.float()), {}
 
     def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         return {"neg_loss": 0.0}
@@ -101,9 +114,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bare_loop(size: Size, device: torch.device) -> dict[str, float]:
+def bare_loop(size: Size, device: torch.device, input_px: int | None = None) -> dict[str, float]:
     """Steps/s and host syncs per step of a minimal loop (forward, loss, backward, AdamW)."""
-    task = SyntheticTask(size)
+    task = SyntheticTask(size, input_px)
     torch.manual_seed(0)
     model = task.build_model().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -123,12 +136,12 @@ def bare_loop(size: Size, device: torch.device) -> dict[str, float]:
             "syncs_per_step": (COUNTER.count - syncs) / size.steps}
 
 
-def ours(size: Size, device: torch.device, folder: Path, perf: PerformanceConfig) -> dict[str, float]:
+def ours(size: Size, device: torch.device, folder: Path, perf: PerformanceConfig,
+         input_px: int | None = None) -> dict[str, float]:
     """Steps/s (steady state: the timed window between loss calls of one epoch) through ``fit``."""
-    task = SyntheticTask(size)
+    task = SyntheticTask(size, input_px)
     total = size.warmup + size.steps + 1
-    batches = size.samples // size.batch
-    assert total <= batches, "the timed window must fit in one epoch"
+    assert fits_one_epoch(size), "the timed window must fit in one epoch"
     calls = {"n": 0, "syncs": 0}
 
     def stop() -> bool:
@@ -157,15 +170,19 @@ def _median(values: list[float]) -> float:
     return round(float(statistics.median(values)), 4)
 
 
-def measure(size: Size, device: torch.device, work: Path, compile_ok: bool) -> dict[str, Any]:
+def measure(size: Size, device: torch.device, work: Path, compile_ok: bool,
+            input_px: int | None = None) -> dict[str, Any]:
+    """Every variant, ``size.repeats`` times in turn. ``input_px`` < crop makes the steps GPU-bound:
+    with full-size batches built on the CPU (what the stages do) a fast GPU waits for the host."""
     base = PerformanceConfig(checkpoint_every_s=0)
     variants: dict[str, PerformanceConfig | None] = {
         "bare": None, "ours": base, "ours_bf16": replace(base, amp="bf16"),
+        "ours_bf16_channels_last": replace(base, amp="bf16", channels_last=True),  # configs/default.yaml's pair
         "ours_ckpt_every_5_steps": replace(base, checkpoint_every_steps=5),
     }
     if compile_ok:
         variants["ours_compile"] = replace(base, compile=True)
-    if device.type == "cuda":
+    if device.type == "cuda" and input_px is None:
         variants["ours_pinned_workers"] = replace(base, pin_memory=True, num_workers=2)
     rates: dict[str, list[float]] = {name: [] for name in variants}
     syncs: dict[str, list[float]] = {name: [] for name in variants}
@@ -175,7 +192,8 @@ def measure(size: Size, device: torch.device, work: Path, compile_ok: bool) -> d
             if name in errors:
                 continue
             try:
-                got = bare_loop(size, device) if perf is None else ours(size, device, work / f"{name}-{r}", perf)
+                got = (bare_loop(size, device, input_px) if perf is None
+                       else ours(size, device, work / f"{name}-{input_px}-{r}", perf, input_px))
             except Exception as exc:  # noqa: BLE001 - one variant failing (compile without Triton) must not end the rest
                 errors[name] = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
                 continue
@@ -188,6 +206,7 @@ def measure(size: Size, device: torch.device, work: Path, compile_ok: bool) -> d
         return _median(pairs) if pairs else None
 
     out["ratios"] = {"ours_vs_bare": ratio("ours", "bare"), "bf16_vs_fp32": ratio("ours_bf16", "ours"),
+                     "bf16_channels_last_vs_fp32": ratio("ours_bf16_channels_last", "ours"),
                      "compile_vs_eager": ratio("ours_compile", "ours"),
                      "ckpt_every_5_steps_vs_none": ratio("ours_ckpt_every_5_steps", "ours")}
     if errors:
@@ -286,15 +305,20 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "size": size.__dict__, "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "loop": measure(size, device, work, compile_ok),
-        "checkpoint": checkpoint_stall(size, device, work),
-        "ddp": ddp_scaling(size) if device.type == "cuda" else {"skipped": "cpu dry run"},
     }
-    result["wall_s"] = round(time.time() - started, 1)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    sections: dict[str, Callable[[], dict[str, Any]]] = {
+        "loop": lambda: measure(size, device, work, compile_ok),
+        "loop_gpu_bound": lambda: measure(size, device, work, compile_ok, input_px=GPU_BOUND_INPUT_PX),
+        "checkpoint": lambda: checkpoint_stall(size, device, work),
+        "ddp": lambda: ddp_scaling(size) if device.type == "cuda" else {"skipped": "cpu dry run"},
+    }
+    for name, section in sections.items():
+        result[name] = section()
+        result["wall_s"] = round(time.time() - started, 1)
+        if args.json:  # after every section: a lease that ends mid-run still leaves what was measured
+            args.json.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"[gpu_check {result['wall_s']:6.1f}s] {name} done", file=sys.stderr, flush=True)
+    print(json.dumps(result, indent=1))
     return 0
 
 
