@@ -85,21 +85,19 @@ class ChainLine:
 
 
 def _entries(steps: list[Step], progress_file: ProgressFile) -> list[ChainLine]:
-    from mi_pipeline.orchestration.jobs import ACTIVE_STATES, job_states
+    from mi_pipeline.orchestration.jobs import cancel_stale
     from mi_pipeline.orchestration.local_executor import plan_restart
+    from mi_pipeline.orchestration.slurm_executor import CANCEL_WAIT_S, STALE, live_jobs
 
-    progress = progress_file.read()
-    recorded = {s.stage: progress.stages[s.stage].job_id for s in steps
-                if s.run and progress.stages[s.stage].executor == "slurm" and progress.stages[s.stage].job_id}
-    states = job_states(list(recorded.values()))  # type: ignore[arg-type]
+    kept, stale = live_jobs(steps, progress_file)
+    cancel_stale(progress_file, stale, STALE, CANCEL_WAIT_S)  # a live job whose upstream reruns: replaced
     lines = []
     omitted = tuple(s.stage for s in steps if s.left_out)  # no job to wait on
     for step in steps:
-        job_id = recorded.get(step.stage)
         if not step.run:
             lines.append(ChainLine("skip", step.stage, (step.reason,)))
-        elif job_id and states.get(job_id) in ACTIVE_STATES:
-            lines.append(ChainLine("keep", step.stage, (job_id, states[job_id])))
+        elif step.stage in kept:
+            lines.append(ChainLine("keep", step.stage, kept[step.stage]))
         else:
             ups = ",".join(upstream(step.stage, omitted)) or "-"
             token = plan_restart(step, progress_file) or "-"

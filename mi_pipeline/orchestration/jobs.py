@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from mi_pipeline.errors import UserError
 from mi_pipeline.orchestration.progress import ProgressFile
 from mi_pipeline.orchestration.records import StageRecord
 
@@ -135,3 +136,20 @@ def cancel_jobs(progress: ProgressFile, why: str, job_dir: Path | None = None) -
         for stage, job_id in active.items():
             progress.update_stage(stage, status="failed", error=f"job {job_id} cancelled ({why})")
     return [*active.values(), *stray]
+
+
+def cancel_stale(progress: ProgressFile, stale: dict[str, str], why: str, wait_s: float) -> list[str]:
+    """scancel stage jobs that must not go on (``stale``: stage -> job id), record why, and wait until
+    SLURM has let them go: a cancelled stage saves its position on SIGTERM, and the jobs that replace
+    it must not start under that write. Returns the ids; raises UserError if one outlives ``wait_s``.
+    """
+    if not stale:
+        return []
+    subprocess.run(["scancel", *stale.values()], check=False, timeout=60)
+    for stage, job_id in stale.items():
+        progress.update_stage(stage, status="failed", error=f"job {job_id} cancelled ({why})")
+    live = wait_until_gone(list(stale.values()), wait_s)
+    if live:
+        raise UserError(f"jobs {' '.join(live)} were cancelled ({why}) but are still running after {wait_s:.0f} s; "
+                        f"nothing new was submitted: run resume again once squeue no longer lists them")
+    return list(stale.values())

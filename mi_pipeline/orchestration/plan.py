@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from mi_pipeline.config import Config, config_changes, only_longer_training, stage_hash
 from mi_pipeline.errors import UserError
-from mi_pipeline.graph import CINE_LABELS_SUFFICE, MODEL_STAGES, STAGES, downstream, left_out
+from mi_pipeline.graph import CINE_LABELS_SUFFICE, MODEL_STAGES, STAGES, downstream, left_out, upstream
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.health import CheckpointHealth, inspect_stage
 from mi_pipeline.orchestration.progress import Progress
@@ -62,6 +63,28 @@ def make_plan(mode: str, layout: RunLayout, progress: Progress, data_ready: bool
                 if not steps[child].run and not steps[child].left_out:
                     steps[child] = Step(child, True, f"depends on {stage}, which runs")
     return _cine_labels_note([steps[s] for s in STAGES], lge)
+
+
+def keep_live_jobs(steps: Sequence[Step], live: Mapping[str, str],
+                   new_upstream: Collection[str] = ()) -> tuple[dict[str, str], dict[str, str]]:
+    """(kept, stale): stage -> job id, for the planned stages whose job SLURM still holds (``live``).
+
+    A live job stays the stage's job (no duplicate is submitted) unless a stage it waits on gets a
+    new job in this submission (here, or ``new_upstream`` planned elsewhere: a k-fold run's shared
+    data job). Such a job is stale: it started, or will start, on files about to be rebuilt, and it
+    would not wait for the new ones -- it must be cancelled and submitted again after them.
+    """
+    omitted = tuple(s.stage for s in steps if s.left_out)
+    new, kept, stale = set(new_upstream), {}, {}
+    for step in (s for s in steps if s.run):
+        job_id = live.get(step.stage)
+        if job_id and not any(up in new for up in upstream(step.stage, omitted)):
+            kept[step.stage] = job_id
+            continue
+        if job_id:
+            stale[step.stage] = job_id
+        new.add(step.stage)
+    return kept, stale
 
 
 NO_LGE = "the data has no LGE images, which this stage learns from (a cine-only dataset)"

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -24,7 +25,7 @@ from mi_pipeline.graph import upstream
 from mi_pipeline.orchestration import jobs
 from mi_pipeline.orchestration.container import python_command
 from mi_pipeline.orchestration.local_executor import StageCommand, plan_restart
-from mi_pipeline.orchestration.plan import Step
+from mi_pipeline.orchestration.plan import Step, keep_live_jobs
 from mi_pipeline.orchestration.private import owner_only
 from mi_pipeline.orchestration.progress import ProgressFile
 
@@ -118,10 +119,11 @@ def run_slurm(steps: list[Step], command: StageCommand, progress: ProgressFile, 
     )
 
     batch = batch if batch is not None else SubmitBatch()
-    records = progress.read().stages
-    live = jobs.job_states([records[s.stage].job_id or "" for s in steps if records[s.stage].executor == "slurm"])
-    to_submit = [s for s in steps if s.run and not (records[s.stage].executor == "slurm"
-                                                    and live.get(records[s.stage].job_id or "") in jobs.ACTIVE_STATES)]
+    new_upstream = [stage for stage, job_id in (upstream_jobs or {}).items() if job_id in batch.submitted]
+    kept, stale = live_jobs(steps, progress, new_upstream)
+    # none left when the executor cancelled them first, unless SLURM let an upstream job go since then
+    say_cancelled(jobs.cancel_stale(progress, stale, STALE, CANCEL_WAIT_S))
+    to_submit = [s for s in steps if s.run and s.stage not in kept]
     # Inside the image when a container is configured; the image, then the resources, are checked
     # before anything is submitted. A fold binds the whole run (its data/cache links to the top's).
     slurm_python = python_command(cfg, RunLayout(command.run_dir).top.root,
@@ -134,11 +136,9 @@ def run_slurm(steps: list[Step], command: StageCommand, progress: ProgressFile, 
     for step in steps:
         if not step.run:
             continue
-        record = records[step.stage]
         if step not in to_submit:
-            job_id = record.job_id or ""  # a kept step's record names its live job
-            job_of[step.stage] = job_id
-            print(f"  {step.stage}: job {job_id} is {live[job_id]}: kept (no duplicate submitted)")
+            job_of[step.stage], state = kept[step.stage]
+            print(f"  {step.stage}: job {job_of[step.stage]} is {state}: kept (no duplicate submitted)")
             continue
         deps = [job_of[up] for up in upstream(step.stage, omitted) if up in job_of]
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cfg.slurm.max_requeues,
@@ -158,6 +158,46 @@ def run_slurm(steps: list[Step], command: StageCommand, progress: ProgressFile, 
     print(f"jobs: {' '.join(f'{s}={j}' for s, j in job_of.items() if s not in (upstream_jobs or {})) or 'none'}; "
           f"follow with: python -m mi_pipeline.status --run-dir {RunLayout(command.run_dir).top.root}")
     return job_of
+
+
+STALE = "an upstream stage runs again: it would train on files being rebuilt"
+CANCEL_WAIT_S = 300.0  # how long a submission waits for cancelled stale jobs to save and end
+
+
+def live_jobs(steps: list[Step], progress: ProgressFile,
+              new_upstream: Collection[str] = ()) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+    """(kept: stage -> (job id, SLURM state), stale: stage -> job id) for ``steps`` as SLURM sees them
+    now (``plan.keep_live_jobs``; ``new_upstream``: stages planned elsewhere that get a new job).
+
+    A job whose stage the record already calls done is ending, not live: kept, it would let the
+    stages after it start on what this plan found missing."""
+    records = progress.read().stages
+    states = jobs.slurm_states_of([records[s.stage] for s in steps if s.run])
+    live = {s.stage: records[s.stage].job_id or "" for s in steps
+            if s.run and records[s.stage].status != "done" and jobs.job_active(records[s.stage], states)}
+    kept, stale = keep_live_jobs(steps, live, new_upstream)
+    return {stage: (job_id, states[job_id]) for stage, job_id in kept.items()}, stale
+
+
+def say_cancelled(job_ids: list[str]) -> None:
+    if job_ids:
+        print(f"cancelled stale jobs ({STALE}), and waited until they ended: {' '.join(job_ids)}")
+
+
+def cancel_stale_jobs(units: list[tuple[list[Step], ProgressFile]]) -> list[str]:
+    """Before anything is submitted: cancel, and wait for, every live job that ``live_jobs`` calls stale.
+
+    ``units``: the run's (or the top's) steps first, then each fold's, whose stages wait on the top's
+    data job: new when the top's data step runs without a live job to keep.
+    """
+    (top_steps, top_progress), *folds = units
+    kept, stale = live_jobs(top_steps, top_progress)
+    cancelled = jobs.cancel_stale(top_progress, stale, STALE, CANCEL_WAIT_S)
+    data_new = any(s.stage == "data" and s.run for s in top_steps) and "data" not in kept
+    for steps, progress in folds:
+        cancelled += jobs.cancel_stale(progress, live_jobs(steps, progress, ("data",) if data_new else ())[1], STALE,
+                                       CANCEL_WAIT_S)
+    return cancelled
 
 
 def job_folder(run_dir: Path, cfg: Config) -> Path:

@@ -299,10 +299,16 @@ class SlurmExecutor:
     each waiting on the one data job. All or nothing: a refused sbatch cancels what was submitted."""
 
     def execute(self, plan: RunPlan, command: StageCommand, cfg: Config) -> int:
-        from mi_pipeline.orchestration.slurm_executor import SubmitBatch, run_slurm
+        from mi_pipeline.orchestration.slurm_executor import (
+            SubmitBatch,
+            cancel_stale_jobs,
+            run_slurm,
+            say_cancelled,
+        )
 
         for unit in plan.units:
             record_skips(list(unit.steps), unit.progress)
+        say_cancelled(cancel_stale_jobs([(list(unit.steps), unit.progress) for unit in plan.units]))
         batch = SubmitBatch()
         first, *folds = plan.units
         jobs_of = run_slurm(list(first.steps), replace(command, run_dir=first.layout.root), first.progress, cfg,

@@ -9,7 +9,8 @@ import torch
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.runlog import StageLog
 from mi_pipeline.layout import RunLayout
-from mi_pipeline.orchestration.plan import make_plan
+from mi_pipeline.graph import STAGES
+from mi_pipeline.orchestration.plan import Step, keep_live_jobs, make_plan
 from mi_pipeline.orchestration.progress import ProgressFile
 from mi_pipeline.orchestration.stage_runner import _take_restart_token
 
@@ -127,3 +128,28 @@ def test_retrain_from_a_stage_restarts_it_and_everything_after_it(tmp_path: Path
                                            retrain_from="registration")}
     assert [st for st, s in steps.items() if s.run] == ["registration", "segmentation"]
     assert steps["registration"].restart and steps["segmentation"].restart
+
+
+def _steps(*running: str, left_out: tuple[str, ...] = ()) -> list[Step]:
+    return [Step(s, s in running, "test", left_out=s in left_out) for s in STAGES]
+
+
+def test_a_live_job_is_kept_unless_a_stage_it_waits_on_gets_a_new_job() -> None:
+    live = {"motion": "11", "registration": "12", "segmentation": "13"}
+    # data done, models in flight: every live job stays the stage's job (no duplicate)
+    kept, stale = keep_live_jobs(_steps("motion", "registration", "segmentation"), live)
+    assert kept == live and stale == {}
+    # data must run again (cache deleted, config changed): the jobs would train on files being rebuilt
+    kept, stale = keep_live_jobs(_steps(*STAGES), live)
+    assert kept == {} and stale == live
+    # its own live data job is kept: the models already wait on it
+    kept, stale = keep_live_jobs(_steps(*STAGES), {"data": "10", **live})
+    assert kept == {"data": "10", **live} and stale == {}
+    # registration's job ended (failed) and is resubmitted: segmentation waits on it, motion does not
+    kept, stale = keep_live_jobs(_steps("motion", "registration", "segmentation"),
+                                 {"motion": "11", "segmentation": "13"})
+    assert kept == {"motion": "11"} and stale == {"segmentation": "13"}
+    # a k-fold run's fold: the top's data job is new
+    kept, stale = keep_live_jobs(_steps("motion", "segmentation", left_out=("registration",)),
+                                 {"motion": "11", "segmentation": "13"}, new_upstream=("data",))
+    assert kept == {} and stale == {"motion": "11", "segmentation": "13"}

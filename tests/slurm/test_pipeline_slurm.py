@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mi_pipeline.layout import RunLayout
 from tests.helpers import (
     REPO,
     assert_same_weights,
@@ -133,6 +134,31 @@ def test_resume_while_in_flight_submits_no_duplicate(slurm_cluster, tmp_path: Pa
     names = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobName", "-j", ",".join(first.values())],
                            capture_output=True, text=True, check=True).stdout.split()
     assert len(names) == len(set(names)) == 4
+
+
+def test_resume_replaces_queued_jobs_whose_data_must_be_rebuilt(slurm_cluster, tmp_path: Path) -> None:
+    """A live job that waits on (or reads) a stage which reruns is stale: resume cancels it and submits
+    a new one after the new data job, instead of keeping it (it would train on the old, vanishing cache)."""
+    run_dir = tmp_path / "stale"
+    assert submit(run_dir, "--mode", "fresh", "--yes").returncode == 0
+    first = job_ids(run_dir)
+    held = [first["motion"], first["registration"], first["segmentation"]]
+    # surely still queued at the resume (a running one could fail on the deleted file and take its
+    # dependants with it before the resume looks)
+    subprocess.run(["scontrol", "hold", *held], check=True, timeout=60)
+    wait_for(lambda: status(run_dir)["stages"]["data"]["status"] == "done", 300, "data done")
+    cache = RunLayout(run_dir).cache_dir
+    next(cache.glob("*.npz")).unlink()  # the user's scratch lost a file: the data stage must run again
+    again = submit(run_dir, "--mode", "resume")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "cancelled stale jobs" in again.stdout and all(job in again.stdout for job in held), again.stdout
+    second = job_ids(run_dir)
+    assert second["data"] != first["data"]
+    assert all(second[s] != first[s] for s in ("motion", "registration", "segmentation")), (first, second)
+    assert f"afterok:{second['data']}" in again.stdout, "the new model jobs wait on the new data job"
+    for job in held:
+        slurm_cluster.wait_for(job, {"CANCELLED"}, timeout=60)
+    wait_all_done(run_dir)
 
 
 def test_fresh_cancels_in_flight_jobs_and_cancel_records_it(slurm_cluster, tmp_path: Path) -> None:
