@@ -11,7 +11,9 @@ generic-layout subject folders with ``cine.nii.gz``), writes ``DIR/<subject>/``:
 
 The cine is read and preprocessed by the same code as training (``data.nifti``, ``data.preprocess``:
 LV found by ``lv_center_heuristic``, resampled, cropped, normalised); the models are rebuilt from the
-config by the stage registry (``stages/registry.py``) and fed by ``segmentation_inputs``.
+config by the stage registry (``stages/registry.py``) and fed by ``segmentation_inputs``; every label is
+the argmax of the softmax averaged over the input as it is and flipped along H, W and both (test-time
+augmentation with training's flips, ``seg_confidence.tta_probabilities``), in evaluate and predict alike.
 Models come from ``--run-dir`` (``checkpoints/<stage>/best_model.pth``) or ``--checkpoints DIR``
 (the same ``<stage>/best_model.pth`` layout). Without ``--config`` the config stored in the
 segmentation checkpoint is used.
@@ -46,7 +48,7 @@ from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.errors import CheckpointError, ConfigError, InputError
 from mi_pipeline.fsio import atomic_path, atomic_write_text
 from mi_pipeline.layout import RunLayout
-from mi_pipeline.stages import common, motion, registry, seg_confidence, segmentation
+from mi_pipeline.stages import motion, registry, seg_confidence, segmentation
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -130,32 +132,30 @@ def inference_device(cfg: Config) -> torch.device:
 def segment_subject(models: Models, subject: Subject) -> tuple[np.ndarray, np.ndarray | None]:
     """Predicted classes (Z, H, W) uint8 on the crop grid and the ED->frame fields (Z, T, 2, H, W) or None.
 
-    For an ensemble, the argmax of the folds' mean probability (fields: fold 0's).
+    The argmax of the flip-averaged softmax; for an ensemble, of the folds' mean of it (fields: fold 0's).
     """
     if models.folds:
         agreement, fields = segment_ensemble(models, subject)
         return agreement.label, fields
-    logits, fields = _forward(models, subject)
-    return logits.argmax(dim=1).numpy().astype(np.uint8), fields
+    probs, fields = _probabilities(models, subject)
+    return probs.argmax(dim=1).numpy().astype(np.uint8), fields
 
 
 def segment_probabilities(models: Models, subject: Subject) -> tuple[np.ndarray, np.ndarray | None]:
     """One model set's softmax (Z, C, H, W) float32 on the crop grid, and its motion fields (or None)."""
-    logits, fields = _forward(models, subject)
-    return torch.softmax(logits, dim=1).numpy().astype(np.float32), fields
+    probs, fields = _probabilities(models, subject)
+    return probs.numpy().astype(np.float32), fields
 
 
-def _forward(models: Models, subject: Subject) -> tuple[torch.Tensor, np.ndarray | None]:
+def _probabilities(models: Models, subject: Subject) -> tuple[torch.Tensor, np.ndarray | None]:
+    """The segmentation softmax averaged over the input as it is and flipped along H, W and both
+    (``seg_confidence.tta_probabilities``, the flips training augments with): the one path every label
+    comes from, in evaluate and predict alike."""
     cine = torch.from_numpy(np.ascontiguousarray(subject.cine))
     fields = motion.motion_fields(models.motion, cine) if models.motion is not None else None
-    model = models.segmentation
-    device = next(model.parameters()).device
     x = segmentation.segmentation_inputs(cine, fields if models.cfg.segmentation.motion_features else None)
-    out = []
-    with torch.no_grad():
-        for part in common.batched(x.shape[0], segmentation.VAL_BATCH):
-            out.append(model(x[part].to(device)).float().cpu())
-    return torch.cat(out), (fields.numpy() if fields is not None else None)
+    probs = seg_confidence.tta_probabilities(models.segmentation, x, cine.shape[1], segmentation.VAL_BATCH)
+    return probs, (fields.numpy() if fields is not None else None)
 
 
 def fold_probabilities(models: Models, subject: Subject) -> np.ndarray:

@@ -97,6 +97,25 @@ def test_crop_grid_maps_back_exactly(setup) -> None:
     assert (back[covered] == truth[covered]).mean() > 0.99
 
 
+def test_the_label_is_the_argmax_of_the_flip_averaged_softmax(setup) -> None:
+    """Evaluate and predict label every subject through one path: the softmax averaged over the input
+    as it is and flipped (``seg_confidence.tta_probabilities``), whose passes predict's uncertainty reports."""
+    tmp, cfg = setup
+    from mi_pipeline.data.generic import load_subject
+    from mi_pipeline.stages import motion, seg_confidence, segmentation
+
+    models = inference.load_models(cfg, tmp / "run" / "checkpoints", registry.inference_stages(cfg),
+                                   torch.device("cpu"))
+    subject = preprocess_subject(load_subject(tmp / "data", "s0"), cfg.data)
+    cine = torch.from_numpy(np.ascontiguousarray(subject.cine))
+    x = segmentation.segmentation_inputs(cine, motion.motion_fields(models.motion, cine))
+    probs = seg_confidence.tta_probabilities(models.segmentation, x, cine.shape[1])
+    np.testing.assert_array_equal(inference.segment_probabilities(models, subject)[0], probs.numpy())
+    pred = inference.segment_subject(models, subject)[0]
+    np.testing.assert_array_equal(pred, probs.argmax(dim=1).numpy())
+    np.testing.assert_array_equal(pred, seg_confidence.tta_predict(models.segmentation, x, cine.shape[1])[0])
+
+
 @pytest.mark.parametrize("case", ["missing", "3d", "empty_folder", "no_checkpoint"])
 def test_predict_bad_input_is_one_line_exit_2(setup, case, capsys, tmp_path) -> None:
     tmp, _ = setup

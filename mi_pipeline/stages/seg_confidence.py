@@ -4,7 +4,9 @@
   H, W and both (motion-field channels flipped as vectors, as in training); the softmax outputs are
   flipped back and averaged. Reported: the mean predictive entropy over the predicted myocardium
   (nats; 0 = certain, ln 3 = 1.10 = uniform), the share of myocardial pixels where the four passes
-  disagree, and the spread (min..max) of the infarct % over the four passes.
+  disagree, and the spread (min..max) of the infarct % over the four passes. The averaged softmax
+  (``tta_probabilities``) is also what every segmentation is labelled from (``inference``: evaluate,
+  predict and the k-fold ensemble's members), so the figures describe the label that is reported.
 * **Plausibility** (``shape_figures`` + ``plausibility``): per slice with myocardium, its area (mm^2)
   and mean wall thickness (mm; ring radii from the areas of myocardium + enclosed cavity and of the
   cavity), and whether it is one closed ring. The reference ranges are the 1st..99th percentiles of
@@ -40,19 +42,32 @@ def _flip_input(x: torch.Tensor, frames: int, fh: bool, fw: bool) -> torch.Tenso
     return torch.cat([images, fields], dim=1)
 
 
-def tta_predict(model: nn.Module, x: torch.Tensor, frames: int, batch: int = 32) -> tuple[np.ndarray, dict[str, Any]]:
-    """Classes (N, H, W) uint8 from the flip-averaged softmax, and the uncertainty figures."""
+def flip_softmax(model: nn.Module, x: torch.Tensor, frames: int, batch: int = 32) -> list[torch.Tensor]:
+    """The softmax (N, C, H, W) of the network input ``x`` (N, C, H, W; the first ``frames`` channels are
+    the cine) as it is and flipped along H, W and both (``FLIPS``), each flipped back onto ``x``'s grid:
+    the passes that test-time augmentation averages (``tta_probabilities``) and compares (``tta_predict``)."""
     device = next(model.parameters()).device
-    probs, members = [], []
+    probs = []
     with torch.no_grad():
         for fh, fw in FLIPS:
             out = []
             for part in common.batched(x.shape[0], batch):
                 logits = model(_flip_input(x[part], frames, fh, fw).to(device)).float()
                 out.append(common.flip_image(torch.softmax(logits, dim=1), fh, fw).cpu())
-            p = torch.cat(out)
-            probs.append(p)
-            members.append(p.argmax(dim=1))
+            probs.append(torch.cat(out))
+    return probs
+
+
+def tta_probabilities(model: nn.Module, x: torch.Tensor, frames: int, batch: int = 32) -> torch.Tensor:
+    """The flip-averaged softmax (N, C, H, W): what ``inference`` labels every subject from (evaluate and
+    predict alike). Deterministic: the same four passes in the same order, no random draw."""
+    return torch.stack(flip_softmax(model, x, frames, batch)).mean(dim=0)
+
+
+def tta_predict(model: nn.Module, x: torch.Tensor, frames: int, batch: int = 32) -> tuple[np.ndarray, dict[str, Any]]:
+    """Classes (N, H, W) uint8 from the flip-averaged softmax, and the uncertainty figures."""
+    probs = flip_softmax(model, x, frames, batch)
+    members = [p.argmax(dim=1) for p in probs]
     mean = torch.stack(probs).mean(dim=0)
     pred = mean.argmax(dim=1)
     myo = pred > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mi_pipeline.stages import seg_confidence
+from mi_pipeline.stages import common, seg_confidence
 from mi_pipeline.stages.segmentation import build_model
 
 
@@ -25,6 +25,26 @@ def test_tta_figures(tiny_cfg):
     assert 0.0 <= figures["mean_entropy_myocardium"] <= np.log(3) + 1e-6
     lo, hi = figures["infarct_percent_range"]
     assert 0.0 <= lo <= hi <= 100.0
+
+
+def test_tta_probabilities_are_deterministic_flip_equivariant_and_what_tta_predict_labels(tiny_cfg):
+    """The flip-averaged softmax every label comes from (``inference``): the same twice, a flipped input
+    gives the flipped output (motion-field channels flipped as vectors), and ``tta_predict``'s label
+    (whose uncertainty predict reports) is its argmax."""
+    torch.manual_seed(0)
+    frames = tiny_cfg.data.frames
+    model = build_model(tiny_cfg).eval()
+    x = torch.rand(3, frames * 3, 32, 32)
+    probs = seg_confidence.tta_probabilities(model, x, frames)
+    assert probs.shape == (3, 3, 32, 32)
+    assert torch.equal(probs, seg_confidence.tta_probabilities(model, x, frames))
+    torch.testing.assert_close(seg_confidence.tta_probabilities(model, x, frames, batch=2), probs)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(3, 32, 32))
+    for fh, fw in seg_confidence.FLIPS[1:]:
+        flipped = seg_confidence.tta_probabilities(model, seg_confidence._flip_input(x, frames, fh, fw), frames)
+        torch.testing.assert_close(common.flip_image(flipped, fh, fw), probs, atol=1e-6, rtol=0)
+    pred, _ = seg_confidence.tta_predict(model, x, frames)
+    assert np.array_equal(pred, probs.argmax(dim=1).numpy())
 
 
 def test_a_ring_is_plausible_a_blob_or_a_giant_is_not():
