@@ -8,8 +8,8 @@ import torch
 
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.runlog import StageLog
-from mi_pipeline.layout import RunLayout
 from mi_pipeline.graph import STAGES
+from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.plan import Step, keep_live_jobs, make_plan
 from mi_pipeline.orchestration.progress import ProgressFile
 from mi_pipeline.orchestration.stage_runner import _take_restart_token
