@@ -6,9 +6,9 @@ smoothed maximum landed 5-18 mm from the labelled LV centre on real hearts. What
 a short-axis cine is a bright, round blood pool that changes size over the cycle, wrapped in a darker
 ring of myocardium, at about the same place on consecutive slices. So:
 
-1. per slice, the blood pool at its largest (the maximum over frames, ~ED) is thresholded halfway
-   between the slice's dark and bright tissue near the image centre; its connected pieces, holes
-   (papillary muscles) filled, are the candidates;
+1. per slice, the blood pool at its largest (the maximum over frames, ~ED) is thresholded at each of
+   ``THRESHOLD_FRACTIONS`` (five levels, 0.25-0.65 of the way from the slice's dark to its bright tissue
+   near the image centre); the connected pieces, holes (papillary muscles) filled, are the candidates;
 2. a candidate is *rejected* unless it is round (minor/major axis >= ``MIN_AXIS_RATIO``, solidity >=
    ``MIN_SOLIDITY``), of a cavity's size (``DIAMETER_MM``), changes over the cycle (moving border), and
    is ringed by darker tissue (>= ``MIN_RING`` of the pixels ``RING_MM`` outside it);

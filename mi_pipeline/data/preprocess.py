@@ -101,7 +101,10 @@ def crop_spacing(raw: RawSubject, center: tuple[float, float], cfg: DataConfig,
         need = found.radius_mm + CROP_MARGIN_MM
     if need is None:
         return cfg.spacing_mm
-    wanted = 2.0 * need / (cfg.crop - 2)  # the outermost pixel ring stays clear
+    # the outermost pixel ring stays clear: the centre sits at pixel (crop - 1) / 2 (``target_affine``), so the
+    # pixels 1 .. crop - 2 reach (crop - 3) / 2 pixels either side of it, not (crop - 2) / 2 (half a pixel
+    # short: real patient029's myocardium, 0.3 mm inside the radius asked for, fell on the outer ring)
+    wanted = 2.0 * need / (cfg.crop - 3)
     # up to the next micrometre: the same cine read from DICOM or NIfTI (another summation order) gives
     # the same grid bit for bit, not one 1e-9 mm apart whose interpolation differs in the last bits
     wanted = math.ceil(wanted * SPACING_QUANTUM) / SPACING_QUANTUM

@@ -135,7 +135,7 @@ def test_the_crop_holds_a_slice_the_breath_hold_moved_beyond_the_chains_reach() 
     raw, centres, heart = _moved_slice()
     found = preprocess.locate(raw)
     assert found.method == "blood_pool" and 3 not in found.slices and len(found.slices) == len(centres) - 1, found
-    half = preprocess.crop_spacing(raw, found.center, DataConfig(), found) * (DataConfig().crop - 2) / 2
+    half = preprocess.crop_spacing(raw, found.center, DataConfig(), found) * (DataConfig().crop - 3) / 2
     reach = max(np.hypot(c[0] - found.center[0], c[1] - found.center[1]) + heart for c in centres) * 1.5
     assert half >= reach, (half, reach)  # the moved slice's epicardium fits
 
@@ -165,7 +165,7 @@ def test_an_end_slices_merged_pool_reaching_far_beyond_the_lv_does_not_size_the_
                      lge=None, lge_affine=None, lge_label=None, ed=0, es=frames // 2)
     found = preprocess.locate(raw)
     assert found.method == "blood_pool" and slices - 1 not in found.slices, found
-    half = preprocess.crop_spacing(raw, found.center, DataConfig(), found) * (DataConfig().crop - 2) / 2
+    half = preprocess.crop_spacing(raw, found.center, DataConfig(), found) * (DataConfig().crop - 3) / 2
     heart = (np.hypot(64.0 - found.center[0], 64.0 - found.center[1]) + pool + wall) * 1.5  # the LV's epicardium
     assert heart <= half <= heart + preprocess.CROP_MARGIN_MM, (half, heart)  # the LV fits, no 36 mm more
 
