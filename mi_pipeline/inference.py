@@ -13,7 +13,8 @@ The cine is read and preprocessed by the same code as training (``data.nifti``, 
 LV found by ``lv_center_heuristic``, resampled, cropped, normalised); the models are rebuilt from the
 config by the stage registry (``stages/registry.py``) and fed by ``segmentation_inputs``; every label is
 the argmax of the softmax averaged over the input as it is and flipped along H, W and both (test-time
-augmentation with training's flips, ``seg_confidence.tta_probabilities``), in evaluate and predict alike.
+augmentation with training's flips, ``seg_confidence.flip_softmax``), in evaluate and predict alike; predict
+reads its uncertainty figures from the same passes.
 Models come from ``--run-dir`` (``checkpoints/<stage>/best_model.pth``) or ``--checkpoints DIR``
 (the same ``<stage>/best_model.pth`` layout). Without ``--config`` the config stored in the
 segmentation checkpoint is used.
@@ -134,28 +135,36 @@ def segment_subject(models: Models, subject: Subject) -> tuple[np.ndarray, np.nd
 
     The argmax of the flip-averaged softmax; for an ensemble, of the folds' mean of it (fields: fold 0's).
     """
+    label, fields, _passes = segment_with_passes(models, subject)
+    return label, fields
+
+
+def segment_with_passes(models: Models, subject: Subject) -> tuple[np.ndarray, np.ndarray | None,
+                                                                   list[torch.Tensor] | None]:
+    """``segment_subject``, and a single model's four flip passes (None for an ensemble): predict's
+    confidence figures are read from the passes the label came from, not from four more."""
     if models.folds:
         agreement, fields = segment_ensemble(models, subject)
-        return agreement.label, fields
-    probs, fields = _probabilities(models, subject)
-    return probs.argmax(dim=1).numpy().astype(np.uint8), fields
+        return agreement.label, fields, None
+    passes, fields = _flip_passes(models, subject)
+    return seg_confidence.average(passes).argmax(dim=1).numpy().astype(np.uint8), fields, passes
 
 
 def segment_probabilities(models: Models, subject: Subject) -> tuple[np.ndarray, np.ndarray | None]:
     """One model set's softmax (Z, C, H, W) float32 on the crop grid, and its motion fields (or None)."""
-    probs, fields = _probabilities(models, subject)
-    return probs.numpy().astype(np.float32), fields
+    passes, fields = _flip_passes(models, subject)
+    return seg_confidence.average(passes).numpy().astype(np.float32), fields
 
 
-def _probabilities(models: Models, subject: Subject) -> tuple[torch.Tensor, np.ndarray | None]:
-    """The segmentation softmax averaged over the input as it is and flipped along H, W and both
-    (``seg_confidence.tta_probabilities``, the flips training augments with): the one path every label
-    comes from, in evaluate and predict alike."""
+def _flip_passes(models: Models, subject: Subject) -> tuple[list[torch.Tensor], np.ndarray | None]:
+    """The segmentation softmax of the input as it is and flipped along H, W and both
+    (``seg_confidence.flip_softmax``, the flips training augments with), and the motion fields: every
+    label is the argmax of the passes' average, in evaluate and predict alike."""
     cine = torch.from_numpy(np.ascontiguousarray(subject.cine))
     fields = motion.motion_fields(models.motion, cine) if models.motion is not None else None
     x = segmentation.segmentation_inputs(cine, fields if models.cfg.segmentation.motion_features else None)
-    probs = seg_confidence.tta_probabilities(models.segmentation, x, cine.shape[1], segmentation.VAL_BATCH)
-    return probs, (fields.numpy() if fields is not None else None)
+    passes = seg_confidence.flip_softmax(models.segmentation, x, cine.shape[1], segmentation.VAL_BATCH)
+    return passes, (fields.numpy() if fields is not None else None)
 
 
 def fold_probabilities(models: Models, subject: Subject) -> np.ndarray:
@@ -292,13 +301,13 @@ def build_report(subject_id: str, cine_path: Path, subject: Subject, raw: RawSub
     }
 
 
-def segmentation_confidence(models: Models, subject: Subject, pred: np.ndarray) -> dict[str, Any]:
-    """TTA uncertainty and a plausibility flag for ``pred`` (see ``stages/seg_confidence``)."""
-    cine = torch.from_numpy(np.ascontiguousarray(subject.cine))
-    fields = (motion.motion_fields(models.motion, cine)
-              if models.motion is not None and models.cfg.segmentation.motion_features else None)
-    x = segmentation.segmentation_inputs(cine, fields)
-    _, uncertainty = seg_confidence.tta_predict(models.segmentation, x, cine.shape[1])
+def segmentation_confidence(models: Models, subject: Subject, pred: np.ndarray,
+                            passes: list[torch.Tensor] | None = None) -> dict[str, Any]:
+    """TTA uncertainty and a plausibility flag for ``pred`` (see ``stages/seg_confidence``), from the flip
+    ``passes`` ``pred`` came from, or from ``models``' own passes (an ensemble: fold 0's)."""
+    if passes is None:
+        passes, _fields = _flip_passes(models, subject)
+    _, uncertainty = seg_confidence.tta_figures(passes)
     shape_file = RunLayout.holding(models.checkpoints["segmentation"]["path"]).log_dir("segmentation") / \
         seg_confidence.SHAPE_FILE
     ranges, source = seg_confidence.DEFAULT_RANGES, "physiological defaults (no training targets' shape record)"
@@ -336,15 +345,15 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
         raise ConfigError(f"data.crop {cfg.data.crop} must be a multiple of 16")
     if models.folds:
         agreement, fields = segment_ensemble(models, subject)
-        pred = agreement.label
+        pred, passes = agreement.label, None
     else:
-        agreement, (pred, fields) = None, segment_subject(models, subject)
+        agreement, (pred, fields, passes) = None, segment_with_passes(models, subject)
     seg = to_cine_grid(pred, subject.affine, raw.cine_affine, raw.cine.shape[:3])
     folder = out_dir / subject_id
     folder.mkdir(parents=True, exist_ok=True)
     save_nifti(seg, raw.cine_affine, folder / "infarct_seg.nii.gz")
     report = build_report(subject_id, cine_path, subject, raw, pred, models, cfg)
-    report["confidence"] = segmentation_confidence(models, subject, pred)
+    report["confidence"] = segmentation_confidence(models, subject, pred, passes)
     report["trust"] = trust_section(models, cine_path, raw, report["confidence"]["plausibility"])
     report["localisation"] = describe_location(found)
     # RV-anchored AHA segments, schema version; then the matplotlib figures (clinical_io); the DICOM SEG last

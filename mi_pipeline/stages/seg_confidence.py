@@ -58,17 +58,27 @@ def flip_softmax(model: nn.Module, x: torch.Tensor, frames: int, batch: int = 32
     return probs
 
 
+def average(passes: list[torch.Tensor]) -> torch.Tensor:
+    """The flip-averaged softmax (N, C, H, W) of ``flip_softmax``'s passes."""
+    return torch.stack(passes).mean(dim=0)
+
+
 def tta_probabilities(model: nn.Module, x: torch.Tensor, frames: int, batch: int = 32) -> torch.Tensor:
     """The flip-averaged softmax (N, C, H, W): what ``inference`` labels every subject from (evaluate and
     predict alike). Deterministic: the same four passes in the same order, no random draw."""
-    return torch.stack(flip_softmax(model, x, frames, batch)).mean(dim=0)
+    return average(flip_softmax(model, x, frames, batch))
 
 
 def tta_predict(model: nn.Module, x: torch.Tensor, frames: int, batch: int = 32) -> tuple[np.ndarray, dict[str, Any]]:
     """Classes (N, H, W) uint8 from the flip-averaged softmax, and the uncertainty figures."""
-    probs = flip_softmax(model, x, frames, batch)
+    return tta_figures(flip_softmax(model, x, frames, batch))
+
+
+def tta_figures(probs: list[torch.Tensor]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Classes (N, H, W) uint8 from ``flip_softmax``'s passes, and the uncertainty figures they give
+    (predict hands in the passes its label came from, so none runs twice)."""
     members = [p.argmax(dim=1) for p in probs]
-    mean = torch.stack(probs).mean(dim=0)
+    mean = average(probs)
     pred = mean.argmax(dim=1)
     myo = pred > 0
     entropy = -(mean * mean.clamp_min(1e-8).log()).sum(dim=1)
