@@ -25,13 +25,15 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 
 from mi_pipeline import config as config_mod
@@ -42,15 +44,18 @@ from mi_pipeline.config import Config
 from mi_pipeline.data import folds as fold_split
 from mi_pipeline.data.cache import Subject
 from mi_pipeline.data.generic import RawSubject
+from mi_pipeline.data.localise import LvLocation
 from mi_pipeline.data.localise import describe as describe_location
 from mi_pipeline.data.nifti import load_image
-from mi_pipeline.data.preprocess import estimate_ed, locate, preprocess_subject, sample
+from mi_pipeline.data.preprocess import CROP_MARGIN_MM, estimate_ed, locate, on_outer_ring, preprocess_subject, sample
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.errors import CheckpointError, ConfigError, InputError
 from mi_pipeline.fsio import atomic_path, atomic_write_text
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.stages import motion, registry, seg_confidence, segmentation
 
+CROP_GROWTH = 1.3  # each regrown crop is 1.3x as wide: twice covers ACDC 057 (105 mm wall reach, 80 asked)
+CROP_GROWTHS = 2
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -340,14 +345,10 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
                 ed: int | None = None, series: str | None = None) -> dict[str, Any]:
     raw = read_cine(cine_path, subject_id, ed=ed, series=series)
     found = locate(raw)  # the LV the crop is centred on, reported with how it was found
-    subject = preprocess_subject(raw, cfg.data, found=found)
-    if subject.cine.shape[-1] % 16 or subject.cine.shape[-2] % 16:
+    if cfg.data.crop % 16:
         raise ConfigError(f"data.crop {cfg.data.crop} must be a multiple of 16")
-    if models.folds:
-        agreement, fields = segment_ensemble(models, subject)
-        pred, passes = agreement.label, None
-    else:
-        agreement, (pred, fields, passes) = None, segment_with_passes(models, subject)
+    crop = crop_holding_heart(raw, cfg, found, lambda subject: _segment(models, subject))
+    subject, (agreement, pred, fields, passes) = crop.subject, crop.result
     seg = to_cine_grid(pred, subject.affine, raw.cine_affine, raw.cine.shape[:3])
     folder = out_dir / subject_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -355,7 +356,9 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
     report = build_report(subject_id, cine_path, subject, raw, pred, models, cfg)
     report["confidence"] = segmentation_confidence(models, subject, pred, passes)
     report["trust"] = trust_section(models, cine_path, raw, report["confidence"]["plausibility"])
-    report["localisation"] = describe_location(found)
+    report["localisation"] = {**describe_location(found), "crop_mm": round(float(subject.spacing[0]) * cfg.data.crop, 1),
+                              "crop_grown": crop.grown}
+    report["warnings"] = crop.warnings()
     # RV-anchored AHA segments, schema version; then the matplotlib figures (clinical_io); the DICOM SEG last
     report = clinical_io.finish_report(report, subject, raw, pred, seg, folder)
     if agreement is not None:  # the folds' interval and disagreement map beside the segmentation
@@ -371,6 +374,69 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
                               _qc_slices(metrics.level_of_slices(pred > 0), pred),
                               uncertainty=agreement.uncertainty if agreement is not None else None)
     return clinical_io.add_dicom_seg(report, raw, seg, folder)  # last: optional, a warning when it cannot be made
+
+
+Segmented = tuple[ensemble.FoldAgreement | None, np.ndarray, np.ndarray | None, list[torch.Tensor] | None]
+
+
+def _segment(models: Models, subject: Subject) -> Segmented:
+    """(the folds' agreement or None, label, motion fields, a single model's flip passes or None)."""
+    if models.folds:
+        agreement, fields = segment_ensemble(models, subject)
+        return agreement, agreement.label, fields, None
+    pred, fields, passes = segment_with_passes(models, subject)
+    return None, pred, fields, passes
+
+
+@dataclass(frozen=True)
+class HeartCrop:
+    """The crop predict segmented in, what it segmented there, and how often the crop had to grow."""
+
+    subject: Subject
+    result: Segmented
+    grown: int
+    still_cut: bool
+
+    def warnings(self) -> list[str]:
+        if self.still_cut:
+            return [f"the segmented myocardium still reaches the crop border after the crop grew {self.grown} "
+                    f"time(s) (to {self.subject.spacing[0] * self.subject.cine.shape[-1]:.0f} mm): part of the "
+                    f"heart may lie outside it and is not measured"]
+        if self.grown:
+            return [f"crop grown {self.grown} time(s), to {self.subject.spacing[0] * self.subject.cine.shape[-1]:.0f}"
+                    f" mm: the segmented myocardium reached the border of the crop sized from the blood pool"]
+        return []
+
+
+def crop_holding_heart(raw: RawSubject, cfg: Config, found: LvLocation,
+                       segment: Callable[[Subject], Segmented]) -> HeartCrop:
+    """Crop around the LV found and segment there; while the segmented myocardium reaches the crop's outer
+    ring, crop ``CROP_GROWTH`` times wider and segment again (at most ``CROP_GROWTHS`` times).
+
+    Why: the crop is sized from the LV blood pool plus a margin for the wall (``preprocess.crop_spacing``),
+    and real walls are up to ~30 mm thick or reach past the pool on slices the pool was not found on
+    (hypertrophied hearts, a basal slice: ACDC patient038 and 057 needed 9 and 25 mm more than the margin).
+    The segmentation is the first look at the wall itself, so it checks the crop it was made in.
+    """
+    size, grown = found, 0
+    while True:
+        subject = preprocess_subject(raw, cfg.data, found=size)
+        result = segment(subject)
+        cut = on_outer_ring(_largest_piece(result[1] > 0))
+        if not cut or grown == CROP_GROWTHS:
+            return HeartCrop(subject, result, grown, still_cut=cut)
+        half_width = float(subject.spacing[0]) * (cfg.data.crop - 3) / 2  # what crop_spacing's ring holds
+        size = replace(found, radius_mm=CROP_GROWTH * half_width - CROP_MARGIN_MM)
+        grown += 1
+
+
+def _largest_piece(mask: np.ndarray) -> np.ndarray:
+    """The largest connected piece of a (Z, H, W) mask: the heart's wall, not a stray blob a model marks at the
+    crop's edge (a phantom-trained model on a real cine), which would grow the crop for nothing."""
+    pieces, count = ndimage.label(mask)
+    if count <= 1:
+        return mask
+    return pieces == 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))
 
 
 def trust_section(models: Models, cine_path: Path, raw: RawSubject, plausibility: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from mi_pipeline.cli import predict
 from mi_pipeline.cli.common import run_main
 from mi_pipeline.config import PhantomConfig, load_config, stage_hash, to_dict
 from mi_pipeline.data.phantom import generate_subject, write_subject
-from mi_pipeline.data.preprocess import preprocess_subject
+from mi_pipeline.data.preprocess import preprocess_subject, sample
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.stages import registry
 
@@ -48,7 +48,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_predict_writes_three_files_in_cine_geometry(setup, capsys) -> None:
-    tmp, _ = setup
+    tmp, cfg = setup
     cine = tmp / "data" / "s0" / "cine.nii.gz"
     out = tmp / "out"
     assert run_main(predict.main, ["--cine", str(cine), "--out", str(out), "--run-dir", str(tmp / "run")]) == 0
@@ -69,6 +69,9 @@ def test_predict_writes_three_files_in_cine_geometry(setup, capsys) -> None:
     for name in ("qc.png", "bullseye.png"):  # matplotlib figures (texts checked in test_figures.py)
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["schema_version"] == 1 and report["aha_anchor"]["method"] in ("rv_images", "fixed")
+    crop = report["localisation"]
+    assert report["spacing_mm"][0] * cfg.data.crop == pytest.approx(crop["crop_mm"], abs=0.1)
+    assert crop["crop_grown"] in (0, 1, 2)
     if report["aha_anchor"]["method"] == "fixed":  # untrained model: no usable myocardium, so the fallback, said aloud
         assert any("fixed angle" in w for w in report["warnings"])
         assert "warning: s0:" in capsys.readouterr().err
@@ -265,3 +268,75 @@ def test_the_console_line_names_a_fixed_angle_numbering(method: str) -> None:
     line = predict.console_line(report, Path("/out/s1"))
     assert line.startswith("s1: infarct 12.0% of myocardium")
     assert ("FIXED angle, not the patient's RV insertion: no RV insertion point found" in line) == (method == "fixed")
+
+
+def _labelled_myocardium(raw):
+    """A segmenter that answers with the subject's own labelled ED myocardium on the crop grid: the crop
+    check's logic with a perfect segmentation (the real models run through it in the predict tests above)."""
+    calls = []
+
+    def segment(subject):
+        shape = (subject.cine.shape[-2], subject.cine.shape[-1], subject.cine.shape[0])
+        label, _ = sample(raw.cine_label[..., raw.ed], raw.cine_affine, subject.affine, shape, order=0)
+        calls.append(subject)
+        return None, np.isin(label, (2, 3, 4)).transpose(2, 0, 1).astype(np.uint8), None, None
+    return segment, calls
+
+
+def _wall_reach_mm(raw, center) -> float:
+    myo = np.isin(raw.cine_label[..., raw.ed], (2, 3, 4)).any(axis=2)
+    sp = np.linalg.norm(raw.cine_affine[:3, :2], axis=0)
+    ii, jj = np.nonzero(myo)
+    return float(np.max(np.hypot((ii - center[0]) * sp[0], (jj - center[1]) * sp[1])))
+
+
+@pytest.mark.parametrize("short_by", [None, 1.15])
+def test_predict_grows_a_crop_the_segmented_myocardium_reaches_the_border_of(setup, short_by) -> None:
+    """A crop sized from a pool radius too small for the wall (real hypertrophied hearts) is grown 1.3x
+    until the segmented myocardium clears the outer ring; one that holds the heart is kept as it is."""
+    tmp, cfg = setup
+    from dataclasses import replace
+
+    from mi_pipeline.data.generic import load_subject
+    from mi_pipeline.data.localise import LvLocation
+    from mi_pipeline.data.preprocess import CROP_MARGIN_MM, on_outer_ring
+
+    raw = load_subject(tmp / "data", "s0")
+    found = inference.locate(raw)
+    reach = _wall_reach_mm(raw, found.center)
+    small = replace(cfg, data=replace(cfg.data, spacing_mm=0.3))  # the configured grid never holds this heart
+    radius = reach + 5.0 - CROP_MARGIN_MM if short_by is None else reach / short_by - CROP_MARGIN_MM
+    segment, calls = _labelled_myocardium(raw)
+    unlabelled = replace(raw, cine_label=None, lge=None, lge_affine=None, lge_label=None)  # as predict reads a cine
+    crop = inference.crop_holding_heart(unlabelled, small, LvLocation(found.center, radius, "blood_pool"), segment)
+    assert crop.grown == (0 if short_by is None else 1) and len(calls) == crop.grown + 1
+    assert not crop.still_cut and not on_outer_ring(crop.result[1] > 0)
+    if short_by is not None:
+        assert on_outer_ring(segment(calls[0])[1] > 0)  # the first crop did cut the wall
+        assert crop.subject.spacing[0] == pytest.approx(1.3 * calls[0].spacing[0], rel=1e-3)
+        assert crop.warnings() == [f"crop grown 1 time(s), to {crop.subject.spacing[0] * small.data.crop:.0f} mm: "
+                                   "the segmented myocardium reached the border of the crop sized from the blood pool"]
+    else:
+        assert crop.warnings() == []
+
+
+def test_predict_stops_growing_the_crop_and_says_the_heart_may_be_cut(setup) -> None:
+    tmp, cfg = setup
+    from dataclasses import replace
+
+    from mi_pipeline.data.generic import load_subject
+
+    raw = load_subject(tmp / "data", "s0")
+    calls = []
+
+    def ring(subject):  # a segmentation that always reaches the border
+        calls.append(subject)
+        pred = np.zeros((subject.cine.shape[0], *subject.cine.shape[-2:]), np.uint8)
+        pred[:, 0, :] = 1
+        pred[:, 20:24, 20:24] = 1  # a stray piece elsewhere does not hide the wall's
+        return None, pred, None, None
+
+    crop = inference.crop_holding_heart(replace(raw, cine_label=None), cfg, inference.locate(raw), ring)
+    assert crop.still_cut and crop.grown == inference.CROP_GROWTHS == len(calls) - 1
+    assert [round(c.spacing[0] / calls[0].spacing[0], 2) for c in calls] == [1.0, 1.3, 1.69]
+    assert "still reaches the crop border after the crop grew 2 time(s)" in crop.warnings()[0]

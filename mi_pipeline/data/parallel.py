@@ -19,7 +19,7 @@ import numpy as np
 
 from mi_pipeline.config import Config
 from mi_pipeline.data import adapters, cache
-from mi_pipeline.data.preprocess import preprocess_subject
+from mi_pipeline.data.preprocess import on_outer_ring, preprocess_subject
 from mi_pipeline.errors import UserError
 
 
@@ -90,5 +90,4 @@ def _touches_border(subject: cache.Subject) -> bool:
     label = subject.cine_label[:, 0] if subject.cine_label is not None else subject.lge_label
     if label is None:
         return False
-    edge = np.concatenate([label[:, 0], label[:, -1], label[:, :, 0], label[:, :, -1]], axis=None)
-    return bool(np.isin(edge, (2, 3)).any())
+    return on_outer_ring(np.isin(label, (2, 3)))

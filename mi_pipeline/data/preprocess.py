@@ -111,6 +111,11 @@ def crop_spacing(raw: RawSubject, center: tuple[float, float], cfg: DataConfig,
     return wanted if wanted > cfg.spacing_mm * (1.0 + SPACING_TOLERANCE) else cfg.spacing_mm
 
 
+def on_outer_ring(mask: np.ndarray) -> bool:
+    """Whether a (..., H, W) mask has a pixel on the crop's outermost ring: the heart may go on beyond it."""
+    return bool(mask[..., 0, :].any() or mask[..., -1, :].any() or mask[..., :, 0].any() or mask[..., :, -1].any())
+
+
 def _label_center(raw: RawSubject) -> tuple[float, float] | None:
     """LV centre from labels (cine labels at ED, else LGE labels mapped through world space)."""
     if raw.cine_label is not None:
