@@ -36,7 +36,8 @@ def plan_lines(cfg: Config, root: Path, fold: int | None = None) -> list[str]:
 
     A k-fold run (``cv.folds``): without ``fold`` the chain is the shared data stage alone (the
     models train in the folds); with ``fold`` it is that fold's model stages, waiting on the data
-    job when it is still queued (a ``keep data`` line), never submitting data themselves.
+    job when it is still queued (a ``keep data`` line), never submitting data themselves; a fold job
+    queued before that data job (an earlier chain's, which never waits on it) is cancelled and run again.
     """
     from mi_pipeline.data.cache import cine_labels_available, data_is_prepared, lge_available
     from mi_pipeline.orchestration.plan import make_plan
@@ -69,7 +70,8 @@ def plan_lines(cfg: Config, root: Path, fold: int | None = None) -> list[str]:
     fold_file = _progress_file(layout.root)
     steps = make_plan("resume", layout, fold_file.read(), data_ready=data_is_prepared(cfg, layout.root), lge=lge,
                       cine_labels=labels)
-    return [str(line) for line in (data, *_entries(steps[1:], fold_file))]
+    data_job = {"data": data.fields[0]} if data.verb == "keep" else {}  # queued or running: ours must follow it
+    return [str(line) for line in (data, *_entries(steps[1:], fold_file, data_job))]
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,15 @@ class ChainLine:
         return " ".join((self.verb, self.stage, *self.fields))
 
 
-def _entries(steps: list[Step], progress_file: ProgressFile) -> list[ChainLine]:
+def _entries(steps: list[Step], progress_file: ProgressFile, upstream_live: dict[str, str] | None = None
+             ) -> list[ChainLine]:
+    """The lines for ``steps``; ``upstream_live``: live jobs of stages planned elsewhere that these wait on
+    (a fold's view of the top's data job): a job of ours submitted before one of them is stale."""
     from mi_pipeline.orchestration.jobs import cancel_stale
     from mi_pipeline.orchestration.local_executor import plan_restart
     from mi_pipeline.orchestration.slurm_executor import CANCEL_WAIT_S, STALE, live_jobs
 
-    kept, stale = live_jobs(steps, progress_file)
+    kept, stale = live_jobs(steps, progress_file, upstream_live=upstream_live)
     cancel_stale(progress_file, stale, STALE, CANCEL_WAIT_S)  # a live job whose upstream reruns: replaced
     lines = []
     omitted = tuple(s.stage for s in steps if s.left_out)  # no job to wait on

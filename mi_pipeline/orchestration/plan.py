@@ -65,26 +65,36 @@ def make_plan(mode: str, layout: RunLayout, progress: Progress, data_ready: bool
     return _cine_labels_note([steps[s] for s in STAGES], lge)
 
 
-def keep_live_jobs(steps: Sequence[Step], live: Mapping[str, str],
-                   new_upstream: Collection[str] = ()) -> tuple[dict[str, str], dict[str, str]]:
+def keep_live_jobs(steps: Sequence[Step], live: Mapping[str, str], new_upstream: Collection[str] = (),
+                   upstream_live: Mapping[str, str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
     """(kept, stale): stage -> job id, for the planned stages whose job SLURM still holds (``live``).
 
     A live job stays the stage's job (no duplicate is submitted) unless a stage it waits on gets a
     new job in this submission (here, or ``new_upstream`` planned elsewhere: a k-fold run's shared
-    data job). Such a job is stale: it started, or will start, on files about to be rebuilt, and it
+    data job), or already has a live job submitted after it (a later job id, here or in
+    ``upstream_live``: the top's data job that an earlier ``submit_chain.sh`` run replaced, seen from a
+    fold). Such a job is stale: it started, or will start, on files about to be rebuilt, and it
     would not wait for the new ones -- it must be cancelled and submitted again after them.
     """
     omitted = tuple(s.stage for s in steps if s.left_out)
     new, kept, stale = set(new_upstream), {}, {}
+    jobs = {**(upstream_live or {}), **live}
     for step in (s for s in steps if s.run):
         job_id = live.get(step.stage)
-        if job_id and not any(up in new for up in upstream(step.stage, omitted)):
+        ups = upstream(step.stage, omitted)
+        if job_id and not any(up in new or submitted_after(jobs.get(up), job_id) for up in ups):
             kept[step.stage] = job_id
             continue
         if job_id:
             stale[step.stage] = job_id
         new.add(step.stage)
     return kept, stale
+
+
+def submitted_after(job_id: str | None, other: str) -> bool:
+    """Whether SLURM job ``job_id`` was submitted after ``other``: SLURM numbers jobs in submission order
+    (until its ids wrap at MaxJobId, when a job kept by mistake is what happened before this check)."""
+    return bool(job_id and job_id.isdigit() and other.isdigit() and int(job_id) > int(other))
 
 
 NO_LGE = "the data has no LGE images, which this stage learns from (a cine-only dataset)"

@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -120,7 +120,8 @@ def run_slurm(steps: list[Step], command: StageCommand, progress: ProgressFile, 
 
     batch = batch if batch is not None else SubmitBatch()
     new_upstream = [stage for stage, job_id in (upstream_jobs or {}).items() if job_id in batch.submitted]
-    kept, stale = live_jobs(steps, progress, new_upstream)
+    kept_upstream = {stage: job_id for stage, job_id in (upstream_jobs or {}).items() if stage not in new_upstream}
+    kept, stale = live_jobs(steps, progress, new_upstream, kept_upstream)
     # none left when the executor cancelled them first, unless SLURM let an upstream job go since then
     say_cancelled(jobs.cancel_stale(progress, stale, STALE, CANCEL_WAIT_S))
     to_submit = [s for s in steps if s.run and s.stage not in kept]
@@ -164,10 +165,11 @@ STALE = "an upstream stage runs again: it would train on files being rebuilt"
 CANCEL_WAIT_S = 300.0  # how long a submission waits for cancelled stale jobs to save and end
 
 
-def live_jobs(steps: list[Step], progress: ProgressFile,
-              new_upstream: Collection[str] = ()) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+def live_jobs(steps: list[Step], progress: ProgressFile, new_upstream: Collection[str] = (),
+              upstream_live: Mapping[str, str] | None = None) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
     """(kept: stage -> (job id, SLURM state), stale: stage -> job id) for ``steps`` as SLURM sees them
-    now (``plan.keep_live_jobs``; ``new_upstream``: stages planned elsewhere that get a new job).
+    now (``plan.keep_live_jobs``; ``new_upstream``: stages planned elsewhere that get a new job,
+    ``upstream_live``: their live jobs that are kept).
 
     A job whose stage the record already calls done is ending, not live: kept, it would let the
     stages after it start on what this plan found missing."""
@@ -175,7 +177,7 @@ def live_jobs(steps: list[Step], progress: ProgressFile,
     states = jobs.slurm_states_of([records[s.stage] for s in steps if s.run])
     live = {s.stage: records[s.stage].job_id or "" for s in steps
             if s.run and records[s.stage].status != "done" and jobs.job_active(records[s.stage], states)}
-    kept, stale = keep_live_jobs(steps, live, new_upstream)
+    kept, stale = keep_live_jobs(steps, live, new_upstream, upstream_live)
     return {stage: (job_id, states[job_id]) for stage, job_id in kept.items()}, stale
 
 
@@ -194,9 +196,10 @@ def cancel_stale_jobs(units: list[tuple[list[Step], ProgressFile]]) -> list[str]
     kept, stale = live_jobs(top_steps, top_progress)
     cancelled = jobs.cancel_stale(top_progress, stale, STALE, CANCEL_WAIT_S)
     data_new = any(s.stage == "data" and s.run for s in top_steps) and "data" not in kept
+    data_kept = {"data": kept["data"][0]} if "data" in kept else {}
     for steps, progress in folds:
-        cancelled += jobs.cancel_stale(progress, live_jobs(steps, progress, ("data",) if data_new else ())[1], STALE,
-                                       CANCEL_WAIT_S)
+        cancelled += jobs.cancel_stale(progress, live_jobs(steps, progress, ("data",) if data_new else (), data_kept)[1],
+                                       STALE, CANCEL_WAIT_S)
     return cancelled
 
 

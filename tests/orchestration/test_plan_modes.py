@@ -153,3 +153,20 @@ def test_a_live_job_is_kept_unless_a_stage_it_waits_on_gets_a_new_job() -> None:
     kept, stale = keep_live_jobs(_steps("motion", "segmentation", left_out=("registration",)),
                                  {"motion": "11", "segmentation": "13"}, new_upstream=("data",))
     assert kept == {} and stale == {"motion": "11", "segmentation": "13"}
+
+
+def test_a_live_job_submitted_before_the_live_job_it_waits_on_is_stale() -> None:
+    fold = _steps("motion", "segmentation", left_out=("registration",))
+    # a fold seen from submit_chain.sh --fold: the top's queued data job came after the fold's jobs
+    kept, stale = keep_live_jobs(fold, {"motion": "11", "segmentation": "13"}, upstream_live={"data": "20"})
+    assert kept == {} and stale == {"motion": "11", "segmentation": "13"}
+    # the fold's jobs were submitted after it (they wait on it): kept
+    kept, stale = keep_live_jobs(fold, {"motion": "21", "segmentation": "23"}, upstream_live={"data": "20"})
+    assert kept == {"motion": "21", "segmentation": "23"} and stale == {}
+    # within one record: motion resubmitted by hand after segmentation was queued (registration waits on data only)
+    kept, stale = keep_live_jobs(_steps("motion", "registration", "segmentation"),
+                                 {"motion": "30", "registration": "25", "segmentation": "26"})
+    assert kept == {"motion": "30", "registration": "25"} and stale == {"segmentation": "26"}
+    # ids SLURM did not number (none here) are not compared
+    kept, _ = keep_live_jobs(fold, {"motion": "11_1", "segmentation": "13"}, upstream_live={"data": "x"})
+    assert kept == {"motion": "11_1", "segmentation": "13"}

@@ -5,7 +5,8 @@
 - USR2 to a stage's batch shell (what --signal=B:USR2@120 sends before the time limit) makes it
   save, requeue itself and resume from last.pth with the same job id, ending with the same weights
   as the uninterrupted chain; the Python submitter, run meanwhile, submits no duplicate;
-- slurm/submit_resume.sbatch runs the Python submitter as a CPU job and the run completes.
+- slurm/submit_resume.sbatch runs the Python submitter as a CPU job and the run completes;
+- a fold's chain replaces its jobs queued before the shared data job it must now follow.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from mi_pipeline.layout import RunLayout
 from mi_pipeline.orchestration.progress import ProgressFile
 from tests.helpers import (
     REPO,
@@ -221,3 +223,46 @@ def test_the_wrappers_take_a_fold(slurm_cluster, tmp_path: Path) -> None:
     assert run_status(run_dir)["stages"]["motion"]["status"] == "not_started", "no model trains at the top"
     bad = chain("--fold", "2")
     assert bad.returncode != 0 and "--fold 2: out of range" in bad.stderr
+
+
+def test_a_fold_chain_replaces_its_jobs_queued_before_the_data_job_it_must_follow(slurm_cluster,
+                                                                                  tmp_path: Path) -> None:
+    """The top chain resubmitted the shared data job (a cache file lost); the fold's jobs, queued after
+    the old one, never wait on the new one: --fold k cancels them and submits new ones after it."""
+    import yaml
+
+    raw = yaml.safe_load(TINY.read_text())
+    raw["cv"], raw["motion"]["epochs"] = {"folds": 2}, 2
+    config = tmp_path / "cv.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    run_dir = tmp_path / "run"
+
+    def chain(*fold: str) -> dict[str, str]:
+        result = subprocess.run(["bash", str(REPO / "slurm" / "submit_chain.sh"), *fold, str(config), str(run_dir),
+                                 *SBATCH_OPTIONS], env=job_env(), capture_output=True, text=True, timeout=400)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return dict(line.split()[:2] for line in result.stdout.splitlines() if line.strip())
+
+    first_data = chain()["data"]
+    old = {k: chain("--fold", k) for k in ("0", "1")}
+    held = [job for jobs in old.values() for stage, job in jobs.items() if stage != "data"]
+    subprocess.run(["scontrol", "hold", *held], check=True, timeout=60)
+    slurm_cluster.wait_for(first_data, {"COMPLETED"}, timeout=300)
+    next(RunLayout(run_dir).cache_dir.glob("*.npz")).unlink()  # the data stage must run again
+    new_data = chain()["data"]
+    assert new_data != first_data
+    subprocess.run(["scontrol", "hold", new_data], check=True, timeout=60)  # still queued when the folds look
+    new = {k: chain("--fold", k) for k in ("0", "1")}
+    for k in ("0", "1"):
+        for stage in ("motion", "registration", "segmentation"):
+            assert new[k][stage] != old[k][stage], (k, stage, old[k], new[k])
+            slurm_cluster.wait_for(old[k][stage], {"CANCELLED"}, timeout=60)
+        shown = subprocess.run(["scontrol", "show", "job", new[k]["motion"]], capture_output=True, text=True,
+                               timeout=60).stdout
+        assert f"afterok:{new_data}" in shown, shown
+    subprocess.run(["scontrol", "release", new_data], check=True, timeout=60)
+    from tests.helpers import wait_folds_done
+
+    report = wait_folds_done(run_dir)
+    for k in ("0", "1"):
+        assert report["folds"][k]["stages"]["segmentation"]["job_id"] == new[k]["segmentation"]
