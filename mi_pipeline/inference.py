@@ -410,8 +410,8 @@ class HeartCrop:
 
 def crop_holding_heart(raw: RawSubject, cfg: Config, found: LvLocation,
                        segment: Callable[[Subject], Segmented]) -> HeartCrop:
-    """Crop around the LV found and segment there; while the segmented myocardium reaches the crop's outer
-    ring, crop ``CROP_GROWTH`` times wider and segment again (at most ``CROP_GROWTHS`` times).
+    """Crop around the LV found and segment there; while the segmented wall reaches the crop's outer ring
+    (``_wall_reaches_border``), crop ``CROP_GROWTH`` times wider and segment again (at most ``CROP_GROWTHS`` times).
 
     Why: the crop is sized from the LV blood pool plus a margin for the wall (``preprocess.crop_spacing``),
     and real walls are up to ~30 mm thick or reach past the pool on slices the pool was not found on
@@ -422,7 +422,7 @@ def crop_holding_heart(raw: RawSubject, cfg: Config, found: LvLocation,
     while True:
         subject = preprocess_subject(raw, cfg.data, found=size)
         result = segment(subject)
-        cut = on_outer_ring(_largest_piece(result[1] > 0))
+        cut = _wall_reaches_border(result[1], float(subject.spacing[0]))
         if not cut or grown == CROP_GROWTHS:
             return HeartCrop(subject, result, grown, still_cut=cut)
         half_width = float(subject.spacing[0]) * (cfg.data.crop - 3) / 2  # what crop_spacing's ring holds
@@ -430,13 +430,16 @@ def crop_holding_heart(raw: RawSubject, cfg: Config, found: LvLocation,
         grown += 1
 
 
-def _largest_piece(mask: np.ndarray) -> np.ndarray:
-    """The largest connected piece of a (Z, H, W) mask: the heart's wall, not a stray blob a model marks at the
-    crop's edge (a phantom-trained model on a real cine), which would grow the crop for nothing."""
-    pieces, count = ndimage.label(mask)
-    if count <= 1:
-        return mask
-    return pieces == 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))
+def _wall_reaches_border(pred: np.ndarray, spacing_mm: float) -> bool:
+    """Whether the heart's wall in ``pred`` (Z, H, W) reaches the crop's outer ring: its largest connected
+    piece does, and some slice shows a closed myocardial ring. Why both: a segmentation that is no heart
+    (a phantom-trained model on a real cine: stray blobs, open arcs) would grow the crop for nothing --
+    on 4 of 12 real ACDC cines whose labelled wall fitted, before the ring was asked for."""
+    pieces, count = ndimage.label(pred > 0)
+    if count == 0:
+        return False
+    wall = pieces == 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))
+    return on_outer_ring(wall) and any(r["closed_ring"] for r in seg_confidence.shape_figures(pred, spacing_mm))
 
 
 def trust_section(models: Models, cine_path: Path, raw: RawSubject, plausibility: dict[str, Any]) -> dict[str, Any]:

@@ -320,7 +320,16 @@ def test_predict_grows_a_crop_the_segmented_myocardium_reaches_the_border_of(set
         assert crop.warnings() == []
 
 
-def test_predict_stops_growing_the_crop_and_says_the_heart_may_be_cut(setup) -> None:
+def _disc(n: int, radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    return np.hypot(yy, xx) <= radius
+
+
+@pytest.mark.parametrize("closed_ring", [True, False])
+def test_predict_grows_the_crop_at_most_twice_and_only_for_a_segmentation_that_shows_a_heart(setup,
+                                                                                             closed_ring) -> None:
+    """A wall that still reaches the border after two growths is reported as maybe cut; a segmentation
+    without a closed myocardial ring anywhere (no heart: a phantom-trained model on a real cine) grows nothing."""
     tmp, cfg = setup
     from dataclasses import replace
 
@@ -329,14 +338,18 @@ def test_predict_stops_growing_the_crop_and_says_the_heart_may_be_cut(setup) -> 
     raw = load_subject(tmp / "data", "s0")
     calls = []
 
-    def ring(subject):  # a segmentation that always reaches the border
+    def segment(subject):  # on every crop: a ring wider than the crop (or only an open arc at its edge)
         calls.append(subject)
-        pred = np.zeros((subject.cine.shape[0], *subject.cine.shape[-2:]), np.uint8)
-        pred[:, 0, :] = 1
-        pred[:, 20:24, 20:24] = 1  # a stray piece elsewhere does not hide the wall's
+        n = subject.cine.shape[-1]
+        ring = _disc(n, n * 0.6) & ~_disc(n, n * 0.2) if closed_ring else ~_disc(n, n * 0.45) & (np.arange(n) < 8)
+        pred = np.broadcast_to(ring, (subject.cine.shape[0], n, n)).astype(np.uint8)
+        pred[0, 0, 0] = 2  # a stray piece on one slice is not the wall
         return None, pred, None, None
 
-    crop = inference.crop_holding_heart(replace(raw, cine_label=None), cfg, inference.locate(raw), ring)
+    crop = inference.crop_holding_heart(replace(raw, cine_label=None), cfg, inference.locate(raw), segment)
+    if not closed_ring:
+        assert crop.grown == 0 and not crop.still_cut and len(calls) == 1 and crop.warnings() == []
+        return
     assert crop.still_cut and crop.grown == inference.CROP_GROWTHS == len(calls) - 1
     assert [round(c.spacing[0] / calls[0].spacing[0], 2) for c in calls] == [1.0, 1.3, 1.69]
     assert "still reaches the crop border after the crop grew 2 time(s)" in crop.warnings()[0]
