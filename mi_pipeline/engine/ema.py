@@ -35,7 +35,9 @@ class WeightAverage:
         self.module = copy.deepcopy(model).eval()
         self.module.requires_grad_(False)
         source, average = model.state_dict(keep_vars=True), self.module.state_dict(keep_vars=True)
-        self._pairs = [(average[name].data, tensor.data) for name, tensor in source.items()]
+        pairs = [(average[name].data, tensor.data) for name, tensor in source.items()]
+        self._floats = ([a for a, c in pairs if a.is_floating_point()], [c for a, c in pairs if a.is_floating_point()])
+        self._others = [(a, c) for a, c in pairs if not a.is_floating_point()]
 
     def rate(self, step: int) -> float:
         """The decay used at optimizer step ``step`` (1-based): short memory at the start, ``decay`` later."""
@@ -44,17 +46,16 @@ class WeightAverage:
     @torch.no_grad()
     def update(self, step: int) -> None:
         """Move the average towards the model's current weights: avg <- d * avg + (1 - d) * weights."""
-        weight = 1.0 - self.rate(step)
-        for average, current in self._pairs:
-            if average.is_floating_point():
-                average.lerp_(current, weight)
-            else:
-                average.copy_(current)
+        averages, currents = self._floats
+        if averages:  # one fused call for all tensors: a GPU launches a few kernels per step, not one per tensor
+            torch._foreach_lerp_(averages, currents, 1.0 - self.rate(step))
+        for average, current in self._others:
+            average.copy_(current)
 
     @torch.no_grad()
     def reset(self) -> None:
         """Start the average from the model's current weights (a checkpoint saved without one)."""
-        for average, current in self._pairs:
+        for average, current in [*zip(*self._floats), *self._others]:
             average.copy_(current)
 
     def state_dict(self) -> dict[str, Any]:
