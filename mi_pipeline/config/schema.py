@@ -142,7 +142,8 @@ class OptimConfig:
     # window is kept); 1 = each epoch on its own. >1 steadies the choice when validation is a few subjects
     best_window: int = 1
     # validation and best_model.pth use an exponential moving average of the weights, updated after every
-    # step with this decay (memory ~1/(1 - decay) steps); 0 = off. Steadies the chosen model (engine/ema.py)
+    # step with this decay (memory ~1/(1 - decay) steps, after a warm-up of ~(10d - 1)/(1 - d) steps); 0 = off.
+    # Steadies the chosen model (engine/ema.py)
     ema_decay: float = 0.0
 
     def __post_init__(self) -> None:

@@ -22,7 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-WARMUP = 10  # early steps use min(decay, (1 + step) / (WARMUP + step)): the average forgets the random start
+# early steps use min(decay, (1 + step) / (WARMUP + step)): the average forgets the random start, remembering
+# about the last ninth of the steps so far. So a decay d only takes over after (WARMUP*d - 1) / (1 - d) steps:
+# ~890 for 0.99, ~1790 for 0.995; before that every decay gives the same average (measured: segmentation's
+# epoch-10 average was bit-identical with 0.99, 0.995 and 0.998, README "Weight average")
+WARMUP = 10
 
 
 class WeightAverage:
