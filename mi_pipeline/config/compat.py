@@ -19,5 +19,5 @@ HASHED_WHEN_CHANGED: tuple[str, ...] = (
     "registration.qa_max_rotation_deg", "registration.qa_margin", "registration.qa_max_folding_percent",
     "registration.qa_min_agreement", "data.exclude", "data.on_bad_subject",
     "motion.label_dice_weight", "motion.best_window", "registration.best_window", "segmentation.best_window",
-    "segmentation.augment_gamma",
+    "segmentation.augment_gamma", "motion.ema_decay", "registration.ema_decay", "segmentation.ema_decay",
 )

@@ -141,6 +141,10 @@ class OptimConfig:
     # epochs whose validation metric is averaged to choose best_model.pth (the last epoch of the best
     # window is kept); 1 = each epoch on its own. >1 steadies the choice when validation is a few subjects
     best_window: int = 1
+    # validation and best_model.pth use an exponential moving average of the weights, updated after every
+    # step with this decay (memory ~1/(1 - decay) steps, after a warm-up of ~(10d - 1)/(1 - d) steps); 0 = off.
+    # Steadies the chosen model (engine/ema.py)
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_size", "lr", "best_window")
@@ -148,6 +152,8 @@ class OptimConfig:
         _at_most(self, MAX_EPOCHS, "epochs", "best_window")
         _at_most(self, MAX_BATCH, "batch_size")
         _at_most(self, 10.0, "lr")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 = off; e.g. 0.99), got {self.ema_decay!r}")
         _check_amp(self)
 
 

@@ -4,7 +4,8 @@ Exactness comes from three rules (see shared notes on MONAI/torch determinism):
 1. data order and augmentation are pure functions of (seed, epoch, batch): nothing about the data
    pipeline needs saving, and skipping to the middle of an epoch is free;
 2. the checkpoint holds every other piece of state: model, optimizer, scheduler, grad scaler,
-   counters, best metric and the global RNG states (restored last, after everything is built);
+   counters, best metric, the weight average (``optim.ema_decay``, engine/ema.py) and the global
+   RNG states (restored last, after everything is built);
 3. threads are pinned and deterministic algorithms are on (set up by ``determinism``).
 
 The ``performance`` switches (engine/performance.py) keep these rules: batches may be built ahead in
@@ -36,6 +37,7 @@ from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine import performance
 from mi_pipeline.engine.checkpoint_writer import CheckpointWriter
 from mi_pipeline.engine.distributed import World, wrap_model
+from mi_pipeline.engine.ema import WeightAverage
 from mi_pipeline.engine.runlog import StageLog
 from mi_pipeline.engine.task import TrainTask
 from mi_pipeline.errors import CheckpointError
@@ -134,7 +136,8 @@ def fit(task: TrainTask, optim: OptimConfig, ctx: FitContext) -> TrainState:
         optimizer, lambda e: lr_factor(optim.lr_schedule, e, optim.epochs))
     scaler = performance.make_grad_scaler(perf, ctx.device)
     upstream = ctx.upstream
-    state = _resume(ctx, model, optimizer, scheduler, scaler, upstream, optim.epochs)
+    average = WeightAverage(model, optim.ema_decay) if optim.ema_decay > 0 else None
+    state = _resume(ctx, model, optimizer, scheduler, scaler, upstream, optim.epochs, average)
     net = performance.compile_model(wrap_model(model, world, ctx.device), perf, ctx.device)
     if world.distributed:
         log.info(f"data parallel: rank {world.rank} of {world.size}")
@@ -145,18 +148,23 @@ def fit(task: TrainTask, optim: OptimConfig, ctx: FitContext) -> TrainState:
         return state
     if perf != PerformanceConfig():
         log.info(performance.describe(perf, ctx.device))
+    if average is not None:
+        log.info(f"weight average (ema_decay {optim.ema_decay}): validation and best_model.pth use the "
+                 "exponential moving average of the weights")
 
     num_batches = math.ceil(task.num_train_samples() / optim.batch_size)
     builder = BatchBuilder(task, ctx.seed, optim.batch_size, world)
     writer = CheckpointWriter(background=perf.async_checkpoint)
-    saver = _Saver(ctx, writer, model, optimizer, scheduler, scaler, upstream, optim.epochs, perf, optim.best_window)
+    saver = _Saver(ctx, writer, model, optimizer, scheduler, scaler, upstream, optim.epochs, perf, optim.best_window,
+                   average)
     try:
         with performance.BatchStream(builder, builder.positions(state, optim.epochs), perf, ctx.device) as stream:
             while state.epoch < optim.epochs:
                 started = time.monotonic()
                 losses = _train_epoch(task, net, optim, perf, ctx, state, builder, stream, optimizer, scaler, saver,
                                       num_batches)
-                metrics = _end_epoch(task, model, ctx, state, scheduler, losses, started)
+                metrics = _end_epoch(task, model if average is None else average.module, ctx, state, scheduler,
+                                     losses, started)
                 if world.is_main:
                     saver.record_epoch(task, state, metrics)
                 world.barrier()
@@ -185,6 +193,8 @@ def _train_epoch(task: TrainTask, net: torch.nn.Module, optim: OptimConfig, perf
             batch = stream.next((state.epoch, batch_index))
             losses.add(batch_index, _step(task, net, batch, optimizer, scaler, optim, perf, ctx.device, batch_index))
             state.step += 1
+            if saver.average is not None:
+                saver.average.update(state.step)
         state.batch = batch_index + 1
         bar.update(losses.last())
         saver.writer.poll()  # epoch lines and record updates of checkpoints now on disk
@@ -290,7 +300,8 @@ def _step(task: TrainTask, net: torch.nn.Module, batch: dict[str, torch.Tensor],
 
 def _end_epoch(task: TrainTask, model: torch.nn.Module, ctx: FitContext, state: TrainState,
                scheduler: torch.optim.lr_scheduler.LRScheduler, losses: list[float], started: float) -> dict[str, float]:
-    """Validate (rank 0), advance the schedule and the counters; return the epoch's metrics."""
+    """Validate ``model`` (rank 0; the weight average when there is one), advance the schedule and the
+    counters; return the epoch's metrics."""
     metrics: dict[str, float] = {}
     if ctx.world.is_main:
         model.eval()
@@ -345,9 +356,10 @@ class _Saver:
     def __init__(self, ctx: FitContext, writer: CheckpointWriter, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                  scaler: torch.amp.GradScaler, upstream: dict[str, str], epochs: int,
-                 perf: PerformanceConfig | None = None, best_window: int = 1) -> None:
+                 perf: PerformanceConfig | None = None, best_window: int = 1,
+                 average: WeightAverage | None = None) -> None:
         self.ctx, self.writer, self.model, self.optimizer = ctx, writer, model, optimizer
-        self.best_window = best_window
+        self.best_window, self.average = best_window, average
         self.scheduler, self.scaler, self.upstream, self.epochs = scheduler, scaler, upstream, epochs
         perf = perf or PerformanceConfig()
         self.every_s, self.every_steps = perf.checkpoint_every_s, perf.checkpoint_every_steps
@@ -409,27 +421,33 @@ class _Saver:
         self.writer.save(self.ctx.ckpt_dir / ckpt.LAST, self.last_payload(state, metrics))
 
     def best_payload(self, task: TrainTask, state: TrainState, metrics: dict[str, float]) -> dict[str, Any]:
+        """The weights validation scored (the average when there is one): what inference loads unchanged."""
         ctx = self.ctx
+        model = self.model if self.average is None else self.average.module
         return {
-            "kind": "best", "stage": task.name, "model": self.model.state_dict(), "epoch": state.epoch,
+            "kind": "best", "stage": task.name, "model": model.state_dict(), "epoch": state.epoch,
             "metric_name": task.metric_name, "metric": metrics[task.metric_name], "metrics": metrics,
             "config_hash": ctx.config_hash, "config": ctx.config, "upstream": self.upstream,
             "facts": task.model_facts(),
         }
 
     def last_payload(self, state: TrainState, metrics: dict[str, float]) -> dict[str, Any]:
+        """Everything an exact resume needs: the raw weights training steps, and the average beside them."""
         ctx = self.ctx
-        return {
+        payload = {
             "kind": "last", "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "state": dataclasses.asdict(state), "epochs": self.epochs, "finished": state.epoch >= self.epochs,
             "config_hash": ctx.config_hash, "upstream": self.upstream, "metrics": metrics, "rng": ckpt.capture_rng(),
         }
+        if self.average is not None:
+            payload["ema"] = self.average.state_dict()
+        return payload
 
 
 def _resume(ctx: FitContext, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
             scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
-            upstream: dict[str, str], epochs: int) -> TrainState:
+            upstream: dict[str, str], epochs: int, average: WeightAverage | None = None) -> TrainState:
     path = ctx.ckpt_dir / ckpt.LAST
     if ctx.world.is_main:  # temp files of a process killed mid-write (this stage has one writer: us)
         for target in (path, ctx.ckpt_dir / ckpt.BEST, ctx.log.metrics_path):
@@ -454,6 +472,8 @@ def _resume(ctx: FitContext, model: torch.nn.Module, optimizer: torch.optim.Opti
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     _load_scaler(ctx, scaler, payload.get("scaler") or {})
+    if average is not None:
+        _load_average(ctx, average, payload.get("ema"))
     state = TrainState(**payload["state"])
     ckpt.restore_rng(payload["rng"])  # last: building things above may consume RNG
     if ctx.world.is_main:
@@ -497,6 +517,17 @@ def _load_scaler(ctx: FitContext, scaler: torch.amp.GradScaler, saved: dict[str,
         scaler.load_state_dict(saved)
     elif scaler.is_enabled():
         ctx.log.info("last.pth has no fp16 loss-scale state (it was saved without fp16 amp): starting a fresh GradScaler")
+
+
+def _load_average(ctx: FitContext, average: WeightAverage, saved: dict[str, Any] | None) -> None:
+    """The weight average continues exactly; a last.pth saved without one (ema_decay was 0, or an older
+    version) starts it from the weights just loaded, and the log says so."""
+    if saved is not None:
+        average.load_state_dict(saved)
+        return
+    average.reset()
+    ctx.log.info("last.pth has no weight average (it was saved without ema_decay): "
+                 "the average starts from the current weights")
 
 
 def set_aside(path: Path, why: str) -> Path | None:

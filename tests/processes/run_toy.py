@@ -1,6 +1,6 @@
 """Run the toy task through the real engine in its own process (killed and resumed by tests).
 
-usage: python run_toy.py RUN_DIR EPOCHS [SLEEP_PER_BATCH_S] [CONFIG_HASH]
+usage: python run_toy.py RUN_DIR EPOCHS [SLEEP_PER_BATCH_S] [CONFIG_HASH] [EMA_DECAY]
 Exit 75 when stopped by a signal with its position saved (as mi_pipeline.train does).
 """
 
@@ -26,6 +26,7 @@ def main() -> int:
     run_dir, epochs = Path(sys.argv[1]), int(sys.argv[2])
     sleep_s = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
     config_hash = sys.argv[4] if len(sys.argv) > 4 else "toyhash"
+    ema_decay = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
     stop = {"flag": False}
     signal.signal(signal.SIGUSR2, lambda *_: stop.__setitem__("flag", True))
     with process_group(torch.device("cpu")) as world:  # torchrun sets RANK/WORLD_SIZE for data-parallel runs
@@ -34,7 +35,7 @@ def main() -> int:
         ctx = FitContext(ckpt_dir=run_dir / "checkpoints" / "toy", log=log, seed=7, config_hash=config_hash,
                          config={"toy": True}, device=torch.device("cpu"), world=world,
                          stop_requested=lambda: stop["flag"])
-        optim = OptimConfig(epochs=epochs, batch_size=8, lr=1e-2, lr_schedule="cosine")
+        optim = OptimConfig(epochs=epochs, batch_size=8, lr=1e-2, lr_schedule="cosine", ema_decay=ema_decay)
         try:
             fit(ToyTask(sleep_s=sleep_s), optim, ctx)
         except Interrupted:
