@@ -54,7 +54,7 @@ from mi_pipeline.fsio import atomic_path, atomic_write_text
 from mi_pipeline.layout import RunLayout
 from mi_pipeline.stages import motion, registry, seg_confidence, segmentation
 
-CROP_GROWTH = 1.3  # each regrown crop is 1.3x as wide: twice covers ACDC 057 (105 mm wall reach, 80 asked)
+CROP_GROWTH = 1.3  # each regrown crop 1.3x as wide: once held ACDC 038 and 057 (walls 9 and 25 mm past the margin)
 CROP_GROWTHS = 2
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
