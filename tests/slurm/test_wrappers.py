@@ -237,9 +237,10 @@ def test_a_fold_chain_replaces_its_jobs_queued_before_the_data_job_it_must_follo
     config.write_text(yaml.safe_dump(raw))
     run_dir = tmp_path / "run"
 
-    def chain(*fold: str) -> dict[str, str]:
+    def chain(*fold: str, sbatch: tuple[str, ...] = ()) -> dict[str, str]:
         result = subprocess.run(["bash", str(REPO / "slurm" / "submit_chain.sh"), *fold, str(config), str(run_dir),
-                                 *SBATCH_OPTIONS], env=job_env(), capture_output=True, text=True, timeout=400)
+                                 *SBATCH_OPTIONS, *sbatch], env=job_env(), capture_output=True, text=True,
+                                timeout=400)
         assert result.returncode == 0, result.stdout + result.stderr
         return dict(line.split()[:2] for line in result.stdout.splitlines() if line.strip())
 
@@ -249,9 +250,8 @@ def test_a_fold_chain_replaces_its_jobs_queued_before_the_data_job_it_must_follo
     subprocess.run(["scontrol", "hold", *held], check=True, timeout=60)
     slurm_cluster.wait_for(first_data, {"COMPLETED"}, timeout=300)
     next(RunLayout(run_dir).cache_dir.glob("*.npz")).unlink()  # the data stage must run again
-    new_data = chain()["data"]
+    new_data = chain(sbatch=("--hold",))["data"]  # submitted held: still queued when the folds look
     assert new_data != first_data
-    subprocess.run(["scontrol", "hold", new_data], check=True, timeout=60)  # still queued when the folds look
     new = {k: chain("--fold", k) for k in ("0", "1")}
     for k in ("0", "1"):
         for stage in ("motion", "registration", "segmentation"):
