@@ -5,12 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from mi_pipeline.config import OptimConfig, PerformanceConfig
-from mi_pipeline.engine.runlog import StageLog
-from mi_pipeline.engine.trainer import FitContext, fit
-from tests.engine.toy_task import ToyTask
+from mi_pipeline.config import OptimConfig
+from tests.engine.toy_task import ToyTask, fit_toy
 
 
 class _NoBetterThanBaseline(ToyTask):
@@ -26,15 +22,7 @@ class _NoBetterThanBaseline(ToyTask):
 
 
 def test_notes_and_warning_lines_land_in_the_log(tmp_path: Path) -> None:
-    ctx = FitContext(ckpt_dir=tmp_path / "checkpoints" / "toy", log=StageLog(tmp_path / "logs" / "toy", "toy"), seed=7,
-                     config_hash="toyhash", config={}, device=torch.device("cpu"),
-                     performance=PerformanceConfig(async_checkpoint=False))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        fit(_NoBetterThanBaseline(), OptimConfig(epochs=3, batch_size=8, lr=1e-2), ctx)
-    finally:
-        torch.set_num_threads(threads)
+    fit_toy(tmp_path, _NoBetterThanBaseline(), OptimConfig(epochs=3, batch_size=8, lr=1e-2))
     lines = (tmp_path / "logs/toy/train.log").read_text().splitlines()
     assert any("targets: 3 of 4 subjects supervise" in line for line in lines)
     warnings = [i for i, line in enumerate(lines) if "WARNING: toy model does not beat its baseline" in line]

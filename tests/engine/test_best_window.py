@@ -7,13 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
-from mi_pipeline.config import OptimConfig, PerformanceConfig
+from mi_pipeline.config import OptimConfig
 from mi_pipeline.engine import checkpoint as ckpt
-from mi_pipeline.engine.runlog import StageLog
-from mi_pipeline.engine.trainer import FitContext, Interrupted, chosen_metric_name, fit, window_mean
-from tests.engine.toy_task import ToyTask
+from mi_pipeline.engine.trainer import Interrupted, chosen_metric_name, window_mean
+from tests.engine.toy_task import ToyTask, fit_toy
 
 # a lucky epoch 2, then a steady climb: one epoch alone picks 2, a 3-epoch mean picks 6
 SCRIPT = [0.5, 0.9, 0.3, 0.7, 0.75, 0.8]
@@ -32,16 +30,8 @@ class _Scripted(ToyTask):
 
 
 def _fit(tmp_path: Path, task: _Scripted, window: int, stop_after: int = 0) -> int:
-    ctx = FitContext(ckpt_dir=tmp_path / "checkpoints" / "toy", log=StageLog(tmp_path / "logs" / "toy", "toy"), seed=7,
-                     config_hash="toyhash", config={}, device=torch.device("cpu"),
-                     performance=PerformanceConfig(async_checkpoint=False),
-                     stop_requested=lambda: stop_after > 0 and task.calls == stop_after)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        state = fit(task, OptimConfig(epochs=len(SCRIPT), batch_size=16, lr=1e-2, best_window=window), ctx)
-    finally:
-        torch.set_num_threads(threads)
+    state = fit_toy(tmp_path, task, OptimConfig(epochs=len(SCRIPT), batch_size=16, lr=1e-2, best_window=window),
+                    stop_requested=lambda: stop_after > 0 and task.calls == stop_after)
     assert state.best_epoch is not None
     return state.best_epoch
 

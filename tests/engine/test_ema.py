@@ -9,25 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from mi_pipeline.config import OptimConfig, PerformanceConfig
+from mi_pipeline.config import OptimConfig
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.ema import WeightAverage
-from mi_pipeline.engine.runlog import StageLog
-from mi_pipeline.engine.trainer import FitContext, fit
-from tests.engine.toy_task import ToyTask
+from tests.engine.toy_task import ToyTask, fit_toy
 from tests.helpers import assert_same_weights
 
 
 def _fit(tmp_path: Path, task: ToyTask, epochs: int, ema_decay: float) -> None:
-    ctx = FitContext(ckpt_dir=tmp_path / "checkpoints" / "toy", log=StageLog(tmp_path / "logs" / "toy", "toy"), seed=7,
-                     config_hash="toyhash", config={}, device=torch.device("cpu"),
-                     performance=PerformanceConfig(async_checkpoint=False))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        fit(task, OptimConfig(epochs=epochs, batch_size=16, lr=1e-2, ema_decay=ema_decay), ctx)
-    finally:
-        torch.set_num_threads(threads)
+    fit_toy(tmp_path, task, OptimConfig(epochs=epochs, batch_size=16, lr=1e-2, ema_decay=ema_decay))
 
 
 def _load(tmp_path: Path, name: str) -> dict:

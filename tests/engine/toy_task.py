@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from mi_pipeline.config import OptimConfig, PerformanceConfig
+from mi_pipeline.engine.runlog import StageLog
 from mi_pipeline.engine.task import Batch, TrainTask
+from mi_pipeline.engine.trainer import FitContext, TrainState, fit
 
 
 class ToyTask(TrainTask):
@@ -69,6 +74,21 @@ class ConvToyTask(ToyTask):
 
     def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         return {"neg_mse": -nn.functional.mse_loss(model(self.x.to(device)), self.y.to(device)).item()}
+
+
+def fit_toy(run_dir: Path, task: TrainTask, optim: OptimConfig,
+            stop_requested: Callable[[], bool] | None = None) -> TrainState:
+    """``fit`` a toy task under ``run_dir`` as the engine tests do: one CPU thread, synchronous checkpoints."""
+    ctx = FitContext(ckpt_dir=run_dir / "checkpoints" / "toy", log=StageLog(run_dir / "logs" / "toy", "toy"), seed=7,
+                     config_hash="toyhash", config={}, device=torch.device("cpu"),
+                     performance=PerformanceConfig(async_checkpoint=False),
+                     stop_requested=stop_requested or (lambda: False))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fit(task, optim, ctx)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def main(argv: list[str] | None = None) -> int:
