@@ -127,17 +127,17 @@ def evaluate(raw: RawSubject, cfg: DataConfig) -> SubjectRow:
     sub = preprocess.preprocess_subject(unlabelled(raw), cfg)  # centre and crop size found as predict finds them
     crop_ok = myocardium_inside(raw, sub.affine, sub.cine.shape[2])
     checked = inference.crop_holding_heart(unlabelled(raw), Config(data=cfg), found, labelled_myocardium(raw))
-    mids, found, errors = rv_check(raw, label_centre(raw), cfg)
+    mids, rv_found, errors = rv_check(raw, label_centre(raw), cfg)
     ed_err = None
     if raw.cine.shape[3] >= 3:
         nt, ed = raw.cine.shape[3], preprocess.estimate_ed(raw.cine, spacing)
         ed_err = int(min((ed - raw.ed) % nt, (raw.ed - ed) % nt))
     return SubjectRow(subject=raw.id, centre_mm=round(error, 2), method=method,
                       crop_mm=round(float(sub.spacing[0]) * sub.cine.shape[2], 1), crop_ok=crop_ok,
-                      checked_crop_mm=round(float(checked.subject.spacing[0]) * cfg.crop, 1),
+                      checked_crop_mm=round(checked.width_mm, 1),
                       checked_crop_ok=myocardium_inside(raw, checked.subject.affine, cfg.crop),
                       crop_grown=checked.grown, mid_slices=mids,
-                      rv_found=found, rv_within=sum(1 for e in errors if e <= RV_DEG),
+                      rv_found=rv_found, rv_within=sum(1 for e in errors if e <= RV_DEG),
                       rv_errors_deg=tuple(round(e, 1) for e in errors), ed_err=ed_err)
 
 

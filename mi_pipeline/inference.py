@@ -47,7 +47,15 @@ from mi_pipeline.data.generic import RawSubject
 from mi_pipeline.data.localise import LvLocation
 from mi_pipeline.data.localise import describe as describe_location
 from mi_pipeline.data.nifti import load_image
-from mi_pipeline.data.preprocess import CROP_MARGIN_MM, estimate_ed, locate, on_outer_ring, preprocess_subject, sample
+from mi_pipeline.data.preprocess import (
+    CROP_MARGIN_MM,
+    clear_half_width_px,
+    estimate_ed,
+    locate,
+    on_outer_ring,
+    preprocess_subject,
+    sample,
+)
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.errors import CheckpointError, ConfigError, InputError
 from mi_pipeline.fsio import atomic_path, atomic_write_text
@@ -140,19 +148,22 @@ def segment_subject(models: Models, subject: Subject) -> tuple[np.ndarray, np.nd
 
     The argmax of the flip-averaged softmax; for an ensemble, of the folds' mean of it (fields: fold 0's).
     """
-    label, fields, _passes = segment_with_passes(models, subject)
+    _, label, fields, _ = segment_with_passes(models, subject)
     return label, fields
 
 
-def segment_with_passes(models: Models, subject: Subject) -> tuple[np.ndarray, np.ndarray | None,
-                                                                   list[torch.Tensor] | None]:
-    """``segment_subject``, and a single model's four flip passes (None for an ensemble): predict's
-    confidence figures are read from the passes the label came from, not from four more."""
+# (the folds' agreement or None, label (Z, H, W), motion fields or None, a single model's flip passes or None)
+Segmented = tuple[ensemble.FoldAgreement | None, np.ndarray, np.ndarray | None, list[torch.Tensor] | None]
+
+
+def segment_with_passes(models: Models, subject: Subject) -> Segmented:
+    """``segment_subject``, and what the label came from: the folds' agreement (an ensemble) or a single
+    model's four flip passes, which predict's confidence figures are read from (not from four more)."""
     if models.folds:
         agreement, fields = segment_ensemble(models, subject)
-        return agreement.label, fields, None
+        return agreement, agreement.label, fields, None
     passes, fields = _flip_passes(models, subject)
-    return seg_confidence.average(passes).argmax(dim=1).numpy().astype(np.uint8), fields, passes
+    return None, seg_confidence.average(passes).argmax(dim=1).numpy().astype(np.uint8), fields, passes
 
 
 def segment_probabilities(models: Models, subject: Subject) -> tuple[np.ndarray, np.ndarray | None]:
@@ -347,7 +358,7 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
     found = locate(raw)  # the LV the crop is centred on, reported with how it was found
     if cfg.data.crop % 16:
         raise ConfigError(f"data.crop {cfg.data.crop} must be a multiple of 16")
-    crop = crop_holding_heart(raw, cfg, found, lambda subject: _segment(models, subject))
+    crop = crop_holding_heart(raw, cfg, found, lambda subject: segment_with_passes(models, subject))
     subject, (agreement, pred, fields, passes) = crop.subject, crop.result
     seg = to_cine_grid(pred, subject.affine, raw.cine_affine, raw.cine.shape[:3])
     folder = out_dir / subject_id
@@ -356,8 +367,7 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
     report = build_report(subject_id, cine_path, subject, raw, pred, models, cfg)
     report["confidence"] = segmentation_confidence(models, subject, pred, passes)
     report["trust"] = trust_section(models, cine_path, raw, report["confidence"]["plausibility"])
-    report["localisation"] = {**describe_location(found), "crop_mm": round(float(subject.spacing[0]) * cfg.data.crop, 1),
-                              "crop_grown": crop.grown}
+    report["localisation"] = {**describe_location(found), "crop_mm": round(crop.width_mm, 1), "crop_grown": crop.grown}
     report["warnings"] = crop.warnings()
     # RV-anchored AHA segments, schema version; then the matplotlib figures (clinical_io); the DICOM SEG last
     report = clinical_io.finish_report(report, subject, raw, pred, seg, folder)
@@ -376,18 +386,6 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
     return clinical_io.add_dicom_seg(report, raw, seg, folder)  # last: optional, a warning when it cannot be made
 
 
-Segmented = tuple[ensemble.FoldAgreement | None, np.ndarray, np.ndarray | None, list[torch.Tensor] | None]
-
-
-def _segment(models: Models, subject: Subject) -> Segmented:
-    """(the folds' agreement or None, label, motion fields, a single model's flip passes or None)."""
-    if models.folds:
-        agreement, fields = segment_ensemble(models, subject)
-        return agreement, agreement.label, fields, None
-    pred, fields, passes = segment_with_passes(models, subject)
-    return None, pred, fields, passes
-
-
 @dataclass(frozen=True)
 class HeartCrop:
     """The crop predict segmented in, what it segmented there, and how often the crop had to grow."""
@@ -397,14 +395,17 @@ class HeartCrop:
     grown: int
     still_cut: bool
 
+    @property
+    def width_mm(self) -> float:
+        return float(self.subject.spacing[0]) * self.subject.cine.shape[-1]
+
     def warnings(self) -> list[str]:
         if self.still_cut:
             return [f"the segmented myocardium still reaches the crop border after the crop grew {self.grown} "
-                    f"time(s) (to {self.subject.spacing[0] * self.subject.cine.shape[-1]:.0f} mm): part of the "
-                    f"heart may lie outside it and is not measured"]
+                    f"time(s) (to {self.width_mm:.0f} mm): part of the heart may lie outside it and is not measured"]
         if self.grown:
-            return [f"crop grown {self.grown} time(s), to {self.subject.spacing[0] * self.subject.cine.shape[-1]:.0f}"
-                    f" mm: the segmented myocardium reached the border of the crop sized from the blood pool"]
+            return [f"crop grown {self.grown} time(s), to {self.width_mm:.0f} mm: the segmented myocardium reached "
+                    f"the border of the crop sized from the blood pool"]
         return []
 
 
@@ -425,7 +426,7 @@ def crop_holding_heart(raw: RawSubject, cfg: Config, found: LvLocation,
         cut = _wall_reaches_border(result[1], float(subject.spacing[0]))
         if not cut or grown == CROP_GROWTHS:
             return HeartCrop(subject, result, grown, still_cut=cut)
-        half_width = float(subject.spacing[0]) * (cfg.data.crop - 3) / 2  # what crop_spacing's ring holds
+        half_width = float(subject.spacing[0]) * clear_half_width_px(cfg.data.crop)  # what the crop holds now
         size = replace(found, radius_mm=CROP_GROWTH * half_width - CROP_MARGIN_MM)
         grown += 1
 

@@ -101,14 +101,21 @@ def crop_spacing(raw: RawSubject, center: tuple[float, float], cfg: DataConfig,
         need = found.radius_mm + CROP_MARGIN_MM
     if need is None:
         return cfg.spacing_mm
-    # the outermost pixel ring stays clear: the centre sits at pixel (crop - 1) / 2 (``target_affine``), so the
-    # pixels 1 .. crop - 2 reach (crop - 3) / 2 pixels either side of it, not (crop - 2) / 2 (half a pixel
-    # short: real patient029's myocardium, 0.3 mm inside the radius asked for, fell on the outer ring)
-    wanted = 2.0 * need / (cfg.crop - 3)
+    wanted = need / clear_half_width_px(cfg.crop)
     # up to the next micrometre: the same cine read from DICOM or NIfTI (another summation order) gives
     # the same grid bit for bit, not one 1e-9 mm apart whose interpolation differs in the last bits
     wanted = math.ceil(wanted * SPACING_QUANTUM) / SPACING_QUANTUM
     return wanted if wanted > cfg.spacing_mm * (1.0 + SPACING_TOLERANCE) else cfg.spacing_mm
+
+
+def clear_half_width_px(crop: int) -> float:
+    """How far the crop reaches from its centre without touching its outermost pixel ring, in pixels.
+
+    The centre sits at pixel (crop - 1) / 2 (``target_affine``), so the pixels 1 .. crop - 2 reach (crop - 3) / 2
+    either side of it, not (crop - 2) / 2 (half a pixel short: real patient029's myocardium, 0.3 mm inside
+    the radius asked for, fell on the outer ring).
+    """
+    return (crop - 3) / 2
 
 
 def on_outer_ring(mask: np.ndarray) -> bool:
