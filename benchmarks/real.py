@@ -13,11 +13,11 @@ under test (except where ``checked`` says so). Per subject and pooled it reports
 - ``checked``: the same after ``predict``'s own check of that crop (``inference.crop_holding_heart``: grown 1.3x,
   at most twice, while the segmented myocardium reaches its outer ring), with the ED labels standing in for
   the segmentation -- a simulation of a model that segments the wall, not a measurement of one;
-- ``rv``: on mid-ventricular slices (the middle third of the slices with myocardium) of a crop centred
-  on the labels (so that a localisation miss does not count twice), whether the RV insertion was found in the ED cine
-  on the slice itself, and the anterior insertion angle's error
-  against the one the RV labels give (the labelled myocardium is the mask both use, so this measures
-  the anchoring alone, not a segmentation model);
+- ``rv``: on mid-ventricular slices (the middle third of the slices with myocardium) of the crop
+  ``predict`` makes (centre and width found without labels), whether the RV insertion was found in the
+  ED cine on the slice itself, and the anterior insertion angle's error against the one the RV labels
+  give (the labelled myocardium, sampled onto that crop, is the mask both use, so this measures the
+  anchoring, not a segmentation model);
 - ``ed_err``: frames between the image-based ED and the dataset's ED, when the cine has >= 3 frames.
 
 The data are not part of the repository: see docs/QUALITY.md for where the subjects come from.
@@ -94,19 +94,27 @@ def myocardium_inside(raw: RawSubject, crop_affine: np.ndarray, crop: int) -> bo
     return bool(np.all((vox[:2] >= 1.0) & (vox[:2] <= crop - 2.0)))
 
 
+def ed_labels_on(raw: RawSubject, subject: Subject) -> np.ndarray:
+    """The subject's ED label codes sampled onto a crop grid, (Z, H, W) like the crop's cine."""
+    shape = (subject.cine.shape[-2], subject.cine.shape[-1], subject.cine.shape[0])
+    label, _ = preprocess.sample(raw.cine_label[..., raw.ed], raw.cine_affine, subject.affine, shape, order=0)
+    return label.transpose(2, 0, 1)
+
+
 def labelled_myocardium(raw: RawSubject) -> Callable[[Subject], inference.Segmented]:
     """A stand-in segmenter for ``predict``'s crop check: the subject's labelled ED myocardium on the crop grid."""
     def segment(subject: Subject) -> inference.Segmented:
-        shape = (subject.cine.shape[-2], subject.cine.shape[-1], subject.cine.shape[0])
-        label, _ = preprocess.sample(raw.cine_label[..., raw.ed], raw.cine_affine, subject.affine, shape, order=0)
-        return None, np.isin(label, MYO_CODES).transpose(2, 0, 1).astype(np.uint8), None, None
+        return None, np.isin(ed_labels_on(raw, subject), MYO_CODES).astype(np.uint8), None, None
     return segment
 
 
-def rv_check(raw: RawSubject, centre: tuple[float, float], cfg: DataConfig) -> tuple[int, int, list[float]]:
-    """(mid slices, RV found on the slice itself, errors in degrees where found) on the crop grid."""
-    sub = preprocess.preprocess_subject(raw, cfg, center=centre)
-    lab = sub.cine_label[:, 0]
+def rv_check(raw: RawSubject, sub: Subject) -> tuple[int, int, list[float]]:
+    """(mid slices, RV found on the slice itself, errors in degrees where found) on ``sub``'s crop grid.
+
+    ``sub`` is the crop ``predict`` makes (centre and width found without labels): the anchor is read in
+    what a user's run reads it in. The labels are sampled onto that grid for the myocardium both anchors
+    use and for the RV that gives the reference."""
+    lab = ed_labels_on(raw, sub)
     myo, rv = np.isin(lab, MYO_CODES), lab == RV_CODE
     truth = aha.anchor_from_labels(rv, myo, sub.affine, float(sub.spacing[0]))
     found = aha.anchor_from_images(sub.cine[:, 0], myo, sub.affine, float(sub.spacing[0]),
@@ -127,7 +135,7 @@ def evaluate(raw: RawSubject, cfg: DataConfig) -> SubjectRow:
     sub = preprocess.preprocess_subject(unlabelled(raw), cfg)  # centre and crop size found as predict finds them
     crop_ok = myocardium_inside(raw, sub.affine, sub.cine.shape[2])
     checked = inference.crop_holding_heart(unlabelled(raw), Config(data=cfg), found, labelled_myocardium(raw))
-    mids, rv_found, errors = rv_check(raw, label_centre(raw), cfg)
+    mids, rv_found, errors = rv_check(raw, sub)
     ed_err = None
     if raw.cine.shape[3] >= 3:
         nt, ed = raw.cine.shape[3], preprocess.estimate_ed(raw.cine, spacing)
