@@ -86,12 +86,16 @@ def test_predict_folder_and_stored_config(setup) -> None:
 
 
 def test_crop_grid_maps_back_exactly(setup) -> None:
-    """Crop-grid labels mapped back with to_cine_grid land on the same voxels (the geometry round trip)."""
+    """Crop-grid labels mapped back with to_cine_grid land on the same voxels (the geometry round trip),
+    on a crop that holds the heart at the cine's own spacing (the tiny config's 32 px would be coarser)."""
     tmp, cfg = setup
+    from dataclasses import replace
+
     from mi_pipeline.data.generic import load_subject
 
     raw = load_subject(tmp / "data", "s0")
-    subject = preprocess_subject(raw, cfg.data)
+    subject = preprocess_subject(raw, replace(cfg.data, crop=64))
+    assert subject.spacing[0] == pytest.approx(cfg.data.spacing_mm)
     crop_ed = subject.cine_label[:, 0]
     back = inference.to_cine_grid(crop_ed, subject.affine, raw.cine_affine, raw.cine.shape[:3])
     truth = np.where(raw.cine_label[..., raw.ed] == 4, 3, raw.cine_label[..., raw.ed])

@@ -78,8 +78,8 @@ def prepare_one(cfg: Config, root: Path, sid: str, staging: Path, *, validate_on
         return Outcome(sid, error=str(exc))
     warning = None
     if _touches_border(subject):
-        warning = (f"{sid}: myocardium reaches the crop border; the heart does not fit in "
-                   f"data.crop x data.spacing_mm = {cfg.data.crop * cfg.data.spacing_mm:.0f} mm")
+        warning = (f"{sid}: labelled myocardium reaches the border of its {cfg.data.crop * float(subject.spacing[0]):.0f} mm "
+                   f"crop; the heart may go on beyond it")
     cache.save_subject(staging, subject)
     return Outcome(sid, warning=warning, cine_shape=tuple(subject.cine.shape),
                    lge_shape=tuple(subject.lge.shape) if subject.lge is not None else (),

@@ -86,19 +86,15 @@ def crop_spacing(raw: RawSubject, center: tuple[float, float], cfg: DataConfig,
     """In-plane spacing of the crop: ``data.spacing_mm``, or coarser so the whole heart fits in ``data.crop``.
 
     Why: a fixed 64 px x 1.6 mm (102 mm) crop cuts off dilated hearts. The half-width the heart needs is
-    the farthest labelled myocardium voxel (any frame) from ``center`` when the subject has labels, else
-    the LV blood pool's radius found plus ``CROP_MARGIN_MM``; with neither, the configured spacing.
-    Hearts that fit (within ``SPACING_TOLERANCE``) keep the configured spacing.
+    the larger of the labelled myocardium's reach from ``center`` (``_label_reach_mm``: cine labels, else
+    LGE labels) and the LV blood pool's radius found plus ``CROP_MARGIN_MM`` (what ``predict`` asks for);
+    with neither, the configured spacing. Hearts that fit (within ``SPACING_TOLERANCE``) keep the
+    configured spacing.
     """
-    need = None
-    if raw.cine_label is not None:
-        myo = np.isin(raw.cine_label, (2, 3, 4)).any(axis=(2, 3))
-        if myo.any():
-            sp = np.linalg.norm(raw.cine_affine[:3, :2], axis=0)
-            ii, jj = np.nonzero(myo)
-            need = float(np.max(np.hypot((ii - center[0]) * sp[0], (jj - center[1]) * sp[1])))
-    elif found is not None and found.radius_mm is not None:
-        need = found.radius_mm + CROP_MARGIN_MM
+    needs = [_label_reach_mm(raw, center)]
+    if found is not None and found.radius_mm is not None:
+        needs.append(found.radius_mm + CROP_MARGIN_MM)
+    need = max((n for n in needs if n is not None), default=None)
     if need is None:
         return cfg.spacing_mm
     wanted = need / clear_half_width_px(cfg.crop)
@@ -106,6 +102,25 @@ def crop_spacing(raw: RawSubject, center: tuple[float, float], cfg: DataConfig,
     # the same grid bit for bit, not one 1e-9 mm apart whose interpolation differs in the last bits
     wanted = math.ceil(wanted * SPACING_QUANTUM) / SPACING_QUANTUM
     return wanted if wanted > cfg.spacing_mm * (1.0 + SPACING_TOLERANCE) else cfg.spacing_mm
+
+
+def _label_reach_mm(raw: RawSubject, center: tuple[float, float]) -> float | None:
+    """The farthest labelled myocardium voxel (any frame) from ``center`` in the cine's plane, in mm: the
+    cine labels', else the LGE labels' carried through world space (a site's training data; the breath-hold
+    offset between the two scans is in it). None without labels."""
+    sp = np.linalg.norm(raw.cine_affine[:3, :2], axis=0)
+    if raw.cine_label is not None:
+        ii, jj = np.nonzero(np.isin(raw.cine_label, (2, 3, 4)).any(axis=(2, 3)))
+    elif raw.lge_label is not None and raw.lge_affine is not None:
+        idx = np.argwhere(np.isin(raw.lge_label, (2, 3, 4)))
+        world = raw.lge_affine[:3, :3] @ idx.T + raw.lge_affine[:3, 3:4]
+        vox = np.linalg.solve(raw.cine_affine[:3, :3], world - raw.cine_affine[:3, 3:4])
+        ii, jj = vox[0], vox[1]
+    else:
+        return None
+    if len(ii) == 0:
+        return None
+    return float(np.max(np.hypot((ii - center[0]) * sp[0], (jj - center[1]) * sp[1])))
 
 
 def clear_half_width_px(crop: int) -> float:
@@ -228,15 +243,19 @@ def preprocess_subject(raw: RawSubject, cfg: DataConfig, center: tuple[float, fl
                        found: LvLocation | None = None) -> Subject:
     """Resample, crop, normalise; see the module docstring. ``center`` overrides the crop centre, which is
     otherwise the labels' LV centre, or, without labels, where ``locate`` finds the LV (``found``: a
-    ``locate`` the caller already made, e.g. to report it)."""
+    ``locate`` the caller already made, e.g. to report it). The crop's width is ``predict``'s (the pool
+    found plus a margin) for every subject, widened where labelled myocardium reaches farther
+    (``crop_spacing``): training on fixed 102 mm crops while predict widens them for most real hearts
+    (ACDC: 83 % of 100, median 1.13x, 90th percentile 1.40x) would show the model hearts at another scale."""
     _, _, nz, nt = raw.cine.shape
     cine_path = raw.cine_path or raw.folder / "cine.nii.gz"
     if center is None and found is not None:
         center = found.center
     if center is None:
         center = _label_center(raw)
-    if center is None:
+    if found is None:  # sized as predict sizes it, labels or not: a model sees hearts at one scale
         found = locate(raw)
+    if center is None:
         center = found.center
     spacing_mm = crop_spacing(raw, center, cfg, found)
     dst = target_affine(raw.cine_affine, center, spacing_mm, cfg.crop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +43,33 @@ def test_crop_spacing_grows_only_for_a_heart_that_does_not_fit() -> None:
     small = preprocess.crop_spacing(raw, centre, DataConfig(crop=32))  # 51 mm does not
     assert small > 1.6
     sub = preprocess.preprocess_subject(raw, DataConfig(crop=32, frames=4))
-    assert sub.spacing[0] == pytest.approx(small)
+    assert sub.spacing[0] >= small  # at least what the labels need: never a cut labelled heart
     myo = np.isin(sub.cine_label, (2, 3))
-    assert not (myo[..., 0, :].any() or myo[..., -1, :].any() or myo[..., :, 0].any() or myo[..., :, -1].any())
+    assert not preprocess.on_outer_ring(myo)
+
+
+def test_labelled_and_unlabelled_crops_share_predicts_width() -> None:
+    """Training data (cine labels, or LGE labels only, as a site's data comes) is cropped as wide as
+    ``predict`` crops the same cine without labels, so a model sees each heart at the scale it is later
+    shown; only where the labelled myocardium reaches farther is the crop wider still."""
+    s = generate_subject(PhantomConfig(subjects=4, seed=5, size=80, slices=6, frames=8), 0)
+    cfg = DataConfig(crop=32, frames=4)
+    cine = dict(id=s.id, folder=Path("."), cine=s.cine.astype(np.float32), cine_affine=s.cine_affine, ed=s.info["ed"])
+    raw = RawSubject(**cine, lge=None, lge_affine=None, lge_label=None, cine_label=s.cine_label)
+    unlabelled = RawSubject(**cine, lge=None, lge_affine=None, lge_label=None)
+    lge_only = RawSubject(**cine, lge=s.lge.astype(np.float32), lge_affine=s.lge_affine, lge_label=s.lge_label)
+    predicted = preprocess.preprocess_subject(unlabelled, cfg).spacing[0]
+    assert predicted > cfg.spacing_mm  # this heart does not fit 32 x 1.6 mm: predict widens the crop
+    for labelled in (raw, lge_only):
+        sub = preprocess.preprocess_subject(labelled, cfg)
+        assert sub.spacing[0] == pytest.approx(predicted)
+        label = sub.cine_label[:, 0] if sub.cine_label is not None else sub.lge_label
+        assert not preprocess.on_outer_ring(np.isin(label, (2, 3)))
+    # a crop asked to be tighter than the labelled wall still holds the wall
+    tight = preprocess.crop_spacing(lge_only, preprocess._label_center(lge_only), cfg,
+                                    replace(preprocess.locate(raw), radius_mm=1.0))
+    assert tight == pytest.approx(preprocess.crop_spacing(lge_only, preprocess._label_center(lge_only), cfg))
+    assert tight > cfg.spacing_mm
 
 
 def test_describe_names_method_and_reason() -> None:

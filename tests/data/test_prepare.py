@@ -50,7 +50,8 @@ def test_prepare_writes_cache_splits_manifest(prepared: tuple[Path, dict]) -> No
         assert subject.lge_label is not None and set(np.unique(subject.lge_label)) <= {0, 1, 2, 3}
         assert subject.cine_label is not None and subject.cine_label.shape == subject.cine.shape
         assert 1 <= subject.es < 8
-        assert subject.spacing == pytest.approx((1.6, 1.6, 8.0))
+        # 48 px x 1.6 mm (77 mm) does not hold these hearts with predict's margin: the crop widens
+        assert subject.spacing[0] == subject.spacing[1] > 1.6 and subject.spacing[2] == pytest.approx(8.0)
         cav = (subject.cine_label == 1).sum(axis=(0, 2, 3))
         assert cav[0] == cav.max() and cav[subject.es] == cav.min()  # frame 0 is ED, es is ES
         # labels still match the pixels after preprocessing: blood bright, myocardium grey
