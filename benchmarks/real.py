@@ -132,7 +132,7 @@ def evaluate(raw: RawSubject, cfg: DataConfig) -> SubjectRow:
     centre, method = found.center, found.method
     want = label_centre(raw)
     error = float(np.hypot((centre[0] - want[0]) * spacing[0], (centre[1] - want[1]) * spacing[1]))
-    sub = preprocess.preprocess_subject(unlabelled(raw), cfg)  # centre and crop size found as predict finds them
+    sub = preprocess.preprocess_subject(unlabelled(raw), cfg, found=found)  # centre and width as predict finds them
     crop_ok = myocardium_inside(raw, sub.affine, sub.cine.shape[2])
     checked = inference.crop_holding_heart(unlabelled(raw), Config(data=cfg), found, labelled_myocardium(raw))
     mids, rv_found, errors = rv_check(raw, sub)

@@ -112,10 +112,7 @@ def _label_reach_mm(raw: RawSubject, center: tuple[float, float]) -> float | Non
     if raw.cine_label is not None:
         ii, jj = np.nonzero(np.isin(raw.cine_label, (2, 3, 4)).any(axis=(2, 3)))
     elif raw.lge_label is not None and raw.lge_affine is not None:
-        idx = np.argwhere(np.isin(raw.lge_label, (2, 3, 4)))
-        world = raw.lge_affine[:3, :3] @ idx.T + raw.lge_affine[:3, 3:4]
-        vox = np.linalg.solve(raw.cine_affine[:3, :3], world - raw.cine_affine[:3, 3:4])
-        ii, jj = vox[0], vox[1]
+        ii, jj, _ = _lge_to_cine_voxels(raw, np.argwhere(np.isin(raw.lge_label, (2, 3, 4))).T)
     else:
         return None
     if len(ii) == 0:
@@ -150,9 +147,15 @@ def _label_center(raw: RawSubject) -> tuple[float, float] | None:
     idx = np.argwhere(raw.lge_label > 0)
     if len(idx) == 0:
         return None
-    world = raw.lge_affine[:3, :3] @ idx.mean(axis=0) + raw.lge_affine[:3, 3]
-    vox = np.linalg.solve(raw.cine_affine[:3, :3], world - raw.cine_affine[:3, 3])
-    return float(vox[0]), float(vox[1])
+    vox = _lge_to_cine_voxels(raw, idx.mean(axis=0)[:, None])
+    return float(vox[0, 0]), float(vox[1, 0])
+
+
+def _lge_to_cine_voxels(raw: RawSubject, idx: np.ndarray) -> np.ndarray:
+    """LGE voxel coordinates (3, N) carried through world space onto the cine's voxel grid, (3, N)."""
+    assert raw.lge_affine is not None
+    world = raw.lge_affine[:3, :3] @ idx + raw.lge_affine[:3, 3:4]
+    return np.linalg.solve(raw.cine_affine[:3, :3], world - raw.cine_affine[:3, 3:4])
 
 
 def target_affine(cine_affine: np.ndarray, center: tuple[float, float], spacing: float, crop: int) -> np.ndarray:
