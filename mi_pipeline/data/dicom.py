@@ -441,13 +441,14 @@ def _decode(path: Path, name: str) -> np.ndarray:
     """Every frame's stored values of an enhanced file, (frames, rows, cols)."""
     import pydicom
 
+    ds = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            stored = pydicom.dcmread(path, force=True).pixel_array
+            ds = pydicom.dcmread(path, force=True)
+            stored = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds for broken pixel data; one line for the user
-        text = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: {name}: cannot decode pixel data ({text})") from None
+        raise _undecodable(path, name, ds, exc) from None
     return stored if stored.ndim == 3 else stored[None]
 
 
@@ -456,6 +457,7 @@ def _pixels(path: Path, name: str, size: tuple[int, int]) -> np.ndarray:
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
+    ds = None
     try:
         with warnings.catch_warnings():  # header values were checked (and their warnings silenced) on reading
             warnings.simplefilter("ignore", UserWarning)
@@ -463,9 +465,20 @@ def _pixels(path: Path, name: str, size: tuple[int, int]) -> np.ndarray:
             stored = ds.pixel_array
             values = apply_modality_lut(stored, ds)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds for broken pixel data; one line for the user
-        text = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: {name}: cannot decode pixel data ({text})") from None
+        raise _undecodable(path, name, ds, exc) from None
     values = np.asarray(values, dtype=np.float32)
     if values.shape != size:
         raise InputError(f"{path}: {name}: pixel data is {values.shape}, header says {size}")
     return values
+
+
+def _undecodable(path: Path, name: str, ds: Any, exc: Exception) -> InputError:
+    """One line for pixel data that cannot be read: pydicom's reason (each decoder's, where it tried several)
+    and, for a compressed transfer syntax, its name and how to get the images uncompressed."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+    reason = "; ".join(lines[1:] if len(lines) > 1 and lines[0].endswith(":") else lines)[:400]
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not syntax.is_compressed:
+        return InputError(f"{path}: {name}: cannot decode pixel data ({reason})")
+    return InputError(f"{path}: {name}: cannot decode its {syntax.name} pixel data ({reason}); decompress the "
+                      "series first (dcmtk: dcmdjpeg IN OUT; GDCM: gdcmconv --raw IN OUT) or export it uncompressed")

@@ -52,15 +52,15 @@ def _rewrite(folder: Path, change) -> None:
         ds.save_as(f)
 
 
-def _require_dcmmkdir() -> None:
+def _require_dcmtk(tool: str) -> None:
     require_validators()  # dcmtk is installed with dcmdump: under CI=true a missing one fails there
-    if shutil.which("dcmmkdir") is None:
-        pytest.skip("dcmmkdir (dcmtk) not installed")
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} (dcmtk) not installed")
 
 
 def _dicomdir(cine: Path, dest: Path) -> Path:
     """A CD root: DICOMDIR made by dcmtk's dcmmkdir, the images under DICOM/ with ISO 9660 names."""
-    _require_dcmmkdir()
+    _require_dcmtk("dcmmkdir")
     (dest / "DICOM").mkdir(parents=True)
     for i, f in enumerate(_files(cine)):
         shutil.copy(f, dest / "DICOM" / f"IM{i:06d}")
@@ -96,6 +96,53 @@ def _enhanced(cine: Path, dest: Path) -> None:
     enhanced.save_as(dest / "ENHANCED.dcm")
 
 
+# compressed transfer syntaxes as PACS and CD exports write them, each made by an independent encoder:
+# dcmtk's command-line tools, and GDCM (the decoder pydicom uses for JPEG Lossless) for JPEG 2000
+DCMTK_ENCODERS = {"jpeg_lossless": ["dcmcjpeg", "--encode-lossless-sv1"], "jpeg_ls": ["dcmcjpls"],
+                  "rle_lossless": ["dcmcrle"], "jpeg_12bit_extended": ["dcmcjpeg", "--encode-extended"]}
+COMPRESSED = ("jpeg_lossless", "jpeg_ls", "rle_lossless", "jpeg2000")
+
+
+def _jpeg2000(source: Path, dest: Path) -> None:
+    """``source`` with its pixels encoded by GDCM as lossless JPEG 2000; the rest of the file as it was
+    (GDCM's own writer would turn the MR image into an enhanced one)."""
+    import gdcm
+    from pydicom.uid import JPEG2000Lossless
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(source))
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEG2000Lossless))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(dest))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write()
+    encoded = pydicom.dcmread(dest)["PixelData"]
+    ds = pydicom.dcmread(source)
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds["PixelData"] = encoded  # the encapsulated fragments, as GDCM wrote them
+    ds.save_as(dest, enforce_file_format=True)
+
+
+def _compressed(cine: Path, dest: Path, kind: str) -> Path:
+    """The cine series re-encoded in ``kind``'s transfer syntax, file by file."""
+    dest.mkdir(parents=True)
+    for f in _files(cine):
+        if kind == "jpeg2000":
+            _jpeg2000(f, dest / f.name)
+            continue
+        command = DCMTK_ENCODERS[kind]
+        _require_dcmtk(command[0])
+        run = subprocess.run([*command, str(f), str(dest / f.name)], check=False, capture_output=True, text=True,
+                             timeout=60)
+        assert run.returncode == 0, run.stderr
+    return dest
+
+
 def _no_preamble(folder: Path) -> None:
     for f in _files(folder):
         f.write_bytes(f.read_bytes()[132:])  # without the 128-byte preamble and "DICM"
@@ -112,7 +159,7 @@ def build(kind: str, base: Path, dest: Path) -> tuple[Path, list[str]]:
     if kind == "dicomdir_cd_root":
         return _dicomdir(cine, dest / "cd"), []
     if kind == "dicomdir_beside_images":  # the DICOMDIR and the images it references in one folder: each read once
-        _require_dcmmkdir()
+        _require_dcmtk("dcmmkdir")
         folder = dest / "flat"
         folder.mkdir()
         names = []
@@ -126,6 +173,8 @@ def build(kind: str, base: Path, dest: Path) -> tuple[Path, list[str]]:
     if kind == "enhanced_mr":
         _enhanced(cine, dest / "enh")
         return dest / "enh", []
+    if kind in COMPRESSED:
+        return _compressed(cine, dest / kind, kind), []
     folder = dest / "p1"
     shutil.copytree(cine, folder)
     if kind == "sr_beside":
@@ -168,7 +217,8 @@ def build(kind: str, base: Path, dest: Path) -> tuple[Path, list[str]]:
 
 KINDS = ("one_series", "per_slice", "phantom_subject_folder", "dicomdir_cd_root", "dicomdir_beside_images",
          "sr_beside", "enhanced_mr", "anonymised_dates", "birthdate_absent", "frame_of_reference_per_file",
-         "leading_zero_uids", "no_preamble", "two_series", "two_series_chosen", "long_axis_beside", "localizer_beside")
+         "leading_zero_uids", "no_preamble", "two_series", "two_series_chosen", "long_axis_beside", "localizer_beside",
+         *COMPRESSED)
 EXPECTED_NOTE = {"sr_beside": "skipped 1 file(s): no image (structured report)", "dicomdir_cd_root": "DICOMDIR followed",
                  "anonymised_dates": "PatientBirthDate=00000000 emptied", "birthdate_absent": "PatientBirthDate absent",
                  "frame_of_reference_per_file": "frames of reference", "two_series": "highest SeriesNumber",
@@ -239,6 +289,29 @@ def test_folder_of_subjects_goes_on_past_a_bad_one(base: Path, tmp_path: Path, c
     assert code == 2
     assert (tmp_path / "o" / "a" / "report.json").is_file() and (tmp_path / "o" / "c" / "report.json").is_file()
     assert "error: b: " in err and "1 of 3 subject(s) failed (b)" in err
+
+
+@pytest.mark.parametrize("kind", COMPRESSED)
+def test_compressed_series_read_exactly_as_the_uncompressed_one(base: Path, tmp_path: Path, kind: str) -> None:
+    plain = read_stack(base / "p1" / "cine")
+    folder = _compressed(base / "p1" / "cine", tmp_path / kind, kind)
+    assert str(pydicom.dcmread(_files(folder)[0]).file_meta.TransferSyntaxUID) != str(
+        pydicom.dcmread(_files(base / "p1" / "cine")[0]).file_meta.TransferSyntaxUID)
+    stack = read_stack(folder)
+    np.testing.assert_array_equal(stack.array, plain.array)
+    np.testing.assert_array_equal(stack.affine, plain.affine)
+
+
+def test_an_undecodable_compressed_series_is_one_line_naming_its_syntax_and_the_fix(base: Path, tmp_path: Path,
+                                                                                     capsys) -> None:
+    """12-bit JPEG Extended: neither GDCM (through pydicom) nor Pillow decodes it."""
+    folder = _compressed(base / "p1" / "cine", tmp_path / "p1", "jpeg_12bit_extended")
+    code = run_main(predict.main, ["--dicom", str(folder), "--out", str(tmp_path / "o"), "--run-dir", str(base / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "Traceback" not in err, err
+    assert "cannot decode its JPEG Extended (Process 2 and 4) pixel data (" in err, err
+    assert "12-bit" in err and "dcmdjpeg IN OUT" in err, err
+    assert not (tmp_path / "o" / "p1").exists()
 
 
 def _sops(folder: Path) -> set[str]:
