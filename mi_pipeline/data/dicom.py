@@ -24,11 +24,14 @@ Conventions (the same as dcm2niix, so a converted NIfTI and this reader agree):
 * an enhanced (multi-frame) MR image is read frame by frame from its functional groups (plane
   position and orientation, pixel measures, trigger delay, rescale);
 * slices are ordered by their position along the slice normal (row direction x column direction of
-  ImageOrientationPatient), ascending; phases by TriggerTime;
+  ImageOrientationPatient), ascending; phases by TriggerTime (by InstanceNumber, with a note, when no
+  image has one);
 * voxel axis 0 runs along the DICOM columns (the row direction), axis 1 along the rows, axis 2 along
   the slices, axis 3 over phases: ``array[:, :, k, t] = pixels.T``;
 * the affine maps voxels to RAS millimetres (DICOM LPS with x and y negated);
-* stored values go through the modality LUT (RescaleSlope / RescaleIntercept) before anything else.
+* stored values go through the modality LUT (RescaleSlope / RescaleIntercept) before anything else;
+  MONOCHROME1 images (lowest value shown white) are first flipped within their stored range, so blood
+  stays bright whichever the writer chose.
 """
 
 from __future__ import annotations
@@ -353,7 +356,8 @@ def read_stack(folder: str | os.PathLike[str], *, what: str = "cine", min_phases
     if len(slices) < 2:
         raise InputError(f"{folder}: {_series_name(groups[ref_uid][0].ds)}: a single slice position; a short-axis "
                          "stack needs at least 2 parallel slices")
-    ordered, trigger_ref = _order_phases(folder, slices)
+    ordered, trigger_ref, phase_notes = _order_phases(folder, slices)
+    notes += phase_notes
     counts = [len(g) for g in ordered]
     if len(set(counts)) > 1:
         full = max(counts)
@@ -393,8 +397,15 @@ def read_stack(folder: str | os.PathLike[str], *, what: str = "cine", min_phases
                       paths=[[i.path for i in g] for g in ordered])
 
 
-def _order_phases(folder: Path, slices: list[list[_Instance]]) -> tuple[list[list[_Instance]], list[float]]:
-    """Each slice's images ordered by TriggerTime, and the trigger times of the first slice."""
+def _order_phases(folder: Path, slices: list[list[_Instance]]) -> tuple[list[list[_Instance]], list[float], list[str]]:
+    """Each slice's images ordered by TriggerTime, the trigger times of the first slice, and notes.
+
+    An export without any TriggerTime (some anonymisers drop it) is ordered by InstanceNumber (the frame
+    index within an enhanced file), as the scanner numbered the phases; it then gives no trigger times, so
+    ED is found from the images."""
+    timed = any(getattr(i.ds, "TriggerTime", None) not in (None, "") for group in slices for i in group)
+    if not timed and max(len(group) for group in slices) > 1:
+        return _order_by_instance_number(folder, slices)
     ordered: list[list[_Instance]] = []
     trigger_ref: list[float] = []
     for group in slices:
@@ -403,7 +414,8 @@ def _order_phases(folder: Path, slices: list[list[_Instance]]) -> tuple[list[lis
         for inst in group:
             value = getattr(inst.ds, "TriggerTime", None)
             if value in (None, "") and len(group) > 1:
-                raise InputError(f"{inst.path}: {name}: no TriggerTime; cannot order the cardiac phases")
+                raise InputError(f"{inst.path}: {name}: no TriggerTime (other images of the stack have one); "
+                                 "cannot order the cardiac phases")
             times.append(float(value) if value not in (None, "") else 0.0)
         if len(set(times)) != len(times):
             raise InputError(f"{folder}: {name}: two images of the slice at {group[0].position:.1f} mm share a "
@@ -412,7 +424,28 @@ def _order_phases(folder: Path, slices: list[list[_Instance]]) -> tuple[list[lis
         ordered.append([group[i] for i in order])
         if not trigger_ref:
             trigger_ref = [times[i] for i in order]
-    return ordered, trigger_ref
+    return ordered, trigger_ref, []
+
+
+def _order_by_instance_number(folder: Path, slices: list[list[_Instance]]
+                              ) -> tuple[list[list[_Instance]], list[float], list[str]]:
+    ordered: list[list[_Instance]] = []
+    for group in slices:
+        name = _series_name(group[0].ds)
+        keys = []
+        for inst in group:
+            try:
+                keys.append((int(getattr(inst.ds, "InstanceNumber", None)), inst.frame or 0))
+            except (TypeError, ValueError):
+                raise InputError(f"{inst.path}: {name}: neither TriggerTime nor InstanceNumber; cannot order "
+                                 "the cardiac phases") from None
+        if len(set(keys)) != len(keys):
+            raise InputError(f"{folder}: {name}: no TriggerTime, and two images of the slice at "
+                             f"{group[0].position:.1f} mm share an InstanceNumber; cannot order the cardiac phases")
+        ordered.append([group[i] for i in sorted(range(len(group)), key=keys.__getitem__)])
+    note = (f"{folder}: {_series_name(slices[0][0].ds)}: no TriggerTime in any image: phases ordered by "
+            "InstanceNumber; ED is found from the images")
+    return ordered, [], [note]
 
 
 def _read_pixels(ordered: list[list[_Instance]], size: tuple[int, int]) -> np.ndarray:
@@ -446,7 +479,7 @@ def _decode(path: Path, name: str) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             ds = pydicom.dcmread(path, force=True)
-            stored = ds.pixel_array
+            stored = _as_monochrome2(ds.pixel_array, ds)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds for broken pixel data; one line for the user
         raise _undecodable(path, name, ds, exc) from None
     return stored if stored.ndim == 3 else stored[None]
@@ -462,14 +495,27 @@ def _pixels(path: Path, name: str, size: tuple[int, int]) -> np.ndarray:
         with warnings.catch_warnings():  # header values were checked (and their warnings silenced) on reading
             warnings.simplefilter("ignore", UserWarning)
             ds = pydicom.dcmread(path, force=True)
-            stored = ds.pixel_array
+            stored = _as_monochrome2(ds.pixel_array, ds)
             values = apply_modality_lut(stored, ds)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds for broken pixel data; one line for the user
         raise _undecodable(path, name, ds, exc) from None
     values = np.asarray(values, dtype=np.float32)
+    if values.ndim == 3:
+        raise InputError(f"{path}: {name}: a colour image ({getattr(ds, 'PhotometricInterpretation', '?')}); "
+                         "the cine must be grayscale MR images")
     if values.shape != size:
         raise InputError(f"{path}: {name}: pixel data is {values.shape}, header says {size}")
     return values
+
+
+def _as_monochrome2(stored: np.ndarray, ds: Any) -> np.ndarray:
+    """Stored values as MONOCHROME2 would hold them: a MONOCHROME1 image shows its lowest value white, so its
+    values are flipped within the stored range (the same flip for every file of the series)."""
+    if str(getattr(ds, "PhotometricInterpretation", "") or "").strip().upper() != "MONOCHROME1":
+        return stored
+    if int(getattr(ds, "PixelRepresentation", 0) or 0):  # signed: [-2^(b-1), 2^(b-1) - 1] onto itself
+        return -1 - stored.astype(np.int64)
+    return (2 ** int(getattr(ds, "BitsStored", 16) or 16) - 1) - stored.astype(np.int64)
 
 
 def _undecodable(path: Path, name: str, ds: Any, exc: Exception) -> InputError:

@@ -143,6 +143,13 @@ def _compressed(cine: Path, dest: Path, kind: str) -> Path:
     return dest
 
 
+def _monochrome1(ds, i) -> None:
+    """The same image as a writer that stores the lowest value as white would write it."""
+    bits = int(ds.BitsStored)
+    ds.PixelData = ((2**bits - 1) - ds.pixel_array).astype(ds.pixel_array.dtype).tobytes()
+    ds.PhotometricInterpretation = "MONOCHROME1"
+
+
 def _no_preamble(folder: Path) -> None:
     for f in _files(folder):
         f.write_bytes(f.read_bytes()[132:])  # without the 128-byte preamble and "DICM"
@@ -196,6 +203,10 @@ def build(kind: str, base: Path, dest: Path) -> tuple[Path, list[str]]:
         _rewrite(folder, zeros)
     elif kind == "no_preamble":
         _no_preamble(folder)
+    elif kind == "no_trigger_time":
+        _rewrite(folder, lambda ds, i: delattr(ds, "TriggerTime"))
+    elif kind == "monochrome1":
+        _rewrite(folder, _monochrome1)
     elif kind in ("long_axis_beside", "localizer_beside"):  # a whole study exported into one folder
         s = generate_subject(PARAMS, 0)
         affine = s.cine_affine.copy()
@@ -218,13 +229,14 @@ def build(kind: str, base: Path, dest: Path) -> tuple[Path, list[str]]:
 KINDS = ("one_series", "per_slice", "phantom_subject_folder", "dicomdir_cd_root", "dicomdir_beside_images",
          "sr_beside", "enhanced_mr", "anonymised_dates", "birthdate_absent", "frame_of_reference_per_file",
          "leading_zero_uids", "no_preamble", "two_series", "two_series_chosen", "long_axis_beside", "localizer_beside",
-         *COMPRESSED)
+         "no_trigger_time", "monochrome1", *COMPRESSED)
 EXPECTED_NOTE = {"sr_beside": "skipped 1 file(s): no image (structured report)", "dicomdir_cd_root": "DICOMDIR followed",
                  "anonymised_dates": "PatientBirthDate=00000000 emptied", "birthdate_absent": "PatientBirthDate absent",
                  "frame_of_reference_per_file": "frames of reference", "two_series": "highest SeriesNumber",
                  "two_series_chosen": "--series 1: kept series 1", "leading_zero_uids": "are not valid DICOM UIDs",
                  "long_axis_beside": "not parallel to the short-axis stack",
-                 "localizer_beside": "a long-axis or localiser view ('localizer' in its description)"}
+                 "localizer_beside": "a long-axis or localiser view ('localizer' in its description)",
+                 "no_trigger_time": "no TriggerTime in any image: phases ordered by InstanceNumber"}
 
 
 @pytest.mark.slow  # one predict per layout (about 7 s each): the default suite and CI run them, the fast tier not
@@ -243,7 +255,10 @@ def test_layout_is_read_reported_and_gets_a_valid_seg(base: Path, tmp_path: Path
     report = json.loads((subject / "report.json").read_text())
     jsonschema.validate(report, report_schema())
     assert (subject / "qc.png").is_file() and (subject / "bullseye.png").is_file()
-    assert report["frames"]["ed_method"].startswith("DICOM TriggerTime") and report["frames"]["ed"] == 0
+    if kind == "no_trigger_time":  # no trigger times: ED from the images, as for a NIfTI cine
+        assert not report["frames"]["ed_method"].startswith("DICOM TriggerTime"), report["frames"]
+    else:
+        assert report["frames"]["ed_method"].startswith("DICOM TriggerTime") and report["frames"]["ed"] == 0
     if kind in EXPECTED_NOTE:
         assert any(EXPECTED_NOTE[kind] in w for w in report["warnings"]), report["warnings"]
     assert report["outputs"]["dicom_seg"] == ["infarct_seg.dcm"], report["warnings"]
@@ -291,15 +306,18 @@ def test_folder_of_subjects_goes_on_past_a_bad_one(base: Path, tmp_path: Path, c
     assert "error: b: " in err and "1 of 3 subject(s) failed (b)" in err
 
 
-@pytest.mark.parametrize("kind", COMPRESSED)
-def test_compressed_series_read_exactly_as_the_uncompressed_one(base: Path, tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize("kind", [*COMPRESSED, "monochrome1", "no_trigger_time"])
+def test_other_writers_series_read_exactly_as_our_export(base: Path, tmp_path: Path, kind: str) -> None:
+    """Compressed pixel data, MONOCHROME1 and no TriggerTime: the same cine, voxel for voxel."""
     plain = read_stack(base / "p1" / "cine")
-    folder = _compressed(base / "p1" / "cine", tmp_path / kind, kind)
-    assert str(pydicom.dcmread(_files(folder)[0]).file_meta.TransferSyntaxUID) != str(
-        pydicom.dcmread(_files(base / "p1" / "cine")[0]).file_meta.TransferSyntaxUID)
+    folder, _ = build(kind, base, tmp_path)
+    if kind in COMPRESSED:
+        assert str(pydicom.dcmread(_files(folder)[0]).file_meta.TransferSyntaxUID) != str(
+            pydicom.dcmread(_files(base / "p1" / "cine")[0]).file_meta.TransferSyntaxUID)
     stack = read_stack(folder)
     np.testing.assert_array_equal(stack.array, plain.array)
     np.testing.assert_array_equal(stack.affine, plain.affine)
+    assert stack.trigger_times_ms == ([] if kind == "no_trigger_time" else plain.trigger_times_ms)
 
 
 def test_an_undecodable_compressed_series_is_one_line_naming_its_syntax_and_the_fix(base: Path, tmp_path: Path,
