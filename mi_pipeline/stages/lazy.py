@@ -26,17 +26,20 @@ class SplitSlices:
         self.ids = read_split(store.run_dir, name)
         if not self.ids:
             raise InputError(f"{where}: the split is empty (no subjects)")
-        counts, es, self.fields = [], [], {"cine_label": True, "lge": True, "lge_label": True}
+        counts, es, spacing, self.fields = [], [], [], {"cine_label": True, "lge": True, "lge_label": True}
         for subject in self.subjects():
             check(subject)
             counts.append(subject.cine.shape[0])
             es.append(subject.es)
+            spacing.append(float(subject.spacing[0]))
             for field in self.fields:
                 self.fields[field] &= getattr(subject, field) is not None
         self.counts = np.asarray(counts, dtype=np.int64)
         self.owner = np.repeat(np.arange(len(counts)), counts)  # subject index of every slice
         self.z = np.concatenate([np.arange(c) for c in counts])  # its slice within the subject
         self.es = torch.from_numpy(np.repeat(np.asarray(es, dtype=np.int64), counts))  # ES frame of every slice
+        # in-plane pixel size of every slice (mm): crops are sized per heart, so subjects differ
+        self.spacing = np.repeat(np.asarray(spacing, dtype=np.float64), counts)
         self.where = where
 
     def __len__(self) -> int:

@@ -12,7 +12,12 @@
   cavity), and whether it is one closed ring. The reference ranges are the 1st..99th percentiles of
   the same figures over the segmentation stage's training targets (``SHAPE_FILE`` beside its log),
   widened by 25 %; without that file, physiological defaults (``DEFAULT_RANGES``). ``implausible``
-  is true when any slice falls outside, or no slice shows a closed ring.
+  is true when more than a third of the slices fall outside (``MAX_OUTSIDE``), or fewer than a quarter
+  show a closed ring (``MIN_RINGS``); the slices outside are listed either way (``outside_ranges``).
+  Why not any one slice: real hearts vary at the apex and base. A model trained on 70 real ACDC hearts
+  put one or two such slices of 9 of 20 held-out hearts outside its ranges while segmenting them well
+  (myocardium Dice 0.74-0.91, those slices thin apical caps or thick basal ones); the phantom-trained
+  model on the same hearts had 2 to all of its slices outside and a closed ring on at most one.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from mi_pipeline.stages import common
 
 SHAPE_FILE = "target_shape.json"
 DEFAULT_RANGES = {"area_mm2": (150.0, 6000.0), "thickness_mm": (2.5, 16.0)}
+MAX_OUTSIDE = 1 / 3  # share of the slices with myocardium that may fall outside the ranges
+MIN_RINGS = 0.25  # share of them that must show a closed ring
 FLIPS = ((False, False), (True, False), (False, True), (True, True))
 
 
@@ -98,14 +105,17 @@ def tta_figures(probs: list[torch.Tensor]) -> tuple[np.ndarray, dict[str, Any]]:
     return pred.numpy().astype(np.uint8), figures
 
 
-def shape_figures(pred: np.ndarray, spacing_mm: float) -> list[dict[str, Any]]:
-    """Per slice with myocardium (classes 1|2 of ``pred`` (Z, H, W)): area, thickness, closed ring."""
-    px = spacing_mm ** 2
+def shape_figures(pred: np.ndarray, spacing_mm: float | np.ndarray) -> list[dict[str, Any]]:
+    """Per slice with myocardium (classes 1|2 of ``pred`` (Z, H, W)): area, thickness, closed ring.
+    ``spacing_mm``: the in-plane pixel size, one for the stack or one per slice (training targets come
+    from crops of different widths)."""
+    spacing = np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (pred.shape[0],))
     rows = []
     for k in range(pred.shape[0]):
         myo = pred[k] > 0
         if not myo.any():
             continue
+        px = float(spacing[k]) ** 2
         filled = ndimage.binary_fill_holes(myo)
         cavity = filled & ~myo
         _, components = ndimage.label(myo)
@@ -134,14 +144,20 @@ def reference_ranges(rows: list[dict[str, Any]], widen: float = 0.25) -> dict[st
 
 def plausibility(rows: list[dict[str, Any]], ranges: dict[str, tuple[float, float]], source: str) -> dict[str, Any]:
     """Whether the predicted myocardium looks like what training saw; the reasons when not."""
+    outside = [f"slice {r['slice']}: {key} {r[key]} outside {lo}..{hi}"
+               for r in rows for key, (lo, hi) in ranges.items() if not lo <= r[key] <= hi]
+    n = len(rows)
+    rings = sum(r["closed_ring"] for r in rows)
+    slices_outside = sum(any(not lo <= r[key] <= hi for key, (lo, hi) in ranges.items()) for r in rows)
     reasons = []
     if not rows:
         reasons.append("no myocardium predicted on any slice")
-    elif not any(r["closed_ring"] for r in rows):
+    elif rings == 0:
         reasons.append("no slice shows a closed myocardial ring")
-    for r in rows:
-        for key, (lo, hi) in ranges.items():
-            if not lo <= r[key] <= hi:
-                reasons.append(f"slice {r['slice']}: {key} {r[key]} outside {lo}..{hi}")
-    return {"implausible": bool(reasons), "reasons": reasons[:10], "reference": source,
-            "ranges": {k: list(v) for k, v in ranges.items()}, "per_slice": rows}
+    elif rings < MIN_RINGS * n:
+        reasons.append(f"a closed myocardial ring on only {rings} of {n} slices")
+    if rows and slices_outside > MAX_OUTSIDE * n:
+        reasons.append(f"{slices_outside} of {n} slices outside the training targets' shape ranges")
+        reasons += outside
+    return {"implausible": bool(reasons), "reasons": reasons[:10], "outside_ranges": outside[:10],
+            "reference": source, "ranges": {k: list(v) for k, v in ranges.items()}, "per_slice": rows}

@@ -180,7 +180,7 @@ class SegmentationTask(TrainTask):
         self.val_owner = torch.from_numpy(val.owner)
         self.val_subjects = len(val.ids)
         # what predict's plausibility flag compares with: the shape of the targets training sees
-        rows = seg_confidence.shape_figures(self.train_y.numpy(), cfg.data.spacing_mm)
+        rows = seg_confidence.shape_figures(self.train_y.numpy(), train.spacing[self.train_rows.numpy()])
         self.target_shape = {"ranges": seg_confidence.reference_ranges(rows), "slices": len(rows)}
         if int(os.environ.get("RANK", "0")) == 0:  # one writer under data parallel
             if self.registration_qa is not None:

@@ -61,6 +61,25 @@ def test_a_ring_is_plausible_a_blob_or_a_giant_is_not():
     assert seg_confidence.plausibility([], ranges, "test")["reasons"] == ["no myocardium predicted on any slice"]
 
 
+def test_one_or_two_unusual_slices_of_a_stack_are_listed_but_a_third_or_no_rings_make_it_implausible():
+    """Real hearts vary at the apex and base: a thin apical cap or a thick basal slice beyond the training
+    ranges is listed, not a verdict; most slices beyond them, or rings on few, is (a model on images unlike
+    its training, e.g. a phantom-trained model on real cines)."""
+    training = np.stack([_ring(5 + 0.3 * k, 10 + 0.3 * k) for k in range(8)])
+    ranges = seg_confidence.reference_ranges(seg_confidence.shape_figures(training, 1.6))
+    good, thick, blob = _ring(6, 11), _ring(3, 15), _ring(0, 6)
+    one_thick = seg_confidence.shape_figures(np.stack([thick] + [good] * 8), 1.6)
+    verdict = seg_confidence.plausibility(one_thick, ranges, "test")
+    assert not verdict["implausible"] and verdict["reasons"] == []
+    assert verdict["outside_ranges"] and all(r.startswith("slice 0: ") for r in verdict["outside_ranges"])
+    four_thick = seg_confidence.shape_figures(np.stack([thick] * 4 + [good] * 5), 1.6)
+    verdict = seg_confidence.plausibility(four_thick, ranges, "test")
+    assert verdict["implausible"] and verdict["reasons"][0] == "4 of 9 slices outside the training targets' shape ranges"
+    few_rings = seg_confidence.shape_figures(np.stack([good] + [blob] * 7), 1.6)
+    verdict = seg_confidence.plausibility(few_rings, ranges, "test")
+    assert verdict["implausible"] and verdict["reasons"][0] == "a closed myocardial ring on only 1 of 8 slices"
+
+
 def test_the_lower_end_of_a_wide_reference_range_stays_above_zero_so_a_crumb_is_implausible():
     """Apical and basal training slices together span more than their smallest value: a range widened by
     a share of that span alone went below zero (seen on real M&Ms targets: area -297 mm^2)."""

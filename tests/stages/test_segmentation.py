@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from mi_pipeline.config import load_config, stage_hash
-from mi_pipeline.data.cache import load_split
+from mi_pipeline.data.cache import load_split, load_subject, save_subject
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.errors import CheckpointError, InputError
 from mi_pipeline.stages.registry import make_task, motion, registration
+from mi_pipeline.stages.seg_confidence import shape_figures
 from mi_pipeline.stages.segmentation import SegmentationTask, build_model, to_classes
 
 CPU = torch.device("cpu")
@@ -165,6 +168,21 @@ def test_without_lge_the_targets_are_the_cine_ed_labels_and_myo_dice_picks_the_b
     assert "myo_dice" in metrics and not any(k.startswith("infarct_dice") for k in metrics)
     assert task.baseline_warning(metrics) is None
     assert not (run / "logs" / "segmentation" / "registration_qa.json").exists()
+
+
+def test_target_shapes_are_measured_at_each_subjects_own_crop_spacing(cine_only_run):
+    """Crops are sized per heart, so a big heart's targets have coarser pixels. predict's plausibility
+    ranges come from these shapes: measured at one nominal spacing they shrank big hearts' walls, and
+    predict called 9 of 20 real held-out ACDC hearts implausible (their areas beyond the ranges)."""
+    cfg, run = cine_only_run
+    big = load_subject(run, "tr0")
+    save_subject(run, dataclasses.replace(big, spacing=(3.2, 3.2, 8.0)))  # as if its crop were widened 2x
+    task = _task(cfg, run)
+    lo, hi = task.target_shape["ranges"]["area_mm2"]
+    rows = shape_figures(to_classes(torch.from_numpy(big.cine_label[:, 0])).numpy(), 3.2)
+    assert rows and all(lo <= r["area_mm2"] <= hi for r in rows), (rows, lo, hi)
+    assert json.loads((run / "logs" / "segmentation" / "target_shape.json").read_text()) == json.loads(
+        json.dumps(task.target_shape))
 
 
 def test_without_lge_training_writes_a_myocardium_only_checkpoint(cine_only_run, tiny_overrides):
