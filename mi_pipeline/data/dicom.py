@@ -429,6 +429,7 @@ def _order_phases(folder: Path, slices: list[list[_Instance]]) -> tuple[list[lis
 
 def _order_by_instance_number(folder: Path, slices: list[list[_Instance]]
                               ) -> tuple[list[list[_Instance]], list[float], list[str]]:
+    """``_order_phases`` for a stack without trigger times: InstanceNumber, then the frame within a file."""
     ordered: list[list[_Instance]] = []
     for group in slices:
         name = _series_name(group[0].ds)
