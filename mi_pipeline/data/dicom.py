@@ -25,7 +25,8 @@ Conventions (the same as dcm2niix, so a converted NIfTI and this reader agree):
   position and orientation, pixel measures, trigger delay, rescale);
 * slices are ordered by their position along the slice normal (row direction x column direction of
   ImageOrientationPatient), ascending; phases by TriggerTime (by InstanceNumber, with a note, when no
-  image has one);
+  image has one); a slice with a few phases fewer than the others (``MIN_PHASE_SHARE``) is matched to
+  them by nearest trigger time, with a note;
 * voxel axis 0 runs along the DICOM columns (the row direction), axis 1 along the rows, axis 2 along
   the slices, axis 3 over phases: ``array[:, :, k, t] = pixels.T``;
 * the affine maps voxels to RAS millimetres (DICOM LPS with x and y negated);
@@ -358,13 +359,10 @@ def read_stack(folder: str | os.PathLike[str], *, what: str = "cine", min_phases
                          "stack needs at least 2 parallel slices")
     ordered, trigger_ref, phase_notes = _order_phases(folder, slices)
     notes += phase_notes
-    counts = [len(g) for g in ordered]
-    if len(set(counts)) > 1:
-        full = max(counts)
-        bad = next(g for g in ordered if len(g) != full)
-        raise InputError(f"{folder}: {_series_name(bad[0].ds)}: incomplete: the slice at {bad[0].position:.1f} mm "
-                         f"has {len(bad)} phase(s), others up to {full}")
-    nt = counts[0]
+    if len({len(g) for g in ordered}) > 1:
+        ordered, trigger_ref, matched = _match_phases(folder, ordered, timed=bool(trigger_ref))
+        notes += matched
+    nt = len(ordered[0])
     if nt < min_phases:
         raise InputError(f"{folder}: {_series_name(ordered[0][0].ds)}: {what} has {nt} phase(s) per slice; "
                          f"need at least {min_phases}")
@@ -425,6 +423,33 @@ def _order_phases(folder: Path, slices: list[list[_Instance]]) -> tuple[list[lis
         if not trigger_ref:
             trigger_ref = [times[i] for i in order]
     return ordered, trigger_ref, []
+
+
+MIN_PHASE_SHARE = 0.75  # a slice with at least this share of the others' phases is matched to them
+
+
+def _match_phases(folder: Path, ordered: list[list[_Instance]], timed: bool
+                  ) -> tuple[list[list[_Instance]], list[float], list[str]]:
+    """Slices with a few phases fewer than the others (arrhythmia rejection, a dropped image) matched to a
+    slice with the most: each of its phases takes the short slice's image nearest in trigger time (one
+    patient, one session: the cycles line up from the R wave), so one image may serve twice; a note names
+    each. Fewer than ``MIN_PHASE_SHARE`` of the phases, or no trigger times to match by, is the error it
+    always was."""
+    full = max(len(g) for g in ordered)
+    reference = next(g for g in ordered if len(g) == full)
+    out, notes = [], []
+    for group in ordered:
+        if len(group) == full:
+            out.append(group)
+            continue
+        if not timed or len(group) < max(2, MIN_PHASE_SHARE * full):
+            raise InputError(f"{folder}: {_series_name(group[0].ds)}: incomplete: the slice at "
+                             f"{group[0].position:.1f} mm has {len(group)} phase(s), others up to {full}")
+        mine = np.asarray([float(i.ds.TriggerTime) for i in group])
+        out.append([group[int(np.argmin(np.abs(mine - float(i.ds.TriggerTime))))] for i in reference])
+        notes.append(f"{folder}: {_series_name(group[0].ds)}: the slice at {group[0].position:.1f} mm has "
+                     f"{len(group)} phases, others {full}: matched to theirs by the nearest trigger time")
+    return out, [float(i.ds.TriggerTime) for i in reference], notes
 
 
 def _order_by_instance_number(folder: Path, slices: list[list[_Instance]]
