@@ -8,8 +8,10 @@ localisation, the crop sized from the heart found, the crop check, flip-averaged
 report), with the dataset's ED frame given (``--ed``; the labels are drawn there). Its myocardium
 (``infarct_seg.nii.gz`` classes 1 and 2, on the cine's own grid) is compared with the labelled
 myocardium at ED. Per subject and pooled: myocardium Dice, the crop's width, whether the check grew it,
-the localisation method and the trust verdict. ``benchmarks.real`` measures the label-free parts
-without a model; this measures a model through them. Use held-out subjects (the run's
+the localisation method and the trust verdict; and the AHA anchor ``predict`` reported on the
+mid-ventricular slices (found on the slice itself, and within 20 degrees of the insertion the labels' RV
+gives on the same crop grid). ``benchmarks.real`` measures the label-free parts with the labelled
+myocardium standing in for a model; this measures a model through them. Use held-out subjects (the run's
 ``data/splits/test.txt``, or another dataset): a subject the run trained on says nothing.
 """
 
@@ -27,14 +29,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.real import guess_format  # noqa: E402
+from benchmarks.real import MYO_CODES, RV_CODE, RV_DEG, ed_labels_on, guess_format, unlabelled  # noqa: E402
+from mi_pipeline import metrics  # noqa: E402
 from mi_pipeline.cli import predict  # noqa: E402
+from mi_pipeline.clinical import aha  # noqa: E402
+from mi_pipeline.config import DataConfig  # noqa: E402
 from mi_pipeline.cli.common import run_main  # noqa: E402
-from mi_pipeline.data import adapters  # noqa: E402
+from mi_pipeline.data import adapters, preprocess  # noqa: E402
 from mi_pipeline.data.generic import RawSubject  # noqa: E402
-from mi_pipeline.metrics import dice  # noqa: E402
-
-MYO_CODES = (2, 3)  # cache codes of the labelled myocardium (remote, infarct)
+from mi_pipeline.evaluation import run_config  # noqa: E402
 
 
 @dataclass
@@ -47,6 +50,9 @@ class Row:
     verdict: str | None
     implausible: bool | None
     infarct_percent: float | None
+    rv_mid_slices: int
+    rv_found: int
+    rv_within: int
 
 
 def cine_file(root: Path, subject: str) -> Path:
@@ -58,21 +64,41 @@ def cine_file(root: Path, subject: str) -> Path:
     return found[0]
 
 
-def score(raw: RawSubject, subject_out: Path) -> Row:
+def rv_check(raw: RawSubject, data: DataConfig, report: dict) -> tuple[int, int, int]:
+    """(mid slices with a labelled RV insertion, those where predict found the RV on the slice itself,
+    those of them within ``RV_DEG`` of the labels'), on the crop predict made (rebuilt the same way:
+    the centre and width found without labels; a crop the check grew is not rebuilt, so it counts 0)."""
+    anchor = report.get("aha_anchor") or {}
+    if report.get("localisation", {}).get("crop_grown"):
+        return 0, 0, 0
+    sub = preprocess.preprocess_subject(unlabelled(raw), data, found=preprocess.locate(raw))
+    lab = ed_labels_on(raw, sub)
+    myo = np.isin(lab, MYO_CODES)
+    truth = aha.anchor_from_labels(lab == RV_CODE, myo, sub.affine, float(sub.spacing[0]))
+    mids = [k for k, level in enumerate(metrics.level_of_slices(myo)) if level == "mid" and truth.found[k]]
+    angles = anchor.get("anterior_insertion_deg") or []
+    on_slice = anchor.get("found_on_slice") or []
+    found = [k for k in mids if k < len(on_slice) and on_slice[k] and angles[k] is not None]
+    within = sum(aha.angle_error_deg(float(truth.angles_deg[k]), float(angles[k])) <= RV_DEG for k in found)
+    return len(mids), len(found), within
+
+
+def score(raw: RawSubject, subject_out: Path, data: DataConfig) -> Row:
     """The predicted myocardium against the labelled one at ED, and what the report says about it."""
     report = json.loads((subject_out / "report.json").read_text())
     predicted = np.asarray(nib.load(str(subject_out / "infarct_seg.nii.gz")).dataobj) > 0
     assert raw.cine_label is not None
     truth = np.isin(raw.cine_label[..., raw.ed], MYO_CODES)
     loc = report.get("localisation", {})
-    return Row(subject=raw.id, myo_dice=round(float(dice(predicted, truth)), 4), crop_mm=loc.get("crop_mm"),
+    mids, found, within = rv_check(raw, data, report)
+    return Row(subject=raw.id, myo_dice=round(float(metrics.dice(predicted, truth)), 4), crop_mm=loc.get("crop_mm"),
                crop_grown=loc.get("crop_grown"), method=loc.get("method"),
                verdict=report.get("trust", {}).get("verdict"),
                implausible=report.get("confidence", {}).get("plausibility", {}).get("implausible"),
-               infarct_percent=report.get("infarct_percent"))
+               infarct_percent=report.get("infarct_percent"), rv_mid_slices=mids, rv_found=found, rv_within=within)
 
 
-def run_subject(raw: RawSubject, cine: Path, run_dir: Path, out: Path) -> Row:
+def run_subject(raw: RawSubject, cine: Path, run_dir: Path, out: Path, data: DataConfig) -> Row:
     """``predict`` on one cine (kept when its report is already there: the benchmark resumes)."""
     dest = out / raw.id
     done = sorted(dest.glob("*/report.json"))
@@ -82,7 +108,7 @@ def run_subject(raw: RawSubject, cine: Path, run_dir: Path, out: Path) -> Row:
         if code != 0:
             raise SystemExit(f"{raw.id}: predict exited {code}")
         done = sorted(dest.glob("*/report.json"))
-    return score(raw, done[0].parent)
+    return score(raw, done[0].parent, data)
 
 
 def pooled(rows: list[Row]) -> dict:
@@ -90,6 +116,8 @@ def pooled(rows: list[Row]) -> dict:
     return {"subjects": len(rows), "myo_dice_mean": float(np.mean(values)), "myo_dice_sd": float(np.std(values)),
             "myo_dice_median": float(np.median(values)), "myo_dice_min": float(np.min(values)),
             "crops_grown": sum(bool(r.crop_grown) for r in rows), "implausible": sum(bool(r.implausible) for r in rows),
+            "rv_mid_slices": sum(r.rv_mid_slices for r in rows), "rv_found": sum(r.rv_found for r in rows),
+            "rv_within": sum(r.rv_within for r in rows),
             "verdicts": {v: sum(r.verdict == v for r in rows) for v in sorted({str(r.verdict) for r in rows})}}
 
 
@@ -104,17 +132,21 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     fmt = guess_format(a.folder) if a.format == "auto" else a.format
     out = a.out or a.run_dir / "real_predict" / a.folder.name
+    data = run_config(a.run_dir / "checkpoints").data  # the crop predict makes follows the model's config
     rows = []
     for sid in a.subjects or adapters.list_subjects(fmt, a.folder):
         raw = adapters.load_subject(fmt, a.folder, sid)
-        rows.append(run_subject(raw, cine_file(a.folder, sid), a.run_dir, out))
+        rows.append(run_subject(raw, cine_file(a.folder, sid), a.run_dir, out, data))
         r = rows[-1]
         print(f"{r.subject:<12} myo Dice {r.myo_dice:.3f}  crop {r.crop_mm} mm  grown {r.crop_grown}  {r.method}  "
-              f"{r.verdict}{' (implausible)' if r.implausible else ''}", flush=True)
+              f"RV {r.rv_within}/{r.rv_found}/{r.rv_mid_slices}  {r.verdict}{' (implausible)' if r.implausible else ''}",
+              flush=True)
     summary = pooled(rows)
     print(f"pooled: {summary['subjects']} subjects; myocardium Dice {summary['myo_dice_mean']:.3f} ± "
           f"{summary['myo_dice_sd']:.3f} (median {summary['myo_dice_median']:.3f}, min {summary['myo_dice_min']:.3f}); "
-          f"crops grown {summary['crops_grown']}; implausible {summary['implausible']}; verdicts {summary['verdicts']}")
+          f"crops grown {summary['crops_grown']}; implausible {summary['implausible']}; verdicts {summary['verdicts']}; "
+          f"{summary['rv_mid_slices']} mid slices: RV found {summary['rv_found']}, within {RV_DEG:g} deg "
+          f"{summary['rv_within']}")
     if a.json:
         a.json.write_text(json.dumps({"rows": [asdict(r) for r in rows], "pooled": summary}, indent=1) + "\n")
     return 0

@@ -36,6 +36,7 @@ def test_predict_is_scored_against_the_labels_at_ed_and_a_rerun_resumes(tmp_path
         assert predicted.shape == heart.cine.shape[:3]  # on the cine's own grid
         assert row["myo_dice"] == round(float(dice(predicted, np.isin(heart.cine_label[..., ed], (2, 3)))), 4)
         assert row["verdict"] == report["trust"]["verdict"] and row["crop_mm"] == report["localisation"]["crop_mm"]
+        assert 0 <= row["rv_within"] <= row["rv_found"] <= row["rv_mid_slices"]
     stamps = sorted(p.stat().st_mtime_ns for p in (tmp_path / "run" / "real_predict").rglob("report.json"))
     assert real_predict.main(args) == 0  # resumes: the reports are read, not made again
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "run" / "real_predict").rglob("report.json")) == stamps
