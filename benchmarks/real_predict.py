@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.real import MYO_CODES, RV_CODE, RV_DEG, ed_labels_on, guess_format, unlabelled  # noqa: E402
 from mi_pipeline import metrics  # noqa: E402
 from mi_pipeline.cli import predict  # noqa: E402
+from mi_pipeline.cli.common import run_main  # noqa: E402
 from mi_pipeline.clinical import aha  # noqa: E402
 from mi_pipeline.config import DataConfig  # noqa: E402
-from mi_pipeline.cli.common import run_main  # noqa: E402
 from mi_pipeline.data import adapters, preprocess  # noqa: E402
 from mi_pipeline.data.generic import RawSubject  # noqa: E402
 from mi_pipeline.evaluation import run_config  # noqa: E402
