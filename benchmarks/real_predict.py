@@ -64,7 +64,7 @@ def cine_file(root: Path, subject: str) -> Path:
     return found[0]
 
 
-def rv_check(raw: RawSubject, data: DataConfig, report: dict) -> tuple[int, int, int]:
+def reported_anchor_check(raw: RawSubject, data: DataConfig, report: dict) -> tuple[int, int, int]:
     """(mid slices with a labelled RV insertion, those where predict found the RV on the slice itself,
     those of them within ``RV_DEG`` of the labels'), on the crop predict made (rebuilt the same way:
     the centre and width found without labels; a crop the check grew is not rebuilt, so it counts 0)."""
@@ -90,7 +90,7 @@ def score(raw: RawSubject, subject_out: Path, data: DataConfig) -> Row:
     assert raw.cine_label is not None
     truth = np.isin(raw.cine_label[..., raw.ed], MYO_CODES)
     loc = report.get("localisation", {})
-    mids, found, within = rv_check(raw, data, report)
+    mids, found, within = reported_anchor_check(raw, data, report)
     return Row(subject=raw.id, myo_dice=round(float(metrics.dice(predicted, truth)), 4), crop_mm=loc.get("crop_mm"),
                crop_grown=loc.get("crop_grown"), method=loc.get("method"),
                verdict=report.get("trust", {}).get("verdict"),
