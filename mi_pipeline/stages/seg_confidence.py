@@ -16,7 +16,7 @@
   show a closed ring (``MIN_RINGS``); the slices outside are listed either way (``outside_ranges``).
   Why not any one slice: real hearts vary at the apex and base. A model trained on 70 real ACDC hearts
   put one or two slices of 6 of 20 held-out ACDC hearts and 4 of 7 M&Ms hearts outside its ranges while
-  segmenting them well (myocardium Dice 0.74-0.90; thin apical caps, thick basal slices); the
+  segmenting them well (myocardium Dice 0.74-0.90; thin apical caps, walls just over the limit); the
   phantom-trained model on the same hearts had 2 to all of its slices outside and a closed ring on at
   most one.
 """
