@@ -55,15 +55,6 @@ class Row:
     rv_within: int
 
 
-def cine_file(root: Path, subject: str) -> Path:
-    """The subject's 4D cine file in the ACDC (``*_4d.nii.gz``) or M&Ms (``*_sa.nii.gz``) layout."""
-    folder = root / subject
-    found = sorted(folder.glob("*_4d.nii.gz")) + sorted(folder.glob("*_sa.nii.gz"))
-    if not found:
-        raise SystemExit(f"{folder}: no *_4d.nii.gz or *_sa.nii.gz cine")
-    return found[0]
-
-
 def reported_anchor_check(raw: RawSubject, data: DataConfig, report: dict) -> tuple[int, int, int]:
     """(mid slices with a labelled RV insertion, those where predict found the RV on the slice itself,
     those of them within ``RV_DEG`` of the labels'), on the crop predict made (rebuilt the same way:
@@ -98,12 +89,14 @@ def score(raw: RawSubject, subject_out: Path, data: DataConfig) -> Row:
                infarct_percent=report.get("infarct_percent"), rv_mid_slices=mids, rv_found=found, rv_within=within)
 
 
-def run_subject(raw: RawSubject, cine: Path, run_dir: Path, out: Path, data: DataConfig) -> Row:
-    """``predict`` on one cine (kept when its report is already there: the benchmark resumes)."""
+def run_subject(raw: RawSubject, run_dir: Path, out: Path, data: DataConfig) -> Row:
+    """``predict`` on the subject's cine file, as the adapter found it (kept when its report is already
+    there: the benchmark resumes)."""
+    assert raw.cine_path is not None  # the ACDC and M&Ms adapters record it
     dest = out / raw.id
     done = sorted(dest.glob("*/report.json"))
     if not done:
-        code = run_main(predict.main, ["--cine", str(cine), "--out", str(dest), "--run-dir", str(run_dir),
+        code = run_main(predict.main, ["--cine", str(raw.cine_path), "--out", str(dest), "--run-dir", str(run_dir),
                                        "--ed", str(raw.ed)])
         if code != 0:
             raise SystemExit(f"{raw.id}: predict exited {code}")
@@ -136,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for sid in a.subjects or adapters.list_subjects(fmt, a.folder):
         raw = adapters.load_subject(fmt, a.folder, sid)
-        rows.append(run_subject(raw, cine_file(a.folder, sid), a.run_dir, out, data))
+        rows.append(run_subject(raw, a.run_dir, out, data))
         r = rows[-1]
         print(f"{r.subject:<12} myo Dice {r.myo_dice:.3f}  crop {r.crop_mm} mm  grown {r.crop_grown}  {r.method}  "
               f"RV {r.rv_within}/{r.rv_found}/{r.rv_mid_slices}  {r.verdict}{' (implausible)' if r.implausible else ''}",
