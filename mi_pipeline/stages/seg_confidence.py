@@ -145,11 +145,12 @@ def reference_ranges(rows: list[dict[str, Any]], widen: float = 0.25) -> dict[st
 
 def plausibility(rows: list[dict[str, Any]], ranges: dict[str, tuple[float, float]], source: str) -> dict[str, Any]:
     """Whether the predicted myocardium looks like what training saw; the reasons when not."""
-    outside = [f"slice {r['slice']}: {key} {r[key]} outside {lo}..{hi}"
-               for r in rows for key, (lo, hi) in ranges.items() if not lo <= r[key] <= hi]
+    misses = [[f"slice {r['slice']}: {key} {r[key]} outside {lo}..{hi}"
+               for key, (lo, hi) in ranges.items() if not lo <= r[key] <= hi] for r in rows]
+    outside = [miss for row in misses for miss in row]
+    slices_outside = sum(bool(row) for row in misses)
     n = len(rows)
     rings = sum(r["closed_ring"] for r in rows)
-    slices_outside = sum(any(not lo <= r[key] <= hi for key, (lo, hi) in ranges.items()) for r in rows)
     reasons = []
     if not rows:
         reasons.append("no myocardium predicted on any slice")
