@@ -53,6 +53,7 @@ class Row:
     rv_mid_slices: int
     rv_found: int
     rv_within: int
+    anchor: str | None  # where predict's AHA anchor came from: rv_model, rv_images or fixed
 
 
 def reported_anchor_check(raw: RawSubject, data: DataConfig, report: dict) -> tuple[int, int, int]:
@@ -86,7 +87,8 @@ def score(raw: RawSubject, subject_out: Path, data: DataConfig) -> Row:
                crop_grown=loc.get("crop_grown"), method=loc.get("method"),
                verdict=report.get("trust", {}).get("verdict"),
                implausible=report.get("confidence", {}).get("plausibility", {}).get("implausible"),
-               infarct_percent=report.get("infarct_percent"), rv_mid_slices=mids, rv_found=found, rv_within=within)
+               infarct_percent=report.get("infarct_percent"), rv_mid_slices=mids, rv_found=found, rv_within=within,
+               anchor=(report.get("aha_anchor") or {}).get("method"))
 
 
 def run_subject(raw: RawSubject, run_dir: Path, out: Path, data: DataConfig) -> Row:
@@ -111,6 +113,7 @@ def pooled(rows: list[Row]) -> dict:
             "crops_grown": sum(bool(r.crop_grown) for r in rows), "implausible": sum(bool(r.implausible) for r in rows),
             "rv_mid_slices": sum(r.rv_mid_slices for r in rows), "rv_found": sum(r.rv_found for r in rows),
             "rv_within": sum(r.rv_within for r in rows),
+            "anchors": {m: sum(r.anchor == m for r in rows) for m in sorted({str(r.anchor) for r in rows})},
             "verdicts": {v: sum(r.verdict == v for r in rows) for v in sorted({str(r.verdict) for r in rows})}}
 
 
@@ -132,14 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_subject(raw, a.run_dir, out, data))
         r = rows[-1]
         print(f"{r.subject:<12} myo Dice {r.myo_dice:.3f}  crop {r.crop_mm} mm  grown {r.crop_grown}  {r.method}  "
-              f"RV {r.rv_within}/{r.rv_found}/{r.rv_mid_slices}  {r.verdict}{' (implausible)' if r.implausible else ''}",
-              flush=True)
+              f"RV {r.rv_within}/{r.rv_found}/{r.rv_mid_slices} ({r.anchor})  "
+              f"{r.verdict}{' (implausible)' if r.implausible else ''}", flush=True)
     summary = pooled(rows)
     print(f"pooled: {summary['subjects']} subjects; myocardium Dice {summary['myo_dice_mean']:.3f} ± "
           f"{summary['myo_dice_sd']:.3f} (median {summary['myo_dice_median']:.3f}, min {summary['myo_dice_min']:.3f}); "
           f"crops grown {summary['crops_grown']}; implausible {summary['implausible']}; verdicts {summary['verdicts']}; "
           f"{summary['rv_mid_slices']} mid slices: RV found {summary['rv_found']}, within {RV_DEG:g} deg "
-          f"{summary['rv_within']}")
+          f"{summary['rv_within']} (anchors {summary['anchors']})")
     if a.json:
         a.json.write_text(json.dumps({"rows": [asdict(r) for r in rows], "pooled": summary}, indent=1) + "\n")
     return 0

@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -77,6 +77,7 @@ class Models:
     registration: nn.Module | None = None
     segmentation: nn.Module | None = None
     checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rv_learnt: bool = False  # segmentation learnt the RV (``learn_rv`` with RV labels): it anchors the AHA segments
     # A k-fold ensemble: its members, one per fold. The fields above are then fold 0's,
     # used where one model must answer (the TTA confidence, the QC figure's motion).
     folds: list[Models] = field(default_factory=list)
@@ -97,8 +98,11 @@ def load_models(cfg: Config, ckpt_root: Path, stages: tuple[str, ...], device: t
     models = Models(cfg=cfg)
     for stage in stages:
         model, info = registry.load_best(cfg, ckpt_root, stage, device)
-        if stage == "segmentation" and trust.model_provenance(info)["myocardium_only"]:
-            model = segmentation.MyocardiumOnly(model)
+        if stage == "segmentation":
+            provenance = trust.model_provenance(info)
+            models.rv_learnt = bool(provenance.get("rv_subjects"))
+            if provenance["myocardium_only"]:
+                model = segmentation.MyocardiumOnly(model)
         setattr(models, stage, model)
         models.checkpoints[stage] = info
     return models
@@ -135,7 +139,7 @@ def load_ensemble(cfg: Config, fold_ckpt_roots: list[Path], stages: tuple[str, .
     members = [load_models(cfg, root, stages, device) for root in fold_ckpt_roots]
     first = members[0]
     return Models(cfg=cfg, motion=first.motion, registration=first.registration, segmentation=first.segmentation,
-                  checkpoints=first.checkpoints, folds=members)
+                  checkpoints=first.checkpoints, rv_learnt=all(m.rv_learnt for m in members), folds=members)
 
 
 def inference_device(cfg: Config) -> torch.device:
@@ -148,39 +152,51 @@ def segment_subject(models: Models, subject: Subject) -> tuple[np.ndarray, np.nd
 
     The argmax of the flip-averaged softmax; for an ensemble, of the folds' mean of it (fields: fold 0's).
     """
-    _, label, fields, _ = segment_with_passes(models, subject)
-    return label, fields
+    segmented = segment_with_passes(models, subject)
+    return segmented.label, segmented.fields
 
 
-# (the folds' agreement or None, label (Z, H, W), motion fields or None, a single model's flip passes or None)
-Segmented = tuple[ensemble.FoldAgreement | None, np.ndarray, np.ndarray | None, list[torch.Tensor] | None]
+class Segmented(NamedTuple):
+    """One subject segmented on its crop grid, and what the label came from."""
+
+    agreement: ensemble.FoldAgreement | None  # an ensemble's folds' agreement (None: a single model)
+    label: np.ndarray  # (Z, H, W) uint8: 0 background, 1 myocardium, 2 infarct
+    fields: np.ndarray | None  # the ED->frame motion fields (Z, T, 2, H, W), or None
+    passes: list[torch.Tensor] | None  # a single model's flip passes (predict's confidence figures), or None
+    rv: np.ndarray | None  # (Z, H, W) bool, where the model calls the RV (``Models.rv_learnt``), or None
 
 
 def segment_with_passes(models: Models, subject: Subject) -> Segmented:
     """``segment_subject``, and what the label came from: the folds' agreement (an ensemble) or a single
     model's four flip passes, which predict's confidence figures are read from (not from four more)."""
     if models.folds:
-        agreement, fields = segment_ensemble(models, subject)
-        return agreement, agreement.label, fields, None
-    passes, fields = _flip_passes(models, subject)
-    return None, seg_confidence.average(passes).argmax(dim=1).numpy().astype(np.uint8), fields, passes
+        agreement, fields, rv = segment_ensemble(models, subject)
+        return Segmented(agreement, agreement.label, fields, None, rv)
+    passes, fields, rv = _flip_passes(models, subject)
+    return Segmented(None, seg_confidence.average(passes).argmax(dim=1).numpy().astype(np.uint8), fields, passes, rv)
 
 
-def segment_probabilities(models: Models, subject: Subject) -> tuple[np.ndarray, np.ndarray | None]:
-    """One model set's softmax (Z, C, H, W) float32 on the crop grid, and its motion fields (or None)."""
-    passes, fields = _flip_passes(models, subject)
-    return seg_confidence.average(passes).numpy().astype(np.float32), fields
+def segment_probabilities(models: Models, subject: Subject
+                          ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """One model set's softmax (Z, C, H, W) float32 on the crop grid, its motion fields and its RV (or None)."""
+    passes, fields, rv = _flip_passes(models, subject)
+    return seg_confidence.average(passes).numpy().astype(np.float32), fields, rv
 
 
-def _flip_passes(models: Models, subject: Subject) -> tuple[list[torch.Tensor], np.ndarray | None]:
+def _flip_passes(models: Models, subject: Subject
+                 ) -> tuple[list[torch.Tensor], np.ndarray | None, np.ndarray | None]:
     """The segmentation softmax of the input as it is and flipped along H, W and both
-    (``seg_confidence.flip_softmax``, the flips training augments with), and the motion fields: every
-    label is the argmax of the passes' average, in evaluate and predict alike."""
+    (``seg_confidence.flip_softmax``, the flips training augments with), the motion fields, and where the
+    model calls the RV (argmax of the passes' average; None unless ``models.rv_learnt``): every label is the
+    argmax of the passes' average, in evaluate and predict alike."""
     cine = torch.from_numpy(np.ascontiguousarray(subject.cine))
     fields = motion.motion_fields(models.motion, cine) if models.motion is not None else None
     x = segmentation.segmentation_inputs(cine, fields if models.cfg.segmentation.motion_features else None)
     passes = seg_confidence.flip_softmax(models.segmentation, x, cine.shape[1], segmentation.VAL_BATCH)
-    return passes, (fields.numpy() if fields is not None else None)
+    rv = segmentation.split_rv(seg_confidence.average(passes))[1]
+    passes = [segmentation.split_rv(p)[0] for p in passes]
+    return (passes, fields.numpy() if fields is not None else None,
+            rv.numpy() if rv is not None and models.rv_learnt else None)
 
 
 def fold_probabilities(models: Models, subject: Subject) -> np.ndarray:
@@ -188,10 +204,14 @@ def fold_probabilities(models: Models, subject: Subject) -> np.ndarray:
     return np.stack([segment_probabilities(member, subject)[0] for member in models.folds])
 
 
-def segment_ensemble(models: Models, subject: Subject) -> tuple[ensemble.FoldAgreement, np.ndarray | None]:
-    """What the folds agree on for one subject, and fold 0's motion fields (computed once, with its softmax)."""
+def segment_ensemble(models: Models, subject: Subject
+                     ) -> tuple[ensemble.FoldAgreement, np.ndarray | None, np.ndarray | None]:
+    """What the folds agree on for one subject, fold 0's motion fields (computed once, with its softmax), and
+    the RV where most folds call it (None unless every fold learnt it)."""
     outputs = [segment_probabilities(member, subject) for member in models.folds]
-    return ensemble.agree(np.stack([probs for probs, _ in outputs])), outputs[0][1]
+    rvs = [rv for _, _, rv in outputs if rv is not None]
+    rv = np.mean(rvs, axis=0) > 0.5 if len(rvs) == len(outputs) else None
+    return ensemble.agree(np.stack([probs for probs, _, _ in outputs])), outputs[0][1], rv
 
 
 # --- input ------------------------------------------------------------------------------------------
@@ -322,7 +342,7 @@ def segmentation_confidence(models: Models, subject: Subject, pred: np.ndarray,
     """TTA uncertainty and a plausibility flag for ``pred`` (see ``stages/seg_confidence``), from the flip
     ``passes`` ``pred`` came from, or from ``models``' own passes (an ensemble: fold 0's)."""
     if passes is None:
-        passes, _fields = _flip_passes(models, subject)
+        passes = _flip_passes(models, subject)[0]
     _, uncertainty = seg_confidence.tta_figures(passes)
     shape_file = RunLayout.holding(models.checkpoints["segmentation"]["path"]).log_dir("segmentation") / \
         seg_confidence.SHAPE_FILE
@@ -359,7 +379,7 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
     if cfg.data.crop % 16:
         raise ConfigError(f"data.crop {cfg.data.crop} must be a multiple of 16")
     crop = crop_holding_heart(raw, cfg, found, lambda subject: segment_with_passes(models, subject))
-    subject, (agreement, pred, fields, passes) = crop.subject, crop.result
+    subject, (agreement, pred, fields, passes, rv) = crop.subject, crop.result
     seg = to_cine_grid(pred, subject.affine, raw.cine_affine, raw.cine.shape[:3])
     folder = out_dir / subject_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -370,7 +390,7 @@ def predict_one(subject_id: str, cine_path: Path, out_dir: Path, models: Models,
     report["localisation"] = {**describe_location(found), "crop_mm": round(crop.width_mm, 1), "crop_grown": crop.grown}
     report["warnings"] = crop.warnings()
     # RV-anchored AHA segments, schema version; then the matplotlib figures (clinical_io); the DICOM SEG last
-    report = clinical_io.finish_report(report, subject, raw, pred, seg, folder)
+    report = clinical_io.finish_report(report, subject, raw, pred, seg, folder, rv=rv)
     if agreement is not None:  # the folds' interval and disagreement map beside the segmentation
         save_nifti(to_cine_grid(agreement.uncertainty, subject.affine, raw.cine_affine, raw.cine.shape[:3], order=1),
                    raw.cine_affine, folder / ensemble.UNCERTAINTY_FILE)
@@ -423,7 +443,7 @@ def crop_holding_heart(raw: RawSubject, cfg: Config, found: LvLocation,
     while True:
         subject = preprocess_subject(raw, cfg.data, found=size)
         result = segment(subject)
-        cut = _wall_reaches_border(result[1], float(subject.spacing[0]))
+        cut = _wall_reaches_border(result.label, float(subject.spacing[0]))
         if not cut or grown == CROP_GROWTHS:
             return HeartCrop(subject, result, grown, still_cut=cut)
         half_width = float(subject.spacing[0]) * clear_half_width_px(cfg.data.crop)  # what the crop holds now

@@ -283,7 +283,7 @@ def _labelled_myocardium(raw):
         shape = (subject.cine.shape[-2], subject.cine.shape[-1], subject.cine.shape[0])
         label, _ = sample(raw.cine_label[..., raw.ed], raw.cine_affine, subject.affine, shape, order=0)
         calls.append(subject)
-        return None, np.isin(label, (2, 3, 4)).transpose(2, 0, 1).astype(np.uint8), None, None
+        return inference.Segmented(None, np.isin(label, (2, 3, 4)).transpose(2, 0, 1).astype(np.uint8), None, None, None)
     return segment, calls
 
 
@@ -314,9 +314,9 @@ def test_predict_grows_a_crop_the_segmented_myocardium_reaches_the_border_of(set
     unlabelled = replace(raw, cine_label=None, lge=None, lge_affine=None, lge_label=None)  # as predict reads a cine
     crop = inference.crop_holding_heart(unlabelled, small, LvLocation(found.center, radius, "blood_pool"), segment)
     assert crop.grown == (0 if short_by is None else 1) and len(calls) == crop.grown + 1
-    assert not crop.still_cut and not on_outer_ring(crop.result[1] > 0)
+    assert not crop.still_cut and not on_outer_ring(crop.result.label > 0)
     if short_by is not None:
-        assert on_outer_ring(segment(calls[0])[1] > 0)  # the first crop did cut the wall
+        assert on_outer_ring(segment(calls[0]).label > 0)  # the first crop did cut the wall
         assert crop.subject.spacing[0] == pytest.approx(1.3 * calls[0].spacing[0], rel=1e-3)
         assert crop.warnings() == [f"crop grown 1 time(s), to {crop.subject.spacing[0] * small.data.crop:.0f} mm: "
                                    "the segmented myocardium reached the border of the crop sized from the blood pool"]
@@ -348,7 +348,7 @@ def test_predict_grows_the_crop_at_most_twice_and_only_for_a_segmentation_that_s
         ring = _disc(n, n * 0.6) & ~_disc(n, n * 0.2) if closed_ring else ~_disc(n, n * 0.45) & (np.arange(n) < 8)
         pred = np.broadcast_to(ring, (subject.cine.shape[0], n, n)).astype(np.uint8)
         pred[0, 0, 0] = 2  # a stray piece on one slice is not the wall
-        return None, pred, None, None
+        return inference.Segmented(None, pred, None, None, None)
 
     crop = inference.crop_holding_heart(replace(raw, cine_label=None), cfg, inference.locate(raw), segment)
     if not closed_ring:
@@ -357,3 +357,81 @@ def test_predict_grows_the_crop_at_most_twice_and_only_for_a_segmentation_that_s
     assert crop.still_cut and crop.grown == inference.CROP_GROWTHS == len(calls) - 1
     assert [round(c.spacing[0] / calls[0].spacing[0], 2) for c in calls] == [1.0, 1.3, 1.69]
     assert "still reaches the crop border after the crop grew 2 time(s)" in crop.warnings()[0]
+
+
+class _BrightIsRv(torch.nn.Module):
+    """A 4-class 'model' (``learn_rv``) that calls the RV wherever the first cine frame is bright and
+    background elsewhere: flip-equivariant, so its TTA average is its own answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # where inference reads the model's device from
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rv = 20.0 * (x[:, :1] - 0.5)
+        return torch.cat([torch.zeros_like(rv), torch.full_like(rv, -5.0), torch.full_like(rv, -5.0), rv], dim=1)
+
+
+@pytest.mark.parametrize("rv_learnt", [True, False])
+def test_a_model_that_learnt_the_rv_hands_it_on_and_every_label_keeps_it_background(setup, rv_learnt) -> None:
+    tmp, cfg = setup
+    from mi_pipeline.data.generic import load_subject
+
+    subject = preprocess_subject(load_subject(tmp / "data", "s0"), cfg.data)
+    models = inference.Models(cfg=cfg, segmentation=_BrightIsRv(), rv_learnt=rv_learnt)
+    segmented = inference.segment_with_passes(models, subject)
+    assert not segmented.label.any()  # the RV is background in the label every output is made from
+    assert segmented.passes is not None and all(p.shape[1] == 3 for p in segmented.passes)
+    if not rv_learnt:  # a model whose RV class never saw a label: nothing handed on
+        assert segmented.rv is None
+        return
+    bright = subject.cine[:, 0] > 0.5
+    assert segmented.rv is not None and bright.any() and np.array_equal(segmented.rv, bright)
+
+
+def test_an_ensemble_hands_on_the_rv_most_folds_found_and_none_unless_every_fold_learnt_it(setup) -> None:
+    tmp, cfg = setup
+    from mi_pipeline.data.generic import load_subject
+
+    subject = preprocess_subject(load_subject(tmp / "data", "s0"), cfg.data)
+
+    def folds(*learnt: bool) -> inference.Models:
+        members = [inference.Models(cfg=cfg, segmentation=_BrightIsRv(), rv_learnt=r) for r in learnt]
+        return inference.Models(cfg=cfg, segmentation=members[0].segmentation, folds=members,
+                                rv_learnt=all(learnt))
+
+    both = inference.segment_with_passes(folds(True, True), subject)
+    assert both.rv is not None and np.array_equal(both.rv, subject.cine[:, 0] > 0.5) and not both.label.any()
+    assert inference.segment_with_passes(folds(True, False), subject).rv is None
+
+
+def test_predict_numbers_the_segments_from_the_rv_the_model_found(tmp_path, monkeypatch) -> None:
+    """The RV a model found reaches the AHA anchor of predict's report (``rv_model``), not the images."""
+    import jsonschema
+
+    from mi_pipeline.clinical import aha, io
+    from mi_pipeline.data.generic import load_subject
+
+    cfg = load_config(TINY)
+    save_untrained(cfg, tmp_path / "run" / "checkpoints")
+    params = PhantomConfig(subjects=1, seed=8, size=64, slices=4, frames=8, rv_label=True)
+    write_subject(generate_subject(params, 0), tmp_path / "data" / "s0")
+    raw = load_subject(tmp_path / "data", "s0")
+    assert (raw.cine_label == 5).any()
+    seen = {}
+
+    def labelled(models, subject):  # the labels' myocardium and RV, as a model that learnt both would answer
+        shape = (subject.cine.shape[-2], subject.cine.shape[-1], subject.cine.shape[0])
+        label = sample(raw.cine_label[..., raw.ed], raw.cine_affine, subject.affine, shape, order=0)[0].transpose(2, 0, 1)
+        seen["myo"], seen["rv"], seen["subject"] = np.isin(label, (2, 3)), label == 5, subject
+        return inference.Segmented(None, np.isin(label, (2, 3)).astype(np.uint8), None, None, label == 5)
+
+    monkeypatch.setattr(inference, "segment_with_passes", labelled)
+    models = inference.load_models(cfg, tmp_path / "run" / "checkpoints", registry.inference_stages(cfg),
+                                   torch.device("cpu"))
+    report = inference.predict_one("s0", tmp_path / "data" / "s0" / "cine.nii.gz", tmp_path / "out", models, cfg)
+    jsonschema.validate(report, io.report_schema())
+    expected = aha.anchor_from_labels(seen["rv"], seen["myo"], seen["subject"].affine,
+                                      float(seen["subject"].spacing[0]))
+    assert report["aha_anchor"]["method"] == "rv_model"
+    assert report["aha_anchor"]["anterior_insertion_deg"] == expected.to_json()["anterior_insertion_deg"]

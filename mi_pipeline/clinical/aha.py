@@ -437,8 +437,10 @@ def anchor_from_images(cine_ed: np.ndarray, myo: np.ndarray, affine: np.ndarray,
     return _finish("rv_images", _choose_along_stack(candidates), has_myo)
 
 
-def anchor_from_labels(rv: np.ndarray, myo: np.ndarray, affine: np.ndarray, spacing_mm: float) -> Anchor:
-    """Anterior RV insertion per slice from an RV label mask (ACDC, M&Ms) on the same grid."""
+def anchor_from_labels(rv: np.ndarray, myo: np.ndarray, affine: np.ndarray, spacing_mm: float,
+                       method: str = "rv_labels") -> Anchor:
+    """Anterior RV insertion per slice from an RV mask on the same grid: labels (ACDC, M&Ms), or the RV a
+    segmentation model found (``method`` ``rv_model``)."""
     per_slice: list[tuple[float, int] | None] = []
     has_myo = [bool(m.any()) for m in myo]
     apex_view = viewed_from_apex(affine, myo)
@@ -448,7 +450,7 @@ def anchor_from_labels(rv: np.ndarray, myo: np.ndarray, affine: np.ndarray, spac
             continue
         profile = _band_fill(rv[k], _band_points(myo[k], spacing_mm))
         per_slice.append(_insertion_from_flags(profile > BAND_FILL, apex_view, strength=profile))
-    return _finish("rv_labels", per_slice, has_myo)
+    return _finish(method, per_slice, has_myo)
 
 
 def anchor_summary(anchor: Anchor) -> dict:

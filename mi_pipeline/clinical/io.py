@@ -23,6 +23,7 @@ from mi_pipeline import metrics
 from mi_pipeline.clinical import aha
 from mi_pipeline.data import dicom
 from mi_pipeline.data.cache import Subject
+from mi_pipeline.data.nifti import RV_CODE
 from mi_pipeline.errors import InputError
 
 REPORT_SCHEMA = Path(__file__).resolve().parent / "schemas" / "report.schema.json"
@@ -96,18 +97,22 @@ def ed_from_trigger_times(stack: dicom.DicomStack) -> tuple[int, str] | None:
     return ed, f"DICOM TriggerTime (smallest: {times[ed]:g} ms)"
 
 
-def anchor_for(subject: Subject, myo: np.ndarray) -> aha.Anchor:
-    """RV-insertion anchor: from RV labels when the subject has them (code 5 in the cache), else from the
-    ED cine; the fixed crop-grid angle only when neither finds one (with a warning)."""
+def anchor_for(subject: Subject, myo: np.ndarray, rv: np.ndarray | None = None) -> aha.Anchor:
+    """RV-insertion anchor: from RV labels when the subject has them (code 5 in the cache), else from the RV
+    the segmentation model found (``rv``, a model that learnt it), else from the ED cine; the fixed crop-grid
+    angle only when none finds one (with a warning)."""
     spacing = float(subject.spacing[0])
-    if subject.cine_label is not None and (subject.cine_label[:, 0] == RV_LABEL).any():
-        anchor = aha.anchor_from_labels(subject.cine_label[:, 0] == RV_LABEL, myo, subject.affine, spacing)
-        if anchor.method != "fixed":
-            return anchor
+    masks = []
+    if subject.cine_label is not None:
+        masks.append((subject.cine_label[:, 0] == RV_CODE, "rv_labels"))
+    if rv is not None:
+        masks.append((rv, "rv_model"))
+    for mask, method in masks:
+        if mask.any():
+            anchor = aha.anchor_from_labels(mask, myo, subject.affine, spacing, method=method)
+            if anchor.method != "fixed":
+                return anchor
     return aha.anchor_from_images(subject.cine[:, 0], myo, subject.affine, spacing, motion=subject.cine.std(axis=1))
-
-
-RV_LABEL = 5  # cache code of the right ventricle (ACDC, M&Ms labels)
 
 
 def aha_section(myo: np.ndarray, inf: np.ndarray, anchor: aha.Anchor) -> dict[str, Any]:
@@ -120,10 +125,11 @@ def aha_section(myo: np.ndarray, inf: np.ndarray, anchor: aha.Anchor) -> dict[st
 
 
 def finish_report(report: dict[str, Any], subject: Subject, raw: Any, pred: np.ndarray, seg_xyz: np.ndarray,
-                  folder: Path) -> dict[str, Any]:
-    """``build_report``'s dict completed to schema version 1 (the DICOM SEG is ``add_dicom_seg``'s, later)."""
+                  folder: Path, rv: np.ndarray | None = None) -> dict[str, Any]:
+    """``build_report``'s dict completed to schema version 1 (the DICOM SEG is ``add_dicom_seg``'s, later);
+    ``rv``: where the model found the RV (``anchor_for``)."""
     myo, inf = pred > 0, pred == 2
-    anchor = anchor_for(subject, myo)
+    anchor = anchor_for(subject, myo, rv)
     warnings_list: list[str] = list(report.get("warnings", []))
     if anchor.warning:
         warnings_list.append(anchor.warning)
@@ -171,6 +177,7 @@ def write_figures(folder: Path, report: dict[str, Any], subject: Subject, fields
     anchor = report["aha_anchor"]
     label = {"rv_images": "anterior RV insertion point, found in the cine",
              "rv_labels": "anterior RV insertion point, from RV labels",
+             "rv_model": "anterior RV insertion point, from the RV the model found",
              "fixed": "FIXED crop-grid angle (RV insertion not found; numbering may be wrong)"}[anchor["method"]]
     fig = figures.bullseye_figure(report["subject"], extents, anchor=label, infarct_percent=report["infarct_percent"],
                                   trust=_wrap(line, 70), alarm=red)

@@ -50,7 +50,8 @@ def _provenance(path: str, fingerprint: str) -> dict[str, Any]:
     fmt = str(data.get("format", "unknown"))
     sizes = _split_sizes(RunLayout.holding(path).root)
     phantom = fmt == "phantom"
-    myocardium_only = bool((payload.get("facts") or {}).get("myocardium_only"))
+    facts = payload.get("facts") or {}
+    myocardium_only = bool(facts.get("myocardium_only"))
     what = "phantom only (synthetic hearts)" if phantom else f"{fmt} data ({data.get('root') or 'root not recorded'})"
     if myocardium_only:
         what += ", myocardium only (no LGE: trained on cine labels)"
@@ -61,7 +62,8 @@ def _provenance(path: str, fingerprint: str) -> dict[str, Any]:
     else:
         counted = "subject count unknown (no split lists beside the checkpoints)"
     return {"data_format": fmt, "data_root": data.get("root") or None, "phantom_only": phantom,
-            "myocardium_only": myocardium_only, "subjects": sizes, "cv_folds": folds or None, "summary": f"{what}: {counted}"}
+            "myocardium_only": myocardium_only, "rv_subjects": int(facts.get("rv_subjects") or 0),
+            "subjects": sizes, "cv_folds": folds or None, "summary": f"{what}: {counted}"}
 
 
 def model_provenance(seg_checkpoint: dict[str, Any], folds: int = 0) -> dict[str, Any]:

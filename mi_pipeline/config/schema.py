@@ -50,6 +50,7 @@ class PhantomConfig:
     spacing_mm: float = 1.6  # in-plane
     slice_thickness_mm: float = 8.0
     cine_labels: bool = True  # false: write no cine_label.nii.gz (only LGE labels, as a site's data)
+    rv_label: bool = False  # true: the cine labels also mark the RV blood pool (code 5), as ACDC / M&Ms do
     vary: bool = False  # per-subject grids from the ranges below
     slices_range: tuple[int, int] = (3, 14)
     frames_range: tuple[int, int] = (12, 35)
@@ -233,6 +234,10 @@ class SegmentationConfig(OptimConfig):
     augment_gamma: float = 1.0
     dice_weight: float = 1.0
     ce_weight: float = 1.0
+    # a 4th class, the RV blood pool, learnt from the targets' RV labels (code 5: ACDC, M&Ms, the phantom's
+    # rv_label) where they have them; predict then numbers the AHA segments from the RV the model finds
+    # (the RV is background in every output). Subjects without RV labels teach it nothing
+    learn_rv: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -4,7 +4,8 @@
                      lge.nii.gz         3D, its own grid
                      lge_label.nii.gz   on the LGE grid: 0 bg, 1 LV cavity, 2 myo, 3 infarct, 4 no-reflow
                      info.yaml          optional: ed: / es: (0-based frame indices)
-                     cine_label.nii.gz  optional (the phantom writes it): true labels on the cine grid, 4D
+                     cine_label.nii.gz  optional (the phantom writes it): true labels on the cine grid, 4D,
+                                        the same codes and 5 RV blood pool (optional)
 
 Subject ids become cache file names, so they must be plain names; hidden entries are ignored.
 """
@@ -125,7 +126,7 @@ def load_subject(root: str | Path, subject: str) -> RawSubject:
     cine_label = None
     if (folder / "cine_label.nii.gz").exists():
         cine_label, _ = load_label(folder / "cine_label.nii.gz", shape=cine.shape, affine=cine_affine,
-                                   image_name="cine.nii.gz")
+                                   image_name="cine.nii.gz", rv=True)
     ed, es, truth = read_info(folder / "info.yaml", cine.shape[3])
     check_overlap(folder / "lge.nii.gz", lge.shape, lge_affine, cine.shape[:3], cine_affine)
     return RawSubject(id=subject, folder=folder, cine=cine, cine_affine=cine_affine, lge=lge, lge_affine=lge_affine,

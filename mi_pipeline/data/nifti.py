@@ -22,6 +22,8 @@ from mi_pipeline.errors import InputError
 MAX_AXIS = 2048
 MAX_VOXELS = 500_000_000
 MAX_LABEL = 4
+RV_CODE = 5  # cine labels only: the RV blood pool (ACDC, M&Ms; anchors the AHA segments, ``learn_rv``)
+LABEL_NAMES = "0 bg, 1 LV cavity, 2 myo, 3 infarct, 4 no-reflow"
 _READ_ERRORS = (ImageFileError, gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError, TypeError)
 
 
@@ -137,8 +139,10 @@ def load_image(path: str | os.PathLike[str], *, ndim: int, what: str = "image",
 
 
 def load_label(path: str | os.PathLike[str], *, shape: tuple[int, ...], affine: np.ndarray | None = None,
-               image_name: str = "its image") -> tuple[np.ndarray, np.ndarray]:
-    """A uint8 label map 0..4 with the given ``shape`` (and ``affine``, when given) and some myocardium."""
+               image_name: str = "its image", rv: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A uint8 label map 0..4 (0..5 with ``rv``: a cine's labels may mark the RV) with the given ``shape``
+    (and ``affine``, when given) and some myocardium."""
+    top, names = (RV_CODE, f"{LABEL_NAMES}, {RV_CODE} RV") if rv else (MAX_LABEL, LABEL_NAMES)
     path = Path(path)
     img = _open(path)
     got = _squeeze_to(path, tuple(img.shape), len(shape), "label map")
@@ -153,12 +157,11 @@ def load_label(path: str | os.PathLike[str], *, shape: tuple[int, ...], affine: 
         if not np.all(np.isfinite(data)):
             raise InputError(f"{path}: label map has NaN or Inf voxels")
         if not np.array_equal(data, np.round(data)):
-            raise InputError(f"{path}: label map has non-integer values (expected codes 0..{MAX_LABEL})")
+            raise InputError(f"{path}: label map has non-integer values (expected codes 0..{top})")
     lo, hi = int(data.min()), int(data.max())
-    if lo < 0 or hi > MAX_LABEL:
-        bad = sorted({int(v) for v in np.unique(data) if v < 0 or v > MAX_LABEL})[:5]
-        raise InputError(f"{path}: label values {bad} outside 0..{MAX_LABEL} "
-                         f"(0 bg, 1 LV cavity, 2 myo, 3 infarct, 4 no-reflow)")
+    if lo < 0 or hi > top:
+        bad = sorted({int(v) for v in np.unique(data) if v < 0 or v > top})[:5]
+        raise InputError(f"{path}: label values {bad} outside 0..{top} ({names})")
     labels = data.astype(np.uint8)
     if not np.isin(labels, (2, 3, 4)).any():
         raise InputError(f"{path}: label map has no myocardium (no voxel labelled 2, 3 or 4)")

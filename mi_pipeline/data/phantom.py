@@ -32,7 +32,8 @@ Model, per subject (all draws from ``numpy.random.default_rng([seed, index])``):
   spacing) from the ``*_range`` fields of ``PhantomConfig`` (ranges documented there; a stack spans at
   most ``MAX_STACK_MM``), and the hearts and contrast real cines show besides normal ones: dilated and
   hypertrophied hearts (``_cavity_and_wall``), myocardium 0.14-0.36 of blood (``_cine_contrast``);
-  ``cine_labels: false`` writes no ``cine_label.nii.gz``.
+  ``cine_labels: false`` writes no ``cine_label.nii.gz``; ``rv_label: true`` marks the RV blood pool in
+  the cine labels (code 5).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import numpy as np
 import yaml
 
 from mi_pipeline.config import PhantomConfig
+from mi_pipeline.data.nifti import RV_CODE
 
 GENERATOR_VERSION = 5  # 2: infarct thickening falls with transmurality; 3: physiological wall and motion,
 # ranges; 4: ``vary`` draws dilated and hypertrophied hearts, real-image contrast, stacks <= MAX_STACK_MM;
@@ -71,7 +73,7 @@ class PhantomSubject:
     id: str
     cine: np.ndarray  # int16 (X, Y, Z, T)
     cine_affine: np.ndarray
-    cine_label: np.ndarray  # uint8 (X, Y, Z, T), 0..3
+    cine_label: np.ndarray  # uint8 (X, Y, Z, T), 0..3 (and 5, the RV, with ``rv_label``)
     lge: np.ndarray  # int16 (X', Y', Z')
     lge_affine: np.ndarray
     lge_label: np.ndarray  # uint8 (X', Y', Z'), 0..3
@@ -546,6 +548,8 @@ def generate_subject(params: PhantomConfig, index: int, inplane_rotation_deg: fl
         fields = heart.fields(geom, c, sp)
         cine[..., f] = _compose(fields, body_f, d.cine_contrast, lge=False)
         cine_label[..., f] = fields["label"]
+        if params.rv_label:  # the RV blood pool, as ACDC / M&Ms label it (its free wall is not labelled)
+            cine_label[..., f][(fields["label"] == 0) & (fields["rvb"] > 0.5)] = RV_CODE
     cine_i16 = _acquire(cine, x, y, n * sp, d.noise[0], d.bias[0], noise_rng)
     affine = np.eye(4)
     affine[:3, :3] = d.rotation @ np.diag([sp, sp, th])

@@ -18,6 +18,13 @@ them, else against the registered LGE labels (``labels_available`` says which):
 (predicted infarct as % of predicted myocardium, subjects without infarct) and
 ``infarct_size_error`` (|predicted - true| infarct % of myocardium, percentage points).
 If no validation subject has an infarct, ``infarct_dice`` is ``1 - infarct_fp_percent / 100``.
+
+With ``learn_rv`` the model has a 4th class, the RV blood pool, taught by targets that mark it (cine labels
+with code 5: ACDC, M&Ms); why: real RVs have dark, thin tips and fat beside them that an intensity rule
+misreads (the AHA anchor), and a model trained on a site's RV labels sees the RV as its experts drew it.
+Validation adds ``rv_dice``; ``best_model.pth``'s facts count the subjects it learnt the RV from
+(``rv_subjects``), and inference uses the RV only when that is not 0 (``split_rv``: the RV is background
+in every output).
 """
 
 from __future__ import annotations
@@ -49,8 +56,10 @@ from mi_pipeline.stages import (
 from mi_pipeline.stages.lazy import SplitSlices
 from mi_pipeline.stages.monai_parts import DiceCELoss, UNet
 
-NUM_CLASSES = 3  # 0 background (incl. LV cavity), 1 remote myocardium, 2 infarct
+NUM_CLASSES = 3  # 0 background (incl. LV cavity), 1 remote myocardium, 2 infarct: what every output shows
+RV_CLASS = 3  # with ``learn_rv``: the RV blood pool, a 4th class (background in every output)
 CLASS_OF_CODE = torch.tensor([0, 0, 1, 2, 2, 0], dtype=torch.long)  # cache label code -> class (5 = RV -> background)
+CLASS_OF_CODE_RV = torch.tensor([0, 0, 1, 2, 2, RV_CLASS], dtype=torch.long)  # ``learn_rv``: 5 = RV -> its class
 MOTION_SCALE = 0.25  # displacement pixels -> network input units
 VAL_BATCH = 32
 
@@ -59,15 +68,38 @@ def in_channels(cfg: Config) -> int:
     return cfg.data.frames * (3 if cfg.segmentation.motion_features else 1)
 
 
+def out_channels(cfg: Config) -> int:
+    return NUM_CLASSES + (1 if cfg.segmentation.learn_rv else 0)
+
+
 def build_model(cfg: Config) -> nn.Module:
     s = cfg.segmentation
-    return UNet(spatial_dims=2, in_channels=in_channels(cfg), out_channels=NUM_CLASSES, channels=s.channels,
+    return UNet(spatial_dims=2, in_channels=in_channels(cfg), out_channels=out_channels(cfg), channels=s.channels,
                 strides=(2,) * (len(s.channels) - 1), num_res_units=s.num_res_units)
 
 
-def to_classes(labels: torch.Tensor) -> torch.Tensor:
-    """Cache label codes (0 bg, 1 cavity, 2 myo, 3 infarct) -> segmentation classes (0, 0, 1, 2)."""
-    return CLASS_OF_CODE.to(labels.device)[labels.long()]
+def to_classes(labels: torch.Tensor, rv: bool = False) -> torch.Tensor:
+    """Cache label codes (0 bg, 1 cavity, 2 myo, 3 infarct, 5 RV) -> segmentation classes (0, 0, 1, 2, 0;
+    the RV ``RV_CLASS`` with ``rv``)."""
+    table = CLASS_OF_CODE_RV if rv else CLASS_OF_CODE
+    return table.to(labels.device)[labels.long()]
+
+
+def without_rv(classes: torch.Tensor) -> torch.Tensor:
+    """Classes with the RV as background: what the myocardium and infarct are read from."""
+    return torch.where(classes == RV_CLASS, torch.zeros_like(classes), classes)
+
+
+def split_rv(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A softmax (N, C, H, W) as every output reads it -- background / myocardium / infarct, the RV's
+    probability added to background's, as a model without the RV class would call it -- and where the
+    model calls the RV (N, H, W) bool: the RV class wins the argmax. (probs, None) for a 3-class model."""
+    if probs.shape[1] == NUM_CLASSES:
+        return probs, None
+    rv = probs.argmax(dim=1) == RV_CLASS
+    merged = probs[:, :NUM_CLASSES].clone()
+    merged[:, 0] += probs[:, RV_CLASS]
+    return merged, rv
 
 
 class MyocardiumOnly(nn.Module):
@@ -130,6 +162,8 @@ class SegmentationTask(TrainTask):
         self._fingerprints: dict[str, str] | None = None
         self.suffix = ""  # "_vs_registered" when validation has no cine labels (setup decides)
         self.myocardium_only = lge_available(cfg, self.run_dir) is False  # no LGE: cine ED labels are the targets
+        self.learn_rv = s.learn_rv
+        self.rv_subjects = 0  # supervising subjects whose targets mark the RV (setup counts them)
         if self.myocardium_only:
             self.metric_name = "myo_dice"  # no infarct to score: the myocardium's overlap picks the best epoch
 
@@ -171,7 +205,7 @@ class SegmentationTask(TrainTask):
             "supervising_subjects": self.supervising}
         self.labels_available = val.has("cine_label")
         if self.labels_available:
-            self.val_truth = torch.cat([to_classes(torch.from_numpy(s.cine_label[:, 0])).to(torch.uint8)
+            self.val_truth = torch.cat([to_classes(torch.from_numpy(s.cine_label[:, 0]), self.learn_rv).to(torch.uint8)
                                         for s in val.subjects()])
         else:  # honest names: these are overlaps with registered LGE labels, not with the truth
             self.val_truth = registered
@@ -180,7 +214,7 @@ class SegmentationTask(TrainTask):
         self.val_owner = torch.from_numpy(val.owner)
         self.val_subjects = len(val.ids)
         # what predict's plausibility flag compares with: the shape of the targets training sees
-        rows = seg_confidence.shape_figures(self.train_y.numpy(), train.spacing[self.train_rows.numpy()])
+        rows = seg_confidence.shape_figures(without_rv(self.train_y).numpy(), train.spacing[self.train_rows.numpy()])
         self.target_shape = {"ranges": seg_confidence.reference_ranges(rows), "slices": len(rows)}
         if int(os.environ.get("RANK", "0")) == 0:  # one writer under data parallel
             if self.registration_qa is not None:
@@ -194,6 +228,9 @@ class SegmentationTask(TrainTask):
         return RunLayout(self.run_dir).log_dir(self.name) / "registration_qa.json"
 
     def notes(self) -> list[str]:
+        return self._target_notes() + self._rv_notes()
+
+    def _target_notes(self) -> list[str]:
         if self.registration_qa is None:
             return [f"targets: the cine ED labels of {len(self.supervising)} training subject(s); the data has no "
                     f"LGE images, so the model learns the myocardium only (its infarct class sees no positive) "
@@ -203,6 +240,15 @@ class SegmentationTask(TrainTask):
         return [f"registration QA (training targets): {chosen}; {len(self.supervising)}/{t['subjects']} "
                 f"subjects confident enough to supervise; validation targets: "
                 + ", ".join(f"{c} {n}" for c, n in v["chosen"].items()) + f"; details in {self.qa_path}"]
+
+    def _rv_notes(self) -> list[str]:
+        if not self.learn_rv:
+            return []
+        if not self.rv_subjects:
+            return ["learn_rv: no training target marks the RV (label code 5), so the RV class learns nothing; "
+                    "predict finds the RV insertion points in the images instead"]
+        return [f"learn_rv: the RV class learns from the RV labels of {self.rv_subjects} of "
+                f"{len(self.supervising)} training subject(s); predict numbers the AHA segments from the RV it finds"]
 
     def _prepare(self, slices: SplitSlices, motion_model: nn.Module | None, reg_model: nn.Module | None,
                  split: str) -> tuple[DiskRows, torch.Tensor, list[registration_qa.PairQA]]:
@@ -227,7 +273,7 @@ class SegmentationTask(TrainTask):
             fields = motion.motion_fields(motion_model, cine) if motion_model is not None else None
             inputs.write(start, segmentation_inputs(cine, fields).numpy())
             start += cine.shape[0]
-            targets.append(to_classes(registered).to(torch.uint8))
+            targets.append(to_classes(registered, self.learn_rv).to(torch.uint8))
             qa += records
         return inputs, torch.cat(targets), qa
 
@@ -242,6 +288,8 @@ class SegmentationTask(TrainTask):
         self.train_rows = torch.nonzero(keep).squeeze(1)  # rows of train_x that supervise
         self.train_y = self.train_y[keep]
         self.supervising = [q.subject for q, c in zip(qa, confident) if c] if qa else list(slices.ids)
+        with_rv = (self.train_y == RV_CLASS).flatten(1).any(dim=1)
+        self.rv_subjects = len(set(torch.from_numpy(slices.owner)[self.train_rows][with_rv].tolist()))
 
     def upstream(self) -> dict[str, str]:
         if self._fingerprints is None:
@@ -278,16 +326,19 @@ class SegmentationTask(TrainTask):
     def model_facts(self) -> dict[str, object]:
         """What ``clinical.trust`` must know: a model trained without LGE never learnt the infarct."""
         return {"myocardium_only": self.myocardium_only,
-                "targets": "cine ED labels" if self.myocardium_only else "LGE labels carried into cine space"}
+                "targets": "cine ED labels" if self.myocardium_only else "LGE labels carried into cine space",
+                "rv_subjects": self.rv_subjects}
 
     def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         pred = self.predict(model, self.val_x, device)
-        infarct, myo, fp, size_err = [], [], [], []
+        infarct, myo, fp, size_err, rv = [], [], [], [], []
         for s in range(self.val_subjects):
             sel = self.val_owner == s
             p, t = pred[sel], self.val_truth[sel]
-            p_myo, t_myo, p_inf, t_inf = p > 0, t > 0, p == 2, t == 2
+            p_myo, t_myo, p_inf, t_inf = (p == 1) | (p == 2), (t == 1) | (t == 2), p == 2, t == 2
             myo.append(dice(p_myo, t_myo))
+            if bool((t == RV_CLASS).any()):
+                rv.append(dice(p == RV_CLASS, t == RV_CLASS))
             p_pct = 100.0 * int(p_inf.sum()) / max(int(p_myo.sum()), 1)
             if bool(t_inf.any()):
                 infarct.append(dice(p_inf, t_inf))
@@ -295,6 +346,8 @@ class SegmentationTask(TrainTask):
             else:
                 fp.append(p_pct)
         metrics = {"myo_dice": common.mean(myo), "labels_available": float(self.labels_available)}
+        if rv:  # learn_rv, and validation labels that mark the RV
+            metrics["rv_dice"] = common.mean(rv)
         if self.myocardium_only:  # no infarct learnt or labelled: only how much of the myocardium it calls infarct
             return {**metrics, "infarct_fp_percent": common.mean(fp)}
         if fp:

@@ -84,11 +84,12 @@ def test_no_rv_falls_back_to_fixed_with_a_warning() -> None:
 
 
 def test_rv_label_code_in_the_cache_is_used_first() -> None:
-    from mi_pipeline.clinical.io import RV_LABEL, anchor_for
+    from mi_pipeline.clinical.io import anchor_for
     from mi_pipeline.data.cache import Subject
+    from mi_pipeline.data.nifti import RV_CODE
 
     myo, rv = _ring_and_rv(150.0)
-    labels = np.where(myo, 2, np.where(rv, RV_LABEL, 0)).astype(np.uint8)
+    labels = np.where(myo, 2, np.where(rv, RV_CODE, 0)).astype(np.uint8)
     affine = np.eye(4)
     affine[:3, 0], affine[:3, 1] = [0.0, -1.0, 0.0], [1.0, 0.0, 0.0]
     cine = np.zeros((3, 2) + myo.shape[1:], np.float32)  # images that show nothing: labels must decide
@@ -254,3 +255,26 @@ def test_a_bright_region_beside_more_of_the_lv_than_any_rv_is_not_the_rv() -> No
     # 165 deg (less than half the LV) where the prior points won before, with the insertion at its end
     _assert_found_near(_painted((170.0, 240.0), {"wide": (15.0, 26.0, 260.0, 360.0, 0.9),
                                                  "wide, part 2": (15.0, 26.0, 0.0, 65.0, 0.9)}), 170.0)
+
+
+def test_the_rv_a_model_found_anchors_the_segments_when_the_subject_has_no_rv_labels() -> None:
+    """predict's subjects have no labels: a model that learnt the RV (``learn_rv``) gives it instead of the
+    images; labels still come first, and a model RV that shows nothing leaves the images to decide."""
+    from mi_pipeline.clinical.io import anchor_for
+    from mi_pipeline.data.cache import Subject
+    from mi_pipeline.data.nifti import RV_CODE
+
+    myo, rv = _ring_and_rv(150.0)
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1] = [0.0, -1.0, 0.0], [1.0, 0.0, 0.0]
+    cine = np.zeros((3, 2) + myo.shape[1:], np.float32)  # images that show nothing
+    unlabelled = Subject(id="s", cine=cine, es=1, spacing=(1.0, 1.0, 8.0), affine=affine)
+    from_model = anchor_for(unlabelled, myo, rv)
+    truth = aha.anchor_from_labels(rv, myo, affine, 1.0)
+    assert from_model.method == "rv_model" and from_model.angles_deg == truth.angles_deg
+    assert anchor_for(unlabelled, myo, np.zeros_like(rv)).method == "fixed"  # nothing anywhere: the fallback
+    labels = np.where(_ring_and_rv(30.0)[1], RV_CODE, 0).astype(np.uint8)  # the labels' RV elsewhere
+    labelled = Subject(id="s", cine=cine, es=1, spacing=(1.0, 1.0, 8.0), affine=affine,
+                       cine_label=np.repeat(labels[:, None], 2, axis=1))
+    by_labels = anchor_for(labelled, myo, rv)
+    assert by_labels.method == "rv_labels" and by_labels.angles_deg != from_model.angles_deg

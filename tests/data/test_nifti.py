@@ -139,6 +139,14 @@ def test_label_checks(tmp_path: Path) -> None:
     bad[0, 0, 0] = 7
     p = _save(tmp_path / "range.nii.gz", bad)
     _expect(p, "outside 0..4", lambda: load_label(p, shape=shape))
+    rv = good.copy()
+    rv[0, 0, 0] = 5  # the RV: a cine's labels may mark it, an LGE's may not
+    p = _save(tmp_path / "rv.nii.gz", rv)
+    assert load_label(p, shape=shape, rv=True)[0].max() == 5
+    _expect(p, "outside 0..4", lambda: load_label(p, shape=shape))
+    six = _save(tmp_path / "six.nii.gz", np.where(rv == 5, 6, rv).astype(np.uint8))
+    _expect(six, "outside 0..5 (0 bg, 1 LV cavity, 2 myo, 3 infarct, 4 no-reflow, 5 RV)",
+            lambda: load_label(six, shape=shape, rv=True))
     frac = good.astype(np.float32)
     frac[0, 0, 0] = 1.5
     p = _save(tmp_path / "frac.nii.gz", frac)

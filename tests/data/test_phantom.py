@@ -287,3 +287,27 @@ def test_vary_places_hearts_off_centre_where_the_fov_has_room_and_varies_the_rv_
     assert widths.min() < 0.85 and widths.max() > 1.3 and insets.min() < 3 and insets.max() > 9
     fixed = _draw(PhantomConfig(seed=4), 0).heart
     assert (fixed.rv_width, fixed.rv_inset_mm) == (1.0, None)
+
+
+def test_rv_label_marks_the_bright_rv_pool_beside_the_lv_and_changes_nothing_else(tmp_path: Path) -> None:
+    """``rv_label``: the cine labels mark the RV blood pool (code 5) as ACDC / M&Ms label it, for
+    ``segmentation.learn_rv``; the images, the LGE labels and the other codes are what they were."""
+    from mi_pipeline.data.generic import load_subject
+    from mi_pipeline.data.phantom import write_subject
+
+    params = PhantomConfig(subjects=1, seed=3, size=80, slices=4, frames=8)
+    plain, marked = generate_subject(params, 0), generate_subject(replace(params, rv_label=True), 0)
+    rv = marked.cine_label == 5
+    assert rv[..., 0].any(axis=(0, 1)).sum() >= 3 and not (plain.cine_label == 5).any()
+    np.testing.assert_array_equal(np.where(rv, 0, marked.cine_label), plain.cine_label)
+    np.testing.assert_array_equal(marked.cine, plain.cine)
+    np.testing.assert_array_equal(marked.lge_label, plain.lge_label)
+    ed = marked.cine[..., 0].astype(float)
+    wall = np.isin(plain.cine_label[..., 0], (2, 3))
+    assert np.median(ed[rv[..., 0]]) > 2 * np.median(ed[wall])  # blood, brighter than the myocardium
+    # the RV lies toward the patient's right (world -x), from the LV cavity
+    ijk = np.argwhere(rv[..., 0]).mean(axis=0), np.argwhere(plain.cine_label[..., 0] == 1).mean(axis=0)
+    direction = marked.cine_affine[:3, :3] @ (ijk[0] - ijk[1])
+    assert direction[0] < 0
+    write_subject(marked, tmp_path / "s0")  # and the generic layout reads code 5 in cine labels
+    assert (load_subject(tmp_path, "s0").cine_label == 5).any()

@@ -39,6 +39,13 @@ def _geometry(size: int, center: tuple[float, float], frame_phase: float, infarc
     return labels
 
 
+def _rv_pool(size: int, center: tuple[float, float], r_out: float) -> np.ndarray:
+    """A disc just outside the ring's epicardium, on its left (columns below the centre's)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    radius = 0.2 * size
+    return np.hypot(yy - center[0], xx - (center[1] - r_out - radius + 2.0)) < radius
+
+
 def _render(labels: np.ndarray, contrast: dict[int, float], rng: np.random.Generator, noise: float) -> np.ndarray:
     image = np.zeros(labels.shape, dtype=np.float64)
     for code, value in contrast.items():
@@ -47,12 +54,13 @@ def _render(labels: np.ndarray, contrast: dict[int, float], rng: np.random.Gener
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
-CINE_CONTRAST = {0: 0.15, 1: 0.9, 2: 0.4, 3: 0.4}
+CINE_CONTRAST = {0: 0.15, 1: 0.9, 2: 0.4, 3: 0.4, 5: 0.85}  # 5: the RV's blood
 LGE_CONTRAST = {0: 0.25, 1: 0.6, 2: 0.05, 3: 0.95}
 
 
 def make_subject(subject_id: str, seed: int, *, size: int = 32, slices: int = 2, frames: int = 4,
-                 infarct: bool = True, shift: float = 2.0, noise: float = 0.02) -> Subject:
+                 infarct: bool = True, shift: float = 2.0, noise: float = 0.02, rv: bool = False) -> Subject:
+    """``rv``: an RV blood pool beside the ring, labelled 5 in the cine labels as ACDC / M&Ms label it."""
     rng = np.random.default_rng(seed)
     center = (size / 2 + rng.uniform(-1.5, 1.5), size / 2 + rng.uniform(-1.5, 1.5))
     es = frames // 2
@@ -68,6 +76,8 @@ def make_subject(subject_id: str, seed: int, *, size: int = 32, slices: int = 2,
         for t in range(frames):
             phase = math.sin(math.pi * t / (2 * es)) if t <= es else math.sin(math.pi * (frames - t) / (2 * (frames - es)))
             cine_label[z, t] = _geometry(size, center, phase, sector, r_in, r_out)
+            if rv:
+                cine_label[z, t][_rv_pool(size, center, r_out) & (cine_label[z, t] == 0)] = 5
             cine[z, t] = _render(cine_label[z, t], CINE_CONTRAST, rng, noise)
         lge_label[z] = _geometry(size, offset, 0.0, sector, r_in, r_out)
         lge[z] = _render(lge_label[z], LGE_CONTRAST, rng, noise)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,8 +15,8 @@ from mi_pipeline.data.cache import load_split, load_subject, save_subject
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.errors import CheckpointError, InputError
 from mi_pipeline.stages.registry import make_task, motion, registration
-from mi_pipeline.stages.seg_confidence import shape_figures
-from mi_pipeline.stages.segmentation import SegmentationTask, build_model, to_classes
+from mi_pipeline.stages.seg_confidence import reference_ranges, shape_figures
+from mi_pipeline.stages.segmentation import RV_CLASS, SegmentationTask, build_model, split_rv, to_classes
 
 CPU = torch.device("cpu")
 
@@ -197,7 +198,7 @@ def test_without_lge_training_writes_a_myocardium_only_checkpoint(cine_only_run,
     result = run_module("mi_pipeline.train", "--stage", "segmentation", "--run-dir", str(run), *sets)
     assert result.returncode == 0, result.stdout + result.stderr
     best = ckpt.read_metadata(run / "checkpoints" / "segmentation" / "best_model.pth")
-    assert best["facts"] == {"myocardium_only": True, "targets": "cine ED labels"}
+    assert best["facts"] == {"myocardium_only": True, "targets": "cine ED labels", "rv_subjects": 0}
     assert best["metric_name"] == "myo_dice" and 0.0 <= best["metric"] <= 1.0
     assert set(best["upstream"]) == {"motion"}
     record = ProgressFile.for_run(RunLayout(run)).read().stages["segmentation"]
@@ -237,3 +238,77 @@ def test_a_myocardium_only_model_never_calls_a_pixel_infarct_and_keeps_its_proba
     assert not (after.argmax(1) == 2).any() and torch.all(after[:, 2] == 0)
     torch.testing.assert_close(after[:, 1], before[:, 1] + before[:, 2])
     torch.testing.assert_close(after[:, 0], before[:, 0])
+
+
+@pytest.fixture
+def rv_run(tmp_path, tiny_overrides, write_cache):
+    """A cine-only cache whose cine labels mark the RV (code 5), as ACDC's do, on every subject but tr3."""
+    cfg = load_config(None, tiny_overrides + ["segmentation.epochs=2", "segmentation.learn_rv=true"])
+    write_cache(tmp_path, lge=False, rv=True, data_hash=stage_hash(cfg, "data"))
+    plain = load_subject(tmp_path, "tr3")
+    assert plain.cine_label is not None
+    save_subject(tmp_path, dataclasses.replace(plain, cine_label=np.where(plain.cine_label == 5, 0, plain.cine_label)))
+    _save_upstream(tmp_path, cfg, "motion", 1)
+    return cfg, tmp_path
+
+
+class _Answers(torch.nn.Module):
+    """A 'model' that answers given classes (N, H, W) as confident logits, whatever it is shown."""
+
+    def __init__(self, classes: torch.Tensor, channels: int) -> None:
+        super().__init__()
+        self.logits = 10.0 * torch.nn.functional.one_hot(classes.long(), channels).permute(0, 3, 1, 2).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits[: x.shape[0]]
+
+
+def test_learn_rv_teaches_a_fourth_class_from_the_labels_that_mark_the_rv(rv_run):
+    cfg, run = rv_run
+    task = _task(cfg, run)
+    assert task.build_model()(torch.zeros(1, 3 * 4, 32, 32)).shape[1] == 4
+    assert (task.train_y == RV_CLASS).any() and task.rv_subjects == 3  # tr3's labels do not mark it
+    assert any("RV labels of 3 of 4" in note for note in task.notes()), task.notes()
+    truth = task.val_truth
+    with torch.no_grad():
+        exact = task.validate(_Answers(truth, 4), CPU)
+        rv_as_wall = task.validate(_Answers(torch.where(truth == RV_CLASS, 1, truth), 4), CPU)
+    assert exact["myo_dice"] == pytest.approx(1.0) and exact["rv_dice"] == pytest.approx(1.0)
+    # the RV is not myocardium: a model that calls it wall loses myocardium Dice (and all its RV)
+    assert rv_as_wall["myo_dice"] < 0.9 and rv_as_wall["rv_dice"] == pytest.approx(0.0)
+    # predict's shape ranges are read from the wall alone, the RV left out
+    shapes = shape_figures(torch.where(task.train_y == RV_CLASS, 0, task.train_y).numpy(), 1.6)
+    assert task.target_shape["ranges"] == reference_ranges(shapes)
+
+
+def test_without_learn_rv_the_rv_stays_background(rv_run, tiny_overrides):
+    _, run = rv_run
+    cfg = load_config(None, tiny_overrides + ["segmentation.epochs=2"])
+    task = _task(cfg, run)
+    assert int(task.train_y.max()) <= 2 and task.rv_subjects == 0 and "rv_dice" not in task.validate(
+        build_model(cfg).eval(), CPU)
+    assert build_model(cfg)(torch.zeros(1, 3 * 4, 32, 32)).shape[1] == 3 and not any("learn_rv" in n for n in task.notes())
+
+
+def test_a_trained_rv_model_says_how_many_subjects_taught_it_the_rv(rv_run, tiny_overrides):
+    from tests.helpers import run_module
+
+    _, run = rv_run
+    sets = [arg for item in tiny_overrides + ["segmentation.epochs=2", "segmentation.learn_rv=true"]
+            for arg in ("--set", item)]
+    result = run_module("mi_pipeline.train", "--stage", "segmentation", "--run-dir", str(run), *sets)
+    assert result.returncode == 0, result.stdout + result.stderr
+    best = ckpt.read_metadata(run / "checkpoints" / "segmentation" / "best_model.pth")
+    assert best["facts"]["rv_subjects"] == 3
+    assert "rv_dice" in (run / "logs" / "segmentation" / "train.log").read_text()
+
+
+def test_split_rv_gives_the_rv_to_background_in_every_output_and_says_where_it_wins():
+    probs = torch.softmax(torch.randn(2, 4, 6, 6) * 3, dim=1)
+    merged, rv = split_rv(probs)
+    assert rv is not None and torch.equal(rv, probs.argmax(1) == RV_CLASS) and rv.any()
+    torch.testing.assert_close(merged[:, 0], probs[:, 0] + probs[:, RV_CLASS])
+    torch.testing.assert_close(merged[:, 1:], probs[:, 1:3])
+    torch.testing.assert_close(merged.sum(1), torch.ones(2, 6, 6))
+    three = torch.softmax(torch.randn(2, 3, 6, 6), dim=1)
+    assert split_rv(three)[0] is three and split_rv(three)[1] is None

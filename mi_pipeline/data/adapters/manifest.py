@@ -113,7 +113,8 @@ def load_subject(root: Path, subject: str) -> RawSubject:
         check_overlap(path["lge"], lge.shape, lge_affine, cine.shape[:3], cine_affine)
     cine_label = None
     if "cine_label" in path:
-        cine_label, _ = load_label(path["cine_label"], shape=cine.shape, affine=cine_affine, image_name=path["cine"].name)
+        cine_label, _ = load_label(path["cine_label"], shape=cine.shape, affine=cine_affine, image_name=path["cine"].name,
+                                   rv=True)
     nt = cine.shape[3]
     ed = _frame(row.get("ed"), manifest, subject, "ed", nt) or 0
     es = _frame(row.get("es"), manifest, subject, "es", nt)
