@@ -234,9 +234,9 @@ class SegmentationConfig(OptimConfig):
     augment_gamma: float = 1.0
     dice_weight: float = 1.0
     ce_weight: float = 1.0
-    # a 4th class, the RV blood pool, learnt from the targets' RV labels (code 5: ACDC, M&Ms, the phantom's
-    # rv_label) where they have them; predict then numbers the AHA segments from the RV the model finds
-    # (the RV is background in every output). Subjects without RV labels teach it nothing
+    # a 4th class, the RV blood pool, learnt from the RV of the cine ED labels (code 5: ACDC, M&Ms, the
+    # phantom's rv_label; beside LGE-registered targets too) where subjects have it; predict then numbers the
+    # AHA segments from the RV the model finds (the RV is background in every output)
     learn_rv: bool = False
 
     def __post_init__(self) -> None:

@@ -19,9 +19,10 @@ them, else against the registered LGE labels (``labels_available`` says which):
 ``infarct_size_error`` (|predicted - true| infarct % of myocardium, percentage points).
 If no validation subject has an infarct, ``infarct_dice`` is ``1 - infarct_fp_percent / 100``.
 
-With ``learn_rv`` the model has a 4th class, the RV blood pool, taught by targets that mark it (cine labels
-with code 5: ACDC, M&Ms); why: real RVs have dark, thin tips and fat beside them that an intensity rule
-misreads (the AHA anchor), and a model trained on a site's RV labels sees the RV as its experts drew it.
+With ``learn_rv`` the model has a 4th class, the RV blood pool, taught by the RV of the cine ED labels
+(code 5: ACDC, M&Ms; added to LGE-registered targets where a subject has cine labels too). Why: real RVs
+have dark, thin tips and fat beside them that an intensity rule misreads (the AHA anchor), and a model
+trained on a site's RV labels sees the RV as its experts drew it.
 Validation adds ``rv_dice``; ``best_model.pth``'s facts count the subjects it learnt the RV from
 (``rv_subjects``), and inference uses the RV only when that is not 0 (``split_rv``: the RV is background
 in every output).
@@ -40,6 +41,7 @@ from torch import nn
 from mi_pipeline import fsio
 from mi_pipeline.config import Config
 from mi_pipeline.data.cache import Subject, SubjectStore, lge_available
+from mi_pipeline.data.nifti import RV_CODE
 from mi_pipeline.data.rows import DiskRows
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.runlog import StageLog, progress
@@ -88,6 +90,14 @@ def to_classes(labels: torch.Tensor, rv: bool = False) -> torch.Tensor:
 def without_rv(classes: torch.Tensor) -> torch.Tensor:
     """Classes with the RV as background: what the myocardium and infarct are read from."""
     return torch.where(classes == RV_CLASS, torch.zeros_like(classes), classes)
+
+
+def with_cine_rv(classes: torch.Tensor, cine_ed_labels: torch.Tensor) -> torch.Tensor:
+    """LGE-registered classes with the RV of the subject's cine ED labels where they leave background: the
+    RV is drawn on the cine, and LGE labels (0..4) never mark it, so this is where an LGE-supervised model
+    learns it (a site with both cine contours and LGE scar labels)."""
+    rv = (cine_ed_labels.to(classes.device) == RV_CODE) & (classes == 0)
+    return torch.where(rv, torch.full_like(classes, RV_CLASS), classes)
 
 
 def split_rv(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -273,7 +283,10 @@ class SegmentationTask(TrainTask):
             fields = motion.motion_fields(motion_model, cine) if motion_model is not None else None
             inputs.write(start, segmentation_inputs(cine, fields).numpy())
             start += cine.shape[0]
-            targets.append(to_classes(registered, self.learn_rv).to(torch.uint8))
+            classes = to_classes(registered, self.learn_rv)
+            if self.learn_rv and reg_model is not None and subject.cine_label is not None:
+                classes = with_cine_rv(classes, torch.from_numpy(subject.cine_label[:, 0]))
+            targets.append(classes.to(torch.uint8))
             qa += records
         return inputs, torch.cat(targets), qa
 

@@ -312,3 +312,19 @@ def test_split_rv_gives_the_rv_to_background_in_every_output_and_says_where_it_w
     torch.testing.assert_close(merged.sum(1), torch.ones(2, 6, 6))
     three = torch.softmax(torch.randn(2, 3, 6, 6), dim=1)
     assert split_rv(three)[0] is three and split_rv(three)[1] is None
+
+
+def test_with_lge_targets_the_rv_comes_from_the_cine_labels_and_nothing_else_changes(tmp_path, tiny_overrides,
+                                                                                      write_cache):
+    """LGE labels never mark the RV; a subject whose cine labels do (cine contours beside LGE scar labels)
+    teaches it beside its registered targets, which are otherwise what they were."""
+    write_cache(tmp_path, rv=True)
+    plain = load_config(None, tiny_overrides)
+    _save_upstream(tmp_path, plain, "motion", 1)
+    _save_upstream(tmp_path, plain, "registration", 2)
+    without = _task(plain, tmp_path)
+    with_rv = _task(load_config(None, tiny_overrides + ["segmentation.learn_rv=true"]), tmp_path)
+    assert not without.myocardium_only and (with_rv.train_y == RV_CLASS).any() and with_rv.rv_subjects == 4
+    assert torch.equal(torch.where(with_rv.train_y == RV_CLASS, 0, with_rv.train_y), without.train_y)
+    ed = torch.cat([torch.from_numpy(s.cine_label[:, 0]) for s in load_split(tmp_path, "train")])
+    assert torch.equal(with_rv.train_y == RV_CLASS, (ed == 5) & (without.train_y == 0))
