@@ -232,6 +232,10 @@ class SegmentationConfig(OptimConfig):
     # random gamma of the cine frames, log-uniform in [1/g, g] per sample (1 = off): contrast a site's
     # scanner may have that training did not (the motion channels are left as they are)
     augment_gamma: float = 1.0
+    # random zoom about the crop centre, log-uniform in [1/s, s] per sample (1 = off): hearts larger or
+    # smaller in their crop than training's (the crop is sized from a pool radius that can be off); motion
+    # channels are resampled and scaled with it (displacements are in pixels)
+    augment_scale: float = 1.0
     dice_weight: float = 1.0
     ce_weight: float = 1.0
     # a 4th class, the RV blood pool, learnt from the RV of the cine ED labels (code 5: ACDC, M&Ms, the
@@ -242,6 +246,8 @@ class SegmentationConfig(OptimConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _non_negative(self, "dice_weight", "ce_weight", "num_res_units")
+        if not 1.0 <= self.augment_scale <= 2.0:
+            raise ValueError(f"augment_scale must be in [1, 2] (1 = off), got {self.augment_scale}")
         if not 1.0 <= self.augment_gamma <= 4.0:
             raise ValueError(f"augment_gamma must be in [1, 4] (1 = off), got {self.augment_gamma}")
         if len(self.channels) < 2:

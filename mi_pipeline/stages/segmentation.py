@@ -150,6 +150,23 @@ def _flip_inputs(x: torch.Tensor, frames: int, flip_h: bool, flip_w: bool) -> to
     return torch.cat([images, fields])
 
 
+def _zoom(x: torch.Tensor, y: torch.Tensor, frames: int, limit: float, generator: torch.Generator
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zoom each sample (x: N, C, H, W; y: N, H, W classes) about its centre by a factor log-uniform in
+    [1/limit, limit]: images bilinear, zero outside; motion-field channels resampled the same way and
+    multiplied by the factor (pixel displacements grow with the zoom); labels nearest."""
+    n = x.shape[0]
+    zoom = torch.exp((2 * torch.rand(n, generator=generator) - 1) * float(np.log(limit)))
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / zoom
+    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    out = nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out[:, frames:] *= zoom.view(-1, 1, 1, 1)
+    labels = nn.functional.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                                       align_corners=False)
+    return out, labels[:, 0].round().to(y.dtype)
+
+
 def _gamma_inputs(x: torch.Tensor, frames: int, limit: float, generator: torch.Generator) -> torch.Tensor:
     """Raise each sample's cine frames (N, C, H, W; the first ``frames`` channels, normalised to [0, 1])
     to a gamma log-uniform in [1/limit, limit]: blood / myocardium contrast varies between scanners and
@@ -322,6 +339,8 @@ class SegmentationTask(TrainTask):
             frames = self.cfg.data.frames
             x = torch.stack([_flip_inputs(x[i], frames, fh, fw) for i, (fh, fw) in enumerate(flips)])
             y = torch.stack([common.flip_image(y[i], fh, fw) for i, (fh, fw) in enumerate(flips)])
+        if self.cfg.segmentation.augment_scale > 1.0:  # drawn after the flips: batches without it are unchanged
+            x, y = _zoom(x, y, self.cfg.data.frames, self.cfg.segmentation.augment_scale, generator)
         if self.cfg.segmentation.augment_gamma > 1.0:  # drawn after the flips: batches without it are unchanged
             x = _gamma_inputs(x, self.cfg.data.frames, self.cfg.segmentation.augment_gamma, generator)
         return {"image": x.to(device), "label": y.unsqueeze(1).to(device)}

@@ -132,6 +132,33 @@ def test_gamma_augmentation_changes_the_cine_channels_only(tiny_cfg, upstream_ru
     assert float(b["image"][:, :frames].min()) >= 0.0 and float(b["image"][:, :frames].max()) <= 1.0
 
 
+def test_scale_augmentation_zooms_images_fields_and_labels_together(tiny_cfg, upstream_run):
+    """``augment_scale`` draws after the flips; a zoomed sample's labelled wall grows or shrinks with the
+    square of its factor, its motion fields' magnitude with the factor, and within [1/s, s]."""
+    from dataclasses import replace
+
+    plain = _task(tiny_cfg, upstream_run)
+    zoomed = _task(replace(tiny_cfg, segmentation=replace(tiny_cfg.segmentation, augment_scale=1.4)), upstream_run)
+    rows = list(range(8))
+    a = plain.make_batch(rows, torch.Generator().manual_seed(4), CPU)
+    b = zoomed.make_batch(rows, torch.Generator().manual_seed(4), CPU)
+    generator = torch.Generator().manual_seed(4)
+    torch.rand(len(rows), 2, generator=generator)  # the flips
+    factor = torch.exp((2 * torch.rand(len(rows), generator=generator) - 1) * float(np.log(1.4)))
+    assert factor.min() < 0.95 and factor.max() > 1.05 and bool((factor >= 1 / 1.4).all() and (factor <= 1.4).all())
+    frames = tiny_cfg.data.frames
+    for i, z in enumerate(factor.tolist()):
+        wall_a, wall_b = int((a["label"][i] > 0).sum()), int((b["label"][i] > 0).sum())
+        assert wall_b == pytest.approx(wall_a * z * z, rel=0.15), (z, wall_a, wall_b)
+        middle = slice(12, 20)  # away from the border, where a shrunk sample is zero-padded
+        motion_a = a["image"][i, frames:, middle, middle].abs().mean()
+        motion_b = b["image"][i, frames:, middle, middle].abs().mean()
+        assert float(motion_b) == pytest.approx(float(motion_a) * z, rel=0.25)
+    assert set(b["label"].unique().tolist()) <= {0, 1, 2}
+    with pytest.raises(ValueError, match="augment_scale must be in"):
+        replace(tiny_cfg.segmentation, augment_scale=0.8)
+
+
 def test_missing_or_mismatched_upstream_is_a_checkpoint_error(tiny_cfg, synthetic_run, tiny_overrides):
     with pytest.raises(CheckpointError, match="missing"):
         _task(tiny_cfg, synthetic_run)
