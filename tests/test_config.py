@@ -108,6 +108,7 @@ def test_exponent_without_dot_is_a_number(tmp_path: Path) -> None:
     ("data.crop=4096", "crop must be <= 1024"),
     ("segmentation.best_window=0", "best_window must be > 0"),
     ("segmentation.augment_gamma=0.5", "augment_gamma must be in [1, 4]"),
+    ("segmentation.augment_scale=0.8", "augment_scale must be in [1, 2]"),
     ("segmentation.ema_decay=1", "ema_decay must be in [0, 1)"),
     ("motion.ema_decay=-0.5", "ema_decay must be in [0, 1)"),
 ])
