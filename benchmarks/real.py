@@ -43,9 +43,8 @@ from mi_pipeline import inference, metrics
 from mi_pipeline.clinical import aha
 from mi_pipeline.config import Config, DataConfig
 from mi_pipeline.data import adapters, preprocess
-from mi_pipeline.data.cache import Subject
+from mi_pipeline.data.cache import RV_CODE, Subject
 from mi_pipeline.data.generic import RawSubject
-from mi_pipeline.data.nifti import RV_CODE
 
 CENTRE_MM, RV_DEG, TARGET = 5.0, 20.0, 0.9
 MYO_CODES, LV_CODES = (2, 3, 4), (1, 2, 3, 4)

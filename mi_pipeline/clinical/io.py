@@ -22,8 +22,7 @@ import numpy as np
 from mi_pipeline import metrics
 from mi_pipeline.clinical import aha
 from mi_pipeline.data import dicom
-from mi_pipeline.data.cache import Subject
-from mi_pipeline.data.nifti import RV_CODE
+from mi_pipeline.data.cache import RV_CODE, Subject
 from mi_pipeline.errors import InputError
 
 REPORT_SCHEMA = Path(__file__).resolve().parent / "schemas" / "report.schema.json"

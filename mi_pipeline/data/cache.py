@@ -28,6 +28,7 @@ from mi_pipeline.fsio import atomic_write_bytes, atomic_write_text
 from mi_pipeline.layout import RunLayout
 
 SPLITS = ("train", "val", "test")
+RV_CODE = 5  # the RV blood pool, in cine labels only (anchors the AHA segments; ``segmentation.learn_rv``)
 CACHE_VERSION = 1
 
 

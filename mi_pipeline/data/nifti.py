@@ -17,12 +17,12 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
+from mi_pipeline.data.cache import RV_CODE
 from mi_pipeline.errors import InputError
 
 MAX_AXIS = 2048
 MAX_VOXELS = 500_000_000
 MAX_LABEL = 4
-RV_CODE = 5  # cine labels only: the RV blood pool (ACDC, M&Ms; anchors the AHA segments, ``learn_rv``)
 LABEL_NAMES = "0 bg, 1 LV cavity, 2 myo, 3 infarct, 4 no-reflow"
 _READ_ERRORS = (ImageFileError, gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError, TypeError)
 

@@ -51,7 +51,7 @@ import numpy as np
 import yaml
 
 from mi_pipeline.config import PhantomConfig
-from mi_pipeline.data.nifti import RV_CODE
+from mi_pipeline.data.cache import RV_CODE
 
 GENERATOR_VERSION = 5  # 2: infarct thickening falls with transmurality; 3: physiological wall and motion,
 # ranges; 4: ``vary`` draws dilated and hypertrophied hearts, real-image contrast, stacks <= MAX_STACK_MM;

@@ -40,8 +40,7 @@ from torch import nn
 
 from mi_pipeline import fsio
 from mi_pipeline.config import Config
-from mi_pipeline.data.cache import Subject, SubjectStore, lge_available
-from mi_pipeline.data.nifti import RV_CODE
+from mi_pipeline.data.cache import RV_CODE, Subject, SubjectStore, lge_available
 from mi_pipeline.data.rows import DiskRows
 from mi_pipeline.engine import checkpoint as ckpt
 from mi_pipeline.engine.runlog import StageLog, progress

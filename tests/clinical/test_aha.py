@@ -85,8 +85,7 @@ def test_no_rv_falls_back_to_fixed_with_a_warning() -> None:
 
 def test_rv_label_code_in_the_cache_is_used_first() -> None:
     from mi_pipeline.clinical.io import anchor_for
-    from mi_pipeline.data.cache import Subject
-    from mi_pipeline.data.nifti import RV_CODE
+    from mi_pipeline.data.cache import RV_CODE, Subject
 
     myo, rv = _ring_and_rv(150.0)
     labels = np.where(myo, 2, np.where(rv, RV_CODE, 0)).astype(np.uint8)
@@ -261,8 +260,7 @@ def test_the_rv_a_model_found_anchors_the_segments_when_the_subject_has_no_rv_la
     """predict's subjects have no labels: a model that learnt the RV (``learn_rv``) gives it instead of the
     images; labels still come first, and a model RV that shows nothing leaves the images to decide."""
     from mi_pipeline.clinical.io import anchor_for
-    from mi_pipeline.data.cache import Subject
-    from mi_pipeline.data.nifti import RV_CODE
+    from mi_pipeline.data.cache import RV_CODE, Subject
 
     myo, rv = _ring_and_rv(150.0)
     affine = np.eye(4)
