@@ -193,10 +193,9 @@ def _flip_passes(models: Models, subject: Subject
     fields = motion.motion_fields(models.motion, cine) if models.motion is not None else None
     x = segmentation.segmentation_inputs(cine, fields if models.cfg.segmentation.motion_features else None)
     passes = seg_confidence.flip_softmax(models.segmentation, x, cine.shape[1], segmentation.VAL_BATCH)
-    rv = segmentation.split_rv(seg_confidence.average(passes))[1]
+    rv = segmentation.split_rv(seg_confidence.average(passes))[1] if models.rv_learnt else None
     passes = [segmentation.split_rv(p)[0] for p in passes]
-    return (passes, fields.numpy() if fields is not None else None,
-            rv.numpy() if rv is not None and models.rv_learnt else None)
+    return passes, (fields.numpy() if fields is not None else None), (rv.numpy() if rv is not None else None)
 
 
 def fold_probabilities(models: Models, subject: Subject) -> np.ndarray:

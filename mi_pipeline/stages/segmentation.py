@@ -149,13 +149,18 @@ def _flip_inputs(x: torch.Tensor, frames: int, flip_h: bool, flip_w: bool) -> to
     return torch.cat([images, fields])
 
 
+def _log_uniform(n: int, limit: float, generator: torch.Generator) -> torch.Tensor:
+    """``n`` factors log-uniform in [1/limit, limit]: the draw every random intensity or size change uses."""
+    return torch.exp((2 * torch.rand(n, generator=generator) - 1) * float(np.log(limit)))
+
+
 def _zoom(x: torch.Tensor, y: torch.Tensor, frames: int, limit: float, generator: torch.Generator
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Zoom each sample (x: N, C, H, W; y: N, H, W classes) about its centre by a factor log-uniform in
     [1/limit, limit]: images bilinear, zero outside; motion-field channels resampled the same way and
     multiplied by the factor (pixel displacements grow with the zoom); labels nearest."""
     n = x.shape[0]
-    zoom = torch.exp((2 * torch.rand(n, generator=generator) - 1) * float(np.log(limit)))
+    zoom = _log_uniform(n, limit, generator)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / zoom
     grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
@@ -170,7 +175,7 @@ def _gamma_inputs(x: torch.Tensor, frames: int, limit: float, generator: torch.G
     """Raise each sample's cine frames (N, C, H, W; the first ``frames`` channels, normalised to [0, 1])
     to a gamma log-uniform in [1/limit, limit]: blood / myocardium contrast varies between scanners and
     sequences, and the infarct is read from the myocardium's look as well as its motion."""
-    gamma = torch.exp((2 * torch.rand(x.shape[0], generator=generator) - 1) * float(np.log(limit)))
+    gamma = _log_uniform(x.shape[0], limit, generator)
     images = x[:, :frames].clamp(min=0.0).pow(gamma.view(-1, 1, 1, 1))
     return torch.cat([images, x[:, frames:]], dim=1)
 
