@@ -13,7 +13,9 @@ would. Each stage is scored beside its trivial baseline:
   over subjects with an infarct, myocardium Dice, infarct size (% of myocardium) absolute error over
   all subjects, the predicted infarct % of subjects without one (false positives), and the AUC of
   per-AHA-segment detection (segment infarcted when >= 10 % infarct in truth; score = predicted
-  extent) pooled over subjects; baseline "no infarct".
+  extent) pooled over subjects; baseline "no infarct". Where the cine labels mark the RV: the RV Dice of
+  a model that learnt it, and how often the AHA anchor ``predict`` would place lies within 20 degrees
+  of the labels' (``rv_scores``).
 
 Truth is the cine labels (phantom, ACDC/M&Ms ED/ES masks). A stage whose truth the data cannot
 provide is reported as skipped with the reason. Summary values are means over subjects; ``*_sd``
@@ -24,6 +26,7 @@ progress through ``log`` (``engine.runlog.progress``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mi_pipeline import ensemble, metrics
+from mi_pipeline import metrics
+from mi_pipeline.clinical import aha
+from mi_pipeline.clinical.io import anchor_for
 from mi_pipeline.clinical.trust import model_provenance
 from mi_pipeline.config import Config
 from mi_pipeline.data import cache
@@ -41,10 +46,9 @@ from mi_pipeline.errors import CheckpointError, InputError
 from mi_pipeline.graph import MODEL_STAGES
 from mi_pipeline.inference import (
     Models,
-    fold_probabilities,
     inference_device,
     load_models,
-    segment_subject,
+    segment_with_passes,
     stored_config,
 )
 from mi_pipeline.layout import RunLayout
@@ -160,8 +164,8 @@ def eval_segmentation(models: Models, subjects: list[Subject], log: Callable[[st
             reference = "registered LGE labels"
         else:
             continue
-        agreement = ensemble.agree(fold_probabilities(models, s)) if models.folds else None
-        pred = agreement.label if agreement is not None else segment_subject(models, s)[0]
+        segmented = segment_with_passes(models, s)
+        agreement, pred = segmented.agreement, segmented.label
         t_myo, t_inf = np.isin(truth, (2, 3)), truth == 3
         p_myo, p_inf = pred > 0, pred == 2
         true_pct, pred_pct = metrics.infarct_percent(t_myo, t_inf), metrics.infarct_percent(p_myo, p_inf)
@@ -178,6 +182,7 @@ def eval_segmentation(models: Models, subjects: list[Subject], log: Callable[[st
             "infarct_size_error": abs(pred_pct - true_pct),
             "fp_infarct_percent": None if has else pred_pct,
             "segments_infarcted": int(sum(labels)), "segments": len(labels),
+            **rv_scores(s, pred > 0, segmented.rv),
         })
         if agreement is not None:  # does the folds' disagreement say where the ensemble errs?
             rows[-1]["ensemble_uncertainty"] = agreement.mean_uncertainty(p_myo)
@@ -185,7 +190,7 @@ def eval_segmentation(models: Models, subjects: list[Subject], log: Callable[[st
         return {"skipped": "no truth for these subjects (needs cine labels, or LGE + labels and a trained "
                            "registration model)"}
     out = _summarise(rows, ("infarct_dice", "myo_dice", "hd95_mm", "infarct_size_error", "fp_infarct_percent",
-                            "infarct_percent_true", "infarct_percent_pred"))
+                            "infarct_percent_true", "infarct_percent_pred", *RV_KEYS))
     if models.folds:
         pairs = ([r["ensemble_uncertainty"] for r in rows], [r["infarct_size_error"] for r in rows])
         out["uncertainty_error_spearman"] = metrics.spearman(*pairs)
@@ -221,15 +226,37 @@ def _eval_myocardium(models: Models, subjects: list[Subject], log: Callable[[str
     for s in _each(subjects, "segmentation (myocardium only)", log):
         if s.cine_label is None:
             continue
-        agreement = ensemble.agree(fold_probabilities(models, s)) if models.folds else None
-        pred = agreement.label if agreement is not None else segment_subject(models, s)[0]
+        segmented = segment_with_passes(models, s)
         truth = s.cine_label[:, 0]
         rows.append({"subject": s.id, "reference": "cine labels",
-                     "myo_dice": metrics.dice(pred > 0, np.isin(truth, (2, 3)))})
+                     "myo_dice": metrics.dice(segmented.label > 0, np.isin(truth, (2, 3))),
+                     **rv_scores(s, segmented.label > 0, segmented.rv)})
     if not rows:
         return {"skipped": "no cine labels for these subjects (a myocardium-only model is scored on them)",
                 "infarct_not_estimated": INFARCT_NOT_ESTIMATED}
-    return {**_summarise(rows, ("myo_dice",)), "infarct_not_estimated": INFARCT_NOT_ESTIMATED}
+    return {**_summarise(rows, ("myo_dice", *RV_KEYS)), "infarct_not_estimated": INFARCT_NOT_ESTIMATED}
+
+
+RV_KEYS = ("rv_dice", "rv_anchor_within_20deg")
+RV_ANCHOR_DEG = 20.0
+
+
+def rv_scores(subject: Subject, myo: np.ndarray, rv: np.ndarray | None) -> dict[str, float | None]:
+    """Where the subject's cine labels mark the RV (code 5): the Dice of the RV the model found (None for a
+    model that did not learn it), and the share of mid-ventricular slices on which the AHA anchor ``predict``
+    would place (the model's RV, else the image rule, with the model's myocardium) lies within 20 degrees of
+    the one the labels give (their RV and myocardium). Both None without RV labels."""
+    truth = subject.cine_label[:, 0] if subject.cine_label is not None else None
+    if truth is None or not (truth == cache.RV_CODE).any():
+        return dict.fromkeys(RV_KEYS)
+    t_rv, t_myo = truth == cache.RV_CODE, np.isin(truth, (2, 3))
+    reference = aha.anchor_from_labels(t_rv, t_myo, subject.affine, float(subject.spacing[0]))
+    placed = anchor_for(dataclasses.replace(subject, cine_label=None), myo, rv)
+    mids = [k for k, level in enumerate(metrics.level_of_slices(t_myo)) if level == "mid" and reference.found[k]]
+    within = [k for k in mids if placed.found[k] and placed.angles_deg[k] is not None
+              and aha.angle_error_deg(float(reference.angles_deg[k]), float(placed.angles_deg[k])) <= RV_ANCHOR_DEG]
+    return {"rv_dice": metrics.dice(rv, t_rv) if rv is not None else None,
+            "rv_anchor_within_20deg": len(within) / len(mids) if mids else None}
 
 
 def spearman_note(a: list[float], b: list[float]) -> str | None:
@@ -309,6 +336,8 @@ ROWS = (
      "no infarct"),
     ("segmentation", "myo_dice", None, "myocardium Dice", ""),
     ("segmentation", "hd95_mm", None, "infarct HD95 (mm)", ""),
+    ("segmentation", "rv_dice", None, "RV Dice (a model that learnt the RV)", ""),
+    ("segmentation", "rv_anchor_within_20deg", None, "AHA anchor within 20 deg, mid slices", ""),
     ("segmentation", "fp_infarct_percent", ("baseline_no_infarct", "fp_infarct_percent"),
      "infarct % predicted, no-infarct subjects", "no infarct"),
 )
@@ -332,6 +361,8 @@ def format_table(result: dict[str, Any]) -> str:
             lines.append(f"{stage:13} infarct not estimated: {sec['infarct_not_estimated']}")
             continue
         value, sd = sec.get(key), sec.get(f"{key}_sd")
+        if key in RV_KEYS and value is None:  # no RV labels (or no RV learnt): nothing to say
+            continue
         ours = fmt(value) + (f" ± {sd:.3f}" if sd is not None else "")
         if isinstance(base, tuple):
             b = sec.get(base[0], {}).get(base[1])

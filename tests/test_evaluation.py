@@ -77,3 +77,53 @@ def test_figures_are_written(run: Path, tmp_path: Path, capsys) -> None:
     assert names == ["bland_altman.png", "segment_roc.png", "summary.png"]  # nothing else (no temp files)
     for name in names:
         assert (tmp_path / "fig" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _rv_labelled_subject(tmp_path: Path):
+    """A phantom subject preprocessed as evaluate reads it, its cine labels marking the RV (code 5)."""
+    from mi_pipeline.data.generic import load_subject
+    from mi_pipeline.data.phantom import generate_subject, write_subject
+    from mi_pipeline.data.preprocess import preprocess_subject
+
+    params = PhantomConfig(subjects=1, seed=8, size=64, slices=6, frames=8, rv_label=True)
+    write_subject(generate_subject(params, 0), tmp_path / "s0")
+    subject = preprocess_subject(load_subject(tmp_path, "s0"), load_config(TINY).data)
+    assert subject.cine_label is not None and (subject.cine_label == 5).any()
+    return subject
+
+
+def test_rv_scores_follow_the_rv_a_model_found(tmp_path: Path) -> None:
+    import dataclasses
+
+    import numpy as np
+
+    from mi_pipeline.evaluation import rv_scores
+
+    subject = _rv_labelled_subject(tmp_path)
+    truth = subject.cine_label[:, 0]
+    myo, rv = np.isin(truth, (2, 3)), truth == 5
+    assert rv_scores(subject, myo, rv) == {"rv_dice": 1.0, "rv_anchor_within_20deg": 1.0}
+    # the RV on the far side of the LV (turned 180 degrees about the crop centre, where the LV is):
+    # the anchor the model's RV gives is then ~180 degrees off on every mid slice
+    turned = rv_scores(subject, myo, np.rot90(rv, 2, axes=(1, 2)).copy())
+    assert turned["rv_dice"] < 0.2 and turned["rv_anchor_within_20deg"] == 0.0
+    # a model that did not learn the RV: no RV Dice, and the anchor is the image rule's
+    from_images = rv_scores(subject, myo, None)
+    assert from_images["rv_dice"] is None and from_images["rv_anchor_within_20deg"] is not None
+    # labels without an RV: nothing to score against
+    no_rv = dataclasses.replace(subject, cine_label=np.where(subject.cine_label == 5, 0, subject.cine_label))
+    assert rv_scores(no_rv, myo, rv) == {"rv_dice": None, "rv_anchor_within_20deg": None}
+
+
+def test_the_table_shows_the_aha_anchor_only_where_labels_mark_the_rv(run: Path, tmp_path: Path, capsys) -> None:
+    generate_dataset(tmp_path / "rv", PhantomConfig(subjects=2, seed=4243, size=72, slices=6, frames=10,
+                                                    rv_label=True))
+    assert run_main(evaluate.main, ["--run-dir", str(run), "--data-root", str(tmp_path / "rv"),
+                                    "--stage", "segmentation"]) == 0
+    out = capsys.readouterr().out
+    assert "AHA anchor within 20 deg" in out and "RV Dice" not in out  # the untrained model learnt no RV
+    assert run_main(evaluate.main, ["--run-dir", str(run), "--stage", "segmentation", "--json"]) == 0
+    seg = json.loads(capsys.readouterr().out)["segmentation"]
+    assert seg["rv_anchor_within_20deg"] is None and seg["per_subject"]["rv_dice"] == [None, None]
+    assert run_main(evaluate.main, ["--run-dir", str(run), "--stage", "segmentation"]) == 0
+    assert "AHA anchor" not in capsys.readouterr().out  # the run's phantom draws no RV label
