@@ -13,7 +13,8 @@ Why it is shaped so: a worker (a local process or one SLURM array task) owns a f
 workers whose subjects are finished exit at once. A subject is computed only under its own file
 lock and only when its ``done.json`` is absent or was made by other models or from another cine
 (a retrained model, a fixed input), so a resubmission that overlaps a still-running task, or two
-cohorts started by mistake, never compute a subject twice, and no row outlives what made it. A
+cohorts started by mistake, never compute a subject twice, and no row outlives what made it unmarked
+(until a worker predicts it again, its row is flagged ``stale_model`` or ``stale_cine``). A
 failed subject stays failed until its cine changes or ``--retry-failed`` asks. A subject killed
 mid-way has no ``done.json`` and is computed again from scratch; its half-written files are
 replaced atomically. Lock files are named by a hash of the subject, so any legal folder name works.
@@ -88,7 +89,7 @@ def is_current(record: dict[str, Any] | None, models: Sequence[str], cine_hash: 
     """Whether a finished record still stands: made by these models from this very cine, and not a
     failure finished before ``retry_failed_before`` (``--retry-failed``: the time the worker started,
     so a failure another worker has just retried is not retried twice)."""
-    if record is None or record.get("models") != list(models) or record.get("input") != cine_hash:
+    if record is None or stale_reason(record, models, cine_hash) is not None:
         return False
     return not (retry_failed_before is not None and record.get("status") == "failed"
                 and float(record.get("finished", 0)) < retry_failed_before)
@@ -194,19 +195,40 @@ def table_row(report: dict[str, Any]) -> dict[str, Any]:
             "cine": report.get("cine", "")}
 
 
-def write_table(out: Path, subjects: list[tuple[str, Path]]) -> int:
+def stale_reason(record: dict[str, Any], models: Sequence[str], cine_hash: str | None) -> str | None:
+    """Why a finished record no longer stands for the models and cine of this run (None: it does)."""
+    if record.get("models") != list(models):
+        return "stale_model"  # made by other models (retrained, another run): not yet predicted again
+    if record.get("input") != cine_hash:
+        return "stale_cine"  # the cine was replaced since
+    return None
+
+
+def write_table(out: Path, subjects: list[tuple[str, Path]], models: Sequence[str]) -> tuple[int, int]:
     """Rewrite ``cohort.csv`` from every finished subject's record, atomically, under the cohort lock.
 
     Every worker calls it when it ends, so the last one leaves the full table; rows are in subject
     order whatever the order of finishing. The records are read under the lock: a worker that waited
-    for it never writes a table older than the one written while it waited. Returns the number of rows.
+    for it never writes a table older than the one written while it waited. A row whose record was made
+    by other models or from another cine (a shard not yet rerun after a retrain, a cancelled array) keeps
+    its numbers but its flags start with ``stale_model`` / ``stale_cine``, so an old result never reads
+    as the current model's. Returns (rows, stale rows).
     """
     state_dir(out).mkdir(parents=True, exist_ok=True)
     with FileLock(str(state_dir(out) / "table.lock"), timeout=60):
-        rows = [r for r in (read_done(out, sid) for sid, _ in sorted(subjects)) if r is not None]
+        rows, stale = [], 0
+        for sid, cine in sorted(subjects):
+            record = read_done(out, sid)
+            if record is None:
+                continue
+            reason = stale_reason(record, models, input_hash(cine))
+            if reason is not None:
+                record = {**record, "flags": ";".join(f for f in (reason, record.get("flags", "")) if f)}
+                stale += 1
+            rows.append(record)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(Path(out) / TABLE, buffer.getvalue())
-    return len(rows)
+    return len(rows), stale

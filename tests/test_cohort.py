@@ -111,7 +111,7 @@ def test_a_subject_held_by_another_worker_is_left_to_it(tmp_path: Path) -> None:
     assert calls == ["b"] and counts == {"computed": 1, "skipped": 0, "failed": 0, "busy": 1}
     assert cohort.read_done(out, "a") is None and cohort.read_done(out, "b")["status"] == "ok"
     assert cohort.run_shard(subjects, out, fake_predict)["computed"] == 1 and calls == ["b", "a"]
-    assert cohort.write_table(out, subjects) == 2
+    assert cohort.write_table(out, subjects, ()) == (2, 0)
 
 
 def _fake_report(cine: Path) -> dict:
@@ -131,7 +131,7 @@ def test_the_table_is_written_from_records_read_under_its_lock(tmp_path: Path) -
     cohort.run_shard(subjects[:1], out, lambda sid, cine: _fake_report(cine))
     lock = FileLock(str(out / cohort.STATE_DIR / "table.lock"))
     with lock:  # another worker is writing the table; meanwhile "b" finishes
-        writer = threading.Thread(target=cohort.write_table, args=(out, subjects))
+        writer = threading.Thread(target=cohort.write_table, args=(out, subjects, ()))
         writer.start()
         writer.join(0.5)
         cohort.run_shard(subjects[1:], out, lambda sid, cine: _fake_report(cine))
@@ -216,6 +216,34 @@ def test_cohort_recomputes_rows_of_another_model_or_a_fixed_cine(cines: Path, tm
     shutil.copy(cines / "data" / "c1" / "cine.nii.gz", data / "c9" / "cine.nii.gz")  # the broken cine fixed
     assert run(other) == ["c9"]
     assert [r["flags"].startswith("failed") for r in table(out)] == [False, False]
+
+
+def test_rows_not_yet_predicted_again_are_flagged_stale(cines: Path, tmp_path: Path, capsys) -> None:
+    """After a retrain, the table a first worker writes keeps the other shard's old rows, flagged
+    ``stale_model`` (and a row whose cine was replaced since, ``stale_cine``) until they are predicted again."""
+    import shutil
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    for sid in ("c0", "c1"):
+        shutil.copytree(cines / "data" / sid, data / sid)
+    retrained = tmp_path / "retrained"
+    save_untrained(load_config(TINY), retrained / "checkpoints", seed=1)
+    base = ["--cohort", "--cine", str(data), "--out", str(out)]
+
+    def flags() -> dict[str, str]:
+        return {r["subject"]: r["flags"] for r in table(out)}
+
+    assert run_main(predict.main, [*base, "--run-dir", str(cines / "run")]) == 0
+    assert not any("stale" in f for f in flags().values()) and "stale" not in capsys.readouterr().out
+    assert run_main(predict.main, [*base, "--run-dir", str(retrained), "--shard", "0/2"]) == 0  # c0 only
+    assert "1 of them made by other models or from an older cine" in capsys.readouterr().out
+    assert "stale" not in flags()["c0"] and flags()["c1"].split(";")[0] == "stale_model"
+    shutil.copy(cines / "data" / "c2" / "cine.nii.gz", data / "c0" / "cine.nii.gz")  # c0's cine replaced
+    assert run_main(predict.main, [*base, "--run-dir", str(retrained), "--shard", "1/2"]) == 0  # c1 only
+    assert flags()["c0"].split(";")[0] == "stale_cine" and "stale" not in flags()["c1"]
+    assert "1 of them made by other models or from an older cine" in capsys.readouterr().out
+    assert run_main(predict.main, [*base, "--run-dir", str(retrained)]) == 0
+    assert not any("stale" in f for f in flags().values()) and "stale" not in capsys.readouterr().out
 
 
 def test_a_subject_with_a_252_character_name_through_the_command(cines: Path, tmp_path: Path) -> None:

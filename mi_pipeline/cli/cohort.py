@@ -53,21 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     subjects = _find(args.cine)
     if args.executor == "inline":
         index, count = _parse_shard(args.shard)
-        counts = _run_worker(args, out, cohort.shard(subjects, index, count))
-        rows = cohort.write_table(out, subjects)
+        fingerprints = _fingerprints(args, _config(args))
+        counts = _run_worker(args, out, cohort.shard(subjects, index, count), fingerprints)
         print(f"cohort shard {index}/{count}: {counts['computed']} computed, {counts['skipped']} already done, "
               f"{counts['failed']} failed, {counts['busy']} being done by another worker; "
-              f"{out / cohort.TABLE}: {rows} of {len(subjects)} subjects")
+              + _table_line(out, subjects, fingerprints))
         return 0  # a subject busy elsewhere is finished by that worker, which rewrites the table when it ends
     from mi_pipeline.orchestration import cohort_jobs
 
     worker = _worker_argv(args, out)
-    todo = cohort.pending(out, subjects, _fingerprints(args, _config(args)), args.retry_failed)
+    fingerprints = _fingerprints(args, _config(args))
+    todo = cohort.pending(out, subjects, fingerprints, args.retry_failed)
     print(f"cohort: {len(subjects)} subject(s), {len(subjects) - len(todo)} already done, {len(todo)} to predict")
     if args.executor == "local":
         status = cohort_jobs.run_local(worker, args.jobs)
-        rows = cohort.write_table(out, subjects)
-        print(f"{out / cohort.TABLE}: {rows} of {len(subjects)} subjects")
+        print(_table_line(out, subjects, fingerprints))
         return status
     models_at = args.checkpoints if args.checkpoints is not None else args.run_dir or Path(".")  # a k-fold run: all folds
     binds = tuple(p.resolve() for p in (args.cine, models_at, *([args.config.parent] if args.config else [])))
@@ -75,6 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"submitted array job {job} ({args.jobs} task(s)); each task updates {out / cohort.TABLE} when it ends; "
           f"logs in {cohort.state_dir(out) / 'logs'}")
     return 0
+
+
+def _table_line(out: Path, subjects: list[tuple[str, Path]], fingerprints: list[str]) -> str:
+    """Rewrite the table and say what is in it, stale rows included (``cohort.write_table``)."""
+    rows, stale = cohort.write_table(out, subjects, fingerprints)
+    line = f"{out / cohort.TABLE}: {rows} of {len(subjects)} subjects"
+    if stale:
+        line += (f"; {stale} of them made by other models or from an older cine (flagged stale_model / "
+                 f"stale_cine), not yet predicted again")
+    return line
 
 
 def _find(cine: Path) -> list[tuple[str, Path]]:
@@ -134,10 +144,10 @@ def _fingerprints(args: argparse.Namespace, cfg: Config) -> list[str]:
     return [file_fingerprint(p) for p in paths]
 
 
-def _run_worker(args: argparse.Namespace, out: Path, mine: list[tuple[str, Path]]) -> dict[str, int]:
+def _run_worker(args: argparse.Namespace, out: Path, mine: list[tuple[str, Path]],
+                fingerprints: list[str]) -> dict[str, int]:
     """Load the models once, then predict this worker's subjects whose rows do not stand."""
     cfg = _config(args)
-    fingerprints = _fingerprints(args, cfg)
     if not cohort.pending(out, mine, fingerprints, args.retry_failed):
         return {"computed": 0, "skipped": len(mine), "failed": 0, "busy": 0}
     import torch
