@@ -65,15 +65,35 @@ def holder_alive(record: StageRecord, states: dict[str, str] | None = None) -> b
     return _heartbeat_fresh(record)
 
 
-def _heartbeat_fresh(record: StageRecord) -> bool:
+def _heartbeat_age_s(record: StageRecord) -> float | None:
+    """Seconds since the holder's last heartbeat (None: none recorded, or unreadable)."""
     seen = record.heartbeat or record.updated
     if not seen:
-        return False
+        return None
     try:
-        age = time.time() - datetime.strptime(seen, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        return time.time() - datetime.strptime(seen, "%Y-%m-%dT%H:%M:%S%z").timestamp()
     except ValueError:
-        return False
-    return age < STALE_AFTER_S
+        return None
+
+
+def _heartbeat_fresh(record: StageRecord) -> bool:
+    age = _heartbeat_age_s(record)
+    return age is not None and age < STALE_AFTER_S
+
+
+def _judged_by_heartbeat(record: StageRecord) -> bool:
+    """Whether only the heartbeat can show this holder gone: another host, and no SLURM job to ask about."""
+    return not (record.executor == "slurm" and record.job_id) and record.host != socket.gethostname()
+
+
+def _when_it_lapses(record: StageRecord) -> str:
+    """For a holder only its heartbeat can judge: how old it is, and when the lease lapses if that host
+    is down (a crashed node's lease is not broken at once: nothing here can tell it from a slow one)."""
+    age = _heartbeat_age_s(record)
+    if not _judged_by_heartbeat(record) or age is None:
+        return ""
+    return (f"; its last heartbeat was {max(age, 0.0):.0f} s ago: if {record.host} is down, the lease lapses "
+            f"{max(STALE_AFTER_S - age, 0.0):.0f} s from now (after {STALE_AFTER_S:.0f} s without one)")
 
 
 def take(progress: ProgressFile, stage: str, holder: Holder, log_path: str) -> StageRecord:
@@ -86,7 +106,8 @@ def take(progress: ProgressFile, stage: str, holder: Holder, log_path: str) -> S
         before = StageRecord(**vars(entry))
         if entry.status == "running" and not holder.owns(entry) and holder_alive(entry):
             raise UserError(f"{stage} is already being trained in this run by {describe(entry)}; one trainer per "
-                            f"stage: wait for it (python -m mi_pipeline.status), or stop it first")
+                            f"stage: wait for it (python -m mi_pipeline.status), or stop it first"
+                            + _when_it_lapses(entry))
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)  # requeues SLURM did itself count too
         stamp = now()
         entry.status, entry.attempts, entry.requeues = "running", entry.attempts + 1, max(entry.requeues, restarts)
