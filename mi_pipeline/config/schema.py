@@ -171,10 +171,13 @@ class MotionConfig(OptimConfig):
     # training pairs when every training subject carries cine labels (ACDC, M&Ms, a labelled phantom;
     # ED and ES are the frames such datasets annotate); ignored, and said so in the log, without them
     label_dice_weight: float = 1.0
+    # weight of a penalty on folding (the mean of max(0, -det J) of each training pair's field): real hearts
+    # move more between ED and ES than the smoothness term alone keeps free of folds (0 = off)
+    fold_weight: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _non_negative(self, "smooth_weight", "label_dice_weight")
+        _non_negative(self, "smooth_weight", "label_dice_weight", "fold_weight")
         _positive(self, "lncc_kernel")
         if len(self.channels) < 2 or len(self.channels) % 2:
             raise ValueError("channels must list an even number (>= 2) of widths: (down, up) pairs per level")

@@ -146,6 +146,10 @@ class MotionTask(TrainTask):
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total, sim, smooth, ddf = self._losses(model, batch["moving"], batch["fixed"])
         parts = {"similarity": sim.detach(), "smoothness": smooth.detach()}
+        if self.cfg.motion.fold_weight > 0:
+            folding = torch.relu(-common.jacobian_determinant(ddf)).mean()
+            total = total + self.cfg.motion.fold_weight * folding
+            parts["folding"] = folding.detach()
         if "at_es" in batch:
             per_pair = self.label_dice(common.warp(batch["moving_myo"], ddf), batch["fixed_myo"]).flatten()
             weight = batch["at_es"]

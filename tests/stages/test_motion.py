@@ -136,3 +136,39 @@ def test_without_cine_labels_the_log_says_training_uses_the_images_alone(tiny_cf
     task = _task(tiny_cfg, tmp_path)
     assert "image similarity alone (not every training subject has cine labels)" in task.notes()[0]
     assert "at_es" not in task.make_batch([1, 4], torch.Generator().manual_seed(0), CPU)
+
+
+def test_the_folding_penalty_adds_the_mean_negative_jacobian_of_the_field(tiny_cfg, synthetic_run, monkeypatch):
+    """``fold_weight`` adds weight x mean(max(0, -det J)) of the field the network predicts (det J by numpy's
+    central differences here); a field that folds nowhere adds nothing, and without it no folding part. The
+    network is replaced by fixed fields: a few steps on the tiny data never fold (its effect on real hearts is
+    measured in docs/QUALITY.md)."""
+    import numpy as np
+
+    from mi_pipeline.stages import motion
+
+    rng = np.random.default_rng(0)
+    smooth = 0.3 * rng.standard_normal((1, 2, 1, 1)) * np.ones((3, 2, 32, 32))  # a shift: det J = 1 everywhere
+    rows = np.arange(32, dtype=np.float64)
+    folded = smooth.copy()
+    folded[:, 0] += np.where((rows > 10) & (rows < 20), -1.8 * (rows - 10), -1.8 * 9 * (rows >= 20))[None, :, None]
+
+    def det_j(ddf: np.ndarray) -> np.ndarray:
+        d0_h, d0_w = np.gradient(ddf[:, 0], axis=(1, 2))
+        d1_h, d1_w = np.gradient(ddf[:, 1], axis=(1, 2))
+        return (1 + d0_h) * (1 + d1_w) - d0_w * d1_h
+
+    expected = np.maximum(-det_j(folded), 0).mean()
+    assert expected > 0.05 and np.maximum(-det_j(smooth), 0).mean() == 0
+    losses = {}
+    for weight in (0.0, 4.0):
+        cfg = replace(tiny_cfg, motion=replace(tiny_cfg.motion, fold_weight=weight))
+        task = _task(cfg, synthetic_run)
+        batch = task.make_batch([0, 1, 2], torch.Generator().manual_seed(0), CPU)
+        for name, field in (("smooth", smooth), ("folded", folded)):
+            monkeypatch.setattr(motion, "predict_ddf", lambda model, moving, fixed, f=field: torch.tensor(f).float())
+            total, parts = task.loss(None, batch)
+            losses[weight, name] = float(total)
+            assert ("folding" in parts) == (weight > 0)
+    assert losses[4.0, "smooth"] == pytest.approx(losses[0.0, "smooth"], abs=1e-6)
+    assert losses[4.0, "folded"] - losses[0.0, "folded"] == pytest.approx(4.0 * expected, rel=1e-4)
