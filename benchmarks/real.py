@@ -104,7 +104,8 @@ def ed_labels_on(raw: RawSubject, subject: Subject) -> np.ndarray:
 def labelled_myocardium(raw: RawSubject) -> Callable[[Subject], inference.Segmented]:
     """A stand-in segmenter for ``predict``'s crop check: the subject's labelled ED myocardium on the crop grid."""
     def segment(subject: Subject) -> inference.Segmented:
-        return None, np.isin(ed_labels_on(raw, subject), MYO_CODES).astype(np.uint8), None, None
+        return inference.Segmented(None, np.isin(ed_labels_on(raw, subject), MYO_CODES).astype(np.uint8), None,
+                                   None, None)
     return segment
 
 
