@@ -21,4 +21,5 @@ HASHED_WHEN_CHANGED: tuple[str, ...] = (
     "motion.label_dice_weight", "motion.best_window", "registration.best_window", "segmentation.best_window",
     "segmentation.augment_gamma", "motion.ema_decay", "registration.ema_decay", "segmentation.ema_decay",
     "segmentation.learn_rv", "data.phantom.rv_label", "segmentation.augment_scale", "motion.fold_weight",
+    "data.phantom.papillary_muscles",
 )

@@ -51,6 +51,9 @@ class PhantomConfig:
     slice_thickness_mm: float = 8.0
     cine_labels: bool = True  # false: write no cine_label.nii.gz (only LGE labels, as a site's data)
     rv_label: bool = False  # true: the cine labels also mark the RV blood pool (code 5), as ACDC / M&Ms do
+    # ``vary`` only: two papillary muscles in the LV cavity of the mid slices, dark as myocardium and labelled
+    # cavity, as real cines and expert contours have them (docs/QUALITY.md, generator version 6)
+    papillary_muscles: bool = False
     vary: bool = False  # per-subject grids from the ranges below
     slices_range: tuple[int, int] = (3, 14)
     frames_range: tuple[int, int] = (12, 35)
