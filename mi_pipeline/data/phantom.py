@@ -226,8 +226,9 @@ class _Heart:
     def _papillary(self, theta: np.ndarray, r: np.ndarray, ri: np.ndarray, s: np.ndarray, c: float,
                    soft: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """Membership of the two papillary muscles: discs attached to the endocardium, opposite the RV
-        (anterolateral and inferolateral), on the mid-ventricular slices (full size for s in 0.25-0.7,
-        none above 0.1 or below 0.85), following the wall's material angle and thickening in systole."""
+        (anterolateral and inferolateral), on the mid-ventricular slices (``s``, 0 at the base and 1 at the
+        apex: full size for 0.25-0.7, none below 0.1 or above 0.85), following the wall's material angle and
+        thickening in systole."""
         level = np.clip(np.minimum((s - 0.1) / 0.15, (0.85 - s) / 0.15), 0, 1)  # 0 at base and apex, 1 mid
         size = min(self.papillary_mm, 0.3 * self.r0) * (1 + 0.3 * c) * level
         out = np.zeros_like(r)
@@ -349,12 +350,11 @@ def _vary_anatomy(params: PhantomConfig, index: int, fov_mm: float) -> tuple[tup
     the LV centre lies 1-78 mm from the FOV centre (median 14, 95 % 29-59), against <= 11 mm. The heart
     moves off centre only as far as the FOV leaves room for it (85 mm of heart, RV and fat around its
     centre; none in a 170 mm FOV), skewed toward the centre. Drawn from a stream of their own, so every
-    other draw of a subject is what it was. And, with ``papillary_muscles``, the papillary muscles (version
-    6): on real mid slices at ED
-    (ACDC 100, M&Ms 6) 15 % of the cavity (5-95 %: 7-26) is darker than halfway from myocardium to blood,
-    its largest dark piece 6 mm in equivalent radius (3-9); two discs of 3.5-8.5 mm (at most 0.3 of the
-    cavity's radius) cover that. Returns the
-    heart's extra (x, y) offset in mm and the RV's and papillary muscles' ``_Heart`` fields.
+    other draw of a subject is what it was. With ``papillary_muscles`` (version 6), two papillary muscles:
+    on real mid slices at ED (ACDC 100, M&Ms 6) 15 % of the cavity (5-95 %: 7-26) is darker than halfway
+    from myocardium to blood, its largest dark piece 6 mm in equivalent radius (3-9); two discs of
+    3.5-8.5 mm (at most 0.3 of the cavity's radius) cover that. Returns the heart's extra (x, y) offset in
+    mm and the RV's and papillary muscles' ``_Heart`` fields.
     """
     rng = np.random.default_rng([params.seed, index, 2])
     width, inset = rng.uniform(0.75, 1.45), rng.uniform(2.0, 10.0)  # the default's inset is 6-9 mm
