@@ -67,14 +67,29 @@ def lock_path(out: Path, subject: str) -> Path:
     return state_dir(out) / "locks" / f"{hashlib.sha1(subject.encode()).hexdigest()}.lock"
 
 
+def _cine_files(cine: Path) -> list[Path]:
+    """The cine's files: the file itself, or every file of a DICOM series folder, in a fixed order."""
+    return sorted(p for p in cine.rglob("*") if p.is_file()) if cine.is_dir() else [cine]
+
+
+def input_stat(cine: Path) -> list[list[Any]] | None:
+    """(relative path, size, mtime in ns) of each of the cine's files, None when unreadable: what tells the
+    table writer that a cine is as it was hashed without reading it again."""
+    cine = Path(cine)
+    try:
+        return [[str(p.relative_to(cine)) if p != cine else "", st.st_size, st.st_mtime_ns]
+                for p in _cine_files(cine) for st in (p.stat(),)]
+    except OSError:
+        return None
+
+
 def input_hash(cine: Path) -> str | None:
     """Content hash of a cine (a file, or every file of a DICOM series folder); None when unreadable
     (the subject is then computed, and fails with predict's own reason)."""
     cine = Path(cine)
     digest = hashlib.sha256()
     try:
-        files = sorted(p for p in cine.rglob("*") if p.is_file()) if cine.is_dir() else [cine]
-        for path in files:
+        for path in _cine_files(cine):
             digest.update(str(path.relative_to(cine)).encode() + b"\0" if path != cine else b"")
             with open(path, "rb") as handle:
                 for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -136,7 +151,7 @@ def run_shard(subjects: list[tuple[str, Path]], out: Path, predict: Callable[[st
     counts = {"computed": 0, "skipped": 0, "failed": 0, "busy": 0}
     since = time.time() if retry_failed else None
     for sid, cine in subjects:
-        cine_hash = input_hash(cine)
+        cine_stat, cine_hash = input_stat(cine), input_hash(cine)  # the stat first: a later change shows in it
         if is_current(read_done(out, sid), models, cine_hash, since):
             counts["skipped"] += 1
             continue
@@ -149,7 +164,7 @@ def run_shard(subjects: list[tuple[str, Path]], out: Path, predict: Callable[[st
                     continue
                 outcome = _compute(out, sid, cine, predict, log)
                 counts[outcome["status"] if outcome["status"] == "failed" else "computed"] += 1
-                outcome.update(models=list(models), input=cine_hash)
+                outcome.update(models=list(models), input=cine_hash, input_stat=cine_stat)
                 atomic_write_text(done_path(out, sid), json.dumps(outcome, indent=1) + "\n")
                 _log(out, "done", sid)
         except Timeout:  # another worker holds it right now
@@ -204,6 +219,15 @@ def stale_reason(record: dict[str, Any], models: Sequence[str], cine_hash: str |
     return None
 
 
+def _hash_unless_unchanged(record: dict[str, Any], cine: Path) -> str | None:
+    """The cine's content hash: the record's own while the cine's files have the sizes and times recorded
+    with it, else read again. Every worker rewrites the table when it ends; hashing every cine each time
+    would read the whole cohort once per worker."""
+    if record.get("input_stat") is not None and record["input_stat"] == input_stat(cine):
+        return record.get("input")
+    return input_hash(cine)
+
+
 def write_table(out: Path, subjects: list[tuple[str, Path]], models: Sequence[str]) -> tuple[int, int]:
     """Rewrite ``cohort.csv`` from every finished subject's record, atomically, under the cohort lock.
 
@@ -221,7 +245,7 @@ def write_table(out: Path, subjects: list[tuple[str, Path]], models: Sequence[st
             record = read_done(out, sid)
             if record is None:
                 continue
-            reason = stale_reason(record, models, input_hash(cine))
+            reason = stale_reason(record, models, _hash_unless_unchanged(record, cine))
             if reason is not None:
                 record = {**record, "flags": ";".join(f for f in (reason, record.get("flags", "")) if f)}
                 stale += 1

@@ -246,6 +246,23 @@ def test_rows_not_yet_predicted_again_are_flagged_stale(cines: Path, tmp_path: P
     assert not any("stale" in f for f in flags().values()) and "stale" not in capsys.readouterr().out
 
 
+def test_the_table_reads_again_only_the_cines_changed_since_they_were_hashed(tmp_path: Path, monkeypatch) -> None:
+    """Every worker rewrites the table when it ends: an unchanged cine is not read again (its files' sizes and
+    times are those recorded with its hash), a replaced one is, and its row is flagged stale_cine."""
+    out = tmp_path / "out"
+    subjects = [("a", tmp_path / "a.nii.gz"), ("b", tmp_path / "b.nii.gz")]
+    for sid, cine in subjects:
+        cine.write_bytes(sid.encode())
+    cohort.run_shard(subjects, out, lambda sid, cine: _fake_report(cine), models=["m"])
+    hashed: list[Path] = []
+    real_hash = cohort.input_hash
+    monkeypatch.setattr(cohort, "input_hash", lambda cine: hashed.append(Path(cine)) or real_hash(cine))
+    assert cohort.write_table(out, subjects, ["m"]) == (2, 0) and hashed == []
+    subjects[1][1].write_bytes(b"another cine")
+    assert cohort.write_table(out, subjects, ["m"]) == (2, 1) and hashed == [subjects[1][1]]
+    assert [r["flags"].split(";")[0] for r in table(out)] == ["", "stale_cine"]
+
+
 def test_a_subject_with_a_252_character_name_through_the_command(cines: Path, tmp_path: Path) -> None:
     import shutil
 

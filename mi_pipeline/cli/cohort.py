@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     subjects = _find(args.cine)
     if args.executor == "inline":
         index, count = _parse_shard(args.shard)
-        fingerprints = _fingerprints(args, _config(args))
-        counts = _run_worker(args, out, cohort.shard(subjects, index, count), fingerprints)
+        cfg = _config(args)
+        fingerprints = _fingerprints(args, cfg)
+        counts = _run_worker(args, out, cohort.shard(subjects, index, count), cfg, fingerprints)
         print(f"cohort shard {index}/{count}: {counts['computed']} computed, {counts['skipped']} already done, "
               f"{counts['failed']} failed, {counts['busy']} being done by another worker; "
               + _table_line(out, subjects, fingerprints))
@@ -144,10 +145,9 @@ def _fingerprints(args: argparse.Namespace, cfg: Config) -> list[str]:
     return [file_fingerprint(p) for p in paths]
 
 
-def _run_worker(args: argparse.Namespace, out: Path, mine: list[tuple[str, Path]],
+def _run_worker(args: argparse.Namespace, out: Path, mine: list[tuple[str, Path]], cfg: Config,
                 fingerprints: list[str]) -> dict[str, int]:
     """Load the models once, then predict this worker's subjects whose rows do not stand."""
-    cfg = _config(args)
     if not cohort.pending(out, mine, fingerprints, args.retry_failed):
         return {"computed": 0, "skipped": len(mine), "failed": 0, "busy": 0}
     import torch
